@@ -1,0 +1,72 @@
+"""Run an ASGI app as a real HTTP server on loopback, in a background thread.
+
+Emulators are served this way from tests, benchmarks and the demo: the client under test talks real
+HTTP over a real socket, while the test keeps an in-process handle on the emulator's state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from typing import Any
+
+import uvicorn
+
+
+class LoopbackServer:
+    """An ASGI app listening on ``127.0.0.1`` (an ephemeral port unless one is given).
+
+    Use as a context manager, or call :meth:`start` and :meth:`stop`.
+    """
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.app = app
+        self.host = host
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((host, port))
+        self.port: int = self._sock.getsockname()[1]
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=2,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> "LoopbackServer":
+        self._thread = threading.Thread(
+            target=self._run, name=f"loopback-{self.port}", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError(f"server on port {self.port} failed to start")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server on port {self.port} did not start within 10 s")
+            time.sleep(0.005)
+        return self
+
+    def _run(self) -> None:
+        asyncio.run(self._server.serve(sockets=[self._sock]))
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._sock.close()
+
+    def __enter__(self) -> "LoopbackServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
