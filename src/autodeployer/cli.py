@@ -1,0 +1,196 @@
+"""The `autodeployer` command line.
+
+Exit codes: 0 in sync (or nothing to do), 1 a dry run/diff found changes, 2 an app was refused or
+failed, or the configuration is invalid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from . import __version__
+from .config import AppConfig, Config, load_config
+from .errors import AutodeployerError, ConfigError
+from .model import Plan, Result, SyncResult, Trigger
+from .service import build_runtime, make_redactor, setup_logging
+
+EXIT_OK, EXIT_CHANGES, EXIT_ERROR = 0, 1, 2
+
+
+class _Obj:
+    def __init__(self, config_file: str | None):
+        self.config_file = config_file
+        self._config: Config | None = None
+
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = load_config(config_file=self.config_file)
+        return self._config
+
+
+def _fail(message: str) -> None:
+    click.echo(click.style("error: ", fg="red", bold=True) + message, err=True)
+    sys.exit(EXIT_ERROR)
+
+
+def _selected(config: Config, app: str | None) -> list[AppConfig]:
+    return [config.app(app)] if app else list(config.apps)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="autodeployer")
+@click.option("--config", "config_file", metavar="FILE", envvar="AUTODEPLOYER_CONFIG",
+              help="YAML file describing many apps (default: one app from the environment).")
+@click.pass_context
+def cli(ctx: click.Context, config_file: str | None) -> None:
+    """Keep Sesam nodes, Marathon apps or anything with a deploy command equal to Git."""
+    ctx.obj = _Obj(config_file)
+
+
+# --------------------------------------------------------------------------- sync / diff
+def _print_plan(plan: Plan, color: bool) -> None:
+    for change in plan.changes:
+        click.echo(click.style(change.headline(), bold=True) if color else change.headline())
+        for line in change.diff.splitlines():
+            if color and line.startswith("+") and not line.startswith("+++"):
+                line = click.style(line, fg="green")
+            elif color and line.startswith("-") and not line.startswith("---"):
+                line = click.style(line, fg="red")
+            click.echo("    " + line)
+    for warning in plan.warnings:
+        click.echo(f"warning: {warning}")
+
+
+def _print_result(result: SyncResult, color: bool) -> None:
+    colors = {Result.SYNCED: "green", Result.NO_CHANGE: "green", Result.PLANNED: "yellow"}
+    label = result.result.value
+    if color:
+        label = click.style(label, fg=colors.get(result.result, "red"), bold=True)
+    rev = (result.revision or "")[:12] or "-"
+    line = f"{result.app}: {label} at {rev}"
+    if result.summary and result.result is not Result.FAILED:
+        line += f" ({result.summary})"
+    click.echo(line)
+    if result.error:
+        click.echo(f"  reason: {result.error}")
+    for problem in result.problems:
+        click.echo(f"  - {problem}")
+    for warning in result.warnings:
+        click.echo(f"  warning: {warning}")
+
+
+async def _sync_all(config: Config, apps: Sequence[AppConfig], dry_run: bool, color: bool) -> int:
+    runtime = build_runtime(config, apps=apps)
+    code = EXIT_OK
+    try:
+        for reconciler in runtime.reconcilers.values():
+            result = await reconciler.sync(Trigger.MANUAL, dry_run=dry_run, force=True)
+            if dry_run and result.result is Result.PLANNED:
+                click.echo(f"{result.app}: changes planned at {(result.revision or '')[:12]}: {result.summary}")
+                click.echo(result.diff)
+                code = max(code, EXIT_CHANGES)
+            else:
+                _print_result(result, color)
+            if not result.ok:
+                code = EXIT_ERROR
+    finally:
+        await runtime.aclose()
+    return code
+
+
+async def _diff_all(config: Config, apps: Sequence[AppConfig], color: bool) -> int:
+    runtime = build_runtime(config, apps=apps)
+    code = EXIT_OK
+    try:
+        for name, reconciler in runtime.reconcilers.items():
+            try:
+                sha, plan = await reconciler.plan_only()
+            except AutodeployerError as exc:
+                click.echo(f"{name}: cannot plan: {exc}")
+                code = EXIT_ERROR
+                continue
+            click.echo(f"{name}: {plan.summary()} at {sha[:12]}")
+            _print_plan(plan, color)
+            if not plan.empty:
+                code = max(code, EXIT_CHANGES)
+    finally:
+        await runtime.aclose()
+    return code
+
+
+def _prepare(ctx: click.Context) -> Config:
+    try:
+        config: Config = ctx.obj.config()
+    except ConfigError as exc:
+        _fail(str(exc))
+        raise  # unreachable; keeps type checkers happy
+    setup_logging(config, make_redactor(config))
+    return config
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
+@click.option("--app", "app_name", metavar="NAME", help="Only this app.")
+@click.pass_context
+def sync(ctx: click.Context, dry_run: bool, app_name: str | None) -> None:
+    """Reconcile each app once, then exit."""
+    config = _prepare(ctx)
+    try:
+        apps = _selected(config, app_name)
+    except ConfigError as exc:
+        _fail(str(exc))
+    sys.exit(asyncio.run(_sync_all(config, apps, dry_run or any(a.policy.dry_run for a in apps), _color())))
+
+
+@cli.command()
+@click.option("--app", "app_name", metavar="NAME", help="Only this app.")
+@click.pass_context
+def diff(ctx: click.Context, app_name: str | None) -> None:
+    """Show what a sync would change, with a readable diff."""
+    config = _prepare(ctx)
+    try:
+        apps = _selected(config, app_name)
+    except ConfigError as exc:
+        _fail(str(exc))
+    sys.exit(asyncio.run(_diff_all(config, apps, _color())))
+
+
+@cli.command()
+@click.pass_context
+def run(ctx: click.Context) -> None:
+    """Run the service: poll, serve webhooks and the status page, until SIGTERM."""
+    from .runner import serve
+
+    config = _prepare(ctx)
+    sys.exit(asyncio.run(serve(config)))
+
+
+@cli.command()
+@click.option("--port", default=5000, show_default=True, help="Port of the deployer's status page.")
+@click.option("--interval", default=2.0, show_default=True, help="Poll interval of the demo app, seconds.")
+@click.option("--dir", "workdir", type=click.Path(file_okay=False), help="Where to put the demo repository.")
+def demo(port: int, interval: float, workdir: str | None) -> None:
+    """Run against a local demo: a Git repository and an emulated Sesam node on loopback."""
+    from .demo import run_demo
+
+    sys.exit(run_demo(port=port, interval=interval, workdir=workdir))
+
+
+def _color() -> bool:
+    return sys.stdout.isatty()
+
+
+def main(argv: Sequence[str] | None = None) -> Any:
+    try:
+        return cli.main(args=list(argv) if argv is not None else None, prog_name="autodeployer")
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

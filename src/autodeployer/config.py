@@ -1,0 +1,344 @@
+"""Settings: environment variables (one app, the seed's interface) or a YAML file (many apps).
+
+Both forms load into the same :class:`Config`. Every environment variable the code reads is declared
+(:func:`all_variables`), which is also the source of the settings table in ``docs/configuration.md``.
+Errors are :class:`ConfigError` naming the variable or YAML key, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, Literal, Union
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+from pydantic import BaseModel, Field, SecretStr
+
+from .errors import ConfigError
+from .settings import (
+    CORE_VARIABLES,
+    EnvReader,
+    Frozen,
+    StrictBool,
+    Variable,
+    resolve_secret_refs,
+    validate_model,
+)
+from .targets import TARGETS
+
+
+def all_variables() -> list[Variable]:
+    """Every environment variable autodeployer reads, core first, then each target's."""
+    found = list(CORE_VARIABLES)
+    for module in TARGETS.values():
+        found.extend(module.VARIABLES)
+    return found
+
+
+# --------------------------------------------------------------------------- models
+class SourceSpec(Frozen):
+    url: str  # never carries credentials
+    branch: str = "master"
+    sync_root: str = ""  # normalised: "" for the repository root, else "a/b"
+    token: SecretStr | None = None
+    ssh_key: SecretStr | None = None
+    known_hosts: str | None = None
+    repo_full_name: str | None = None  # "owner/name", derived from the URL
+    github_api_url: str | None = None  # set when the repository lives on GitHub
+    git_timeout: float = 120.0
+
+    @property
+    def is_github(self) -> bool:
+        return self.github_api_url is not None
+
+
+TargetSpec = Annotated[
+    Union[tuple(module.Spec for module in TARGETS.values())],  # type: ignore[valid-type]
+    Field(discriminator="kind"),
+]
+
+
+class Policy(Frozen):
+    interval: float = Field(default=60.0, gt=0)
+    drift_interval: float | None = Field(default=None, ge=0)  # None: every poll
+    allow_empty: StrictBool = False
+    dry_run: StrictBool = False
+
+
+class AppConfig(Frozen):
+    name: str
+    source: SourceSpec
+    target: TargetSpec
+    policy: Policy = Policy()
+
+
+class ServiceSettings(Frozen):
+    state_dir: Path
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
+    host: str = "0.0.0.0"
+    port: int = Field(default=5000, ge=0, le=65535)
+
+
+class Config(Frozen):
+    service: ServiceSettings
+    apps: list[AppConfig]
+
+    def app(self, name: str) -> AppConfig:
+        for app in self.apps:
+            if app.name == name:
+                return app
+        known = ", ".join(a.name for a in self.apps) or "none"
+        raise ConfigError(f"no app named {name!r} (known: {known})")
+
+    def secrets(self) -> list[str]:
+        """Every secret value in the configuration, for redaction."""
+        found: list[str] = []
+        _collect_secrets(self, found)
+        return [s for s in found if s]
+
+
+def _collect_secrets(obj: Any, out: list[str]) -> None:
+    if isinstance(obj, SecretStr):
+        out.append(obj.get_secret_value())
+    elif isinstance(obj, BaseModel):
+        for key in type(obj).model_fields:
+            _collect_secrets(getattr(obj, key), out)
+    elif isinstance(obj, (list, tuple)):
+        for item in obj:
+            _collect_secrets(item, out)
+
+
+# --------------------------------------------------------------------------- helpers
+_APP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def normalise_sync_root(value: str, where: str = "SYNC_ROOT") -> str:
+    """'/', '' and './' mean the repository root; '..' is refused."""
+    parts = [p for p in PurePosixPath(value.strip() or "/").parts if p not in ("/", ".")]
+    if any(p == ".." for p in parts):
+        raise ConfigError(f"{where}: must stay inside the repository, got {value!r}")
+    return "/".join(parts)
+
+
+def split_credentials(url: str) -> tuple[str, str | None]:
+    """Remove user:token@ from an http(s) URL so it can be logged; returns (url, token)."""
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https") and (parts.username or parts.password):
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        token = parts.password or parts.username
+        return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment)), token
+    return url, None
+
+
+def repo_full_name(url: str) -> str | None:
+    """owner/name from https, ssh, git, file and scp-like URLs; None if the path is too short."""
+    if re.match(r"^[\w.-]+@[\w.-]+:", url) and "://" not in url:  # scp-like git@host:owner/repo.git
+        path = url.split(":", 1)[1]
+    else:
+        path = urlsplit(url).path
+    segments = [s for s in path.strip("/").split("/") if s]
+    if len(segments) < 2:
+        return None
+    name = segments[-1].removesuffix(".git")
+    return f"{segments[-2]}/{name}"
+
+
+def repo_host(url: str) -> str | None:
+    if re.match(r"^[\w.-]+@[\w.-]+:", url) and "://" not in url:
+        return url.split("@", 1)[1].split(":", 1)[0].lower()
+    return (urlsplit(url).hostname or "").lower() or None
+
+
+def github_api_for(url: str, github_url: str, explicit_api: str | None) -> str | None:
+    """The REST base for a repository on GitHub (or the explicit GITHUB_API_URL)."""
+    if explicit_api:
+        return explicit_api.rstrip("/")
+    host = repo_host(url)
+    gh_host = (urlsplit(github_url).hostname or "github.com").lower()
+    if host is None or host != gh_host:
+        return None
+    if gh_host == "github.com":
+        return "https://api.github.com"
+    scheme = urlsplit(github_url).scheme or "https"
+    return f"{scheme}://{gh_host}/api/v3"
+
+
+def default_state_dir(env: Mapping[str, str]) -> Path:
+    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "autodeployer"
+
+
+# --------------------------------------------------------------------------- environment form
+def source_from_env(env: EnvReader) -> SourceSpec:
+    token = env.secret("GITHUB_TOKEN")
+    github_url = env.str("GITHUB_URL") or "https://github.com"
+    git_url = env.str("GIT_URL")
+    if git_url:
+        url, embedded = split_credentials(git_url)
+        if embedded and token is None:
+            token = SecretStr(embedded)
+    else:
+        user, project = env.str("GITHUB_USER"), env.str("GITHUB_PROJECT")
+        if not (user and project):
+            raise ConfigError(
+                "no repository configured: set GIT_URL, or GITHUB_USER and GITHUB_PROJECT"
+            )
+        url = f"{github_url.rstrip('/')}/{user}/{project}.git"
+    return SourceSpec(
+        url=url,
+        branch=env.str("BRANCH") or "master",
+        sync_root=normalise_sync_root(env.str("SYNC_ROOT") or "/"),
+        token=token,
+        ssh_key=env.secret("GIT_SSH_KEY"),
+        known_hosts=env.str("GIT_KNOWN_HOSTS"),
+        repo_full_name=repo_full_name(url),
+        github_api_url=github_api_for(url, github_url, None),
+        git_timeout=env.number("GIT_TIMEOUT", minimum=1) or 120.0,
+    )
+
+
+def _target_module(kind: str, where: str) -> Any:
+    module = TARGETS.get(kind.lower())
+    if module is None:
+        raise ConfigError(f"{where}: unknown target kind {kind!r} (known: {', '.join(TARGETS)})")
+    return module
+
+
+def policy_from_env(env: EnvReader) -> Policy:
+    return Policy(
+        interval=env.number("SYNC_INTERVAL", minimum=0.05) or 60.0,
+        drift_interval=env.number("DRIFT_INTERVAL", minimum=0),
+        allow_empty=env.bool("ALLOW_EMPTY"),
+        dry_run=env.bool("DRY_RUN"),
+    )
+
+
+def service_from_env(env: EnvReader, environ: Mapping[str, str]) -> dict[str, Any]:
+    level = (env.str("LOG_LEVEL") or "info").lower()
+    if level not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"LOG_LEVEL: expected debug, info, warning or error, got {level!r}")
+    fmt = (env.str("LOG_FORMAT") or "text").lower()
+    if fmt not in ("text", "json"):
+        raise ConfigError(f"LOG_FORMAT: expected text or json, got {fmt!r}")
+    state = env.str("STATE_DIR")
+    port = env.number("PORT", minimum=0)
+    return {
+        "state_dir": Path(state).expanduser() if state else default_state_dir(environ),
+        "log_level": level,
+        "log_format": fmt,
+        "host": env.str("HOST") or "0.0.0.0",
+        "port": int(port if port is not None else 5000),
+    }
+
+
+def app_from_env(env: EnvReader) -> AppConfig:
+    source = source_from_env(env)
+    module = _target_module(env.str("TARGET") or "sesam", "TARGET")
+    name = env.str("APP_NAME") or (source.repo_full_name or "app").split("/")[-1]
+    check_app_name(name, "APP_NAME")
+    return AppConfig(name=name, source=source, target=module.spec_from_env(env), policy=policy_from_env(env))
+
+
+def check_app_name(name: str, where: str) -> None:
+    if not _APP_NAME.match(name):
+        raise ConfigError(f"{where}: app names use letters, digits, '.', '_' and '-', got {name!r}")
+
+
+# --------------------------------------------------------------------------- YAML form
+def _yaml_source(raw: Any, where: str, environ: Mapping[str, str]) -> SourceSpec:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    data = resolve_secret_refs(raw, where, environ, ("token", "ssh_key"))
+    github_url = str(data.pop("github_url", "https://github.com"))
+    explicit_api = data.pop("github_api_url", None)
+    if "url" not in data:
+        user, project = data.pop("github_user", None), data.pop("github_project", None)
+        if not (user and project):
+            raise ConfigError(f"{where}: set url, or github_user and github_project")
+        data["url"] = f"{github_url.rstrip('/')}/{user}/{project}.git"
+    url, embedded = split_credentials(str(data["url"]))
+    data["url"] = url
+    if embedded and not data.get("token"):
+        data["token"] = embedded
+    data["sync_root"] = normalise_sync_root(str(data.get("sync_root", "/")), f"{where}.sync_root")
+    data.setdefault("repo_full_name", repo_full_name(url))
+    data["github_api_url"] = github_api_for(url, github_url, explicit_api)
+    return validate_model(SourceSpec, data, where)
+
+
+def _yaml_target(raw: Any, where: str, environ: Mapping[str, str]) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    module = _target_module(str(raw.get("kind", "sesam")), f"{where}.kind")
+    data = resolve_secret_refs(raw, where, environ, module.SECRET_KEYS)
+    data["kind"] = module.KIND
+    return module.spec_from_yaml(data, where)
+
+
+def apps_from_yaml(doc: dict[str, Any], environ: Mapping[str, str]) -> list[AppConfig]:
+    raw_apps = doc.get("apps")
+    if not isinstance(raw_apps, list) or not raw_apps:
+        raise ConfigError("apps: expected a non-empty list of apps")
+    defaults = doc.get("defaults") or {}
+    apps: list[AppConfig] = []
+    for index, raw in enumerate(raw_apps):
+        where = f"apps[{index}]"
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: expected a mapping")
+        merged = {**defaults, **raw}
+        name = str(merged.get("name", ""))
+        check_app_name(name, f"{where}.name")
+        where = f"apps[{name}]"
+        source = _yaml_source(merged.get("source"), f"{where}.source", environ)
+        target = _yaml_target(merged.get("target", {}), f"{where}.target", environ)
+        policy = validate_model(Policy, dict(merged.get("policy") or {}), f"{where}.policy")
+        apps.append(AppConfig(name=name, source=source, target=target, policy=policy))
+    names = [a.name for a in apps]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"apps: duplicate app names: {', '.join(dupes)}")
+    return apps
+
+
+# --------------------------------------------------------------------------- entry point
+def load_config(
+    environ: Mapping[str, str] | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+) -> Config:
+    """Build the configuration from a YAML file (if given) or from the environment."""
+    environ = os.environ if environ is None else environ
+    env = EnvReader(environ, all_variables())
+    config_file = config_file or env.str("AUTODEPLOYER_CONFIG")
+    service = service_from_env(env, environ)
+    if config_file:
+        doc = _read_yaml(Path(config_file))
+        overrides = doc.get("service") or {}
+        if not isinstance(overrides, dict):
+            raise ConfigError("service: expected a mapping")
+        for key, value in overrides.items():
+            if env.variables.get(key.upper()) is None or env.raw(key.upper()) is None:
+                service[key] = Path(value).expanduser() if key == "state_dir" else value
+        apps = apps_from_yaml(doc, environ)
+    else:
+        apps = [app_from_env(env)]
+    return Config(service=validate_model(ServiceSettings, service, "service"), apps=apps)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return doc

@@ -1,0 +1,40 @@
+"""The few exception types the rest of the code may raise and catch on purpose."""
+
+from __future__ import annotations
+
+from .model import Problem
+
+
+class AutodeployerError(Exception):
+    """Base class: its message is safe to show to an operator (no secrets)."""
+
+
+class ConfigError(AutodeployerError):
+    """Settings are missing or invalid; names the variable or key at fault."""
+
+
+class SourceError(AutodeployerError):
+    """The Git repository could not be reached or read."""
+
+
+class TargetError(AutodeployerError):
+    """The target failed to answer or to apply. `transient` errors are worth retrying."""
+
+    def __init__(self, message: str, *, transient: bool = False, problems: list[Problem] | None = None):
+        super().__init__(message)
+        self.transient = transient
+        self.problems = problems or []
+
+
+class Refused(AutodeployerError):
+    """A guard refused the commit; the target has not been touched."""
+
+    def __init__(self, message: str, problems: list[Problem] | None = None):
+        super().__init__(message)
+        self.problems = problems or []
+
+    def __str__(self) -> str:
+        base = super().__str__()
+        if not self.problems:
+            return base
+        return base + "\n" + "\n".join(f"  - {p}" for p in self.problems)

@@ -1,0 +1,63 @@
+"""HTTP calls to targets: bounded retries on transient errors only, errors that name the request."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+
+from .errors import TargetError
+
+TRANSIENT_STATUS = frozenset({502, 503, 504})
+
+
+def describe(method: str, url: str) -> str:
+    return f"{method} {url.split('?', 1)[0]}"
+
+
+async def request(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    retries: int = 2,
+    backoff: float = 0.25,
+    max_backoff: float = 2.0,
+    **kwargs: Any,
+) -> httpx.Response:
+    """Send a request; retry connection errors, timeouts and 502/503/504 with capped backoff.
+
+    Any other status is returned to the caller, which knows what it means for its API.
+    """
+    what = describe(method, url)
+    delay = backoff
+    for attempt in range(retries + 1):
+        try:
+            response = await client.request(method, url, **kwargs)
+        except httpx.TimeoutException:
+            error = TargetError(f"{what}: timed out", transient=True)
+        except httpx.TransportError as exc:
+            error = TargetError(f"{what}: {type(exc).__name__} ({exc or 'connection failed'})", transient=True)
+        else:
+            if response.status_code not in TRANSIENT_STATUS:
+                return response
+            error = TargetError(f"{what}: {response.status_code} {response.reason_phrase}", transient=True)
+        if attempt < retries:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_backoff)
+    raise error
+
+
+def error_detail(response: httpx.Response, limit: int = 300) -> str:
+    """A short, single-line description of an error body."""
+    try:
+        body = response.json()
+        if isinstance(body, dict) and "message" in body:
+            text = str(body["message"])
+        else:
+            text = response.text
+    except ValueError:
+        text = response.text
+    text = " ".join(text.split())
+    return text[:limit] + ("..." if len(text) > limit else "")

@@ -1,0 +1,295 @@
+"""One sync of one app: resolve -> read -> plan -> guard -> apply -> verify -> record -> report.
+
+Nothing is written to the target unless the plan is non-empty and every guard passed. Every error is
+caught here, turned into a recorded result, and never escapes to stop the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .config import AppConfig
+from .errors import AutodeployerError, Refused, SourceError, TargetError
+from .logs import Redactor, get_logger
+from .model import CommitInfo, Plan, Problem, Result, SyncResult, Trigger
+from .sources.git import GitSource
+from .store import AppState, Store
+from .targets.base import SyncContext, Target
+
+
+class Reporter(Protocol):
+    """Told about syncs: logs, metrics, commit statuses, notifications."""
+
+    async def started(self, app: AppConfig, revision: str, trigger: Trigger) -> None: ...
+
+    async def finished(self, app: AppConfig, result: SyncResult, commit: CommitInfo | None) -> None: ...
+
+
+@dataclass
+class Outcome:
+    """Internal: a finished pipeline before it is recorded."""
+
+    result: Result
+    plan: Plan | None = None
+    error: str | None = None
+    problems: list[Problem] | None = None
+    warnings: list[str] | None = None
+    memory: dict[str, Any] | None = None
+    tree_id: str | None = None
+    attempt_id: int | None = None  # history row opened before the apply
+
+
+class Reconciler:
+    def __init__(
+        self,
+        app: AppConfig,
+        source: GitSource,
+        target: Target,
+        store: Store,
+        *,
+        reporters: Sequence[Reporter] = (),
+        redactor: Redactor | None = None,
+    ) -> None:
+        self.app = app
+        self.source = source
+        self.target = target
+        self.store = store
+        self.reporters = list(reporters)
+        self.redact = redactor or Redactor()
+        self.log = get_logger(app=app.name)
+        self.last_check_at: float | None = None
+
+    # ------------------------------------------------------------------ public
+    async def sync(
+        self,
+        trigger: Trigger,
+        *,
+        dry_run: bool | None = None,
+        revision: str | None = None,
+        force: bool = False,
+        record: bool = True,
+    ) -> SyncResult:
+        """Reconcile once. `force` skips the idle fast path; `revision` pins a commit (rollback)."""
+        dry_run = self.app.policy.dry_run if dry_run is None else dry_run
+        started, clock = time.time(), time.perf_counter()
+        self.last_check_at = started
+        state = self.store.get_state(self.app.name)
+        try:
+            head = revision or state.pinned_revision or await self.source.head()
+        except SourceError as exc:
+            return await self._finish(state, trigger, None, Outcome(Result.FAILED, error=str(exc)), started, clock, record)
+
+        if not force and trigger is Trigger.POLL and self._idle(state, head, started):
+            return SyncResult(self.app.name, trigger, Result.NO_CHANGE, revision=head, started_at=started,
+                              duration=time.perf_counter() - clock, summary="head unchanged")
+
+        drift_check = head == state.last_synced_revision and state.last_result in _OK
+        outcome, sha = await self._pipeline(head, state, trigger, dry_run, drift_check, started, record)
+        if drift_check and outcome.result is Result.NO_CHANGE and trigger is Trigger.POLL:
+            state.last_drift_check_at = started  # a quiet drift check: no history row
+            self._save_state(state)
+            return SyncResult(self.app.name, trigger, Result.NO_CHANGE, revision=sha, started_at=started,
+                              duration=time.perf_counter() - clock, summary="no drift")
+        result = await self._finish(state, trigger, sha, outcome, started, clock, record, drift=drift_check)
+        return result
+
+    async def plan_only(self) -> tuple[str, Plan]:
+        """The plan against the branch head, for `autodeployer diff`; records nothing."""
+        head = await self.source.head()
+        sha = await self.source.fetch(head)
+        tree = await self.source.read(sha)
+        if not tree.tree_id:
+            raise Refused(self._missing_root(sha))
+        state = self.store.get_state(self.app.name)
+        plan = await self.target.plan(SyncContext(self.app, tree, state.memory, self.log))
+        self._guard(plan)
+        return sha, plan
+
+    # ------------------------------------------------------------------ steps
+    def _idle(self, state: AppState, head: str, now: float) -> bool:
+        """Nothing to do: head already synced and no drift check due, or head already refused."""
+        if head == state.last_revision and state.last_result == Result.REFUSED.value:
+            return True  # a refusal is about the commit; a new commit (or a manual sync) retries it
+        if head != state.last_synced_revision or state.last_result not in _OK:
+            return False
+        interval = self.app.policy.drift_interval
+        if interval is None:
+            return False
+        if interval == 0:
+            return True  # drift checks switched off
+        return state.last_drift_check_at is not None and now - state.last_drift_check_at < interval
+
+    async def _pipeline(
+        self, head: str, state: AppState, trigger: Trigger, dry_run: bool, drift_check: bool,
+        started: float, record: bool,
+    ) -> tuple[Outcome, str]:
+        sha = head
+        try:
+            sha = await self.source.fetch(head)
+            tree = await self.source.read(sha)
+            if not tree.tree_id:
+                raise Refused(self._missing_root(sha))
+            ctx = SyncContext(self.app, tree, dict(state.memory), self.log)
+            plan = await self.target.plan(ctx)
+            self._guard(plan)
+            if plan.empty:
+                return Outcome(Result.NO_CHANGE, plan=plan, tree_id=tree.tree_id), sha
+            if dry_run:
+                return Outcome(Result.PLANNED, plan=plan, tree_id=tree.tree_id), sha
+            if drift_check:
+                self.log.warning("drift detected on the target; reverting to Git", revision=sha[:12],
+                                 summary=plan.summary())
+            # Open the history row before the write, so a crash mid-apply leaves a trace.
+            attempt = self._begin(trigger, sha, started) if record else None
+            await self._report_started(sha, trigger)
+            try:
+                report = await self.target.apply(plan, ctx)
+                remaining = await self.target.verify(plan, ctx)
+            except (Refused, SourceError, TargetError) as exc:
+                return self._error_outcome(exc, plan, attempt), sha
+            warnings = plan.warnings + report.warnings
+            if not remaining.empty:
+                return Outcome(Result.FAILED, plan=plan, warnings=warnings, tree_id=tree.tree_id, attempt_id=attempt,
+                               error=f"verification failed: the target still differs ({remaining.summary()})"), sha
+            return Outcome(Result.SYNCED, plan=plan, warnings=warnings, memory=report.memory,
+                           tree_id=tree.tree_id, attempt_id=attempt), sha
+        except (Refused, SourceError, TargetError) as exc:
+            return self._error_outcome(exc, None, None), sha
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug must not stop the service
+            self.log.exception("internal error during sync")
+            return Outcome(Result.FAILED, error=f"internal error: {type(exc).__name__}: {exc}"), sha
+
+    @staticmethod
+    def _error_outcome(exc: AutodeployerError, plan: Plan | None, attempt: int | None) -> Outcome:
+        problems = getattr(exc, "problems", [])
+        if isinstance(exc, Refused):
+            return Outcome(Result.REFUSED, plan=plan, error=exc.args[0], problems=problems, attempt_id=attempt)
+        return Outcome(Result.FAILED, plan=plan, error=str(exc), problems=problems, attempt_id=attempt)
+
+    def _begin(self, trigger: Trigger, sha: str, started: float) -> int | None:
+        try:
+            return self.store.begin(self.app.name, trigger.value, sha, started)
+        except Exception as exc:
+            self.log.error("cannot record history", error=str(exc))
+            return None
+
+    def _guard(self, plan: Plan) -> None:
+        if plan.empties_target and not self.app.policy.allow_empty:
+            raise Refused(
+                f"the plan removes all {plan.live_count} managed entities from the target and adds none; "
+                "set ALLOW_EMPTY=true if that is intended"
+            )
+
+    def _missing_root(self, sha: str) -> str:
+        root = self.app.source.sync_root or "/"
+        return f"SYNC_ROOT {root!r} does not exist (or is not a directory) at {sha[:12]}"
+
+    # ------------------------------------------------------------------ recording
+    async def _finish(
+        self, state: AppState, trigger: Trigger, sha: str | None, outcome: Outcome,
+        started: float, clock: float, record: bool, drift: bool = False,
+    ) -> SyncResult:
+        plan = outcome.plan
+        result = SyncResult(
+            app=self.app.name,
+            trigger=trigger,
+            result=outcome.result,
+            revision=sha,
+            summary=self.redact(plan.summary() if plan else (outcome.error or "").split("\n")[0]),
+            diff=self.redact(plan.render()) if plan and outcome.result is not Result.NO_CHANGE else "",
+            error=self.redact(outcome.error) if outcome.error else None,
+            warnings=[self.redact(w) for w in (outcome.warnings or (plan.warnings if plan else []))],
+            problems=[Problem(self.redact(p.message), p.file, p.entity) for p in outcome.problems or []],
+            started_at=started,
+            duration=time.perf_counter() - clock,
+            drift=drift and outcome.result in (Result.SYNCED, Result.FAILED),
+        )
+        commit = await self._commit_info(sha)
+        if commit:
+            result.details["commit"] = {"message": commit.message, "author": commit.author}
+        if plan and plan.notices:
+            result.details["notices"] = plan.notices
+        self._update_state(state, result, outcome)
+        if record:
+            self._record(result, outcome.attempt_id)
+        self._log(result)
+        await self._report_finished(result, commit)
+        return result
+
+    def _update_state(self, state: AppState, result: SyncResult, outcome: Outcome) -> None:
+        state.last_attempt_at = result.started_at
+        state.last_result = result.result.value
+        state.last_revision = result.revision
+        if result.result in (Result.SYNCED, Result.NO_CHANGE):
+            state.last_synced_revision = result.revision
+            state.last_synced_tree = outcome.tree_id
+            state.last_success_at = result.started_at + result.duration
+            state.last_drift_check_at = result.started_at
+            state.last_error = None
+            state.failures = 0
+            if outcome.memory is not None:
+                state.memory = outcome.memory
+        elif result.result in (Result.FAILED, Result.REFUSED):
+            state.failures += 1
+            state.last_error = result.error
+        self._save_state(state)
+
+    def _save_state(self, state: AppState) -> None:
+        try:
+            self.store.put_state(state)
+        except Exception as exc:  # disk full, read-only STATE_DIR: report, keep serving
+            self.log.error("cannot save app state", error=str(exc))
+
+    def _record(self, result: SyncResult, attempt_id: int | None) -> None:
+        try:
+            if attempt_id is None:
+                attempt_id = self.store.begin(self.app.name, result.trigger.value, result.revision, result.started_at)
+            self.store.finish(attempt_id, result)
+        except Exception as exc:
+            self.log.error("cannot record history", error=str(exc))
+
+    def _log(self, result: SyncResult) -> None:
+        fields: dict[str, Any] = {
+            "trigger": result.trigger.value,
+            "revision": (result.revision or "")[:12] or None,
+            "result": result.result.value,
+            "summary": result.summary,
+            "duration_ms": round(result.duration * 1000, 1),
+        }
+        if result.result.ok:
+            self.log.info("sync finished", **fields)
+        else:
+            self.log.error("sync finished", error=result.error, problems=[str(p) for p in result.problems], **fields)
+        for warning in result.warnings:
+            self.log.warning("sync warning", warning=warning)
+
+    async def _commit_info(self, sha: str | None) -> CommitInfo | None:
+        if not sha:
+            return None
+        try:
+            return await self.source.commit_info(sha)
+        except AutodeployerError:
+            return None
+
+    async def _report_started(self, sha: str, trigger: Trigger) -> None:
+        for reporter in self.reporters:
+            try:
+                await reporter.started(self.app, sha, trigger)
+            except Exception as exc:
+                self.log.warning("reporter failed", reporter=type(reporter).__name__, error=str(exc))
+
+    async def _report_finished(self, result: SyncResult, commit: CommitInfo | None) -> None:
+        for reporter in self.reporters:
+            try:
+                await reporter.finished(self.app, result, commit)
+            except Exception as exc:
+                self.log.warning("reporter failed", reporter=type(reporter).__name__, error=str(exc))
+
+
+_OK = (Result.SYNCED.value, Result.NO_CHANGE.value)

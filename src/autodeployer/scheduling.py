@@ -1,0 +1,172 @@
+"""Per-app workers: poll timers, triggers, coalescing and backoff.
+
+Each app has one worker task, so one sync runs at a time per app. Triggers that arrive while a sync
+runs collapse into a single pending run; because the worker resolves the branch head when that run
+starts, it always deploys the newest commit. A burst of pushes therefore costs at most two applies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from .logs import get_logger
+from .model import SyncResult, Trigger
+from .reconcile import Reconciler
+
+MAX_BACKOFF = 300.0
+_PRIORITY = {Trigger.POLL: 0, Trigger.STARTUP: 1, Trigger.WEBHOOK: 2, Trigger.MANUAL: 3, Trigger.ROLLBACK: 4}
+
+
+def backoff_delay(interval: float, failures: int, cap: float = MAX_BACKOFF) -> float:
+    """Poll interval after `failures` consecutive failures: doubled each time, capped."""
+    if failures <= 0:
+        return interval
+    return min(interval * (2 ** (failures - 1)), max(cap, interval))
+
+
+@dataclass
+class WorkerStats:
+    runs: int = 0
+    late_polls: int = 0  # poll runs that started more than a second (or 10 %) after their due time
+    max_lateness: float = 0.0
+    last_result: SyncResult | None = None
+
+
+@dataclass
+class AppWorker:
+    reconciler: Reconciler
+    jitter: float = 0.1
+    rng: random.Random = field(default_factory=random.Random)
+    on_result: Callable[[SyncResult], None] | None = None
+    stats: WorkerStats = field(default_factory=WorkerStats)
+
+    def __post_init__(self) -> None:
+        self._wake = asyncio.Event()
+        self._pending: Trigger | None = None
+        self.running: Trigger | None = None
+        self.next_poll_at: float = time.time()
+        self.suspended = False
+        self._log = get_logger(app=self.name)
+
+    @property
+    def name(self) -> str:
+        return self.reconciler.app.name
+
+    @property
+    def pending(self) -> Trigger | None:
+        return self._pending
+
+    def trigger(self, trigger: Trigger) -> None:
+        """Ask for a sync; merges with a pending one (the stronger trigger wins)."""
+        if self._pending is None or _PRIORITY[trigger] > _PRIORITY[self._pending]:
+            self._pending = trigger
+        self._wake.set()
+
+    async def run(self, stopping: asyncio.Event, first: Trigger = Trigger.STARTUP) -> None:
+        self.trigger(first)
+        interval = self.reconciler.app.policy.interval
+        while not stopping.is_set():
+            delay = max(0.0, self.next_poll_at - time.time())
+            if self._pending is None:
+                await _wait_any(self._wake, stopping, timeout=delay)
+            if stopping.is_set():
+                break
+            trigger = self._pending or Trigger.POLL
+            self._pending = None
+            self._wake.clear()
+            if trigger is Trigger.POLL:
+                self._note_lateness(time.time() - self.next_poll_at, interval)
+            result = await self._run_once(trigger)
+            failures = self.reconciler.store.get_state(self.name).failures if result and not result.ok else 0
+            spread = 1 + self.rng.uniform(-self.jitter, self.jitter)
+            self.next_poll_at = time.time() + backoff_delay(interval, failures) * spread
+
+    def _note_lateness(self, lateness: float, interval: float) -> None:
+        self.stats.max_lateness = max(self.stats.max_lateness, lateness)
+        if lateness > max(1.0, 0.1 * interval):
+            self.stats.late_polls += 1
+
+    async def _run_once(self, trigger: Trigger) -> SyncResult | None:
+        if self.suspended and trigger is not Trigger.ROLLBACK:
+            return None
+        self.running = trigger
+        try:
+            result = await self.reconciler.sync(trigger, force=trigger is not Trigger.POLL)
+        except Exception:  # the reconciler records its own errors; this is a last line of defence
+            self._log.exception("sync crashed")
+            return None
+        finally:
+            self.running = None
+        self.stats.runs += 1
+        self.stats.last_result = result
+        if self.on_result:
+            self.on_result(result)
+        return result
+
+
+async def _wait_any(event: asyncio.Event, stopping: asyncio.Event, timeout: float) -> None:
+    waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stopping.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+class Scheduler:
+    """Owns the workers; the web layer and the CLI talk to it, never to workers directly."""
+
+    def __init__(self, reconcilers: Iterable[Reconciler], *, jitter: float = 0.1, seed: int | None = None):
+        rng = random.Random(seed)
+        self.workers: dict[str, AppWorker] = {
+            r.app.name: AppWorker(r, jitter=jitter, rng=random.Random(rng.random())) for r in reconcilers
+        }
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._log = get_logger()
+
+    async def start(self) -> None:
+        for worker in self.workers.values():
+            state = worker.reconciler.store.get_state(worker.name)
+            worker.suspended = state.suspended
+            self._tasks.append(asyncio.create_task(worker.run(self._stopping), name=f"worker-{worker.name}"))
+
+    async def stop(self, timeout: float = 600.0) -> None:
+        """Stop polling; let in-flight syncs finish (bounded), then return."""
+        self._stopping.set()
+        if not self._tasks:
+            return
+        done, pending = await asyncio.wait(self._tasks, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+        self._tasks.clear()
+
+    def trigger(self, app: str, trigger: Trigger) -> bool:
+        worker = self.workers.get(app)
+        if worker is None:
+            return False
+        worker.trigger(trigger)
+        return True
+
+    def apps_following(self, repo_full_name: str, branch: str) -> list[str]:
+        name = repo_full_name.lower()
+        return [
+            w.name
+            for w in self.workers.values()
+            if (w.reconciler.app.source.repo_full_name or "").lower() == name
+            and w.reconciler.app.source.branch == branch
+        ]
+
+    @property
+    def pending_count(self) -> int:
+        return sum(1 for w in self.workers.values() if w.pending is not None)
+
+    def all_attempted(self) -> bool:
+        return all(w.stats.runs > 0 or w.suspended for w in self.workers.values())
+

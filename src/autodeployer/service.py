@@ -1,0 +1,85 @@
+"""Wiring: build sources, targets, reconcilers and the scheduler from a Config.
+
+Everything is constructed here and passed down; no module reaches for global state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import httpx
+
+from . import __version__
+from .config import AppConfig, Config
+from .logs import Redactor, configure_logging
+from .reconcile import Reconciler, Reporter
+from .sources.git import GitObserver, GitSource, MirrorLocks
+from .store import SQLiteStore, Store, open_store
+from .targets import TARGETS
+from .targets.base import Target, TargetDeps
+
+USER_AGENT = f"autodeployer/{__version__}"
+
+
+@dataclass
+class Runtime:
+    config: Config
+    redactor: Redactor
+    store: Store
+    reconcilers: dict[str, Reconciler]
+    clients: list[httpx.AsyncClient] = field(default_factory=list)
+
+    async def aclose(self) -> None:
+        for reconciler in self.reconcilers.values():
+            await reconciler.target.aclose()
+        for client in self.clients:
+            await client.aclose()
+        self.store.close()
+
+
+def make_redactor(config: Config) -> Redactor:
+    return Redactor(config.secrets())
+
+
+def setup_logging(config: Config, redactor: Redactor) -> None:
+    configure_logging(config.service.log_level, config.service.log_format, redactor)
+
+
+def _http_client(verify: bool) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        verify=verify,
+        headers={"User-Agent": USER_AGENT},
+        timeout=httpx.Timeout(30.0, connect=10.0),
+        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        follow_redirects=False,
+        trust_env=False,
+    )
+
+
+def build_runtime(
+    config: Config,
+    *,
+    redactor: Redactor | None = None,
+    store: Store | None = None,
+    reporters: Sequence[Reporter] = (),
+    git_observer: GitObserver | None = None,
+    apps: Sequence[AppConfig] | None = None,
+) -> Runtime:
+    redactor = redactor or make_redactor(config)
+    store = store or open_store(config.service.state_dir)
+    if isinstance(store, SQLiteStore):
+        store.mark_interrupted()
+    clients: dict[bool, httpx.AsyncClient] = {}
+    locks = MirrorLocks()
+    reconcilers: dict[str, Reconciler] = {}
+    for app in apps if apps is not None else config.apps:
+        verify = bool(getattr(app.target, "verify_tls", True))
+        client = clients.get(verify) or clients.setdefault(verify, _http_client(verify))
+        source = GitSource(
+            app.source, config.service.state_dir, redactor=redactor, locks=locks, observer=git_observer
+        )
+        deps = TargetDeps(http=client, redactor=redactor, state_dir=config.service.state_dir, source=source)
+        target: Target = TARGETS[app.target.kind].create(app.target, deps)
+        reconcilers[app.name] = Reconciler(app, source, target, store, reporters=reporters, redactor=redactor)
+    return Runtime(config, redactor, store, reconcilers, list(clients.values()))

@@ -1,0 +1,176 @@
+"""Parsing primitives shared by the configuration and by each target's own settings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, SecretStr, ValidationError
+
+from .errors import ConfigError
+
+
+# --------------------------------------------------------------------------- variables registry
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    default: str | None
+    help: str
+    secret: bool = False
+
+
+CORE_VARIABLES: tuple[Variable, ...] = (
+    # the seed's interface
+    Variable("GITHUB_TOKEN", None, "Token for cloning over HTTPS and for the GitHub API.", True),
+    Variable("GITHUB_USER", None, "GitHub user or organisation owning the repository."),
+    Variable("GITHUB_PROJECT", None, "Name of the repository holding the configuration."),
+    Variable("BRANCH", "master", "Branch to follow."),
+    Variable("SYNC_ROOT", "/", "Directory of the repository that holds the configuration."),
+    # source
+    Variable("GIT_URL", None, "Full clone URL (https, ssh, git, file); overrides GITHUB_USER/GITHUB_PROJECT."),
+    Variable("GITHUB_URL", "https://github.com", "GitHub web URL (GitHub Enterprise: https://HOST)."),
+    Variable("GIT_SSH_KEY", None, "Private SSH deploy key (the key text).", True),
+    Variable("GIT_KNOWN_HOSTS", None, "known_hosts lines for SSH host-key checking."),
+    Variable("GIT_TIMEOUT", "120", "Seconds a git command may take before it is abandoned."),
+    # app and policy
+    Variable("APP_NAME", None, "Name of the app (default: the repository name)."),
+    Variable("TARGET", "sesam", "Target kind: sesam, marathon or command."),
+    Variable("SYNC_INTERVAL", "60", "Poll interval in seconds; fractions allowed."),
+    Variable("DRIFT_INTERVAL", None, "Seconds between drift checks of an unchanged head (default: every poll)."),
+    Variable("ALLOW_EMPTY", "false", "Allow a sync that removes every pipe and system (or every app)."),
+    Variable("DRY_RUN", "false", "Plan and report, never apply."),
+    Variable("VERIFY_TLS", "true", "Verify TLS certificates of targets and GitHub."),
+    # service
+    Variable("STATE_DIR", None, "Directory for the Git mirror, history and generated secrets."),
+    Variable("LOG_LEVEL", "info", "debug, info, warning or error."),
+    Variable("LOG_FORMAT", "text", "text or json."),
+    Variable("HOST", "0.0.0.0", "Address the HTTP server (webhooks, status, API) listens on."),
+    Variable("PORT", "5000", "Port of the HTTP server."),
+    Variable("AUTODEPLOYER_CONFIG", None, "YAML file describing many apps (same as --config)."),
+)
+
+_TRUE = {"true", "1", "yes"}
+_FALSE = {"false", "0", "no"}
+
+
+def parse_bool(value: Any, name: str = "value") -> bool:
+    """Strict boolean: true/false/1/0/yes/no in any case, and nothing else."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        low = value.strip().lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+    raise ConfigError(f"{name}: expected true/false/1/0/yes/no, got {value!r}")
+
+
+def _strict_bool(value: Any) -> bool:
+    try:
+        return parse_bool(value)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+
+
+StrictBool = Annotated[bool, BeforeValidator(_strict_bool)]
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def validate_model(model: type[BaseModel], data: dict[str, Any], where: str) -> Any:
+    """pydantic validation whose error names the YAML key at fault."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        msg = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{where}.{loc}: {msg}" if loc else f"{where}: {msg}") from None
+
+
+def strip_bearer(token: str) -> str:
+    """The official Sesam client accepts 'Bearer xyz' and quoted tokens; so do we."""
+    token = token.strip().strip('"').strip("'")
+    if token.lower().startswith("bearer "):
+        token = token[7:].strip()
+    return token
+
+
+def resolve_secret_refs(
+    data: dict[str, Any], where: str, environ: Mapping[str, str], keys: Iterable[str]
+) -> dict[str, Any]:
+    """`jwt_env: NAME` and `jwt_file: PATH` let a YAML file stay free of secrets."""
+    from pathlib import Path
+
+    keys = set(keys)
+    out = dict(data)
+    for key in list(out):
+        for suffix in ("_env", "_file"):
+            if key.endswith(suffix) and key[: -len(suffix)] in keys:
+                base = key[: -len(suffix)]
+                ref = str(out.pop(key))
+                if suffix == "_env":
+                    value = environ.get(ref)
+                    if not value:
+                        raise ConfigError(f"{where}.{key}: environment variable {ref} is not set")
+                else:
+                    try:
+                        value = Path(ref).expanduser().read_text().strip()
+                    except OSError as exc:
+                        raise ConfigError(f"{where}.{key}: cannot read {ref}: {exc.strerror}") from None
+                out[base] = value
+    return out
+
+
+class EnvReader:
+    """Typed access to declared environment variables; every error names the variable."""
+
+    def __init__(self, env: Mapping[str, str], variables: Iterable[Variable]):
+        self._env = env
+        self.variables = {v.name: v for v in variables}
+
+    def raw(self, name: str) -> str | None:
+        if name not in self.variables:
+            raise AssertionError(f"undeclared variable {name}")  # keeps docs and code in step
+        value = self._env.get(name)
+        if value is None or value.strip() == "":
+            return None
+        return value
+
+    def str(self, name: str) -> str | None:
+        value = self.raw(name)
+        if value is None:
+            default = self.variables[name].default
+            return default
+        return value.strip()
+
+    def required(self, name: str, why: str) -> str:
+        value = self.str(name)
+        if value is None:
+            raise ConfigError(f"{name} is required: {why}")
+        return value
+
+    def bool(self, name: str) -> bool:
+        return parse_bool(self.str(name), name)
+
+    def number(self, name: str, *, minimum: float | None = None) -> float | None:
+        value = self.str(name)
+        if value is None:
+            return None
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+        if number != number or (minimum is not None and number < minimum):
+            raise ConfigError(f"{name}: must be at least {minimum}, got {value!r}")
+        return number
+
+    def secret(self, name: str) -> SecretStr | None:
+        value = self.raw(name)
+        return SecretStr(value.strip()) if value is not None else None

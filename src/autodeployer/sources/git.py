@@ -1,0 +1,290 @@
+"""Git source: a bare mirror in STATE_DIR, cheap head checks, fetch on change, reads from objects.
+
+Credentials never reach git's argv or a URL: an HTTPS token travels as an ``http.<url>.extraHeader``
+set through ``GIT_CONFIG_*`` environment variables (scoped to the repository URL, so a redirect to
+another host does not receive it); an SSH key is written owner-only under STATE_DIR and used with
+strict host-key checking.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import SourceSpec
+from ..errors import SourceError
+from ..logs import Redactor
+from ..model import CommitInfo, SourceFile, Tree
+
+MAX_FILE_BYTES = 10 * 1024 * 1024  # blobs larger than this are listed but not read
+ZERO_SHA = "0" * 40
+
+GitObserver = Callable[[str, str, float], None]  # (kind, result, seconds), e.g. for metrics
+
+
+@dataclass
+class GitResult:
+    returncode: int
+    stdout: bytes
+    stderr: str
+
+
+@dataclass
+class MirrorLocks:
+    """One lock per mirror directory: apps that follow the same repository share a mirror."""
+
+    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    def get(self, path: Path) -> asyncio.Lock:
+        return self._locks.setdefault(str(path), asyncio.Lock())
+
+
+class GitSource:
+    """Everything autodeployer needs from one repository and branch."""
+
+    def __init__(
+        self,
+        spec: SourceSpec,
+        state_dir: Path,
+        *,
+        redactor: Redactor | None = None,
+        locks: MirrorLocks | None = None,
+        observer: GitObserver | None = None,
+    ) -> None:
+        self.spec = spec
+        key = hashlib.sha256(spec.url.encode()).hexdigest()[:16]
+        self.mirror = state_dir / "mirrors" / f"{key}.git"
+        self._secrets_dir = state_dir / "secrets" / key
+        self._redact = redactor or Redactor()
+        if spec.token:
+            self._redact.add(spec.token.get_secret_value(), self._basic(spec.token.get_secret_value()))
+        if spec.ssh_key:
+            self._redact.add(spec.ssh_key.get_secret_value())
+        self._lock = (locks or MirrorLocks()).get(self.mirror)
+        self._observe = observer or (lambda kind, result, seconds: None)
+        self._env: dict[str, str] | None = None
+
+    # ------------------------------------------------------------------ environment
+    @staticmethod
+    def _basic(token: str) -> str:
+        return base64.b64encode(f"x-access-token:{token}".encode()).decode()
+
+    def _git_env(self) -> dict[str, str]:
+        if self._env is not None:
+            return self._env
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+        env.update(
+            GIT_TERMINAL_PROMPT="0",
+            GIT_CONFIG_NOSYSTEM="1",
+            GIT_CONFIG_GLOBAL=os.devnull,
+            GIT_ASKPASS="/bin/false",
+            SSH_ASKPASS="/bin/false",
+            LC_ALL="C",
+        )
+        config: list[tuple[str, str]] = [("protocol.version", "2"), ("core.hooksPath", os.devnull)]
+        if self.spec.token and self.spec.url.startswith(("http://", "https://")):
+            header = f"Authorization: Basic {self._basic(self.spec.token.get_secret_value())}"
+            config.append((f"http.{self.spec.url}.extraHeader", header))
+        if self.spec.ssh_key:
+            env["GIT_SSH_COMMAND"] = self._ssh_command()
+        env["GIT_CONFIG_COUNT"] = str(len(config))
+        for i, (key, value) in enumerate(config):
+            env[f"GIT_CONFIG_KEY_{i}"] = key
+            env[f"GIT_CONFIG_VALUE_{i}"] = value
+        self._env = env
+        return env
+
+    def _ssh_command(self) -> str:
+        assert self.spec.ssh_key is not None
+        self._secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key_file = self._secrets_dir / "id_deploy"
+        hosts_file = self._secrets_dir / "known_hosts"
+        _write_private(key_file, self.spec.ssh_key.get_secret_value().strip() + "\n")
+        _write_private(hosts_file, (self.spec.known_hosts or "").strip() + "\n")
+        return (
+            f"ssh -i {key_file} -o IdentitiesOnly=yes -o BatchMode=yes"
+            f" -o StrictHostKeyChecking=yes -o UserKnownHostsFile={hosts_file}"
+        )
+
+    # ------------------------------------------------------------------ running git
+    async def _git(
+        self,
+        *args: str,
+        stdin: bytes | None = None,
+        timeout: float | None = None,
+        cwd: Path | None = None,
+        check: bool = True,
+    ) -> GitResult:
+        timeout = timeout or self.spec.git_timeout
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                "git",
+                *args,
+                cwd=str(cwd or self.mirror),
+                env=self._git_env(),
+                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except OSError as exc:
+            raise SourceError(f"cannot run git: {exc.strerror}") from None
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise SourceError(f"git {args[0]} timed out after {timeout:g} s ({self.spec.url})") from None
+        except asyncio.CancelledError:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            raise
+        result = GitResult(proc.returncode or 0, out, self._redact(err.decode("utf-8", "replace")))
+        if check and result.returncode != 0:
+            raise SourceError(f"git {args[0]} failed for {self.spec.url}: {_last_line(result.stderr)}")
+        return result
+
+    async def _timed(self, kind: str, coro) -> GitResult:  # type: ignore[no-untyped-def]
+        start = time.perf_counter()
+        try:
+            result = await coro
+        except SourceError:
+            self._observe(kind, "error", time.perf_counter() - start)
+            raise
+        self._observe(kind, "ok", time.perf_counter() - start)
+        return result
+
+    async def ensure_mirror(self) -> None:
+        if (self.mirror / "HEAD").exists():
+            return
+        self.mirror.mkdir(parents=True, exist_ok=True)
+        await self._git("init", "--bare", "--quiet", ".")
+        await self._git("config", "remote.origin.url", self.spec.url)
+        await self._git("config", "gc.auto", "0")
+
+    # ------------------------------------------------------------------ operations
+    async def head(self) -> str:
+        """The branch head on the remote, with one `ls-remote` (no fetch)."""
+        await self.ensure_mirror()
+        ref = f"refs/heads/{self.spec.branch}"
+        result = await self._timed(
+            "ls-remote", self._git("ls-remote", "--exit-code", "origin", ref, check=False)
+        )
+        if result.returncode == 2:
+            raise SourceError(f"branch {self.spec.branch!r} not found in {self.spec.url}")
+        if result.returncode != 0:
+            raise SourceError(f"cannot reach {self.spec.url}: {_last_line(result.stderr)}")
+        for line in result.stdout.decode().splitlines():
+            sha, _, name = line.partition("\t")
+            if name == ref:
+                return sha
+        raise SourceError(f"branch {self.spec.branch!r} not found in {self.spec.url}")
+
+    async def has_commit(self, sha: str) -> bool:
+        result = await self._git("cat-file", "-e", f"{sha}^{{commit}}", check=False)
+        return result.returncode == 0
+
+    async def fetch(self, sha: str | None = None) -> str:
+        """Fetch the branch unless `sha` is already present; returns the commit to deploy."""
+        async with self._lock:
+            await self.ensure_mirror()
+            if sha and await self.has_commit(sha):
+                return sha
+            ref = f"refs/heads/{self.spec.branch}"
+            await self._timed(
+                "fetch",
+                self._git("fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "origin", f"+{ref}:{ref}"),
+            )
+            if sha and await self.has_commit(sha):
+                return sha
+            # The branch moved on (or was force-pushed) between the head check and the fetch.
+            fetched = await self._git("rev-parse", "--verify", f"{ref}^{{commit}}")
+            return fetched.stdout.decode().strip()
+
+    async def tree_id(self, sha: str) -> str:
+        """Object id of SYNC_ROOT at `sha`; "" when the directory does not exist there."""
+        spec = f"{sha}:{self.spec.sync_root}" if self.spec.sync_root else f"{sha}^{{tree}}"
+        result = await self._git("rev-parse", "--verify", "--quiet", spec, check=False)
+        if result.returncode != 0:
+            return ""
+        oid = result.stdout.decode().strip()
+        kind = await self._git("cat-file", "-t", oid)
+        return oid if kind.stdout.decode().strip() == "tree" else ""
+
+    async def read(self, sha: str, *, max_file_bytes: int = MAX_FILE_BYTES) -> Tree:
+        """Files under SYNC_ROOT at `sha`, read from objects (no working tree)."""
+        tree_id = await self.tree_id(sha)
+        if not tree_id:
+            return Tree(revision=sha, tree_id="", files={}, sync_root=self.spec.sync_root)
+        listing = await self._git("ls-tree", "-r", "-z", "--long", tree_id)
+        entries: list[tuple[str, str, int, str]] = []  # mode, oid, size, path
+        for record in listing.stdout.split(b"\0"):
+            if not record:
+                continue
+            meta, _, raw_path = record.partition(b"\t")
+            mode, kind, oid, size = meta.decode().split()
+            if kind != "blob":  # submodules have no content here
+                continue
+            entries.append((mode, oid, int(size), raw_path.decode("utf-8", "surrogateescape")))
+        wanted = [oid for _, oid, size, _ in entries if size <= max_file_bytes]
+        blobs = await self._cat_blobs(wanted)
+        files: dict[str, SourceFile] = {}
+        for mode, oid, size, path in entries:
+            data = blobs.get(oid, b"") if size <= max_file_bytes else b""
+            files[path] = SourceFile(path=path, data=data, mode=mode, size=size)
+        return Tree(revision=sha, tree_id=tree_id, files=files, sync_root=self.spec.sync_root)
+
+    async def _cat_blobs(self, oids: list[str]) -> dict[str, bytes]:
+        if not oids:
+            return {}
+        unique = list(dict.fromkeys(oids))
+        result = await self._git("cat-file", "--batch", stdin=("\n".join(unique) + "\n").encode())
+        out, blobs, pos = result.stdout, {}, 0
+        for oid in unique:
+            header_end = out.index(b"\n", pos)
+            header = out[pos:header_end].decode().split()
+            if len(header) < 3 or header[1] == "missing":
+                raise SourceError(f"object {oid} missing from the mirror of {self.spec.url}")
+            size = int(header[2])
+            start = header_end + 1
+            blobs[oid] = out[start : start + size]
+            pos = start + size + 1
+        return blobs
+
+    async def commit_info(self, sha: str) -> CommitInfo:
+        result = await self._git("log", "-1", "--format=%H%x00%s%x00%an%x00%ct", sha, check=False)
+        if result.returncode != 0:
+            return CommitInfo(sha=sha, message="", author="", timestamp=0)
+        parts = result.stdout.decode("utf-8", "replace").rstrip("\n").split("\0")
+        return CommitInfo(sha=parts[0], message=parts[1], author=parts[2], timestamp=int(parts[3] or 0))
+
+    async def export(self, sha: str, dest: Path) -> None:
+        """Write the files of SYNC_ROOT at `sha` into `dest` (for the command target)."""
+        tree = await self.read(sha, max_file_bytes=1 << 62)
+        for file in tree.files.values():
+            if file.is_symlink or ".." in file.path.split("/"):
+                continue  # never recreate links or paths that could point outside the tree
+            path = dest / file.path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(file.data)
+            if file.mode == "100755":
+                path.chmod(0o755)
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(path, 0o600)
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no error output"
+

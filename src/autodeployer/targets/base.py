@@ -1,0 +1,63 @@
+"""The Target protocol: what every deploy target implements.
+
+A target module provides ``KIND``, its settings model ``Spec``, the environment ``VARIABLES`` it reads,
+``SECRET_KEYS`` (YAML keys that may come from ``<key>_env`` / ``<key>_file``), ``spec_from_env``,
+``spec_from_yaml`` and ``create``. Registering it in ``targets/__init__.py`` is the only other change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import httpx
+
+from ..logs import Redactor
+from ..model import ApplyReport, Plan, Tree
+
+if TYPE_CHECKING:
+    from ..config import AppConfig
+    from ..sources.git import GitSource
+
+
+@dataclass
+class SyncContext:
+    """What a target may look at during one sync."""
+
+    app: "AppConfig"
+    tree: Tree
+    memory: dict[str, Any] = field(default_factory=dict)  # kept from the last successful apply
+    log: Any = None
+
+
+@dataclass
+class TargetDeps:
+    """Shared services handed to targets: no target builds its own."""
+
+    http: httpx.AsyncClient
+    redactor: Redactor
+    state_dir: Path
+    source: "GitSource | None" = None
+
+
+class Target(Protocol):
+    kind: str
+
+    async def plan(self, ctx: SyncContext) -> Plan:
+        """Desired state from the tree, live state from the target, and their semantic diff.
+
+        Raises :class:`~autodeployer.errors.Refused` when the tree must not be deployed, and
+        :class:`~autodeployer.errors.TargetError` when the target cannot be read.
+        """
+        ...
+
+    async def apply(self, plan: Plan, ctx: SyncContext) -> ApplyReport:
+        """Make the target equal to the plan's desired state; the only write."""
+        ...
+
+    async def verify(self, plan: Plan, ctx: SyncContext) -> Plan:
+        """Read back; the returned plan lists what still differs (empty means synced)."""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,1 @@
+"""HTTP surface of `autodeployer run`: webhooks, health, metrics, JSON API and status page."""
