@@ -87,7 +87,10 @@ class GitSource:
             SSH_ASKPASS="/bin/false",
             LC_ALL="C",
         )
-        config: list[tuple[str, str]] = [("protocol.version", "2"), ("core.hooksPath", os.devnull)]
+        # Protocol v2 lets ls-remote ask for one ref instead of receiving all of them (GitHub
+        # repositories carry thousands of refs/pull/*). git's own v2 client stalls on git:// though.
+        version = "0" if self.spec.url.startswith("git://") else "2"
+        config: list[tuple[str, str]] = [("protocol.version", version), ("core.hooksPath", os.devnull)]
         if self.spec.token and self.spec.url.startswith(("http://", "https://")):
             header = f"Authorization: Basic {self._basic(self.spec.token.get_secret_value())}"
             config.append((f"http.{self.spec.url}.extraHeader", header))
