@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from .config import AppConfig
 from .errors import AutodeployerError, Refused, SourceError, TargetError
 from .logs import Redactor, get_logger
-from .model import CommitInfo, Plan, Problem, Result, SyncResult, Trigger
+from .model import Action, CommitInfo, Plan, Problem, Result, SyncResult, Trigger
 from .sources.git import GitSource
 from .store import AppState, Store
 from .targets.base import SyncContext, Target
@@ -182,7 +182,7 @@ class Reconciler:
     def _guard(self, plan: Plan) -> None:
         if plan.empties_target and not self.app.policy.allow_empty:
             raise Refused(
-                f"the plan removes all {plan.live_count} managed entities from the target and adds none; "
+                f"the plan removes all {plan.count(Action.REMOVE)} managed entities from the target and adds none; "
                 "set ALLOW_EMPTY=true if that is intended"
             )
 

@@ -1,0 +1,146 @@
+"""Shared fixtures: real Git servers and emulators on loopback, and a running service."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from autodeployer.emulators.gitserver import GitDaemon, GitHttpServer, WorkRepo
+from autodeployer.emulators.sesam import SesamEmulator
+
+from .helpers import GIT_TOKEN, SESAM_JWT, base_env, base_files, free_port, wait_for
+
+
+@pytest.fixture
+def git_server(tmp_path: Path) -> Iterator[GitHttpServer]:
+    server = GitHttpServer(tmp_path / "git", token=GIT_TOKEN)
+    with server.serve():
+        yield server
+
+
+@pytest.fixture
+def git_daemon(tmp_path: Path) -> Iterator[GitDaemon]:
+    (tmp_path / "git").mkdir(exist_ok=True)
+    with GitDaemon(tmp_path / "git") as daemon:
+        yield daemon
+
+
+@pytest.fixture
+def config_repo(tmp_path: Path) -> WorkRepo:
+    """acme/config.git with a small Sesam configuration on master."""
+    repo = WorkRepo.create(tmp_path / "git" / "acme" / "config.git", tmp_path / "work", branch="master")
+    repo.write(base_files())
+    repo.commit("initial configuration")
+    repo.push()
+    return repo
+
+
+@pytest.fixture
+def sesam() -> Iterator[SesamEmulator]:
+    node = SesamEmulator(jwt=SESAM_JWT)
+    with node.serve() as server:
+        node.api_url = server.url + "/api"  # type: ignore[attr-defined]
+        yield node
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def app_env(git_server: GitHttpServer, config_repo: WorkRepo, sesam: SesamEmulator, state_dir: Path) -> dict[str, str]:
+    """The environment form of one app: the seed's variables plus GIT_URL."""
+    return base_env(
+        GIT_URL=git_server.url_for("acme/config.git"),
+        GITHUB_TOKEN=GIT_TOKEN,
+        JWT=SESAM_JWT,
+        SESAM_API_URL=sesam.api_url,  # type: ignore[attr-defined]
+        STATE_DIR=str(state_dir),
+        APP_NAME="node",
+    )
+
+
+@dataclass
+class Service:
+    """`autodeployer run` as a real process; its log is collected in a file."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+class ServiceFactory:
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.started: list[Service] = []
+
+    def __call__(self, env: dict[str, str], *args: str, wait_ready: bool = True) -> Service:
+        import httpx
+
+        port = int(env.get("PORT") or free_port())
+        env = {**env, "PORT": str(port), "HOST": "127.0.0.1"}
+        log_path = self.tmp_path / f"service-{len(self.started)}.log"
+        handle = open(log_path, "wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "autodeployer", *args, "run"],
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        handle.close()
+        service = Service(proc, port, log_path, env)
+        self.started.append(service)
+
+        def healthy() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"service exited early ({proc.returncode}):\n{service.log()}")
+            try:
+                return httpx.get(service.url + "/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        if wait_ready:
+            wait_for(healthy, timeout=30, what="service health")
+        return service
+
+    def close(self) -> None:
+        for service in self.started:
+            service.stop()
+            if service.proc.poll() is None:
+                os.killpg(service.proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[ServiceFactory]:
+    factory = ServiceFactory(tmp_path)
+    try:
+        yield factory
+    finally:
+        factory.close()
