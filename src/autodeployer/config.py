@@ -49,6 +49,7 @@ class SourceSpec(Frozen):
     repo_full_name: str | None = None  # "owner/name", derived from the URL
     github_api_url: str | None = None  # set when the repository lives on GitHub
     git_timeout: float = 120.0
+    head_check: Literal["auto", "git", "api"] = "auto"
 
     @property
     def is_github(self) -> bool:
@@ -81,6 +82,10 @@ class ServiceSettings(Frozen):
     log_format: Literal["text", "json"] = "text"
     host: str = "0.0.0.0"
     port: int = Field(default=5000, ge=0, le=65535)
+    webhook_secret: SecretStr | None = None
+    public_url: str | None = None
+    register_webhook: StrictBool = True
+    commit_status: StrictBool = True
 
 
 class Config(Frozen):
@@ -198,9 +203,17 @@ def source_from_env(env: EnvReader) -> SourceSpec:
         ssh_key=env.secret("GIT_SSH_KEY"),
         known_hosts=env.str("GIT_KNOWN_HOSTS"),
         repo_full_name=repo_full_name(url),
-        github_api_url=github_api_for(url, github_url, None),
+        github_api_url=github_api_for(url, github_url, env.str("GITHUB_API_URL")),
         git_timeout=env.number("GIT_TIMEOUT", minimum=1) or 120.0,
+        head_check=_choice(env, "HEAD_CHECK", ("auto", "git", "api")),
     )
+
+
+def _choice(env: EnvReader, name: str, allowed: tuple[str, ...]) -> Any:
+    value = (env.str(name) or allowed[0]).lower()
+    if value not in allowed:
+        raise ConfigError(f"{name}: expected one of {', '.join(allowed)}, got {value!r}")
+    return value
 
 
 def _target_module(kind: str, where: str) -> Any:
@@ -228,7 +241,14 @@ def service_from_env(env: EnvReader, environ: Mapping[str, str]) -> dict[str, An
         raise ConfigError(f"LOG_FORMAT: expected text or json, got {fmt!r}")
     state = env.str("STATE_DIR")
     port = env.number("PORT", minimum=0)
+    public_url = env.str("PUBLIC_URL")
+    if public_url and not public_url.startswith(("http://", "https://")):
+        raise ConfigError(f"PUBLIC_URL: expected an http(s) URL, got {public_url!r}")
     return {
+        "webhook_secret": env.secret("WEBHOOK_SECRET"),
+        "public_url": public_url.rstrip("/") if public_url else None,
+        "register_webhook": env.bool("REGISTER_WEBHOOK"),
+        "commit_status": env.bool("COMMIT_STATUS"),
         "state_dir": Path(state).expanduser() if state else default_state_dir(environ),
         "log_level": level,
         "log_format": fmt,
@@ -321,6 +341,7 @@ def load_config(
         overrides = doc.get("service") or {}
         if not isinstance(overrides, dict):
             raise ConfigError("service: expected a mapping")
+        overrides = resolve_secret_refs(overrides, "service", environ, ("webhook_secret", "admin_token"))
         for key, value in overrides.items():
             if env.variables.get(key.upper()) is None or env.raw(key.upper()) is None:
                 service[key] = Path(value).expanduser() if key == "state_dir" else value

@@ -130,6 +130,8 @@ class Reconciler:
         sha = head
         try:
             sha = await self.source.fetch(head)
+            if not drift_check and not dry_run:
+                await self._report_started(sha, trigger)
             tree = await self.source.read(sha)
             if not tree.tree_id:
                 raise Refused(self._missing_root(sha))
@@ -145,7 +147,6 @@ class Reconciler:
                                  summary=plan.summary())
             # Open the history row before the write, so a crash mid-apply leaves a trace.
             attempt = self._begin(trigger, sha, started) if record else None
-            await self._report_started(sha, trigger)
             try:
                 report = await self.target.apply(plan, ctx)
                 remaining = await self.target.verify(plan, ctx)

@@ -5,22 +5,49 @@ from __future__ import annotations
 import uvicorn
 
 from .config import Config
+from .github import WEBHOOK_PATH, hook_targets, register_with_backoff
 from .logs import get_logger
 from .scheduling import Scheduler
-from .service import build_runtime
-from .web.app import create_app
+from .service import Runtime, build_runtime
+from .web.app import BackgroundJob, create_app
+from .web.webhook import WebhookReceiver, load_or_create_secret
 
 
-async def serve(config: Config) -> int:
+def webhook_secret(config: Config) -> str:
+    configured = config.service.webhook_secret
+    return configured.get_secret_value() if configured else load_or_create_secret(config.service.state_dir)
+
+
+def _registration_job(runtime: Runtime, secret: str, hook_url: str) -> BackgroundJob | None:
+    targets = hook_targets(runtime.config.apps, runtime.http, hook_url, secret)
+    if not targets:
+        get_logger().warning("PUBLIC_URL is set but no app has a GitHub repository and token; no hook registered")
+        return None
+
+    async def job() -> None:
+        await register_with_backoff(targets)
+
+    return job
+
+
+async def serve(config: Config, *, hook_path: str = WEBHOOK_PATH) -> int:
     runtime = build_runtime(config)
+    secret = webhook_secret(config)
+    runtime.redactor.add(secret)
     scheduler = Scheduler(runtime.reconcilers.values())
-    app = create_app(runtime, scheduler)
+    background: list[BackgroundJob] = []
+    settings = config.service
+    if settings.public_url and settings.register_webhook:
+        job = _registration_job(runtime, secret, settings.public_url + hook_path)
+        if job:
+            background.append(job)
+    app = create_app(runtime, scheduler, webhook=WebhookReceiver([secret], scheduler), background=background)
     log = get_logger()
     log.info(
         "autodeployer starting",
         apps=[a.name for a in config.apps],
-        listen=f"{config.service.host}:{config.service.port}",
-        state_dir=str(config.service.state_dir),
+        listen=f"{settings.host}:{settings.port}",
+        state_dir=str(settings.state_dir),
     )
     for a in config.apps:
         log.info("app configured", app=a.name, repo=a.source.url, branch=a.source.branch,
@@ -30,8 +57,8 @@ async def serve(config: Config) -> int:
     server = uvicorn.Server(
         uvicorn.Config(
             app,
-            host=config.service.host,
-            port=config.service.port,
+            host=settings.host,
+            port=settings.port,
             log_config=None,
             access_log=False,
             lifespan="on",

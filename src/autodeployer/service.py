@@ -12,6 +12,7 @@ import httpx
 
 from . import __version__
 from .config import AppConfig, Config
+from .github import CommitStatusReporter, client_for
 from .logs import Redactor, configure_logging
 from .reconcile import Reconciler, Reporter
 from .sources.git import GitObserver, GitSource, MirrorLocks
@@ -29,6 +30,11 @@ class Runtime:
     store: Store
     reconcilers: dict[str, Reconciler]
     clients: list[httpx.AsyncClient] = field(default_factory=list)
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """The TLS-verifying client, shared by GitHub calls and notifications."""
+        return self.clients[0]
 
     async def aclose(self) -> None:
         for reconciler in self.reconcilers.values():
@@ -70,7 +76,10 @@ def build_runtime(
     store = store or open_store(config.service.state_dir)
     if isinstance(store, SQLiteStore):
         store.mark_interrupted()
-    clients: dict[bool, httpx.AsyncClient] = {}
+    clients: dict[bool, httpx.AsyncClient] = {True: _http_client(True)}
+    reporters = list(reporters)
+    if config.service.commit_status:
+        reporters.insert(0, CommitStatusReporter(clients[True], config.service))
     locks = MirrorLocks()
     reconcilers: dict[str, Reconciler] = {}
     for app in apps if apps is not None else config.apps:
@@ -79,7 +88,10 @@ def build_runtime(
         source = GitSource(
             app.source, config.service.state_dir, redactor=redactor, locks=locks, observer=git_observer
         )
+        if app.source.head_check != "git":
+            source.github = client_for(app, client)
         deps = TargetDeps(http=client, redactor=redactor, state_dir=config.service.state_dir, source=source)
         target: Target = TARGETS[app.target.kind].create(app.target, deps)
         reconcilers[app.name] = Reconciler(app, source, target, store, reporters=reporters, redactor=redactor)
     return Runtime(config, redactor, store, reconcilers, list(clients.values()))
+

@@ -21,6 +21,7 @@ from ..config import SourceSpec
 from ..errors import SourceError
 from ..logs import Redactor
 from ..model import CommitInfo, SourceFile, Tree
+from .github import GitHubClient, GitHubError
 
 MAX_FILE_BYTES = 10 * 1024 * 1024  # blobs larger than this are listed but not read
 ZERO_SHA = "0" * 40
@@ -69,6 +70,9 @@ class GitSource:
         self._lock = (locks or MirrorLocks()).get(self.mirror)
         self._observe = observer or (lambda kind, result, seconds: None)
         self._env: dict[str, str] | None = None
+        self.github: GitHubClient | None = None  # set to read heads through the REST API
+        self._etag: str | None = None
+        self._api_sha: str | None = None
 
     # ------------------------------------------------------------------ environment
     @staticmethod
@@ -173,7 +177,34 @@ class GitSource:
 
     # ------------------------------------------------------------------ operations
     async def head(self) -> str:
-        """The branch head on the remote, with one `ls-remote` (no fetch)."""
+        """The branch head: GitHub's sha media type when enabled (idle polls are free 304s),
+        otherwise one `ls-remote`. Never a fetch."""
+        if self.github is not None and self.spec.head_check != "git":
+            try:
+                return await self._api_head(self.github)
+            except GitHubError as exc:
+                if self.spec.head_check == "api":
+                    raise SourceError(str(exc)) from None
+                self._observe("api-head", "fallback", 0.0)  # rate limited or down: ls-remote still works
+        return await self._ls_remote_head()
+
+    async def _api_head(self, github: GitHubClient) -> str:
+        start = time.perf_counter()
+        try:
+            sha, etag = await github.head(self.spec.branch, self._etag)
+        except GitHubError:
+            self._observe("api-head", "error", time.perf_counter() - start)
+            raise
+        self._observe("api-head", "not-modified" if sha is None else "ok", time.perf_counter() - start)
+        if sha is None and self._api_sha:
+            return self._api_sha
+        if sha is None:  # a 304 without a remembered sha: ask again without the ETag
+            self._etag = None
+            return await self._api_head(github)
+        self._api_sha, self._etag = sha, etag
+        return sha
+
+    async def _ls_remote_head(self) -> str:
         await self.ensure_mirror()
         ref = f"refs/heads/{self.spec.branch}"
         result = await self._timed(

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -13,17 +13,18 @@ from starlette.routing import Route
 
 from ..scheduling import Scheduler
 from ..service import Runtime
+from .webhook import WebhookReceiver
+
+BackgroundJob = Callable[[], Awaitable[None]]
 
 
-@dataclass
-class WebContext:
-    runtime: Runtime
-    scheduler: Scheduler
-
-
-def create_app(runtime: Runtime, scheduler: Scheduler) -> Starlette:
-    ctx = WebContext(runtime, scheduler)
-
+def create_app(
+    runtime: Runtime,
+    scheduler: Scheduler,
+    *,
+    webhook: WebhookReceiver | None = None,
+    background: Sequence[BackgroundJob] = (),
+) -> Starlette:
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
@@ -34,15 +35,22 @@ def create_app(runtime: Runtime, scheduler: Scheduler) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await scheduler.start()
+        jobs = [asyncio.create_task(job()) for job in background]
         try:
             yield
         finally:
+            for job in jobs:
+                job.cancel()
             await scheduler.stop()
             await runtime.aclose()
 
-    app = Starlette(
-        routes=[Route("/healthz", healthz), Route("/readyz", readyz)],
-        lifespan=lifespan,
-    )
-    app.state.ctx = ctx
+    routes = [Route("/healthz", healthz), Route("/readyz", readyz)]
+    if webhook is not None:
+        routes += [
+            Route("/webhook", webhook, methods=["POST"]),
+            Route("/dploy", webhook, methods=["POST"]),  # the dploy observer's path
+        ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.runtime = runtime
+    app.state.scheduler = scheduler
     return app

@@ -1,0 +1,182 @@
+"""GitHub REST client: repository hooks, commit statuses, and the cheap branch-head check.
+
+Only what autodeployer needs. The token travels in the Authorization header of requests to the API
+base URL; it never appears in a URL, a log line or an exception message.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from ..errors import AutodeployerError
+
+API_HEADERS = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
+
+
+class GitHubError(AutodeployerError):
+    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class HookSpec:
+    url: str
+    secret: str
+    events: tuple[str, ...] = ("push",)
+    content_type: str = "json"
+    insecure_ssl: str = "0"
+
+    def config(self) -> dict[str, str]:
+        return {
+            "url": self.url,
+            "content_type": self.content_type,
+            "secret": self.secret,
+            "insecure_ssl": self.insecure_ssl,
+        }
+
+
+def rate_limit_wait(response: httpx.Response, now: float | None = None) -> float | None:
+    """Seconds to wait before the next call, if the answer says we hit a rate limit."""
+    if response.status_code not in (403, 429):
+        return None
+    headers = response.headers
+    if "retry-after" in headers:
+        try:
+            return max(0.0, float(headers["retry-after"]))
+        except ValueError:
+            return 60.0
+    if headers.get("x-ratelimit-remaining") == "0" and "x-ratelimit-reset" in headers:
+        try:
+            return max(0.0, float(headers["x-ratelimit-reset"]) - (now or time.time()))
+        except ValueError:
+            return 60.0
+    return 60.0 if response.status_code == 429 else None
+
+
+class GitHubClient:
+    def __init__(self, api_url: str, token: str, repo_full_name: str, http: httpx.AsyncClient) -> None:
+        self.api_url = api_url.rstrip("/")
+        self.repo = repo_full_name
+        self._http = http
+        self._headers = {**API_HEADERS, "Authorization": f"Bearer {token}"}
+        self._blocked_until = 0.0  # respect Retry-After / rate-limit reset across calls
+
+    # ------------------------------------------------------------------ plumbing
+    async def _call(self, method: str, path_or_url: str, **kwargs: Any) -> httpx.Response:
+        url = path_or_url if path_or_url.startswith("http") else f"{self.api_url}{path_or_url}"
+        shown = f"{method} {url.split('?')[0]}"
+        wait = self._blocked_until - time.time()
+        if wait > 0:
+            raise GitHubError(f"{shown}: rate limited for another {wait:.0f} s", retry_after=wait)
+        headers = {**self._headers, **kwargs.pop("headers", {})}
+        try:
+            response = await self._http.request(method, url, headers=headers, timeout=20, **kwargs)
+        except httpx.HTTPError as exc:
+            raise GitHubError(f"{shown}: {type(exc).__name__}") from None
+        wait = rate_limit_wait(response)
+        if wait is not None:
+            self._blocked_until = time.time() + wait
+            raise GitHubError(f"{shown}: rate limited ({response.status_code}); retry in {wait:.0f} s",
+                              response.status_code, wait)
+        return response
+
+    @staticmethod
+    def _fail(response: httpx.Response, what: str) -> GitHubError:
+        try:
+            message = response.json().get("message", "")
+        except ValueError:
+            message = response.text[:200]
+        needed = response.headers.get("x-accepted-github-permissions")
+        hint = f" (needs permission: {needed})" if needed else ""
+        return GitHubError(f"{what}: {response.status_code} {message}{hint}".strip(), response.status_code)
+
+    # ------------------------------------------------------------------ hooks
+    async def list_hooks(self) -> list[dict[str, Any]]:
+        """Every hook of the repository, following rel="next" links to the end."""
+        hooks: list[dict[str, Any]] = []
+        url: str | None = f"/repos/{self.repo}/hooks?per_page=100"
+        while url:
+            response = await self._call("GET", url)
+            if response.status_code != 200:
+                raise self._fail(response, f"listing hooks of {self.repo}")
+            hooks.extend(response.json())
+            url = response.links.get("next", {}).get("url")
+        return hooks
+
+    async def find_hook(self, url: str) -> dict[str, Any] | None:
+        for hook in await self.list_hooks():
+            if (hook.get("config") or {}).get("url") == url:
+                return hook
+        return None
+
+    async def ensure_hook(self, spec: HookSpec) -> tuple[str, dict[str, Any]]:
+        """Create our hook, or bring it up to date; never a duplicate. Returns (action, hook)."""
+        hook = await self.find_hook(spec.url)
+        body = {"name": "web", "active": True, "events": list(spec.events), "config": spec.config()}
+        if hook is None:
+            response = await self._call("POST", f"/repos/{self.repo}/hooks", json=body)
+            if response.status_code == 201:
+                return "created", response.json()
+            if response.status_code == 422 and _is_duplicate(response):
+                hook = await self.find_hook(spec.url)  # someone created it meanwhile: adopt it
+            if hook is None:
+                raise self._fail(response, f"creating the hook on {self.repo}")
+        # The secret cannot be read back, so a PATCH is the only way to be sure it matches.
+        response = await self._call("PATCH", f"/repos/{self.repo}/hooks/{hook['id']}", json=body)
+        if response.status_code != 200:
+            raise self._fail(response, f"updating hook {hook['id']} on {self.repo}")
+        changed = (
+            sorted(hook.get("events", [])) != sorted(spec.events)
+            or not hook.get("active", True)
+            or (hook.get("config") or {}).get("content_type") != spec.content_type
+        )
+        return ("updated" if changed else "unchanged"), response.json()
+
+    async def remove_hook(self, url: str) -> dict[str, Any] | None:
+        hook = await self.find_hook(url)
+        if hook is None:
+            return None
+        response = await self._call("DELETE", f"/repos/{self.repo}/hooks/{hook['id']}")
+        if response.status_code not in (204, 404):
+            raise self._fail(response, f"deleting hook {hook['id']} on {self.repo}")
+        return hook
+
+    # ------------------------------------------------------------------ statuses and heads
+    async def create_status(
+        self, sha: str, state: str, context: str, description: str, target_url: str | None = None
+    ) -> None:
+        body: dict[str, Any] = {"state": state, "context": context, "description": description[:140]}
+        if target_url:
+            body["target_url"] = target_url
+        response = await self._call("POST", f"/repos/{self.repo}/statuses/{sha}", json=body)
+        if response.status_code != 201:
+            raise self._fail(response, f"posting status {state} for {sha[:12]}")
+
+    async def head(self, branch: str, etag: str | None) -> tuple[str | None, str | None]:
+        """(sha, etag) of the branch; sha is None when unchanged (a 304, free of rate limit)."""
+        headers = {"Accept": "application/vnd.github.sha"}
+        if etag:
+            headers["If-None-Match"] = etag
+        response = await self._call("GET", f"/repos/{self.repo}/commits/{branch}", headers=headers)
+        if response.status_code == 304:
+            return None, etag
+        if response.status_code != 200:
+            raise self._fail(response, f"reading the head of {self.repo}@{branch}")
+        sha = response.text.strip()
+        if len(sha) != 40:
+            raise GitHubError(f"reading the head of {self.repo}@{branch}: unexpected answer")
+        return sha, response.headers.get("etag") or f'"{sha}"'
+
+
+def _is_duplicate(response: httpx.Response) -> bool:
+    try:
+        errors = response.json().get("errors") or []
+    except ValueError:
+        return False
+    return any(isinstance(e, dict) and e.get("resource") == "Hook" for e in errors)

@@ -1,0 +1,200 @@
+"""GitHub push webhooks: verify, filter, de-duplicate, queue, answer at once.
+
+The request never waits for a sync: a verified push to a followed branch only wakes the app's
+worker, which resolves the branch head itself (deliveries can be late or out of order).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+
+from ..logs import get_logger
+from ..model import Trigger
+from ..scheduling import Scheduler
+
+MAX_BODY = 25 * 1024 * 1024  # GitHub caps payloads at 25 MB
+SECRET_FILE = "webhook-secret"
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def sign(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def signature_valid(header: str | None, body: bytes, secrets_: Sequence[str]) -> bool:
+    """Constant-time check of X-Hub-Signature-256 against each accepted secret."""
+    if not header or not header.startswith("sha256=") or len(header) != 71:
+        return False
+    matched = False
+    for secret in secrets_:
+        # no early exit: every secret is compared, so timing says nothing about which one matched
+        matched |= hmac.compare_digest(header.encode(), sign(secret, body).encode())
+    return matched
+
+
+def load_or_create_secret(state_dir: Path) -> str:
+    """A strong secret kept in STATE_DIR (owner-only) and reused across restarts."""
+    directory = state_dir / "secrets"
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = directory / SECRET_FILE
+    if path.exists():
+        value = path.read_text().strip()
+        if value:
+            return value
+    value = secrets.token_hex(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value + "\n")
+    os.chmod(path, 0o600)
+    return value
+
+
+class SeenDeliveries:
+    """Bounded memory of accepted (hook id, delivery GUID) pairs."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._size = size
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        return key in self._seen
+
+    def add(self, key: tuple[str, str]) -> None:
+        self._seen[key] = None
+        self._seen.move_to_end(key)
+        while len(self._seen) > self._size:
+            self._seen.popitem(last=False)
+
+
+@dataclass
+class Verdict:
+    status: int
+    result: str  # for metrics and logs: accepted, ignored, duplicate, ping, unauthorized, ...
+    body: dict[str, Any] | None = None
+
+
+DeliveryObserver = Callable[[str, str], None]  # (event, result)
+
+
+class WebhookReceiver:
+    def __init__(
+        self,
+        secrets_: Sequence[str],
+        scheduler: Scheduler,
+        *,
+        observer: DeliveryObserver | None = None,
+        max_body: int = MAX_BODY,
+    ) -> None:
+        if not secrets_:
+            raise ValueError("a webhook secret is required; there is no unsigned mode")
+        self._secrets = list(secrets_)
+        self._scheduler = scheduler
+        self._seen = SeenDeliveries()
+        self._observe = observer or (lambda event, result: None)
+        self._max_body = max_body
+        self._log = get_logger(component="webhook")
+
+    async def __call__(self, request: Request) -> Response:
+        event = request.headers.get("x-github-event", "")
+        verdict = await self._verdict(request, event)
+        self._observe(event or "unknown", verdict.result)
+        self._log.info(
+            "webhook delivery",
+            github_event=event or None,
+            delivery=request.headers.get("x-github-delivery"),
+            result=verdict.result,
+            status=verdict.status,
+        )
+        if verdict.status == 204:
+            return Response(status_code=204)
+        return JSONResponse(verdict.body or {"result": verdict.result}, status_code=verdict.status)
+
+    async def _read(self, request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self._max_body:
+            raise BodyTooLarge
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self._max_body:
+                raise BodyTooLarge
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _verdict(self, request: Request, event: str) -> Verdict:
+        try:
+            body = await self._read(request)
+        except BodyTooLarge:
+            return Verdict(413, "too-large", {"error": "payload too large"})
+        except ClientDisconnect:
+            return Verdict(400, "disconnected", {"error": "client disconnected"})
+        if not signature_valid(request.headers.get("x-hub-signature-256"), body, self._secrets):
+            return Verdict(401, "unauthorized", {"error": "invalid or missing signature"})
+        payload = _decode(request.headers.get("content-type", ""), body)
+        if isinstance(payload, Verdict):
+            return payload
+        if not event:
+            return Verdict(400, "bad-request", {"error": "missing X-GitHub-Event header"})
+        key = (request.headers.get("x-github-hook-id", ""), request.headers.get("x-github-delivery", ""))
+        if key[1] and key in self._seen:
+            return Verdict(200, "duplicate", {"result": "duplicate delivery ignored"})
+        verdict = self._dispatch(event, payload)
+        if key[1] and verdict.status < 400:
+            self._seen.add(key)  # only accepted deliveries: a refused one may be redelivered
+        return verdict
+
+    def _dispatch(self, event: str, payload: dict[str, Any]) -> Verdict:
+        if event == "ping":
+            return Verdict(200, "ping", {"result": "pong"})
+        if event != "push":
+            return Verdict(204, "ignored-event")
+        ref = payload.get("ref")
+        repo = (payload.get("repository") or {}).get("full_name")
+        if not isinstance(ref, str) or not isinstance(repo, str):
+            return Verdict(400, "bad-request", {"error": "push payload without ref or repository.full_name"})
+        if payload.get("deleted"):
+            return Verdict(202, "ignored", {"result": "ignored", "reason": "branch deleted"})
+        if not ref.startswith("refs/heads/"):
+            return Verdict(202, "ignored", {"result": "ignored", "reason": f"not a branch: {ref}"})
+        branch = ref.removeprefix("refs/heads/")
+        apps = self._scheduler.apps_following(repo, branch)
+        if not apps:
+            return Verdict(202, "ignored", {"result": "ignored", "reason": f"no app follows {repo}@{branch}"})
+        for app in apps:
+            self._scheduler.trigger(app, Trigger.WEBHOOK)
+        return Verdict(202, "accepted", {"result": "queued", "apps": apps})
+
+
+def _decode(content_type: str, body: bytes) -> dict[str, Any] | Verdict:
+    media = content_type.split(";")[0].strip().lower()
+    try:
+        if media == "application/json":
+            payload = json.loads(body)
+        elif media == "application/x-www-form-urlencoded":
+            fields = parse_qs(body.decode("utf-8"), strict_parsing=False)
+            if "payload" not in fields:
+                return Verdict(400, "bad-request", {"error": "form delivery without a payload field"})
+            payload = json.loads(fields["payload"][0])
+        else:
+            return Verdict(415, "unsupported-media-type", {"error": f"unsupported content type {media or 'none'}"})
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return Verdict(400, "bad-request", {"error": "malformed payload"})
+    if not isinstance(payload, dict):
+        return Verdict(400, "bad-request", {"error": "payload is not a JSON object"})
+    return payload
