@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from autodeployer.emulators.github import GitHubEmulator
 from autodeployer.emulators.gitserver import GitDaemon, GitHttpServer, WorkRepo
 from autodeployer.emulators.sesam import SesamEmulator
 
@@ -48,6 +49,17 @@ def sesam() -> Iterator[SesamEmulator]:
     with node.serve() as server:
         node.api_url = server.url + "/api"  # type: ignore[attr-defined]
         yield node
+
+
+@pytest.fixture
+def github() -> Iterator[GitHubEmulator]:
+    """GitHub's API for acme/config; the same token serves Git and the API, as GITHUB_TOKEN does."""
+    gh = GitHubEmulator(token=GIT_TOKEN)
+    gh.add_repo("acme", "config", repo_id=4242, default_branch="master")
+    gh.delivery_timeout = 5
+    with gh.serve() as server:
+        gh.url = server.url  # type: ignore[attr-defined]
+        yield gh
 
 
 @pytest.fixture

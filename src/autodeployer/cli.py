@@ -170,6 +170,71 @@ def run(ctx: click.Context) -> None:
     sys.exit(asyncio.run(serve(config)))
 
 
+# --------------------------------------------------------------------------- hooks
+@cli.group()
+def hooks() -> None:
+    """Manage the GitHub webhook of each app's repository."""
+
+
+async def _hook_command(config: Config, action: str) -> int:
+    import httpx
+
+    from .github import WEBHOOK_PATH, hook_targets
+    from .runner import webhook_secret
+    from .sources.github import GitHubError
+
+    public_url = config.service.public_url
+    if not public_url:
+        _fail("PUBLIC_URL is required: the hook is registered for PUBLIC_URL/webhook")
+    url = public_url + WEBHOOK_PATH
+    secret = webhook_secret(config) if action == "register" else ""
+    code = EXIT_OK
+    async with httpx.AsyncClient(timeout=20, trust_env=False) as http:
+        targets = hook_targets(config.apps, http, url, secret)
+        if not targets:
+            _fail("no app has a GitHub repository and GITHUB_TOKEN; nothing to manage")
+        for target in targets:
+            try:
+                if action == "register":
+                    result, hook = await target.client.ensure_hook(target.spec)
+                    click.echo(f"{target.repo}: hook {hook.get('id')} {result} -> {url}")
+                elif action == "remove":
+                    removed = await target.client.remove_hook(url)
+                    click.echo(f"{target.repo}: " + (f"removed hook {removed['id']}" if removed else f"no hook for {url}"))
+                else:
+                    for hook in await target.client.list_hooks():
+                        cfg = hook.get("config") or {}
+                        mark = "*" if cfg.get("url") == url else " "
+                        last = (hook.get("last_response") or {}).get("status", "?")
+                        click.echo(f"{mark} {target.repo} {hook.get('id')} {cfg.get('url')} "
+                                   f"events={','.join(hook.get('events', []))} active={hook.get('active')} last={last}")
+            except GitHubError as exc:
+                click.echo(f"{target.repo}: {exc}", err=True)
+                code = EXIT_ERROR
+    return code
+
+
+@hooks.command("register")
+@click.pass_context
+def hooks_register(ctx: click.Context) -> None:
+    """Create or update the hook for PUBLIC_URL/webhook (idempotent)."""
+    sys.exit(asyncio.run(_hook_command(_prepare(ctx), "register")))
+
+
+@hooks.command("list")
+@click.pass_context
+def hooks_list(ctx: click.Context) -> None:
+    """List the repositories' hooks; ours is marked with *."""
+    sys.exit(asyncio.run(_hook_command(_prepare(ctx), "list")))
+
+
+@hooks.command("remove")
+@click.pass_context
+def hooks_remove(ctx: click.Context) -> None:
+    """Delete exactly our hook, leaving every other hook alone."""
+    sys.exit(asyncio.run(_hook_command(_prepare(ctx), "remove")))
+
+
 @cli.command()
 @click.option("--port", default=5000, show_default=True, help="Port of the deployer's status page.")
 @click.option("--interval", default=2.0, show_default=True, help="Poll interval of the demo app, seconds.")

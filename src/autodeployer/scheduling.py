@@ -1,8 +1,11 @@
-"""Per-app workers: poll timers, triggers, coalescing and backoff.
+"""Per-app workers: poll timers, triggers, coalescing, settling and backoff.
 
 Each app has one worker task, so one sync runs at a time per app. Triggers that arrive while a sync
 runs collapse into a single pending run; because the worker resolves the branch head when that run
-starts, it always deploys the newest commit. A burst of pushes therefore costs at most two applies.
+starts, it always deploys the newest commit. A push that arrives while the app is busy (a sync
+running or just finished) is held until pushes have been quiet for `settle` seconds, so a burst of
+pushes costs at most two applies: the first push at once, the rest together. An isolated push is
+never delayed.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from .model import SyncResult, Trigger
 from .reconcile import Reconciler
 
 MAX_BACKOFF = 300.0
+SETTLE = 0.3  # quiet time that ends a burst of pushes
+BURST_MAX_WAIT = 5.0  # a never-ending stream of pushes still deploys this often
 _PRIORITY = {Trigger.POLL: 0, Trigger.STARTUP: 1, Trigger.WEBHOOK: 2, Trigger.MANUAL: 3, Trigger.ROLLBACK: 4}
 
 
@@ -43,10 +48,14 @@ class AppWorker:
     rng: random.Random = field(default_factory=random.Random)
     on_result: Callable[[SyncResult], None] | None = None
     stats: WorkerStats = field(default_factory=WorkerStats)
+    settle: float = SETTLE
+    burst_max_wait: float = BURST_MAX_WAIT
 
     def __post_init__(self) -> None:
         self._wake = asyncio.Event()
         self._pending: Trigger | None = None
+        self._busy_trigger = False  # a trigger arrived while a sync was running
+        self._last_finished = -1e9
         self.running: Trigger | None = None
         self.next_poll_at: float = time.time()
         self.suspended = False
@@ -64,6 +73,8 @@ class AppWorker:
         """Ask for a sync; merges with a pending one (the stronger trigger wins)."""
         if self._pending is None or _PRIORITY[trigger] > _PRIORITY[self._pending]:
             self._pending = trigger
+        if self.running is not None:
+            self._busy_trigger = True
         self._wake.set()
 
     async def run(self, stopping: asyncio.Event, first: Trigger = Trigger.STARTUP) -> None:
@@ -75,8 +86,11 @@ class AppWorker:
                 await _wait_any(self._wake, stopping, timeout=delay)
             if stopping.is_set():
                 break
+            if self._pending is not None and self._pending is not Trigger.POLL and self._hot():
+                await self._settle(stopping)
             trigger = self._pending or Trigger.POLL
             self._pending = None
+            self._busy_trigger = False
             self._wake.clear()
             if trigger is Trigger.POLL:
                 self._note_lateness(time.time() - self.next_poll_at, interval)
@@ -84,6 +98,21 @@ class AppWorker:
             failures = self.reconciler.store.get_state(self.name).failures if result and not result.ok else 0
             spread = 1 + self.rng.uniform(-self.jitter, self.jitter)
             self.next_poll_at = time.time() + backoff_delay(interval, failures) * spread
+
+    def _hot(self) -> bool:
+        return self._busy_trigger or time.monotonic() - self._last_finished < self.settle
+
+    async def _settle(self, stopping: asyncio.Event) -> None:
+        """Wait until triggers have been quiet for `settle` seconds (bounded)."""
+        deadline = time.monotonic() + self.burst_max_wait
+        while not stopping.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._wake.clear()
+            await _wait_any(self._wake, stopping, timeout=min(self.settle, remaining))
+            if not self._wake.is_set():
+                return
 
     def _note_lateness(self, lateness: float, interval: float) -> None:
         self.stats.max_lateness = max(self.stats.max_lateness, lateness)
@@ -101,6 +130,7 @@ class AppWorker:
             return None
         finally:
             self.running = None
+            self._last_finished = time.monotonic()
         self.stats.runs += 1
         self.stats.last_result = result
         if self.on_result:

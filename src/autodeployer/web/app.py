@@ -47,8 +47,8 @@ def create_app(
     routes = [Route("/healthz", healthz), Route("/readyz", readyz)]
     if webhook is not None:
         routes += [
-            Route("/webhook", webhook, methods=["POST"]),
-            Route("/dploy", webhook, methods=["POST"]),  # the dploy observer's path
+            Route("/webhook", webhook.handle, methods=["POST"]),
+            Route("/dploy", webhook.handle, methods=["POST"]),  # the dploy observer's path
         ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.runtime = runtime

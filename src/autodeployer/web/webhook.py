@@ -110,7 +110,7 @@ class WebhookReceiver:
         self._max_body = max_body
         self._log = get_logger(component="webhook")
 
-    async def __call__(self, request: Request) -> Response:
+    async def handle(self, request: Request) -> Response:
         event = request.headers.get("x-github-event", "")
         verdict = await self._verdict(request, event)
         self._observe(event or "unknown", verdict.result)
