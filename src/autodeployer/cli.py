@@ -170,6 +170,14 @@ def run(ctx: click.Context) -> None:
     sys.exit(asyncio.run(serve(config)))
 
 
+@cli.command()
+def settings() -> None:
+    """List every environment variable with its default and meaning (Markdown)."""
+    from .config import settings_table
+
+    click.echo(settings_table())
+
+
 # --------------------------------------------------------------------------- hooks
 @cli.group()
 def hooks() -> None:

@@ -38,6 +38,15 @@ def all_variables() -> list[Variable]:
     return found
 
 
+def settings_table() -> str:
+    """The Markdown table of every variable, as published in docs/configuration.md."""
+    rows = ["| Variable | Default | Secret | Meaning |", "|---|---|---|---|"]
+    for var in all_variables():
+        default = f"`{var.default}`" if var.default is not None else ""
+        rows.append(f"| `{var.name}` | {default} | {'yes' if var.secret else ''} | {var.help} |")
+    return "\n".join(rows)
+
+
 # --------------------------------------------------------------------------- models
 class SourceSpec(Frozen):
     url: str  # never carries credentials

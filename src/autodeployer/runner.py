@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+
 import uvicorn
 
 from .config import Config
@@ -11,6 +16,23 @@ from .scheduling import Scheduler
 from .service import Runtime, build_runtime
 from .web.app import BackgroundJob, create_app
 from .web.webhook import WebhookReceiver, load_or_create_secret
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after a graceful shutdown; a clean stop should exit 0."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        signals = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in signals}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def webhook_secret(config: Config) -> str:
@@ -54,7 +76,7 @@ async def serve(config: Config, *, hook_path: str = WEBHOOK_PATH) -> int:
                  sync_root=a.source.sync_root or "/", target=a.target.kind,
                  endpoint=getattr(a.target, "api_url", None) or getattr(a.target, "url", None),
                  interval=a.policy.interval)
-    server = uvicorn.Server(
+    server = _Server(
         uvicorn.Config(
             app,
             host=settings.host,

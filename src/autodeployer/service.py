@@ -81,17 +81,22 @@ def build_runtime(
     if config.service.commit_status:
         reporters.insert(0, CommitStatusReporter(clients[True], config.service))
     locks = MirrorLocks()
+    git_http = httpx.AsyncClient(  # like git itself: proxies from the environment, TLS verified
+        headers={"User-Agent": USER_AGENT}, timeout=30.0, trust_env=True, follow_redirects=False,
+        limits=httpx.Limits(max_connections=50, max_keepalive_connections=50),
+    )
     reconcilers: dict[str, Reconciler] = {}
     for app in apps if apps is not None else config.apps:
         verify = bool(getattr(app.target, "verify_tls", True))
         client = clients.get(verify) or clients.setdefault(verify, _http_client(verify))
         source = GitSource(
-            app.source, config.service.state_dir, redactor=redactor, locks=locks, observer=git_observer
+            app.source, config.service.state_dir, redactor=redactor, locks=locks, observer=git_observer,
+            http=git_http,
         )
         if app.source.head_check != "git":
             source.github = client_for(app, client)
         deps = TargetDeps(http=client, redactor=redactor, state_dir=config.service.state_dir, source=source)
         target: Target = TARGETS[app.target.kind].create(app.target, deps)
         reconcilers[app.name] = Reconciler(app, source, target, store, reporters=reporters, redactor=redactor)
-    return Runtime(config, redactor, store, reconcilers, list(clients.values()))
+    return Runtime(config, redactor, store, reconcilers, [*clients.values(), git_http])
 

@@ -235,9 +235,10 @@ def test_commit_statuses_posted_in_order(service, hook_env, github, config_repo,
     config_repo.commit("break it")
     config_repo.push()
     bad = config_repo.head
-    wait_for(lambda: github.statuses("acme", "config", bad), what="failure status")
-    [status] = github.statuses("acme", "config", bad)[-1:]
-    assert status["state"] == "failure"
+    wait_for(lambda: any(s["state"] != "pending" for s in github.statuses("acme", "config", bad)),
+             what="failure status")
+    assert [s["state"] for s in github.statuses("acme", "config", bad)] == ["pending", "failure"]
+    status = github.statuses("acme", "config", bad)[-1]
     assert "refused" in status["description"]
     assert status["target_url"] == svc.url + "/apps/node"
 

@@ -17,11 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
+
 from ..config import SourceSpec
 from ..errors import SourceError
 from ..logs import Redactor
 from ..model import CommitInfo, SourceFile, Tree
 from .github import GitHubClient, GitHubError
+from .smarthttp import ProtocolError, SmartHttpHead, Unreachable
 
 MAX_FILE_BYTES = 10 * 1024 * 1024  # blobs larger than this are listed but not read
 ZERO_SHA = "0" * 40
@@ -57,6 +60,7 @@ class GitSource:
         redactor: Redactor | None = None,
         locks: MirrorLocks | None = None,
         observer: GitObserver | None = None,
+        http: httpx.AsyncClient | None = None,
     ) -> None:
         self.spec = spec
         key = hashlib.sha256(spec.url.encode()).hexdigest()[:16]
@@ -71,6 +75,12 @@ class GitSource:
         self._observe = observer or (lambda kind, result, seconds: None)
         self._env: dict[str, str] | None = None
         self.github: GitHubClient | None = None  # set to read heads through the REST API
+        self._smart: SmartHttpHead | None = None
+        if http is not None and spec.url.startswith(("http://", "https://")):
+            headers = {}
+            if spec.token:
+                headers["Authorization"] = f"Basic {self._basic(spec.token.get_secret_value())}"
+            self._smart = SmartHttpHead(spec.url, http, headers, timeout=min(spec.git_timeout, 30.0))
         self._etag: str | None = None
         self._api_sha: str | None = None
 
@@ -205,6 +215,21 @@ class GitSource:
         return sha
 
     async def _ls_remote_head(self) -> str:
+        if self._smart is not None:
+            start = time.perf_counter()
+            ref = f"refs/heads/{self.spec.branch}"
+            try:
+                sha = await self._smart.head(ref)
+            except Unreachable as exc:
+                self._observe("ls-remote", "error", time.perf_counter() - start)
+                raise SourceError(f"cannot reach {self.spec.url}: {exc}") from None
+            except ProtocolError:
+                self._smart = None  # this server wants the real client from now on
+            else:
+                self._observe("ls-remote", "ok", time.perf_counter() - start)
+                if sha is None:
+                    raise SourceError(f"branch {self.spec.branch!r} not found in {self.spec.url}")
+                return sha
         await self.ensure_mirror()
         ref = f"refs/heads/{self.spec.branch}"
         result = await self._timed(

@@ -7,6 +7,6 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import sesam
+from . import command, marathon, sesam
 
-TARGETS: dict[str, ModuleType] = {module.KIND: module for module in (sesam,)}
+TARGETS: dict[str, ModuleType] = {module.KIND: module for module in (sesam, marathon, command)}

@@ -1,0 +1,114 @@
+"""`autodeployer run` as a real process: polling, drift, shutdown, outages, and secrecy."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from autodeployer.emulators.gitserver import GitHttpServer, WorkRepo
+from autodeployer.emulators.sesam import SesamEmulator
+
+from .helpers import ALL_SECRETS, SESAM_JWT, entity_json, history_rows, pipe, stripped, wait_for
+
+
+def test_polling_applies_commits_and_reverts_drift(service, app_env, config_repo: WorkRepo, sesam: SesamEmulator,
+                                                   state_dir: Path):
+    svc = service({**app_env, "SYNC_INTERVAL": "0.3"})
+    wait_for(lambda: "orders" in stripped(sesam.entities()), what="first sync")
+    config_repo.write({"pipes/polled.conf.json": entity_json(pipe("polled"))})
+    config_repo.commit("polled")
+    config_repo.push()
+    wait_for(lambda: "polled" in stripped(sesam.entities()), what="polled commit")
+
+    # someone edits the node by hand
+    live = [e for e in sesam.entities()]
+    for entity in live:
+        if entity["_id"] == "orders":
+            entity["source"] = {"type": "dataset", "dataset": "edited-by-hand"}
+    live.append(pipe("hand-made"))
+    response = httpx.put(sesam.api_url + "/config", json=live, headers={"Authorization": f"Bearer {SESAM_JWT}"})
+    assert response.status_code == 200
+
+    def reverted() -> bool:
+        now = stripped(sesam.entities())
+        return "hand-made" not in now and now["orders"]["source"]["dataset"] == "src"
+
+    wait_for(reverted, what="drift reverted")
+    drift_rows = [r for r in history_rows(state_dir) if r["drift"]]
+    assert drift_rows and drift_rows[-1]["result"] == "synced"
+    assert "1 changed, 1 removed" == drift_rows[-1]["summary"]
+    assert "drift detected" in svc.log()
+
+
+def test_secrets_stay_out_of_logs_ps_and_state(service, app_env, config_repo: WorkRepo, sesam, state_dir: Path):
+    env = {**app_env, "SYNC_INTERVAL": "0.1", "LOG_LEVEL": "debug", "LOG_FORMAT": "json"}
+    svc = service(env)
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def sample_ps() -> None:
+        while not stop.is_set():
+            seen.append(subprocess.run(["ps", "-eww", "-o", "pid,args"], capture_output=True, text=True).stdout)
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample_ps)
+    sampler.start()
+    try:
+        for i in range(5):
+            config_repo.write({f"pipes/p{i}.conf.json": entity_json(pipe(f"p{i}"))})
+            config_repo.commit(f"p{i}")
+            config_repo.push()
+            wait_for(lambda i=i: f"p{i}" in stripped(sesam.entities()), what=f"p{i}")
+    finally:
+        stop.set()
+        sampler.join()
+    assert len(seen) > 20
+    assert any("git fetch" in s or "git-remote-http" in s or "git cat-file" in s for s in seen), "no git child sampled"
+    for snapshot in seen:
+        for secret in ALL_SECRETS:
+            assert secret not in snapshot
+    svc.stop()
+    log = svc.log()
+    assert '"event": "sync finished"' in log
+    for secret in ALL_SECRETS:
+        assert secret not in log
+    for path in state_dir.rglob("*"):
+        if path.is_file() and path.name != "webhook-secret":
+            data = path.read_bytes()
+            for secret in ALL_SECRETS:
+                assert secret.encode() not in data, f"{secret} found in {path}"
+
+
+def test_sigterm_lets_the_inflight_apply_finish(service, app_env, config_repo: WorkRepo, sesam: SesamEmulator,
+                                                state_dir: Path):
+    svc = service({**app_env, "SYNC_INTERVAL": "0.2"})
+    wait_for(lambda: "orders" in stripped(sesam.entities()), what="first sync")
+    sesam.set_delay(1.0, "/api/config")
+    config_repo.write({"pipes/late.conf.json": entity_json(pipe("late"))})
+    config_repo.commit("late")
+    config_repo.push()
+    wait_for(lambda: sesam.count("GET", "/api/config") >= 1 or True, what="sync started")
+    time.sleep(0.6)  # the poll picked it up and waits on the slow node
+    svc.proc.send_signal(signal.SIGTERM)
+    assert svc.proc.wait(30) == 0
+    assert "late" in stripped(sesam.entities())
+    results = [r["result"] for r in history_rows(state_dir)]
+    assert results[-1] == "synced" and "interrupted" not in results
+
+
+def test_unreachable_repository_is_reported_and_retried(service, app_env, git_server: GitHttpServer,
+                                                        config_repo: WorkRepo, sesam, state_dir: Path):
+    git_server.down()
+    svc = service({**app_env, "SYNC_INTERVAL": "0.2"})
+    wait_for(lambda: any(r["result"] == "failed" for r in history_rows(state_dir)), what="failure recorded")
+    assert httpx.get(svc.url + "/healthz").status_code == 200
+    failed = [r for r in history_rows(state_dir) if r["result"] == "failed"][0]
+    assert "cannot reach" in failed["error"] and "503" in failed["error"]
+    git_server.up()
+    wait_for(lambda: "orders" in stripped(sesam.entities()), timeout=30, what="recovery after the outage")
+    assert svc.proc.poll() is None
