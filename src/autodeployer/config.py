@@ -95,6 +95,10 @@ class ServiceSettings(Frozen):
     public_url: str | None = None
     register_webhook: StrictBool = True
     commit_status: StrictBool = True
+    admin_token: SecretStr | None = None
+    notify_url: SecretStr | None = None
+    notify_on: Literal["failures", "all"] = "failures"
+    notify_repeat: float = Field(default=3600.0, ge=0)
 
 
 class Config(Frozen):
@@ -255,6 +259,10 @@ def service_from_env(env: EnvReader, environ: Mapping[str, str]) -> dict[str, An
         raise ConfigError(f"PUBLIC_URL: expected an http(s) URL, got {public_url!r}")
     return {
         "webhook_secret": env.secret("WEBHOOK_SECRET"),
+        "admin_token": env.secret("ADMIN_TOKEN"),
+        "notify_url": env.secret("NOTIFY_URL"),
+        "notify_on": _choice(env, "NOTIFY_ON", ("failures", "all")),
+        "notify_repeat": env.number("NOTIFY_REPEAT", minimum=0) if env.str("NOTIFY_REPEAT") else 3600.0,
         "public_url": public_url.rstrip("/") if public_url else None,
         "register_webhook": env.bool("REGISTER_WEBHOOK"),
         "commit_status": env.bool("COMMIT_STATUS"),
@@ -350,7 +358,7 @@ def load_config(
         overrides = doc.get("service") or {}
         if not isinstance(overrides, dict):
             raise ConfigError("service: expected a mapping")
-        overrides = resolve_secret_refs(overrides, "service", environ, ("webhook_secret", "admin_token"))
+        overrides = resolve_secret_refs(overrides, "service", environ, ("webhook_secret", "admin_token", "notify_url"))
         for key, value in overrides.items():
             if env.variables.get(key.upper()) is None or env.raw(key.upper()) is None:
                 service[key] = Path(value).expanduser() if key == "state_dir" else value

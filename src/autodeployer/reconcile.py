@@ -97,6 +97,35 @@ class Reconciler:
         result = await self._finish(state, trigger, sha, outcome, started, clock, record, drift=drift_check)
         return result
 
+    async def pin(self, revision: str) -> str:
+        """Rollback, step one: pin an earlier commit and suspend auto-sync so polls leave it alone."""
+        sha = await self.source.resolve(revision)
+        state = self.store.get_state(self.app.name)
+        state.pinned_revision = sha
+        state.suspended = True
+        state.suspended_reason = f"rolled back to {sha[:12]}; resume to follow {self.app.source.branch} again"
+        self._save_state(state)
+        self.log.warning("rollback: auto-sync suspended", revision=sha[:12])
+        return sha
+
+    async def rollback(self, revision: str) -> SyncResult:
+        """Pin and deploy an earlier commit (the scheduler does the same in two steps)."""
+        sha = await self.pin(revision)
+        return await self.sync(Trigger.ROLLBACK, revision=sha, force=True)
+
+    def suspend(self, reason: str = "suspended by an operator") -> None:
+        state = self.store.get_state(self.app.name)
+        state.suspended, state.suspended_reason = True, reason
+        self._save_state(state)
+        self.log.warning("auto-sync suspended", reason=reason)
+
+    def resume(self) -> None:
+        """Follow the branch again; the caller triggers the sync that returns to its head."""
+        state = self.store.get_state(self.app.name)
+        state.suspended, state.suspended_reason, state.pinned_revision = False, None, None
+        self._save_state(state)
+        self.log.info("auto-sync resumed")
+
     async def plan_only(self) -> tuple[str, Plan]:
         """The plan against the branch head, for `autodeployer diff`; records nothing."""
         head = await self.source.head()
@@ -234,6 +263,8 @@ class Reconciler:
             state.last_drift_check_at = result.started_at
             state.last_error = None
             state.failures = 0
+            if "commit" in result.details:
+                state.live_commit = dict(result.details["commit"])
             if outcome.memory is not None:
                 state.memory = outcome.memory
         elif result.result in (Result.FAILED, Result.REFUSED):

@@ -12,6 +12,7 @@ import uvicorn
 from .config import Config
 from .github import WEBHOOK_PATH, hook_targets, register_with_backoff
 from .logs import get_logger
+from .metrics import Metrics, MetricsReporter
 from .scheduling import Scheduler
 from .service import Runtime, build_runtime
 from .web.app import BackgroundJob, create_app
@@ -53,7 +54,8 @@ def _registration_job(runtime: Runtime, secret: str, hook_url: str) -> Backgroun
 
 
 async def serve(config: Config, *, hook_path: str = WEBHOOK_PATH) -> int:
-    runtime = build_runtime(config)
+    metrics = Metrics()
+    runtime = build_runtime(config, reporters=[MetricsReporter(metrics)], git_observer=metrics.observe_git)
     secret = webhook_secret(config)
     runtime.redactor.add(secret)
     scheduler = Scheduler(runtime.reconcilers.values())
@@ -63,7 +65,8 @@ async def serve(config: Config, *, hook_path: str = WEBHOOK_PATH) -> int:
         job = _registration_job(runtime, secret, settings.public_url + hook_path)
         if job:
             background.append(job)
-    app = create_app(runtime, scheduler, webhook=WebhookReceiver([secret], scheduler), background=background)
+    receiver = WebhookReceiver([secret], scheduler, observer=metrics.observe_webhook)
+    app = create_app(runtime, scheduler, webhook=receiver, background=background, metrics=metrics)
     log = get_logger()
     log.info(
         "autodeployer starting",

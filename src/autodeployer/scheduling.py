@@ -120,6 +120,8 @@ class AppWorker:
             self.stats.late_polls += 1
 
     async def _run_once(self, trigger: Trigger) -> SyncResult | None:
+        # Read from the store each time: the CLI, the API or another replica may have changed it.
+        self.suspended = self.reconciler.store.get_state(self.name).suspended
         if self.suspended and trigger is not Trigger.ROLLBACK:
             return None
         self.running = trigger
@@ -192,6 +194,27 @@ class Scheduler:
             if (w.reconciler.app.source.repo_full_name or "").lower() == name
             and w.reconciler.app.source.branch == branch
         ]
+
+    def worker(self, app: str) -> AppWorker | None:
+        return self.workers.get(app)
+
+    async def rollback(self, app: str, revision: str) -> str:
+        """Pin `revision` and queue its deployment; returns the full sha."""
+        worker = self.workers[app]
+        sha = await worker.reconciler.pin(revision)
+        worker.trigger(Trigger.ROLLBACK)
+        return sha
+
+    def suspend(self, app: str, reason: str) -> None:
+        worker = self.workers[app]
+        worker.reconciler.suspend(reason)
+        worker.suspended = True
+
+    def resume(self, app: str) -> None:
+        worker = self.workers[app]
+        worker.reconciler.resume()
+        worker.suspended = False
+        worker.trigger(Trigger.MANUAL)
 
     @property
     def pending_count(self) -> int:

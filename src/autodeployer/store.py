@@ -36,6 +36,7 @@ class AppState:
     suspended: bool = False
     suspended_reason: str | None = None
     pinned_revision: str | None = None  # set by rollback: sync this instead of the branch head
+    live_commit: dict[str, Any] = field(default_factory=dict)  # message/author of last_synced_revision
     memory: dict[str, Any] = field(default_factory=dict)
 
 

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import hashlib
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -265,6 +266,18 @@ class GitSource:
             # The branch moved on (or was force-pushed) between the head check and the fetch.
             fetched = await self._git("rev-parse", "--verify", f"{ref}^{{commit}}")
             return fetched.stdout.decode().strip()
+
+    async def resolve(self, revision: str) -> str:
+        """A full commit sha for `revision` (sha or prefix), fetching the branch if needed."""
+        if not re.fullmatch(r"[0-9a-fA-F]{4,40}", revision):
+            raise SourceError(f"{revision!r} is not a commit sha")
+        for attempt in range(2):
+            result = await self._git("rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}", check=False)
+            if result.returncode == 0:
+                return result.stdout.decode().strip()
+            if attempt == 0:
+                await self.fetch(None)
+        raise SourceError(f"commit {revision} not found in {self.spec.url}@{self.spec.branch}")
 
     async def tree_id(self, sha: str) -> str:
         """Object id of SYNC_ROOT at `sha`; "" when the directory does not exist there."""

@@ -8,11 +8,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ..metrics import CONTENT_TYPE, Metrics, StateCollector
 from ..scheduling import Scheduler
 from ..service import Runtime
+from .api import Api
 from .webhook import WebhookReceiver
 
 BackgroundJob = Callable[[], Awaitable[None]]
@@ -24,7 +26,15 @@ def create_app(
     *,
     webhook: WebhookReceiver | None = None,
     background: Sequence[BackgroundJob] = (),
+    metrics: Metrics | None = None,
 ) -> Starlette:
+    api = Api(runtime, scheduler)
+    metrics = metrics or Metrics()
+    metrics.add_collector(StateCollector(metrics, api.rows, lambda: scheduler.pending_count))
+
+    async def metrics_endpoint(request: Request) -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
@@ -44,7 +54,12 @@ def create_app(
             await scheduler.stop()
             await runtime.aclose()
 
-    routes = [Route("/healthz", healthz), Route("/readyz", readyz)]
+    routes = [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics_endpoint),
+        *api.routes(),
+    ]
     if webhook is not None:
         routes += [
             Route("/webhook", webhook.handle, methods=["POST"]),
@@ -53,4 +68,5 @@ def create_app(
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.runtime = runtime
     app.state.scheduler = scheduler
+    app.state.api = api
     return app

@@ -1,0 +1,105 @@
+"""Prometheus metrics. One registry per process runtime (no globals), scraped at /metrics.
+
+Counters and histograms are fed by observers (reporter, git, webhook); the app-info and pending
+gauges are computed at scrape time from the scheduler and the store, so they are never stale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .config import AppConfig
+from .model import CommitInfo, SyncResult, Trigger
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.sync_total = Counter(
+            "autodeployer_sync", "Sync attempts by result.", ["app", "result"], registry=self.registry
+        )
+        self.sync_duration = Histogram(
+            "autodeployer_sync_duration_seconds", "Duration of sync attempts.", ["app"],
+            buckets=BUCKETS, registry=self.registry,
+        )
+        self.git_requests = Counter(
+            "autodeployer_git_requests", "Requests to Git remotes and the GitHub head API.", ["kind", "result"],
+            registry=self.registry,
+        )
+        self.webhook_deliveries = Counter(
+            "autodeployer_webhook_deliveries", "Webhook deliveries by event and outcome.", ["event", "result"],
+            registry=self.registry,
+        )
+        self._last_sync: dict[tuple[str, str], float] = {}
+
+    # observers ---------------------------------------------------------------------------
+    def observe_git(self, kind: str, result: str, seconds: float) -> None:
+        self.git_requests.labels(kind, result).inc()
+
+    def observe_webhook(self, event: str, result: str) -> None:
+        self.webhook_deliveries.labels(event, result).inc()
+
+    def observe_sync(self, result: SyncResult) -> None:
+        self.sync_total.labels(result.app, result.result.value).inc()
+        self.sync_duration.labels(result.app).observe(result.duration)
+        self._last_sync[(result.app, result.result.value)] = result.started_at + result.duration
+
+    def last_sync_samples(self) -> Iterable[tuple[tuple[str, str], float]]:
+        return list(self._last_sync.items())
+
+    def add_collector(self, collector: Collector) -> None:
+        self.registry.register(collector)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsReporter:
+    """Feeds sync results into the metrics (a Reporter for the reconciler)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    async def started(self, app: AppConfig, revision: str, trigger: Trigger) -> None:
+        return None
+
+    async def finished(self, app: AppConfig, result: SyncResult, commit: CommitInfo | None) -> None:
+        self._metrics.observe_sync(result)
+
+
+AppRows = Callable[[], Iterable[dict[str, object]]]
+
+
+class StateCollector(Collector):
+    """Gauges computed at scrape time from live status rows."""
+
+    def __init__(self, metrics: Metrics, rows: AppRows, pending: Callable[[], int]) -> None:
+        self._metrics = metrics
+        self._rows = rows
+        self._pending = pending
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        info = GaugeMetricFamily(
+            "autodeployer_app_info", "One sample per app; labels say where it stands.",
+            labels=["app", "target", "sync_status", "revision"],
+        )
+        for row in self._rows():
+            info.add_metric(
+                [str(row["name"]), str(row["target"]), str(row["status"]), str(row.get("live_revision") or "")], 1
+            )
+        yield info
+        last = GaugeMetricFamily(
+            "autodeployer_last_sync_timestamp_seconds", "End of the last sync attempt, by result.",
+            labels=["app", "result"],
+        )
+        for (app, result), value in self._metrics.last_sync_samples():
+            last.add_metric([app, result], value)
+        yield last
+        yield GaugeMetricFamily("autodeployer_pending_syncs", "Apps with a sync waiting to run.", value=self._pending())

@@ -1,0 +1,209 @@
+"""The JSON API: status and history for anyone who can reach the port; actions need ADMIN_TOKEN.
+
+Actions are queued on the app's worker (never run inside the request), so they respect the
+one-sync-at-a-time rule; the answer is 202 and the outcome appears in status and history.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from ..errors import AutodeployerError
+from ..model import Trigger
+from ..scheduling import Scheduler
+from ..service import Runtime
+from ..store import Store
+from .status import app_row, history_row
+
+MAX_HISTORY = 500
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+class Api:
+    def __init__(self, runtime: Runtime, scheduler: Scheduler) -> None:
+        self.runtime = runtime
+        self.scheduler = scheduler
+        token = runtime.config.service.admin_token
+        self._admin_token = token.get_secret_value() if token else None
+
+    @property
+    def store(self) -> Store:
+        return self.runtime.store
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [app_row(app, self.store, self.scheduler.worker(app.name)) for app in self._apps()]
+
+    def _apps(self) -> list[Any]:
+        return [r.app for r in self.runtime.reconcilers.values()]
+
+    def _app(self, request: Request) -> Any:
+        name = request.path_params["app"]
+        reconciler = self.runtime.reconcilers.get(name)
+        return reconciler.app if reconciler else None
+
+    def _denied(self, request: Request) -> JSONResponse | None:
+        if self._admin_token is None:
+            return _error(403, "admin actions are disabled: set ADMIN_TOKEN to enable them")
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self._admin_token.encode()):
+            return JSONResponse({"error": "missing or wrong admin token"}, status_code=401,
+                                headers={"WWW-Authenticate": "Bearer"})
+        return None
+
+    # ------------------------------------------------------------------ reads
+    async def list_apps(self, request: Request) -> JSONResponse:
+        return JSONResponse({"apps": self.rows()})
+
+    async def get_app(self, request: Request) -> JSONResponse:
+        app = self._app(request)
+        if app is None:
+            return _error(404, f"no app named {request.path_params['app']!r}")
+        return JSONResponse(app_row(app, self.store, self.scheduler.worker(app.name)))
+
+    async def history(self, request: Request) -> JSONResponse:
+        app = self._app(request)
+        if app is None:
+            return _error(404, f"no app named {request.path_params['app']!r}")
+        try:
+            limit = min(MAX_HISTORY, max(1, int(request.query_params.get("limit", "20"))))
+        except ValueError:
+            return _error(400, "limit must be a whole number")
+        return JSONResponse({"app": app.name, "history": [history_row(r) for r in self.store.history(app.name, limit)]})
+
+    # ------------------------------------------------------------------ actions
+    async def action(self, request: Request) -> JSONResponse:
+        denied = self._denied(request)
+        if denied:
+            return denied
+        app = self._app(request)
+        if app is None:
+            return _error(404, f"no app named {request.path_params['app']!r}")
+        action = request.path_params["action"]
+        name = app.name
+        if action == "sync":
+            self.scheduler.trigger(name, Trigger.MANUAL)
+            return JSONResponse({"app": name, "queued": "sync"}, status_code=202)
+        if action == "suspend":
+            self.scheduler.suspend(name, "suspended through the API")
+            return JSONResponse(app_row(app, self.store, self.scheduler.worker(name)))
+        if action == "resume":
+            self.scheduler.resume(name)
+            return JSONResponse(app_row(app, self.store, self.scheduler.worker(name)), status_code=202)
+        if action == "rollback":
+            try:
+                body = await request.json()
+            except ValueError:
+                return _error(400, 'body must be JSON: {"revision": "<sha>"}')
+            revision = body.get("revision") if isinstance(body, dict) else None
+            if not isinstance(revision, str):
+                return _error(400, 'body must be JSON: {"revision": "<sha>"}')
+            try:
+                sha = await self.scheduler.rollback(name, revision)
+            except AutodeployerError as exc:
+                return _error(422, str(exc))
+            return JSONResponse(
+                {"app": name, "queued": "rollback", "revision": sha,
+                 "note": "auto-sync is suspended for this app; resume to follow the branch again"},
+                status_code=202,
+            )
+        return _error(404, f"unknown action {action!r}")
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/api/apps", self.list_apps, methods=["GET"]),
+            Route("/api/apps/{app}", self.get_app, methods=["GET"]),
+            Route("/api/apps/{app}/history", self.history, methods=["GET"]),
+            Route("/api/apps/{app}/{action:str}", self.action, methods=["POST"]),
+            Route("/openapi.json", openapi_endpoint, methods=["GET"]),
+        ]
+
+
+async def openapi_endpoint(request: Request) -> JSONResponse:
+    return JSONResponse(OPENAPI)
+
+
+_APP = {"$ref": "#/components/schemas/App"}
+_ERR = {"description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+_ADMIN = [{"adminToken": []}]
+_APP_PARAM = {"name": "app", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _action(summary: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "security": _ADMIN,
+        "parameters": [_APP_PARAM],
+        "responses": {"200": {"description": "Done"}, "202": {"description": "Queued"},
+                      "401": _ERR, "403": _ERR, "404": _ERR},
+    }
+    if body:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+        op["responses"].update({"400": _ERR, "422": _ERR})
+    return {"post": op}
+
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {"title": "autodeployer", "version": "1", "description": "Status, history and actions of the apps."},
+    "paths": {
+        "/healthz": {"get": {"summary": "The process is alive", "responses": {"200": {"description": "OK"}}}},
+        "/readyz": {"get": {"summary": "Every app has completed one reconcile attempt",
+                            "responses": {"200": {"description": "Ready"}, "503": {"description": "Not yet"}}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "Text format"}}}},
+        "/webhook": {"post": {"summary": "GitHub push webhook (X-Hub-Signature-256 required)",
+                              "responses": {"200": {"description": "ping or duplicate"}, "202": {"description": "queued or ignored"},
+                                            "204": {"description": "other event"}, "400": _ERR, "401": _ERR,
+                                            "413": _ERR, "415": _ERR}}},
+        "/api/apps": {"get": {"summary": "All apps", "responses": {"200": {"description": "Apps", "content": {
+            "application/json": {"schema": {"type": "object", "properties": {"apps": {"type": "array", "items": _APP}}}}}}}}},
+        "/api/apps/{app}": {"get": {"summary": "One app", "parameters": [_APP_PARAM], "responses": {
+            "200": {"description": "App", "content": {"application/json": {"schema": _APP}}}, "404": _ERR}}},
+        "/api/apps/{app}/history": {"get": {
+            "summary": "Sync history, newest first, with diffs",
+            "parameters": [_APP_PARAM, {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
+                                                                                   "maximum": MAX_HISTORY}}],
+            "responses": {"200": {"description": "History"}, "400": _ERR, "404": _ERR}}},
+        "/api/apps/{app}/sync": _action("Queue a sync now"),
+        "/api/apps/{app}/suspend": _action("Stop syncing this app automatically"),
+        "/api/apps/{app}/resume": _action("Follow the branch again (and sync now)"),
+        "/api/apps/{app}/rollback": _action(
+            "Deploy an earlier commit and suspend auto-sync",
+            {"type": "object", "required": ["revision"], "properties": {"revision": {"type": "string"}}},
+        ),
+    },
+    "components": {
+        "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "Error": {"type": "object", "properties": {"error": {"type": "string"}}},
+            "App": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"}, "target": {"type": "string"}, "endpoint": {"type": "string", "nullable": True},
+                    "repository": {"type": "string"}, "branch": {"type": "string"}, "sync_root": {"type": "string"},
+                    "status": {"type": "string", "enum": ["synced", "out-of-sync", "failed", "refused", "suspended", "pending"]},
+                    "live_revision": {"type": "string", "nullable": True},
+                    "live_commit": {"type": "object", "nullable": True},
+                    "last_revision": {"type": "string", "nullable": True},
+                    "last_result": {"type": "string", "nullable": True},
+                    "last_error": {"type": "string", "nullable": True},
+                    "last_attempt_at": {"type": "number", "nullable": True},
+                    "last_success_at": {"type": "number", "nullable": True},
+                    "consecutive_failures": {"type": "integer"},
+                    "suspended": {"type": "boolean"}, "suspended_reason": {"type": "string", "nullable": True},
+                    "pinned_revision": {"type": "string", "nullable": True},
+                    "interval": {"type": "number"}, "next_poll_at": {"type": "number", "nullable": True},
+                    "running": {"type": "string", "nullable": True}, "pending": {"type": "string", "nullable": True},
+                },
+            },
+        },
+    },
+}

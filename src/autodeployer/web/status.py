@@ -1,0 +1,83 @@
+"""Where each app stands, as plain dicts: the one view shared by the API, the page, metrics and CLI.
+
+Nothing here ever includes a secret: only names, URLs without credentials, revisions and results.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ..config import AppConfig
+from ..scheduling import AppWorker
+from ..store import AppState, HistoryRow, Store
+
+STATUSES = ("synced", "out-of-sync", "failed", "refused", "suspended", "pending")
+
+
+def sync_status(state: AppState) -> str:
+    if state.suspended:
+        return "suspended"
+    result = state.last_result
+    if result is None or result == "running":
+        return "pending"
+    if result in ("synced", "no-change"):
+        return "synced"
+    if result == "planned":
+        return "out-of-sync"
+    if result == "refused":
+        return "refused"
+    return "failed"
+
+
+def web_url(app: AppConfig) -> str | None:
+    """Browser URL of the repository when it lives on GitHub (or GitHub Enterprise)."""
+    source = app.source
+    if not source.github_api_url or not source.repo_full_name:
+        return None
+    url = source.url
+    match = re.match(r"^[\w.-]+@([\w.-]+):", url)
+    host = match.group(1) if match else re.sub(r"^\w+://", "", url).split("/")[0].split("@")[-1]
+    return f"https://{host}/{source.repo_full_name}"
+
+
+def commit_url(app: AppConfig, sha: str | None) -> str | None:
+    base = web_url(app)
+    return f"{base}/commit/{sha}" if base and sha else None
+
+
+def endpoint(app: AppConfig) -> str | None:
+    return getattr(app.target, "api_url", None) or getattr(app.target, "url", None)
+
+
+def app_row(app: AppConfig, store: Store, worker: AppWorker | None) -> dict[str, Any]:
+    state = store.get_state(app.name)
+    live = state.last_synced_revision
+    return {
+        "name": app.name,
+        "target": app.target.kind,
+        "endpoint": endpoint(app),
+        "repository": app.source.url,
+        "branch": app.source.branch,
+        "sync_root": app.source.sync_root or "/",
+        "status": sync_status(state),
+        "live_revision": live,
+        "live_commit": {**state.live_commit, "url": commit_url(app, live)} if live else None,
+        "last_revision": state.last_revision,
+        "last_result": state.last_result,
+        "last_error": state.last_error,
+        "last_attempt_at": state.last_attempt_at,
+        "last_success_at": state.last_success_at,
+        "consecutive_failures": state.failures,
+        "suspended": state.suspended,
+        "suspended_reason": state.suspended_reason,
+        "pinned_revision": state.pinned_revision,
+        "interval": app.policy.interval,
+        "next_poll_at": worker.next_poll_at if worker and not state.suspended else None,
+        "running": worker.running.value if worker and worker.running else None,
+        "pending": worker.pending.value if worker and worker.pending else None,
+    }
+
+
+def history_row(row: HistoryRow) -> dict[str, Any]:
+    return row.to_dict()
