@@ -178,6 +178,91 @@ def settings() -> None:
     click.echo(settings_table())
 
 
+# --------------------------------------------------------------------------- operations
+_server_option = click.option("--server", metavar="URL", help="Ask a running service instead of the local STATE_DIR.")
+
+
+def _backend(ctx: click.Context, server: str | None) -> "Any":
+    from .operator_cli import Backend
+
+    def load() -> Config:
+        return _prepare(ctx)
+
+    return Backend(load, server)
+
+
+@cli.command()
+@_server_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def status(ctx: click.Context, server: str | None, as_json: bool) -> None:
+    """Where every app stands: status, live revision, last sync, next poll."""
+    import json
+
+    from .operator_cli import console, print_status
+
+    try:
+        rows = _backend(ctx, server).apps()
+    except AutodeployerError as exc:
+        _fail(str(exc))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        print_status(rows, console())
+    sys.exit(EXIT_OK if all(r["status"] in ("synced", "suspended") for r in rows) else EXIT_CHANGES)
+
+
+@cli.command()
+@_server_option
+@click.option("--app", "app_name", metavar="NAME", help="Only this app.")
+@click.option("--limit", default=20, show_default=True, help="How many attempts to show.")
+@click.option("--diff/--no-diff", "diffs", default=True, help="Show each sync's diff.")
+@click.pass_context
+def history(ctx: click.Context, server: str | None, app_name: str | None, limit: int, diffs: bool) -> None:
+    """Recent sync attempts, newest first, with their diffs."""
+    from .operator_cli import console, print_history
+
+    try:
+        rows = _backend(ctx, server).history(app_name, limit)
+    except AutodeployerError as exc:
+        _fail(str(exc))
+    print_history(rows, console(), diffs)
+
+
+@cli.command()
+@_server_option
+@click.option("--app", "app_name", metavar="NAME", required=True)
+@click.option("--to", "revision", metavar="SHA", required=True, help="Commit to deploy (full or short sha).")
+@click.pass_context
+def rollback(ctx: click.Context, server: str | None, app_name: str, revision: str) -> None:
+    """Deploy an earlier commit and suspend auto-sync for the app."""
+    from .operator_cli import run_action
+
+    run_action(_backend(ctx, server), app_name, "rollback", revision)
+
+
+@cli.command()
+@_server_option
+@click.option("--app", "app_name", metavar="NAME", required=True)
+@click.pass_context
+def suspend(ctx: click.Context, server: str | None, app_name: str) -> None:
+    """Stop syncing an app automatically (webhooks and polls are ignored)."""
+    from .operator_cli import run_action
+
+    run_action(_backend(ctx, server), app_name, "suspend")
+
+
+@cli.command()
+@_server_option
+@click.option("--app", "app_name", metavar="NAME", required=True)
+@click.pass_context
+def resume(ctx: click.Context, server: str | None, app_name: str) -> None:
+    """Follow the branch again and sync now."""
+    from .operator_cli import run_action
+
+    run_action(_backend(ctx, server), app_name, "resume")
+
+
 # --------------------------------------------------------------------------- hooks
 @cli.group()
 def hooks() -> None:

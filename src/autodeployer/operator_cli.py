@@ -1,0 +1,216 @@
+"""Operator commands: status, history, rollback, suspend, resume.
+
+Each works on the local STATE_DIR (what `autodeployer run` on this machine uses) or, with
+`--server URL`, through a running service's API (actions need ADMIN_TOKEN in the environment).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from .config import Config
+from .errors import AutodeployerError
+from .model import Result, Trigger
+from .service import build_runtime
+from .store import open_store
+from .web.status import app_row, history_row
+
+EXIT_OK, EXIT_ERROR = 0, 2
+_STYLE = {"synced": "green", "out-of-sync": "yellow", "failed": "red", "refused": "red",
+          "suspended": "magenta", "pending": "cyan"}
+
+
+def console() -> Console:
+    """A terminal gets its own width; a pipe gets lines long enough not to break words."""
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
+def _when(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    delta = time.time() - ts
+    if abs(delta) < 90:
+        return f"{delta:.0f}s ago" if delta >= 0 else f"in {-delta:.0f}s"
+    if abs(delta) < 5400:
+        return f"{delta / 60:.0f}m ago" if delta >= 0 else f"in {-delta / 60:.0f}m"
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+# --------------------------------------------------------------------------- data access
+class Backend:
+    """Local store or remote API, same answers."""
+
+    def __init__(self, config_loader: Callable[[], Config], server: str | None) -> None:
+        self._load = config_loader
+        self.server = server.rstrip("/") if server else None
+
+    def _client(self) -> httpx.Client:
+        headers = {}
+        token = os.environ.get("ADMIN_TOKEN")
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return httpx.Client(base_url=self.server or "", headers=headers, timeout=30, trust_env=False)
+
+    def _get(self, path: str) -> Any:
+        with self._client() as client:
+            response = client.get(path)
+        if response.status_code != 200:
+            raise AutodeployerError(f"GET {path}: {response.status_code} {response.text[:200]}")
+        return response.json()
+
+    def post(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        with self._client() as client:
+            response = client.post(path, json=body)
+        if response.status_code >= 300:
+            try:
+                message = response.json().get("error", response.text)
+            except ValueError:
+                message = response.text
+            raise AutodeployerError(f"POST {path}: {response.status_code} {message}")
+        return response.json()
+
+    def apps(self) -> list[dict[str, Any]]:
+        if self.server:
+            return list(self._get("/api/apps")["apps"])
+        config = self._load()
+        store = open_store(config.service.state_dir)
+        try:
+            return [app_row(app, store, None) for app in config.apps]
+        finally:
+            store.close()
+
+    def app(self, name: str) -> dict[str, Any]:
+        if self.server:
+            return dict(self._get(f"/api/apps/{name}"))
+        config = self._load()
+        store = open_store(config.service.state_dir)
+        try:
+            return app_row(config.app(name), store, None)
+        finally:
+            store.close()
+
+    def history(self, app: str | None, limit: int) -> list[dict[str, Any]]:
+        if self.server:
+            names = [app] if app else [a["name"] for a in self.apps()]
+            rows: list[dict[str, Any]] = []
+            for name in names:
+                rows += self._get(f"/api/apps/{name}/history?limit={limit}")["history"]
+            return sorted(rows, key=lambda r: r["id"], reverse=True)[:limit]
+        config = self._load()
+        if app:
+            config.app(app)
+        store = open_store(config.service.state_dir)
+        try:
+            return [history_row(r) for r in store.history(app, limit)]
+        finally:
+            store.close()
+
+
+# --------------------------------------------------------------------------- rendering
+def print_status(rows: list[dict[str, Any]], console: Console) -> None:
+    table = Table(show_lines=False, header_style="bold")
+    for column in ("APP", "TARGET", "BRANCH", "STATUS", "LIVE", "LAST SYNC", "NEXT POLL"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("NOTE", overflow="fold")
+    for row in rows:
+        live = (row.get("live_revision") or "")[:12] or "-"
+        message = (row.get("live_commit") or {}).get("message") or ""
+        note = row.get("suspended_reason") or row.get("last_error") or message
+        status = row["status"]
+        table.add_row(
+            row["name"], row["target"], row["branch"], f"[{_STYLE.get(status, 'white')}]{status}[/]",
+            live, _when(row.get("last_attempt_at")), _when(row.get("next_poll_at")),
+            (note or "").split("\n")[0][:80],
+        )
+    console.print(table)
+
+
+def print_history(rows: list[dict[str, Any]], console: Console, diffs: bool) -> None:
+    for row in rows:
+        style = "green" if row["result"] in ("synced", "no-change", "planned") else "red"
+        head = (f"#{row['id']} {row['app']} [{style}]{row['result']}[/] {(row.get('revision') or '')[:12]} "
+                f"{row['trigger']}{' (drift)' if row.get('drift') else ''} {_when(row['started_at'])} "
+                f"{(row.get('duration') or 0) * 1000:.0f} ms: {row.get('summary') or ''}")
+        console.print(head, highlight=False)
+        if row.get("error") and row["result"] != "synced":
+            console.print(f"    reason: {row['error'].splitlines()[0]}", highlight=False, markup=False)
+        for problem in row.get("problems") or []:
+            console.print(f"    - {problem}", highlight=False, markup=False)
+        if diffs and row.get("diff"):
+            for line in row["diff"].splitlines():
+                colour = "green" if line.lstrip().startswith("+") else "red" if line.lstrip().startswith("-") else None
+                console.print(f"    {line}", style=colour, highlight=False, markup=False)
+
+
+# --------------------------------------------------------------------------- actions
+async def _local(config: Config, app: str, action: str, revision: str | None) -> tuple[int, str]:
+    runtime = build_runtime(config, apps=[config.app(app)])
+    reconciler = runtime.reconcilers[app]
+    try:
+        if action == "suspend":
+            reconciler.suspend("suspended from the command line")
+            return EXIT_OK, f"{app}: auto-sync suspended"
+        if action == "resume":
+            reconciler.resume()
+            result = await reconciler.sync(Trigger.MANUAL, force=True)
+            return (EXIT_OK if result.ok else EXIT_ERROR,
+                    f"{app}: auto-sync resumed; {result.result.value} at {(result.revision or '')[:12]}")
+        assert revision is not None
+        result = await reconciler.rollback(revision)
+        message = (f"{app}: rolled back to {(result.revision or '')[:12]}: {result.result.value}"
+                   + (f" ({result.error})" if result.error else "")
+                   + f"\nauto-sync is suspended so the next poll does not undo it; "
+                     f"`autodeployer resume --app {app}` follows the branch again")
+        return (EXIT_OK if result.result in (Result.SYNCED, Result.NO_CHANGE) else EXIT_ERROR), message
+    finally:
+        await runtime.aclose()
+
+
+def _remote(backend: Backend, app: str, action: str, revision: str | None, console: Console) -> tuple[int, str]:
+    path = f"/api/apps/{app}/{action}"
+    answer = backend.post(path, {"revision": revision} if revision else None)
+    if action == "suspend":
+        return EXIT_OK, f"{app}: auto-sync suspended"
+    target = answer.get("revision")
+    with console.status(f"{app}: waiting for the {action} to finish...") as _:
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            time.sleep(0.3)
+            row = backend.app(app)
+            if row.get("running") or row.get("pending"):
+                continue
+            if target and row.get("last_revision") != target:
+                continue
+            if row.get("last_attempt_at") and (not target or row.get("last_revision") == target):
+                ok = row["status"] in ("synced", "suspended") and not row.get("last_error")
+                note = " (auto-sync suspended; resume to follow the branch again)" if action == "rollback" else ""
+                return (EXIT_OK if ok else EXIT_ERROR,
+                        f"{app}: {action} done, live {(row.get('live_revision') or '')[:12]}{note}"
+                        + (f"; error: {row['last_error']}" if row.get("last_error") else ""))
+    return EXIT_ERROR, f"{app}: {action} still running after 10 minutes; see `autodeployer status`"
+
+
+def run_action(backend: Backend, app: str, action: str, revision: str | None = None) -> None:
+    out = console()
+    try:
+        if backend.server:
+            code, message = _remote(backend, app, action, revision, out)
+        else:
+            config = backend._load()
+            with out.status(f"{app}: {action}..."):
+                code, message = asyncio.run(_local(config, app, action, revision))
+    except AutodeployerError as exc:
+        click.echo(click.style("error: ", fg="red", bold=True) + str(exc), err=True)
+        sys.exit(EXIT_ERROR)
+    click.echo(message)
+    sys.exit(code)
