@@ -73,8 +73,8 @@ class AppWorker:
         """Ask for a sync; merges with a pending one (the stronger trigger wins)."""
         if self._pending is None or _PRIORITY[trigger] > _PRIORITY[self._pending]:
             self._pending = trigger
-        if self.running is not None:
-            self._busy_trigger = True
+        if self.running is not None and self.running is not Trigger.POLL:
+            self._busy_trigger = True  # polls never delay a push
         self._wake.set()
 
     async def run(self, stopping: asyncio.Event, first: Trigger = Trigger.STARTUP) -> None:
@@ -132,7 +132,8 @@ class AppWorker:
             return None
         finally:
             self.running = None
-            self._last_finished = time.monotonic()
+            if trigger is not Trigger.POLL:
+                self._last_finished = time.monotonic()
         self.stats.runs += 1
         self.stats.last_result = result
         if self.on_result:

@@ -1,0 +1,130 @@
+"""Configuration: strict parsing, the seed's variables, YAML, and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from autodeployer.config import load_config, normalise_sync_root, repo_full_name, split_credentials
+from autodeployer.errors import ConfigError
+from autodeployer.settings import parse_bool
+
+BASE = {"GITHUB_USER": "acme", "GITHUB_PROJECT": "cfg", "JWT": "jwt-value-123456"}
+
+
+@pytest.mark.parametrize("text", ["true", "TRUE", "True", "1", "yes", "YES", " yes "])
+def test_true_spellings(text):
+    assert parse_bool(text, "X") is True
+
+
+@pytest.mark.parametrize("text", ["false", "FALSE", "0", "no", "No"])
+def test_false_spellings(text):
+    assert parse_bool(text, "X") is False
+
+
+@pytest.mark.parametrize("text", ["flase", "on", "off", "y", "n", "2", "", "truee"])
+def test_anything_else_is_refused_naming_the_variable(text):
+    with pytest.raises(ConfigError, match="SESAM_FORCE: expected true/false/1/0/yes/no"):
+        load_config({**BASE, "SESAM_FORCE": text or " x"})
+
+
+def test_seed_defaults():
+    config = load_config(BASE)
+    [app] = config.apps
+    assert app.source.url == "https://github.com/acme/cfg.git"
+    assert app.source.branch == "master" and app.source.sync_root == ""
+    assert app.target.api_url == "http://sesam-node:9042/api"
+    assert app.policy.interval == 60 and not app.target.force
+    assert app.source.github_api_url == "https://api.github.com"
+    assert app.name == "cfg"
+
+
+def test_enterprise_and_git_url_overrides():
+    config = load_config({**BASE, "GITHUB_URL": "https://ghe.example.org", "SYNC_INTERVAL": "0.5"})
+    app = config.apps[0]
+    assert app.source.url == "https://ghe.example.org/acme/cfg.git"
+    assert app.source.github_api_url == "https://ghe.example.org/api/v3"
+    assert app.policy.interval == 0.5
+    other = load_config({**BASE, "GIT_URL": "git@gitlab.example.org:team/node.git"}).apps[0]
+    assert other.source.url == "git@gitlab.example.org:team/node.git" and other.source.github_api_url is None
+    assert other.source.repo_full_name == "team/node"
+
+
+def test_credentials_in_git_url_are_moved_out_of_it():
+    url, token = split_credentials("https://x-access-token:sekrit-123@github.com/acme/cfg.git")
+    assert url == "https://github.com/acme/cfg.git" and token == "sekrit-123"
+    app = load_config({**BASE, "GIT_URL": "https://u:tok-abc-123@host.example/a/b.git"}).apps[0]
+    assert "tok-abc-123" not in app.source.url and app.source.token.get_secret_value() == "tok-abc-123"
+
+
+def test_sync_root_normalisation():
+    assert normalise_sync_root("/") == ""
+    assert normalise_sync_root("/sesam-home/node/") == "sesam-home/node"
+    assert normalise_sync_root("./a//b") == "a/b"
+    with pytest.raises(ConfigError):
+        normalise_sync_root("a/../../etc")
+
+
+def test_sesam_url_and_bearer_prefix_normalised():
+    app = load_config({**BASE, "SESAM_API_URL": "datahub-1.sesam.cloud/", "JWT": "Bearer abc.def.ghi"}).apps[0]
+    assert app.target.api_url == "https://datahub-1.sesam.cloud/api"
+    assert app.target.jwt.get_secret_value() == "abc.def.ghi"
+
+
+def test_repo_full_name_forms():
+    assert repo_full_name("https://github.com/o/r.git") == "o/r"
+    assert repo_full_name("ssh://git@github.com/o/r") == "o/r"
+    assert repo_full_name("git@github.com:o/r.git") == "o/r"
+    assert repo_full_name("file:///srv/git/o/r.git") == "o/r"
+
+
+def test_secrets_are_collected_for_redaction_and_hidden_in_repr():
+    config = load_config({**BASE, "GITHUB_TOKEN": "ghp_tok_123456", "WEBHOOK_SECRET": "hook-secret-1"})
+    assert {"ghp_tok_123456", "jwt-value-123456", "hook-secret-1"} <= set(config.secrets())
+    assert "ghp_tok_123456" not in repr(config) and "jwt-value-123456" not in str(config.apps[0])
+
+
+def test_yaml_file(tmp_path: Path):
+    (tmp_path / "jwt").write_text("file-jwt-123456\n")
+    config_file = tmp_path / "apps.yaml"
+    config_file.write_text(f"""
+service: {{state_dir: {tmp_path / 'state'}, port: 6000}}
+defaults:
+  source: {{url: "https://github.com/acme/cfg.git", token_env: TOKEN}}
+  policy: {{interval: 5}}
+apps:
+  - name: a
+    target: {{kind: sesam, api_url: "https://a.example/api", jwt_env: JWT_A}}
+  - name: b
+    source: {{url: "https://github.com/acme/other.git", branch: main, sync_root: node}}
+    target: {{kind: sesam, api_url: "https://b.example", jwt_file: "{tmp_path / 'jwt'}", force: yes}}
+""")
+    config = load_config({"TOKEN": "tok-123456", "JWT_A": "jwt-a-123456"}, config_file)
+    a, b = config.apps
+    assert config.service.port == 6000 and a.policy.interval == 5
+    assert a.source.token.get_secret_value() == "tok-123456"
+    assert b.target.jwt.get_secret_value() == "file-jwt-123456" and b.target.force is True
+    assert b.source.branch == "main" and b.source.sync_root == "node" and b.target.api_url == "https://b.example/api"
+    # the environment beats the file
+    assert load_config({"TOKEN": "t-123456", "JWT_A": "j-123456", "PORT": "7000"}, config_file).service.port == 7000
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("apps: []", "apps: expected a non-empty list"),
+        ("apps: [{name: x, source: {url: u}, target: {kind: nope}}]", "apps[x].target.kind: unknown target kind 'nope'"),
+        ("apps: [{name: x, source: {url: u}, target: {jwt: abcdefgh, force: flase}}]", "apps[x].target.force"),
+        ("apps: [{name: x, source: {url: u}, target: {jwt_env: MISSING}}]", "environment variable MISSING is not set"),
+        ("apps: [{name: 'bad name', source: {url: u}}]", "app names use letters"),
+        ("apps: [{name: x, source: {url: u}, target: {jwt: abcdefgh}}, {name: x, source: {url: u}, target: {jwt: abcdefgh}}]",
+         "duplicate app names: x"),
+        ("apps: [ {name: x", "invalid YAML"),
+    ],
+)
+def test_yaml_errors_name_the_key(tmp_path: Path, body: str, message: str):
+    config_file = tmp_path / "apps.yaml"
+    config_file.write_text(body)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")):
+        load_config({}, config_file)

@@ -1,0 +1,107 @@
+"""Scheduler semantics: single flight, coalescing, settling, priority, suspension, backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from autodeployer.config import AppConfig, Policy, SourceSpec
+from autodeployer.model import Result, SyncResult, Trigger
+from autodeployer.scheduling import AppWorker, backoff_delay
+from autodeployer.store import SQLiteStore
+from autodeployer.targets.sesam import Spec
+
+
+def test_backoff_doubles_and_caps():
+    assert [backoff_delay(10, n) for n in range(6)] == [10, 10, 20, 40, 80, 160]
+    assert backoff_delay(10, 20) == 300
+    assert backoff_delay(600, 3) == 600  # never shorter than the interval itself
+
+
+@dataclass
+class RecordingReconciler:
+    """Stands in for the reconciler to observe the worker; each sync takes `duration` seconds."""
+
+    app: AppConfig
+    store: SQLiteStore
+    duration: float = 0.1
+    calls: list[tuple[float, Trigger]] = field(default_factory=list)
+    active: int = 0
+    max_active: int = 0
+
+    async def sync(self, trigger: Trigger, force: bool = False) -> SyncResult:
+        self.calls.append((time.monotonic(), trigger))
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        await asyncio.sleep(self.duration)
+        self.active -= 1
+        return SyncResult(self.app.name, trigger, Result.NO_CHANGE)
+
+
+def make(tmp_path: Path, interval: float = 3600) -> RecordingReconciler:
+    app = AppConfig(name="a", source=SourceSpec(url="file:///x"), target=Spec(jwt="j" * 8),
+                    policy=Policy(interval=interval))
+    return RecordingReconciler(app, SQLiteStore.in_state_dir(tmp_path))
+
+
+async def drive(worker: AppWorker, body, until: float) -> None:
+    stopping = asyncio.Event()
+    task = asyncio.create_task(worker.run(stopping))
+    await body()
+    await asyncio.sleep(until)
+    stopping.set()
+    await asyncio.wait_for(task, 5)
+
+
+def test_burst_of_triggers_gives_two_syncs_ending_after_the_last(tmp_path: Path):
+    rec = make(tmp_path)
+    worker = AppWorker(rec)  # type: ignore[arg-type]
+
+    async def burst() -> None:
+        await asyncio.sleep(0.3)  # start-up sync done
+        for _ in range(50):
+            worker.trigger(Trigger.WEBHOOK)
+            await asyncio.sleep(0.02)
+        TestState.last = time.monotonic()
+
+    asyncio.run(drive(worker, burst, until=1.0))
+    webhook_runs = [t for t, trig in rec.calls if trig is Trigger.WEBHOOK]
+    assert 1 <= len(webhook_runs) <= 2
+    assert webhook_runs[-1] >= TestState.last  # the last run started after the last trigger
+    assert rec.max_active == 1
+
+
+class TestState:
+    last = 0.0
+
+
+def test_isolated_trigger_runs_at_once_and_polls_follow_the_interval(tmp_path: Path):
+    rec = make(tmp_path, interval=0.2)
+    worker = AppWorker(rec, jitter=0.0)  # type: ignore[arg-type]
+
+    async def one() -> None:
+        await asyncio.sleep(0.5)
+        TestState.last = time.monotonic()
+        worker.trigger(Trigger.MANUAL)
+
+    asyncio.run(drive(worker, one, until=0.7))
+    manual = [t for t, trig in rec.calls if trig is Trigger.MANUAL]
+    assert manual and manual[0] - TestState.last < 0.05
+    polls = [t for t, trig in rec.calls if trig is Trigger.POLL]
+    assert len(polls) >= 2 and worker.stats.late_polls == 0
+
+
+def test_suspended_app_is_not_synced(tmp_path: Path):
+    rec = make(tmp_path, interval=0.05)
+    from autodeployer.store import AppState
+
+    rec.store.put_state(AppState(app="a", suspended=True))
+    worker = AppWorker(rec)  # type: ignore[arg-type]
+
+    async def nothing() -> None:
+        worker.trigger(Trigger.WEBHOOK)
+
+    asyncio.run(drive(worker, nothing, until=0.4))
+    assert rec.calls == []
