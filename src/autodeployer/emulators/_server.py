@@ -46,6 +46,10 @@ class LoopbackServer:
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> "LoopbackServer":
+        """Start serving; starting a running server does nothing (so `serve()` can hand out a
+        started server and `with emulator.serve() as server:` still works)."""
+        if self._thread is not None:
+            return self
         self._thread = threading.Thread(
             target=self._run, name=f"loopback-{self.port}", daemon=True
         )
@@ -63,9 +67,11 @@ class LoopbackServer:
         asyncio.run(self._server.serve(sockets=[self._sock]))
 
     def stop(self) -> None:
+        if self._thread is None:
+            return
         self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._thread.join(timeout=10)
+        self._thread = None
         self._sock.close()
 
     def __enter__(self) -> "LoopbackServer":

@@ -26,7 +26,6 @@ import math
 import os
 import re
 import secrets
-import socket
 import threading
 import time
 import uuid
@@ -414,25 +413,6 @@ def _to_response(reply: _Reply) -> Response:
     return Response(content, reply.status, reply.headers, "application/json; charset=utf-8")
 
 
-class _EmulatorServer(LoopbackServer):
-    """A LoopbackServer that may be started twice, so ``serve()`` can hand it back running
-    and ``with gh.serve() as server`` still works."""
-
-    _running = False
-
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0) -> None:
-        super().__init__(app, host=host, port=port)
-        # Accepted sockets inherit this; without it every loopback request stalls ~40 ms
-        # (Nagle against delayed ACK).
-        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def start(self) -> "_EmulatorServer":
-        if not self._running:
-            super().start()
-            self._running = True
-        return self
-
-
 # --------------------------------------------------------------------------------------------
 # The emulator
 
@@ -615,7 +595,7 @@ class GitHubEmulator:
 
     def serve(self, port: int = 0, host: str = "127.0.0.1") -> LoopbackServer:
         """Start on loopback and return the running server (also usable as a context manager)."""
-        server = _EmulatorServer(self.app(), host=host, port=port)
+        server = LoopbackServer(self.app(), host=host, port=port)
         self.base_url = server.url
         return server.start()
 

@@ -552,29 +552,23 @@ def _embeds(request: Request) -> set[str]:
 
 
 class MarathonServer(LoopbackServer):
-    """A :class:`LoopbackServer` that may be started more than once (idempotently).
-
-    ``MarathonEmulator.serve()`` returns it already started, and ``with mara.serve() as s`` still
-    works; stopping also ends open event streams so shutdown is not held up.
-    """
+    """A :class:`LoopbackServer` whose stop also ends open event streams, so shutdown is not
+    held up by a client still reading /v2/events."""
 
     def __init__(self, emulator: MarathonEmulator, host: str, port: int) -> None:
         super().__init__(emulator.asgi_app, host=host, port=port)
         self._emulator = emulator
-        self._started = False
 
     def start(self) -> MarathonServer:
-        if not self._started:
+        if self._thread is None:
             self._emulator._closing.clear()
-            super().start()
-            self._started = True
+        super().start()
         return self
 
     def stop(self) -> None:
-        if self._started:
+        if self._thread is not None:
             self._emulator._closing.set()
-            super().stop()
-            self._started = False
+        super().stop()
 
 
 class MarathonEmulator:

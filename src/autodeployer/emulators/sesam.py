@@ -26,7 +26,6 @@ import io
 import json
 import os
 import re
-import socket
 import sys
 import threading
 import time
@@ -566,23 +565,6 @@ def _matches(path: str, prefix: str | None) -> bool:
     return prefix is None or path.startswith(prefix)
 
 
-class _IdempotentServer(LoopbackServer):
-    """A loopback server that may be started by ``serve()`` and again by ``with`` harmlessly.
-
-    It also sets ``TCP_NODELAY`` on the listening socket (inherited by accepted connections):
-    without it, Nagle plus delayed ACK adds ~40 ms to every keep-alive request.
-    """
-
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0) -> None:
-        super().__init__(app, host=host, port=port)
-        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def start(self) -> _IdempotentServer:
-        if self._thread is None:
-            super().start()
-        return self
-
-
 # --------------------------------------------------------------------------------------------
 # The emulator
 # --------------------------------------------------------------------------------------------
@@ -647,7 +629,7 @@ class SesamEmulator:
 
     def serve(self, host: str = "127.0.0.1", port: int = 0) -> LoopbackServer:
         """Start serving on loopback; usable directly or as a context manager."""
-        return _IdempotentServer(self.app, host=host, port=port).start()
+        return LoopbackServer(self.app, host=host, port=port).start()
 
     def entities(self) -> list[dict[str, Any]]:
         """Stored entities as posted (no ``$audit``), sorted by ``_id``, metadata included."""
