@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import click
@@ -25,12 +26,31 @@ EXIT_OK, EXIT_CHANGES, EXIT_ERROR = 0, 1, 2
 class _Obj:
     def __init__(self, config_file: str | None):
         self.config_file = config_file
+        self.dploy_dir: str | None = None  # set by --dploy [DIR]
+        self.warnings: list[str] = []
         self._config: Config | None = None
 
     def config(self) -> Config:
         if self._config is None:
-            self._config = load_config(config_file=self.config_file)
+            if self.dploy_dir is not None:
+                from .dploy import read_dploy
+
+                project = read_dploy(Path(self.dploy_dir))
+                self._config, self.warnings = project.config, list(project.warnings)
+            else:
+                self._config = load_config(config_file=self.config_file)
         return self._config
+
+
+def _set_dploy(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.ensure_object(_Obj).dploy_dir = value
+
+
+_dploy_option = click.option(
+    "--dploy", metavar="[DIR]", is_flag=False, flag_value=".", default=None, expose_value=False,
+    callback=_set_dploy, help="Serve a dploy project (dploy.app and .pat in DIR, default: here).",
+)
 
 
 def _fail(message: str) -> None:
@@ -130,10 +150,16 @@ def _prepare(ctx: click.Context) -> Config:
         _fail(str(exc))
         raise  # unreachable; keeps type checkers happy
     setup_logging(config, make_redactor(config))
+    if ctx.obj.warnings:
+        from .logs import get_logger
+
+        for warning in ctx.obj.warnings:
+            get_logger().warning("dploy project", warning=warning)
     return config
 
 
 @cli.command()
+@_dploy_option
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @click.option("--app", "app_name", metavar="NAME", help="Only this app.")
 @click.pass_context
@@ -161,13 +187,19 @@ def diff(ctx: click.Context, app_name: str | None) -> None:
 
 
 @cli.command()
+@_dploy_option
 @click.pass_context
 def run(ctx: click.Context) -> None:
     """Run the service: poll, serve webhooks and the status page, until SIGTERM."""
+    from .github import WEBHOOK_PATH
     from .runner import serve
 
     config = _prepare(ctx)
-    sys.exit(asyncio.run(serve(config)))
+    if ctx.obj.dploy_dir is not None:
+        from .dploy import DPLOY_HOOK_PATH
+
+        sys.exit(asyncio.run(serve(config, hook_path=DPLOY_HOOK_PATH)))
+    sys.exit(asyncio.run(serve(config, hook_path=WEBHOOK_PATH)))
 
 
 @cli.command()
@@ -269,7 +301,7 @@ def hooks() -> None:
     """Manage the GitHub webhook of each app's repository."""
 
 
-async def _hook_command(config: Config, action: str) -> int:
+async def _hook_command(config: Config, action: str, dploy: bool = False) -> int:
     import httpx
 
     from .github import WEBHOOK_PATH, hook_targets
@@ -278,8 +310,12 @@ async def _hook_command(config: Config, action: str) -> int:
 
     public_url = config.service.public_url
     if not public_url:
-        _fail("PUBLIC_URL is required: the hook is registered for PUBLIC_URL/webhook")
+        _fail("PUBLIC_URL (or public_node in dploy.app) is required: the hook is registered for PUBLIC_URL/webhook")
     url = public_url + WEBHOOK_PATH
+    if dploy:
+        from .dploy import dploy_hook_url
+
+        url = dploy_hook_url(config) or url
     secret = webhook_secret(config) if action == "register" else ""
     code = EXIT_OK
     async with httpx.AsyncClient(timeout=20, trust_env=False) as http:
@@ -308,24 +344,27 @@ async def _hook_command(config: Config, action: str) -> int:
 
 
 @hooks.command("register")
+@_dploy_option
 @click.pass_context
 def hooks_register(ctx: click.Context) -> None:
     """Create or update the hook for PUBLIC_URL/webhook (idempotent)."""
-    sys.exit(asyncio.run(_hook_command(_prepare(ctx), "register")))
+    sys.exit(asyncio.run(_hook_command(_prepare(ctx), "register", ctx.obj.dploy_dir is not None)))
 
 
 @hooks.command("list")
+@_dploy_option
 @click.pass_context
 def hooks_list(ctx: click.Context) -> None:
     """List the repositories' hooks; ours is marked with *."""
-    sys.exit(asyncio.run(_hook_command(_prepare(ctx), "list")))
+    sys.exit(asyncio.run(_hook_command(_prepare(ctx), "list", ctx.obj.dploy_dir is not None)))
 
 
 @hooks.command("remove")
+@_dploy_option
 @click.pass_context
 def hooks_remove(ctx: click.Context) -> None:
     """Delete exactly our hook, leaving every other hook alone."""
-    sys.exit(asyncio.run(_hook_command(_prepare(ctx), "remove")))
+    sys.exit(asyncio.run(_hook_command(_prepare(ctx), "remove", ctx.obj.dploy_dir is not None)))
 
 
 @cli.command()

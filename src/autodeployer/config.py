@@ -279,7 +279,7 @@ def app_from_env(env: EnvReader) -> AppConfig:
     module = _target_module(env.str("TARGET") or "sesam", "TARGET")
     name = env.str("APP_NAME") or (source.repo_full_name or "app").split("/")[-1]
     check_app_name(name, "APP_NAME")
-    return AppConfig(name=name, source=source, target=module.spec_from_env(env), policy=policy_from_env(env))
+    return AppConfig(name=name, source=source, target=module.spec_from_env(env, name), policy=policy_from_env(env))
 
 
 def check_app_name(name: str, where: str) -> None:
@@ -309,13 +309,13 @@ def _yaml_source(raw: Any, where: str, environ: Mapping[str, str]) -> SourceSpec
     return validate_model(SourceSpec, data, where)
 
 
-def _yaml_target(raw: Any, where: str, environ: Mapping[str, str]) -> Any:
+def _yaml_target(raw: Any, where: str, environ: Mapping[str, str], app_name: str) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping")
     module = _target_module(str(raw.get("kind", "sesam")), f"{where}.kind")
     data = resolve_secret_refs(raw, where, environ, module.SECRET_KEYS)
     data["kind"] = module.KIND
-    return module.spec_from_yaml(data, where)
+    return module.spec_from_yaml(data, where, app_name)
 
 
 def apps_from_yaml(doc: dict[str, Any], environ: Mapping[str, str]) -> list[AppConfig]:
@@ -333,7 +333,7 @@ def apps_from_yaml(doc: dict[str, Any], environ: Mapping[str, str]) -> list[AppC
         check_app_name(name, f"{where}.name")
         where = f"apps[{name}]"
         source = _yaml_source(merged.get("source"), f"{where}.source", environ)
-        target = _yaml_target(merged.get("target", {}), f"{where}.target", environ)
+        target = _yaml_target(merged.get("target", {}), f"{where}.target", environ, name)
         policy = validate_model(Policy, dict(merged.get("policy") or {}), f"{where}.policy")
         apps.append(AppConfig(name=name, source=source, target=target, policy=policy))
     names = [a.name for a in apps]

@@ -152,7 +152,8 @@ def read_pat(path: Path) -> str | None:
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the token file: {getattr(exc, 'strerror', None) or type(exc).__name__}") from None
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise ConfigError(f"{path}: cannot read the token file: {reason}") from None
     token = raw.strip()
     if not token:
         raise ConfigError(f"{path}: the token file is empty")
@@ -165,7 +166,8 @@ def _git(directory: Path, *args: str) -> int | None:
     """Exit code of a read-only git query in `directory`; None when git cannot answer."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     try:
-        return subprocess.run(["git", "-C", str(directory), *args], capture_output=True, timeout=10, env=env).returncode
+        return subprocess.run(["git", "-C", str(directory), *args], capture_output=True, timeout=10, env=env,
+                              check=False).returncode
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -175,8 +177,8 @@ def pat_warnings(directory: Path) -> list[str]:
     if not (directory / PAT_FILE).exists() or _git(directory, "rev-parse", "--is-inside-work-tree") != 0:
         return []
     if _git(directory, "ls-files", "--error-unmatch", "--", PAT_FILE) == 0:
-        return [f"{PAT_FILE} is committed to the Git repository: revoke that token, remove the file from Git "
-                "and prefer GITHUB_TOKEN from the environment or a mounted file"]
+        return [(f"{PAT_FILE} is committed to the Git repository: revoke that token, remove the file from Git "
+                 "and prefer GITHUB_TOKEN from the environment or a mounted file")]
     if _git(directory, "check-ignore", "-q", "--", PAT_FILE) == 1:
         return [f"{PAT_FILE} is not in .gitignore: it could be committed by accident"]
     return []
@@ -220,7 +222,8 @@ def read_dploy(directory: Path, environ: Mapping[str, str] | None = None) -> Dpl
         if pat:
             merged["GITHUB_TOKEN"] = pat
         else:
-            warnings.append(f"no {PAT_FILE} and no GITHUB_TOKEN: the repository must be public and no webhook is registered")
+            warnings.append(
+                f"no {PAT_FILE} and no GITHUB_TOKEN: the repository must be public and no webhook is registered")
     env = EnvReader(merged, all_variables())
 
     marathon_url = env.str("MARATHON_URL") or descriptor.marathon_url

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .config import AppConfig
-from .errors import AutodeployerError, Refused, SourceError, TargetError
+from .errors import AutodeployerError, OwnershipLost, Refused, SourceError, TargetError
 from .logs import Redactor, get_logger
 from .model import Action, CommitInfo, Plan, Problem, Result, SyncResult, Trigger
 from .sources.git import GitSource
@@ -41,6 +41,8 @@ class Outcome:
     memory: dict[str, Any] | None = None
     tree_id: str | None = None
     attempt_id: int | None = None  # history row opened before the apply
+    not_applied: OwnershipLost | None = None  # another replica owns the app: nothing applied or recorded
+    details: dict[str, Any] | None = None  # what the target reported (e.g. a command's output)
 
 
 class Reconciler:
@@ -89,6 +91,8 @@ class Reconciler:
 
         drift_check = head == state.last_synced_revision and state.last_result in _OK
         outcome, sha = await self._pipeline(head, state, trigger, dry_run, drift_check, started, record)
+        if outcome.not_applied is not None:
+            return self._not_applied(trigger, sha, outcome.not_applied, started, clock)
         if drift_check and outcome.result is Result.NO_CHANGE and trigger is Trigger.POLL:
             state.last_drift_check_at = started  # a quiet drift check: no history row
             self._save_state(state)
@@ -184,11 +188,14 @@ class Reconciler:
             warnings = plan.warnings + report.warnings
             if not remaining.empty:
                 return Outcome(Result.FAILED, plan=plan, warnings=warnings, tree_id=tree.tree_id, attempt_id=attempt,
-                               error=f"verification failed: the target still differs ({remaining.summary()})"), sha
+                               error=f"verification failed: the target still differs ({remaining.summary()})",
+                               details=report.details), sha
             return Outcome(Result.SYNCED, plan=plan, warnings=warnings, memory=report.memory,
-                           tree_id=tree.tree_id, attempt_id=attempt), sha
+                           tree_id=tree.tree_id, attempt_id=attempt, details=report.details), sha
         except (Refused, SourceError, TargetError) as exc:
             return self._error_outcome(exc, None, None), sha
+        except OwnershipLost as exc:
+            return Outcome(Result.NO_CHANGE, error=str(exc), not_applied=exc), sha
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug must not stop the service
@@ -205,9 +212,21 @@ class Reconciler:
     def _begin(self, trigger: Trigger, sha: str, started: float) -> int | None:
         try:
             return self.store.begin(self.app.name, trigger.value, sha, started)
+        except OwnershipLost:
+            raise  # a shared store could not prove this replica owns the app: do not apply
         except Exception as exc:
             self.log.error("cannot record history", error=str(exc))
             return None
+
+    def _not_applied(self, trigger: Trigger, sha: str, exc: OwnershipLost, started: float,
+                     clock: float) -> SyncResult:
+        """Another replica owns the app (or ownership cannot be proven): no apply, no failure recorded."""
+        self.log.warning("not applied", reason=str(exc), revision=sha[:12], trigger=trigger.value)
+        details: dict[str, Any] = {"not_applied": str(exc)}
+        if exc.retry_after is not None:
+            details["retry_after"] = exc.retry_after
+        return SyncResult(self.app.name, trigger, Result.NO_CHANGE, revision=sha, started_at=started,
+                          duration=time.perf_counter() - clock, summary=f"not applied: {exc}", details=details)
 
     def _guard(self, plan: Plan) -> None:
         if plan.empties_target and not self.app.policy.allow_empty:
@@ -245,6 +264,8 @@ class Reconciler:
             result.details["commit"] = {"message": commit.message, "author": commit.author}
         if plan and plan.notices:
             result.details["notices"] = plan.notices
+        if outcome.details:
+            result.details.update(self.redact.value(outcome.details))
         self._update_state(state, result, outcome)
         if record:
             self._record(result, outcome.attempt_id)

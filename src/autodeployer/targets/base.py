@@ -1,8 +1,8 @@
 """The Target protocol: what every deploy target implements.
 
 A target module provides ``KIND``, its settings model ``Spec``, the environment ``VARIABLES`` it reads,
-``SECRET_KEYS`` (YAML keys that may come from ``<key>_env`` / ``<key>_file``), ``spec_from_env``,
-``spec_from_yaml`` and ``create``. Registering it in ``targets/__init__.py`` is the only other change.
+``SECRET_KEYS`` (YAML keys that may come from ``<key>_env`` / ``<key>_file``),
+``spec_from_env(env, app_name)``, ``spec_from_yaml(data, where, app_name)`` and ``create(spec, deps)``. Registering it in ``targets/__init__.py`` is the only other change.
 """
 
 from __future__ import annotations

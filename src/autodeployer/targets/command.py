@@ -29,10 +29,10 @@ from .base import SyncContext, TargetDeps
 KIND = "command"
 SECRET_KEYS: tuple[str, ...] = ()
 VARIABLES = (
-    Variable("DEPLOY_COMMAND", None, "Command the command target runs in a directory holding SYNC_ROOT at the new revision."),
-    Variable("COMMAND_SHELL", "false", "Run DEPLOY_COMMAND through /bin/sh instead of splitting it like a shell would."),
+    Variable("DEPLOY_COMMAND", None, "Command run by the command target in a copy of SYNC_ROOT at each new revision."),
+    Variable("COMMAND_SHELL", "false", "Run DEPLOY_COMMAND through /bin/sh instead of splitting it into words."),
     Variable("COMMAND_TIMEOUT", "600", "Seconds DEPLOY_COMMAND may run before its process group is killed."),
-    Variable("COMMAND_PASS_ENV", None, "Comma-separated names of the service's environment variables passed to DEPLOY_COMMAND."),
+    Variable("COMMAND_PASS_ENV", None, "Comma-separated names of environment variables passed on to DEPLOY_COMMAND."),
     Variable("COMMAND_OUTPUT_LIMIT", "65536", "Bytes of DEPLOY_COMMAND output kept in history (the tail is kept)."),
 )
 BASE_ENV = ("PATH", "HOME", "LANG")  # the only part of the service's environment passed by default
@@ -77,7 +77,7 @@ def _checked(spec: Spec, where: str) -> Spec:
     return spec
 
 
-def spec_from_env(env: EnvReader) -> Spec:
+def spec_from_env(env: EnvReader, app_name: str | None = None) -> Spec:
     command = env.required("DEPLOY_COMMAND", "the command the command target runs on each new revision")
     limit = env.number("COMMAND_OUTPUT_LIMIT", minimum=1024)
     spec = Spec(
@@ -90,7 +90,7 @@ def spec_from_env(env: EnvReader) -> Spec:
     return _checked(spec, "DEPLOY_COMMAND")
 
 
-def spec_from_yaml(data: dict[str, Any], where: str) -> Spec:
+def spec_from_yaml(data: dict[str, Any], where: str, app_name: str | None = None) -> Spec:
     return _checked(validate_model(Spec, dict(data), where), f"{where}.command")
 
 
@@ -143,7 +143,7 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
     _kill_group(proc, signal.SIGTERM)
     try:
         await asyncio.wait_for(proc.wait(), KILL_GRACE)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     _kill_group(proc, signal.SIGKILL)
     await proc.wait()
@@ -197,10 +197,10 @@ class CommandTarget:
 
     async def _run(self, workdir: Path, env: dict[str, str]) -> tuple[int | None, Output]:
         """(exit code or None on timeout, captured output)."""
-        kwargs: dict[str, Any] = dict(
-            cwd=str(workdir), env=env, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-        )
+        kwargs: dict[str, Any] = {
+            "cwd": str(workdir), "env": env, "stdin": asyncio.subprocess.DEVNULL,
+            "stdout": asyncio.subprocess.PIPE, "stderr": asyncio.subprocess.STDOUT, "start_new_session": True,
+        }
         try:
             if self.spec.shell:
                 proc = await asyncio.create_subprocess_shell(self.spec.command, **kwargs)
@@ -213,7 +213,7 @@ class CommandTarget:
         pump = asyncio.ensure_future(_pump(proc.stdout, output))
         try:
             code: int | None = await asyncio.wait_for(proc.wait(), self.spec.timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             code = None
             await _stop(proc)
         except asyncio.CancelledError:
@@ -223,7 +223,7 @@ class CommandTarget:
             # Grandchildren may hold the pipe open; once the group is dead the pump ends.
             if proc.returncode is not None:
                 _kill_group(proc, signal.SIGKILL)
-            with contextlib.suppress(asyncio.TimeoutError):
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(pump), KILL_GRACE)
             pump.cancel()
         return code, output

@@ -44,7 +44,7 @@ VARIABLES = (
     Variable("MARATHON_TOKEN", None, "DC/OS auth token, sent as 'Authorization: token=<t>'.", True),
     Variable("MARATHON_USER", None, "User for HTTP basic auth to Marathon (with MARATHON_PASSWORD)."),
     Variable("MARATHON_PASSWORD", None, "Password for HTTP basic auth to Marathon.", True),
-    Variable("MARATHON_FORCE", "false", "Write with force=true: cancel deployments that lock an app instead of waiting."),
+    Variable("MARATHON_FORCE", "false", "Write with force=true: cancel locking deployments instead of waiting."),
     Variable("DEPLOY_TIMEOUT", "300", "Seconds a Marathon deployment may take before the sync fails."),
     Variable("ROLLBACK_ON_FAILURE", "false", "Roll back a Marathon deployment that failed or timed out."),
     Variable("PRUNE", "false", "Delete Marathon apps labelled DPLOY=<APP_NAME> that are no longer in Git."),
@@ -140,8 +140,10 @@ def spec_from_env(env: EnvReader, app_name: str | None = None) -> Spec:
     return check_auth_pair(spec, "MARATHON_USER/MARATHON_PASSWORD")
 
 
-def spec_from_yaml(data: dict[str, Any], where: str) -> Spec:
+def spec_from_yaml(data: dict[str, Any], where: str, app_name: str | None = None) -> Spec:
     data = dict(data)
+    if app_name:
+        data.setdefault("app_name", app_name)  # the DPLOY label defaults to the app's name
     if "url" not in data:
         raise ConfigError(f"{where}.url: the Marathon base URL is required")
     data["url"] = normalise_url(str(data["url"]))
@@ -402,10 +404,14 @@ def _copy_path(source: dict[str, Any], target: dict[str, Any], path: tuple[str, 
         node = node[key]
     for key in path[:-1]:
         target = target.setdefault(key, {})
+        if not isinstance(target, dict):
+            return  # the live value is no object here: the difference already shows
     target[path[-1]] = node
 
 
-def compared_view(live: dict[str, Any], want: dict[str, Any], removed: Iterable[tuple[str, ...]] = ()) -> dict[str, Any]:
+def compared_view(
+    live: dict[str, Any], want: dict[str, Any], removed: Iterable[tuple[str, ...]] = ()
+) -> dict[str, Any]:
     """The part of the live app that Git speaks about: what it sets, plus what it stopped setting."""
     view = {k: live[k] if k in MAP_FIELDS else _subset(live[k], v) for k, v in want.items() if k in live}
     for path in removed:
@@ -470,12 +476,14 @@ def diff(desired: Desired, live: Live, memory: dict[str, Any] | None, *, prune: 
         if sorted(have_deps or []) != sorted(want):
             before = None if have_deps is None else {"dependencies": have_deps}
             action = Action.ADD if have_deps is None else Action.CHANGE
-            changes.append(Change(action, group_id, "group", unified(before, {"dependencies": want}, group_id.lstrip("/") or "/")))
+            text = unified(before, {"dependencies": want}, group_id.lstrip("/") or "/")
+            changes.append(Change(action, group_id, "group", text))
             payload.group_puts[group_id] = want
     orphans = sorted(set(live.managed) - set(desired.apps))
     for app_id in orphans:
         if prune:
-            changes.append(Change(Action.REMOVE, app_id, "app", unified(strip_runtime(live.managed[app_id]), None, app_id.lstrip("/"))))
+            text = unified(strip_runtime(live.managed[app_id]), None, app_id.lstrip("/"))
+            changes.append(Change(Action.REMOVE, app_id, "app", text))
             payload.deletes.append(app_id)
         else:
             warnings.append(f"would prune {app_id}: it carries {LABEL}={app_name} but is not in Git (PRUNE=false)")
@@ -763,7 +771,8 @@ class MarathonTarget:
                 rollback = (self._json(response, "DELETE deployment") or {}).get("deploymentId")
                 return f"deployment {write.deployment} cancelled, rollback deployment {rollback}", rollback
             if response.status_code != 404:
-                return f"DELETE /v2/deployments/{write.deployment}: {response.status_code} {error_detail(response)}", None
+                status = f"{response.status_code} {error_detail(response)}"
+                return f"DELETE /v2/deployments/{write.deployment}: {status}", None
         if write.kind != "app":
             return "nothing to roll back: the deployment had already ended", None
         if write.previous_version:

@@ -62,7 +62,7 @@ def normalise_url(value: str) -> str:
     return url
 
 
-def spec_from_env(env: EnvReader) -> Spec:
+def spec_from_env(env: EnvReader, app_name: str | None = None) -> Spec:
     jwt = env.secret("JWT")
     if jwt is None:
         raise ConfigError("JWT is required: the Sesam node's API token")
@@ -76,7 +76,7 @@ def spec_from_env(env: EnvReader) -> Spec:
     )
 
 
-def spec_from_yaml(data: dict[str, Any], where: str) -> Spec:
+def spec_from_yaml(data: dict[str, Any], where: str, app_name: str | None = None) -> Spec:
     data = dict(data)
     data["api_url"] = normalise_url(str(data.get("api_url", DEFAULT_URL)))
     if data.get("jwt"):
