@@ -38,3 +38,19 @@ class Refused(AutodeployerError):
         if not self.problems:
             return base
         return base + "\n" + "\n".join(f"  - {p}" for p in self.problems)
+
+
+class StoreUnavailable(AutodeployerError):
+    """The shared store (PostgreSQL) cannot be reached; the message says why, without credentials."""
+
+
+class OwnershipLost(AutodeployerError):
+    """This replica may not apply the app now: another replica owns it, or ownership cannot be proven.
+
+    Nothing was written to the target. `retry_after` (seconds) is set when the same replica should try
+    again soon (another replica's attempt is still running), None when the app has moved away.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
