@@ -13,6 +13,7 @@ import httpx
 from . import __version__
 from .config import AppConfig, Config
 from .github import CommitStatusReporter, client_for
+from .notify import NotifyReporter
 from .logs import Redactor, configure_logging
 from .reconcile import Reconciler, Reporter
 from .sources.git import GitObserver, GitSource, MirrorLocks
@@ -80,6 +81,8 @@ def build_runtime(
     reporters = list(reporters)
     if config.service.commit_status:
         reporters.insert(0, CommitStatusReporter(clients[True], config.service))
+    if config.service.notify_url is not None:
+        reporters.append(NotifyReporter(clients[True], config.service))
     locks = MirrorLocks()
     git_http = httpx.AsyncClient(  # like git itself: proxies from the environment, TLS verified
         headers={"User-Agent": USER_AGENT}, timeout=30.0, trust_env=True, follow_redirects=False,

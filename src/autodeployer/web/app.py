@@ -15,6 +15,7 @@ from ..metrics import CONTENT_TYPE, Metrics, StateCollector
 from ..scheduling import Scheduler
 from ..service import Runtime
 from .api import Api
+from .pages import page_routes
 from .webhook import WebhookReceiver
 
 BackgroundJob = Callable[[], Awaitable[None]]
@@ -59,6 +60,7 @@ def create_app(
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint),
         *api.routes(),
+        *page_routes(api),
     ]
     if webhook is not None:
         routes += [

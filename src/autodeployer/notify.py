@@ -1,0 +1,199 @@
+"""Notifications: a JSON POST to NOTIFY_URL when a sync fails, is refused, or recovers.
+
+With NOTIFY_ON=all every applied sync is announced too. A Slack incoming-webhook URL gets a Slack
+message instead of the plain JSON document. The reporter remembers, per app and in this process only,
+the last result it saw and when it last sent each failure, so:
+
+* an identical failure (same app, same event, same error text) is delivered at most once per
+  NOTIFY_REPEAT seconds, however often the app retries (an undelivered one is tried again);
+* the first successful sync after a failure is announced as "recovered", and clears that memory, so a
+  later failure is news again;
+* after a restart (or when another replica takes the app over) the memory is empty: a failure that
+  persists is announced once more, and a recovery from a failure only the previous process saw is
+  not announced.
+
+NOTIFY_URL is a secret (Slack puts its credential in the path), so it is never logged: log lines name
+only its host. Delivery is one POST with a 5 s timeout; a failure is logged and never stops a sync.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from .config import AppConfig, ServiceSettings
+from .logs import get_logger
+from .model import CommitInfo, Result, SyncResult, Trigger
+
+TIMEOUT = 5.0
+MAX_PROBLEMS = 20  # listed in one notification; the rest are counted
+_SLACK_PATH = re.compile(r"^/services/[^/]+/[^/]+/[^/]+/?$")
+_FAILURES = (Result.FAILED, Result.REFUSED)
+_SUCCESSES = (Result.SYNCED, Result.NO_CHANGE)
+_ICONS = {"failed": ":x:", "refused": ":no_entry:", "recovered": ":white_check_mark:", "applied": ":rocket:"}
+
+
+def is_slack(url: str) -> bool:
+    """Slack incoming webhooks live on hooks.slack.com under /services/T.../B.../secret."""
+    parts = urlsplit(url)
+    return (parts.hostname or "").lower() == "hooks.slack.com" or bool(_SLACK_PATH.match(parts.path))
+
+
+def event_for(result: Result, previous: Result | None, notify_on: str) -> str | None:
+    """Which event a result is, given the app's previous result; None when nothing is to be said."""
+    if result is Result.FAILED:
+        return "failed"
+    if result is Result.REFUSED:
+        return "refused"
+    if result in _SUCCESSES and previous in _FAILURES:
+        return "recovered"
+    if result is Result.SYNCED and notify_on == "all":
+        return "applied"
+    return None
+
+
+def payload(app: AppConfig, result: SyncResult, event: str, commit: CommitInfo | None,
+            public_url: str | None) -> dict[str, Any]:
+    """The JSON document: everything an on-call person needs, and no secret (results are redacted)."""
+    finished = result.started_at + result.duration
+    problems = [str(p) for p in result.problems]
+    return {
+        "app": app.name,
+        "event": event,
+        "result": result.result.value,
+        "revision": result.revision,
+        "trigger": result.trigger.value,
+        "summary": result.summary,
+        "error": result.error,
+        "problems": problems,
+        "commit_message": commit.message if commit else None,
+        "commit_author": commit.author if commit else None,
+        "target": app.target.kind,
+        "branch": app.source.branch,
+        "url": f"{public_url}/apps/{app.name}" if public_url else None,
+        "timestamp": datetime.fromtimestamp(finished or time.time(), UTC).isoformat(),
+        "text": headline(app, result, event, commit),
+    }
+
+
+def headline(app: AppConfig, result: SyncResult, event: str, commit: CommitInfo | None) -> str:
+    sha = (result.revision or "")[:7]
+    what = {
+        "failed": "sync failed",
+        "refused": "commit refused",
+        "recovered": "recovered: in sync again",
+        "applied": f"deployed: {result.summary}",
+    }[event]
+    at = f" at {sha}" if sha else ""
+    message = f" ({commit.message})" if commit and commit.message else ""
+    return f"{app.name}: {what}{at}{message}"
+
+
+def _slack_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def slack_message(doc: dict[str, Any]) -> dict[str, Any]:
+    """The same facts as Slack blocks; `text` is the fallback for notifications and old clients."""
+    text = f"{_ICONS[doc['event']]} {_slack_escape(doc['text'])}"
+    title = f"<{doc['url']}|{_slack_escape(doc['app'])}>" if doc["url"] else f"*{_slack_escape(doc['app'])}*"
+    lines = [f"{_ICONS[doc['event']]} {title}: *{doc['event']}* ({_slack_escape(doc['result'])})"]
+    if doc["error"]:
+        lines.append(f"```{_slack_escape(doc['error'][:2500])}```")
+    elif doc["summary"]:
+        lines.append(_slack_escape(doc["summary"]))
+    problems = doc["problems"][:MAX_PROBLEMS]
+    if problems:
+        lines.append("\n".join(f"• {_slack_escape(p)}" for p in problems))
+        if len(doc["problems"]) > len(problems):
+            lines.append(f"… and {len(doc['problems']) - len(problems)} more")
+    context = [f"target {doc['target']}", f"branch {doc['branch']}", f"trigger {doc['trigger']}"]
+    if doc["revision"]:
+        context.insert(0, f"revision `{doc['revision'][:12]}`")
+    if doc["commit_message"]:
+        context.append(_slack_escape(doc["commit_message"]))
+    return {
+        "text": text,
+        "blocks": [
+            {"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(lines)[:3000]}},
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": " · ".join(context)[:3000]}]},
+        ],
+    }
+
+
+@dataclass
+class _AppMemory:
+    """What the reporter remembers about one app (in this process only)."""
+
+    previous: Result | None = None
+    sent: dict[tuple[str, str], float] = field(default_factory=dict)  # (event, error) -> monotonic time
+
+
+class NotifyReporter:
+    """A Reporter that POSTs failed, refused, recovered (and, if asked, applied) syncs to NOTIFY_URL."""
+
+    def __init__(self, http: httpx.AsyncClient, settings: ServiceSettings) -> None:
+        if settings.notify_url is None:
+            raise ValueError("NotifyReporter needs NOTIFY_URL")
+        self._http = http
+        self._url = settings.notify_url.get_secret_value()
+        self._host = urlsplit(self._url).hostname or "?"
+        self._slack = is_slack(self._url)
+        self._notify_on = settings.notify_on
+        self._repeat = settings.notify_repeat
+        self._public_url = settings.public_url
+        self._memory: dict[str, _AppMemory] = {}
+        self._log = get_logger(component="notify")
+
+    async def started(self, app: AppConfig, revision: str, trigger: Trigger) -> None:
+        return None
+
+    async def finished(self, app: AppConfig, result: SyncResult, commit: CommitInfo | None) -> None:
+        memory = self._memory.setdefault(app.name, _AppMemory())
+        if result.result not in (*_FAILURES, *_SUCCESSES):
+            return  # planned (dry run), interrupted: neither news nor a change of health
+        event = event_for(result.result, memory.previous, self._notify_on)
+        memory.previous = result.result
+        if event is None:
+            return
+        key = (event, result.error or "")
+        if event in ("failed", "refused") and self._repeated(memory, key, app.name):
+            return
+        if event == "recovered":
+            memory.sent.clear()  # the incident is over; the same failure later is news again
+        delivered = await self._deliver(app, payload(app, result, event, commit, self._public_url))
+        if delivered and event in ("failed", "refused"):
+            memory.sent[key] = time.monotonic()  # an undelivered failure is tried again next time
+
+    def _repeated(self, memory: _AppMemory, key: tuple[str, str], app: str) -> bool:
+        """True (and logged) when this failure was delivered less than NOTIFY_REPEAT seconds ago."""
+        now = time.monotonic()
+        memory.sent = {k: at for k, at in memory.sent.items() if now - at < self._repeat}  # forget expired
+        if key not in memory.sent:
+            return False
+        self._log.info("notification not repeated", app=app, notify_event=key[0],
+                       repeat_in=round(self._repeat - (now - memory.sent[key])))
+        return True
+
+    async def _deliver(self, app: AppConfig, doc: dict[str, Any]) -> bool:
+        body = slack_message(doc) if self._slack else doc
+        fields = {"app": app.name, "notify_event": doc["event"], "host": self._host}
+        try:
+            response = await self._http.post(self._url, json=body, timeout=TIMEOUT)
+        except httpx.TimeoutException:
+            self._log.warning("notification delivery failed", error=f"timed out after {TIMEOUT:g} s", **fields)
+            return False
+        except httpx.HTTPError as exc:  # the message may quote the URL: log the kind only
+            self._log.warning("notification delivery failed", error=type(exc).__name__, **fields)
+            return False
+        if not response.is_success:
+            self._log.warning("notification delivery failed", error=f"HTTP {response.status_code}", **fields)
+            return False
+        self._log.info("notification sent", **fields)
+        return True

@@ -1,0 +1,190 @@
+"""The status page: server-rendered HTML for people, built only from the API's status and history rows.
+
+Those rows never hold a secret, so neither can the page. Templates live in ``web/templates`` and are
+rendered with autoescaping on; CSS and the refresh script are inline, so the page needs no build step
+and no external asset (it is often opened on machines without internet access).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.requests import Request
+from starlette.responses import HTMLResponse
+from starlette.routing import Route
+
+from .api import Api
+from .status import history_row
+
+REFRESH_SECONDS = 5
+PAGE_HISTORY = 30  # syncs shown on an app page (the API serves more)
+MAX_HISTORY = 200
+MAX_DIFF_LINES = 2000  # per sync; the API has the full diff
+OPEN_DIFFS = 3  # the newest diffs are expanded, older ones folded
+MAX_PROBLEMS = 5  # per app on the overview
+
+BADGES = {
+    "synced": "synced",
+    "no-change": "no change",
+    "out-of-sync": "out of sync",
+    "planned": "planned",
+    "failed": "failed",
+    "refused": "refused",
+    "suspended": "suspended",
+    "pending": "pending",
+    "running": "running",
+    "interrupted": "interrupted",
+}
+
+
+# --------------------------------------------------------------------------- formatting
+def short_sha(sha: str | None) -> str:
+    return sha[:7] if sha else ""
+
+
+def absolute_time(ts: float | None) -> str:
+    if ts is None:
+        return ""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def iso_time(ts: float | None) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat() if ts is not None else ""
+
+
+def relative_time(ts: float | None, now: float) -> str:
+    """'12 s ago' / 'in 3 min': rendered on the server, fresh at every refresh."""
+    if ts is None:
+        return "never"
+    delta = now - ts
+    span = abs(delta)
+    if span < 1:
+        return "now"
+    for limit, unit, size in ((60, "s", 1), (3600, "min", 60), (86400, "h", 3600), (float("inf"), "d", 86400)):
+        if span < limit:
+            amount = f"{int(span // size)} {unit}"
+            return f"{amount} ago" if delta > 0 else f"in {amount}"
+    return ""  # unreachable
+
+
+def diff_class(line: str) -> str:
+    """CSS class of one line of Plan.render(): entity headlines unindented, unified diffs indented."""
+    if not line.startswith("    "):
+        return {"+": "head add", "-": "head del", "~": "head chg"}.get(line[:1], "head")
+    body = line[4:]
+    if body.startswith(("+++", "---")):
+        return "file"
+    if body.startswith("@@"):
+        return "hunk"
+    return {"+": "add", "-": "del"}.get(body[:1], "ctx")
+
+
+def diff_lines(diff: str) -> tuple[list[tuple[str, str]], int]:
+    """(class, text) pairs for the first MAX_DIFF_LINES lines, and how many lines were left out."""
+    lines = diff.splitlines()
+    shown = [(diff_class(line), line) for line in lines[:MAX_DIFF_LINES]]
+    return shown, max(0, len(lines) - MAX_DIFF_LINES)
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
+
+
+def make_environment() -> Environment:
+    env = Environment(
+        loader=PackageLoader("autodeployer.web", "templates"),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(
+        short_sha=short_sha, absolute=absolute_time, iso=iso_time, duration=duration,
+        badge=lambda status: BADGES.get(status or "pending", status),
+    )
+    return env
+
+
+# --------------------------------------------------------------------------- views
+def _history_view(raw: dict[str, Any], index: int) -> dict[str, Any]:
+    lines, hidden = diff_lines(raw.get("diff") or "")
+    commit = (raw.get("details") or {}).get("commit") or {}
+    return {**raw, "diff_lines": lines, "diff_hidden": hidden, "commit": commit, "open": index < OPEN_DIFFS}
+
+
+def _limit(request: Request) -> int:
+    try:
+        return min(MAX_HISTORY, max(1, int(request.query_params.get("limit", PAGE_HISTORY))))
+    except ValueError:
+        return PAGE_HISTORY
+
+
+def _counts(rows: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    return sorted(counts.items())
+
+
+class Pages:
+    """Renders `/` and `/apps/{app}`; each response carries its own CSP nonce for the inline script."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+        self.env = make_environment()
+
+    def _render(self, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+        nonce = secrets.token_urlsafe(16)
+        now = time.time()
+        html = self.env.get_template(template).render(
+            nonce=nonce, now=now, ago=lambda ts: relative_time(ts, now), refresh=REFRESH_SECONDS, **context,
+        )
+        return HTMLResponse(html, status_code=status_code, headers=_headers(nonce))
+
+    async def index(self, request: Request) -> HTMLResponse:
+        rows = self.api.rows()
+        problems = {row["name"]: self._last_problems(row) for row in rows}
+        return self._render("index.html", apps=rows, counts=_counts(rows), problems=problems)
+
+    def _last_problems(self, row: dict[str, Any]) -> list[str]:
+        """The reasons behind a failed or refused app, so the overview says what to fix."""
+        if row["status"] not in ("failed", "refused"):
+            return []
+        latest = self.api.store.history(row["name"], 1)
+        if not latest or latest[0].result not in ("failed", "refused"):
+            return []
+        return latest[0].problems[:MAX_PROBLEMS]
+
+    async def app(self, request: Request) -> HTMLResponse:
+        name = request.path_params["app"]
+        row = next((r for r in self.api.rows() if r["name"] == name), None)
+        if row is None:
+            return self._render("missing.html", status_code=404, name=name)
+        history = [history_row(h) for h in self.api.store.history(name, _limit(request))]
+        return self._render("app.html", app=row, history=[_history_view(h, i) for i, h in enumerate(history)])
+
+
+def _headers(nonce: str) -> dict[str, str]:
+    """No external loads, no framing; only our own inline script and same-origin refresh fetches."""
+    return {
+        "Content-Security-Policy": (
+            "default-src 'none'; style-src 'unsafe-inline'; img-src data:; connect-src 'self'; "
+            f"script-src 'nonce-{nonce}'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        ),
+        "Cache-Control": "no-store",
+        "Referrer-Policy": "no-referrer",
+        "X-Content-Type-Options": "nosniff",
+    }
+
+
+def page_routes(api: Api) -> list[Route]:
+    pages = Pages(api)
+    return [
+        Route("/", pages.index, methods=["GET"]),
+        Route("/apps/{app}", pages.app, methods=["GET"]),
+    ]
