@@ -52,6 +52,10 @@ def _seed(repo: WorkRepo) -> None:
     repo.write(files)
     repo.commit("Initial Sesam configuration")
     repo.push()
+    # a plain `git push` in the working copy must work for the person trying the demo
+    repo.git("branch", "--set-upstream-to=origin/master", "master")
+    repo.git("config", "user.name", "Demo User")
+    repo.git("config", "user.email", "demo@example.invalid")
 
 
 def run_demo(port: int = 5000, interval: float = 2.0, workdir: str | None = None) -> int:
@@ -92,14 +96,14 @@ autodeployer demo
 =================
   Git repository (working copy): {work}
   Emulated Sesam node:           {node_url}/api   (config: {node_url}/api/config, needs the JWT)
-  Status and health:             http://127.0.0.1:{port}/healthz
+  Status page:                   http://127.0.0.1:{port}/   (API: /api/apps, metrics: /metrics)
   Poll interval:                 {interval:g} s
 
 Try it, in another terminal:
   cd {work}
   sed -i 's/persons/people/' pipes/crm-person.conf.json
   git commit -qam "Rename the CRM endpoint" && git push -q
-and watch the log below report the change within {interval:g} s. Break the config on purpose
+and watch the log below (or the status page) report the change within {interval:g} s. Break the config on purpose
 (e.g. remove a closing brace, commit, push) and see it refused with the file named, while the node
 keeps its last good configuration. Ctrl-C stops the demo.
 """
