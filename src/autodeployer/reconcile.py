@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from .config import AppConfig
 from .errors import AutodeployerError, OwnershipLost, Refused, SourceError, TargetError
 from .logs import Redactor, get_logger
-from .model import Action, CommitInfo, Plan, Problem, Result, SyncResult, Trigger
+from .model import Action, CommitInfo, Plan, Problem, Result, SyncResult, Tree, Trigger
 from .sources.git import GitSource
 from .store import AppState, Store
 from .targets.base import SyncContext, Target
@@ -64,6 +64,7 @@ class Reconciler:
         self.redact = redactor or Redactor()
         self.log = get_logger(app=app.name)
         self.last_check_at: float | None = None
+        self._tree: Tree | None = None  # the last tree read: commits are immutable, so it stays valid
 
     # ------------------------------------------------------------------ public
     async def sync(
@@ -162,10 +163,15 @@ class Reconciler:
     ) -> tuple[Outcome, str]:
         sha = head
         try:
-            sha = await self.source.fetch(head)
+            cached = self._tree
+            if cached is not None and cached.revision == head:
+                tree = cached  # a drift check or retry of the same commit: Git has nothing new to say
+            else:
+                sha = await self.source.fetch(head)
+                tree = await self.source.read(sha)
+                self._tree = tree
             if not drift_check and not dry_run:
                 await self._report_started(sha, trigger)
-            tree = await self.source.read(sha)
             if not tree.tree_id:
                 raise Refused(self._missing_root(sha))
             ctx = SyncContext(self.app, tree, dict(state.memory), self.log)
@@ -304,6 +310,8 @@ class Reconciler:
             if attempt_id is None:
                 attempt_id = self.store.begin(self.app.name, result.trigger.value, result.revision, result.started_at)
             self.store.finish(attempt_id, result)
+        except OwnershipLost as exc:  # a shared store: another replica owns the app now
+            self.log.warning("history not recorded", reason=str(exc))
         except Exception as exc:
             self.log.error("cannot record history", error=str(exc))
 
