@@ -23,9 +23,10 @@ def test_polling_applies_commits_and_reverts_drift(service, app_env, config_repo
     config_repo.write({"pipes/polled.conf.json": entity_json(pipe("polled"))})
     config_repo.commit("polled")
     config_repo.push()
-    wait_for(lambda: "polled" in stripped(sesam.entities()), what="polled commit")
+    wait_for(lambda: any(r["revision"] == config_repo.head and r["result"] == "synced"
+                         for r in history_rows(state_dir)), what="polled commit synced and verified")
 
-    # someone edits the node by hand
+    # someone edits the node by hand (after the sync's verification, so this is drift, not a race)
     live = [e for e in sesam.entities()]
     for entity in live:
         if entity["_id"] == "orders":
