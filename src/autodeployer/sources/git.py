@@ -316,7 +316,7 @@ class GitSource:
         if not oids:
             return {}
         unique = list(dict.fromkeys(oids))
-        result = await self._git("cat-file", "--batch", stdin=("\n".join(unique) + "\n").encode())
+        result = await self._git("cat-file", "--batch", "--buffer", stdin=("\n".join(unique) + "\n").encode())
         out, blobs, pos = result.stdout, {}, 0
         for oid in unique:
             header_end = out.index(b"\n", pos)

@@ -8,9 +8,9 @@ Desired state is ``node-metadata.conf.json`` plus every ``*.conf.json`` below ``
 
 from __future__ import annotations
 
+import gc
 import re
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 from typing import Any, Literal
 
 from pydantic import SecretStr
@@ -112,7 +112,9 @@ def _contains_secret_ref(value: Any) -> bool:
     return False
 
 
-def _check_entity(entity: Any, file: str, index: int, problems: list[Problem]) -> dict[str, Any] | None:
+def _check_entity(
+    entity: Any, file: str, index: int, problems: list[Problem], may_hold_secrets: bool = True
+) -> dict[str, Any] | None:
     label = f"entity #{index + 1}"
     if not isinstance(entity, dict):
         problems.append(Problem(f"{label} is not a JSON object", file=file))
@@ -131,7 +133,7 @@ def _check_entity(entity: Any, file: str, index: int, problems: list[Problem]) -
     if "/" in _id:
         problems.append(Problem("_id must not contain '/'", file=file, entity=_id))
         return None
-    if not kind.startswith("system:") and _contains_secret_ref(entity):
+    if may_hold_secrets and not kind.startswith("system:") and _contains_secret_ref(entity):
         problems.append(Problem("$SECRET(...) is only allowed in systems", file=file, entity=_id))
         return None
     return strip_node_keys(entity)
@@ -151,7 +153,7 @@ def parse_desired(tree: Tree, self_id: str | None = None) -> DesiredConfig:
             ignored.append(path)
             continue
         shown = f"{tree.sync_root}/{path}" if tree.sync_root else path
-        if ".." in PurePosixPath(path).parts:
+        if ".." in path.split("/"):
             problems.append(Problem("path leaves SYNC_ROOT", file=shown))
             continue
         if file.is_symlink:
@@ -172,8 +174,9 @@ def parse_desired(tree: Tree, self_id: str | None = None) -> DesiredConfig:
         else:
             problems.append(Problem("expected an entity object or an array of entities", file=shown))
             continue
+        may_hold_secrets = b"$SECRET(" in file.data  # walking every value is only worth it then
         for index, item in enumerate(items):
-            entity = _check_entity(item, shown, index, problems)
+            entity = _check_entity(item, shown, index, problems, may_hold_secrets)
             if entity is None:
                 continue
             _id = entity["_id"]
@@ -187,7 +190,7 @@ def parse_desired(tree: Tree, self_id: str | None = None) -> DesiredConfig:
                 continue
             entities[_id] = entity
             files[_id] = shown
-            stem = PurePosixPath(path).name.removesuffix(".conf.json")
+            stem = path.rsplit("/", 1)[-1].removesuffix(".conf.json")
             if len(items) == 1 and path != METADATA_FILE and stem != _id:
                 warnings.append(f"{shown}: file name does not match _id {_id!r}")
     if len(metadata_ids) > 1:
@@ -307,10 +310,15 @@ class SesamTarget:
         self._check_auth(response, "GET", url)
         if response.status_code != 200:
             raise TargetError(f"GET {url}: {response.status_code} {error_detail(response)}")
+        gc_was_on = gc.isenabled()
+        gc.disable()  # JSON has no cycles; full collections over a growing heap only cost time
         try:
             body = response.json()
         except ValueError:
             raise TargetError(f"GET {url}: the node answered with something that is not JSON") from None
+        finally:
+            if gc_was_on:
+                gc.enable()
         if not isinstance(body, list):
             raise TargetError(f"GET {url}: expected a JSON array of entities")
         return [e for e in body if isinstance(e, dict)]
