@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, Union
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 
 from .errors import ConfigError
 from .settings import (
@@ -99,6 +99,20 @@ class ServiceSettings(Frozen):
     notify_url: SecretStr | None = None
     notify_on: Literal["failures", "all"] = "failures"
     notify_repeat: float = Field(default=3600.0, ge=0)
+    store_url: str | None = None  # postgresql://USER@HOST:PORT/DB, never with the password
+    store_password: SecretStr | None = None
+    replica_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,99}$")
+    heartbeat_interval: float = Field(default=2.0, ge=0.1, le=60)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _store_url_without_password(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("store_url"):
+            url, password = split_store_url(str(data["store_url"]))
+            data = {**data, "store_url": url}
+            if password and not data.get("store_password"):
+                data["store_password"] = password
+        return data
 
 
 class Config(Frozen):
@@ -152,6 +166,22 @@ def split_credentials(url: str) -> tuple[str, str | None]:
         token = parts.password or parts.username
         return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment)), token
     return url, None
+
+
+def split_store_url(url: str) -> tuple[str, str | None]:
+    """STORE_URL without its password (which goes to the driver as a keyword, never into logs)."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
+        raise ConfigError(
+            f"STORE_URL: expected postgresql://USER@HOST:PORT/DATABASE, got a {parts.scheme or 'schemeless'} URL"
+        )
+    if parts.password is None:
+        return url.strip(), None
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    netloc = f"{parts.username}@{host}" if parts.username else host
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)), parts.password
 
 
 def repo_full_name(url: str) -> str | None:
@@ -271,7 +301,22 @@ def service_from_env(env: EnvReader, environ: Mapping[str, str]) -> dict[str, An
         "log_format": fmt,
         "host": env.str("HOST") or "0.0.0.0",
         "port": int(port if port is not None else 5000),
+        "store_url": env.str("STORE_URL"),
+        "store_password": env.secret("STORE_PASSWORD") or _secret_file(env, "STORE_PASSWORD_FILE"),
+        "replica_id": env.str("REPLICA_ID"),
+        "heartbeat_interval": env.number("HEARTBEAT_INTERVAL", minimum=0.1) or 2.0,
     }
+
+
+def _secret_file(env: EnvReader, name: str) -> SecretStr | None:
+    path = env.str(name)
+    if path is None:
+        return None
+    try:
+        value = Path(path).expanduser().read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read {path}: {exc.strerror}") from None
+    return SecretStr(value) if value else None
 
 
 def app_from_env(env: EnvReader) -> AppConfig:
@@ -358,7 +403,8 @@ def load_config(
         overrides = doc.get("service") or {}
         if not isinstance(overrides, dict):
             raise ConfigError("service: expected a mapping")
-        overrides = resolve_secret_refs(overrides, "service", environ, ("webhook_secret", "admin_token", "notify_url"))
+        overrides = resolve_secret_refs(overrides, "service", environ, ("webhook_secret", "admin_token", "notify_url",
+                                                                     "store_password"))
         for key, value in overrides.items():
             if env.variables.get(key.upper()) is None or env.raw(key.upper()) is None:
                 service[key] = Path(value).expanduser() if key == "state_dir" else value

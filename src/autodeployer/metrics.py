@@ -75,15 +75,18 @@ class MetricsReporter:
 
 
 AppRows = Callable[[], Iterable[dict[str, object]]]
+Coordination = Callable[[], tuple[dict[str, int], int]]  # (apps owned per replica, live replicas)
 
 
 class StateCollector(Collector):
     """Gauges computed at scrape time from live status rows."""
 
-    def __init__(self, metrics: Metrics, rows: AppRows, pending: Callable[[], int]) -> None:
+    def __init__(self, metrics: Metrics, rows: AppRows, pending: Callable[[], int],
+                 coordination: Coordination | None = None) -> None:
         self._metrics = metrics
         self._rows = rows
         self._pending = pending
+        self._coordination = coordination
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         info = GaugeMetricFamily(
@@ -103,3 +106,11 @@ class StateCollector(Collector):
             last.add_metric([app, result], value)
         yield last
         yield GaugeMetricFamily("autodeployer_pending_syncs", "Apps with a sync waiting to run.", value=self._pending())
+        if self._coordination is not None:
+            owned, live = self._coordination()
+            family = GaugeMetricFamily("autodeployer_owned_apps", "Apps owned (reconciled) by each replica.",
+                                       labels=["replica"])
+            for replica, count in sorted(owned.items()):
+                family.add_metric([replica], count)
+            yield family
+            yield GaugeMetricFamily("autodeployer_replicas", "Live replicas sharing the apps.", value=live)

@@ -21,8 +21,7 @@ from rich.table import Table
 from .config import Config
 from .errors import AutodeployerError
 from .model import Result, Trigger
-from .service import build_runtime
-from .store import open_store
+from .service import build_runtime, store_for
 from .web.status import app_row, history_row
 
 EXIT_OK, EXIT_ERROR = 0, 2
@@ -83,9 +82,11 @@ class Backend:
         if self.server:
             return list(self._get("/api/apps")["apps"])
         config = self._load()
-        store = open_store(config.service.state_dir)
+        store = store_for(config.service)
         try:
-            return [app_row(app, store, None) for app in config.apps]
+            owners, beats = _ownership(store)
+            return [app_row(app, store, None, owner=owners.get(app.name), owner_heartbeat_at=beats.get(
+                owners.get(app.name, ""))) for app in config.apps]
         finally:
             store.close()
 
@@ -93,9 +94,11 @@ class Backend:
         if self.server:
             return dict(self._get(f"/api/apps/{name}"))
         config = self._load()
-        store = open_store(config.service.state_dir)
+        store = store_for(config.service)
         try:
-            return app_row(config.app(name), store, None)
+            owners, beats = _ownership(store)
+            return app_row(config.app(name), store, None, owner=owners.get(name),
+                           owner_heartbeat_at=beats.get(owners.get(name, "")))
         finally:
             store.close()
 
@@ -109,17 +112,25 @@ class Backend:
         config = self._load()
         if app:
             config.app(app)
-        store = open_store(config.service.state_dir)
+        store = store_for(config.service)
         try:
             return [history_row(r) for r in store.history(app, limit)]
         finally:
             store.close()
 
 
+def _ownership(store: Any) -> tuple[dict[str, str], dict[str, float]]:
+    """With a shared store: app -> owning replica, and replica -> last heartbeat (empty otherwise)."""
+    if not hasattr(store, "owners"):
+        return {}, {}
+    return store.owners(), {r["id"]: r["heartbeat_at"] for r in store.replicas()}
+
+
 # --------------------------------------------------------------------------- rendering
 def print_status(rows: list[dict[str, Any]], console: Console) -> None:
     table = Table(show_lines=False, header_style="bold")
-    for column in ("APP", "TARGET", "BRANCH", "STATUS", "LIVE", "LAST SYNC", "NEXT POLL"):
+    owners = any(row.get("owner") for row in rows)  # several replicas share the apps
+    for column in ("APP", "TARGET", "BRANCH", "STATUS", "LIVE", "LAST SYNC", "NEXT POLL") + (("OWNER",) if owners else ()):
         table.add_column(column, no_wrap=True)
     table.add_column("NOTE", overflow="fold")
     for row in rows:
@@ -127,9 +138,11 @@ def print_status(rows: list[dict[str, Any]], console: Console) -> None:
         message = (row.get("live_commit") or {}).get("message") or ""
         note = row.get("suspended_reason") or row.get("last_error") or message
         status = row["status"]
+        owner = ((f"{row['owner']} (heartbeat {_when(row.get('owner_heartbeat_at'))})",) if row.get("owner")
+                 else ("-",)) if owners else ()
         table.add_row(
             row["name"], row["target"], row["branch"], f"[{_STYLE.get(status, 'white')}]{status}[/]",
-            live, _when(row.get("last_attempt_at")), _when(row.get("next_poll_at")),
+            live, _when(row.get("last_attempt_at")), _when(row.get("next_poll_at")), *owner,
             (note or "").split("\n")[0][:80],
         )
     console.print(table)
@@ -160,6 +173,18 @@ async def _local(config: Config, app: str, action: str, revision: str | None) ->
         if action == "suspend":
             reconciler.suspend("suspended from the command line")
             return EXIT_OK, f"{app}: auto-sync suspended"
+        owner = _ownership(runtime.store)[0].get(app)
+        if owner:  # a running replica owns the app: queue the action on it rather than apply from here
+            if action == "resume":
+                reconciler.resume()
+                trigger = Trigger.MANUAL
+            else:
+                assert revision is not None
+                revision = await reconciler.pin(revision)
+                trigger = Trigger.ROLLBACK
+            runtime.store.notify({"action": "trigger", "app": app, "trigger": trigger.value})  # type: ignore[attr-defined]
+            return EXIT_OK, (f"{app}: {action} queued on replica {owner}; `autodeployer status` shows when it is live"
+                             + (f" (pinned {revision[:12]}; auto-sync suspended)" if action == "rollback" else ""))
         if action == "resume":
             reconciler.resume()
             result = await reconciler.sync(Trigger.MANUAL, force=True)

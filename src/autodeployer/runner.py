@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import uvicorn
 
 from .config import Config
+from .coordination import default_replica_id, make_coordinator
 from .github import WEBHOOK_PATH, hook_targets, register_with_backoff
 from .logs import get_logger
 from .metrics import Metrics, MetricsReporter
@@ -58,7 +59,10 @@ async def serve(config: Config, *, hook_path: str = WEBHOOK_PATH) -> int:
     runtime = build_runtime(config, reporters=[MetricsReporter(metrics)], git_observer=metrics.observe_git)
     secret = webhook_secret(config)
     runtime.redactor.add(secret)
-    scheduler = Scheduler(runtime.reconcilers.values())
+    coordinator = make_coordinator(runtime.store, [a.name for a in config.apps],
+                                   heartbeat=config.service.heartbeat_interval,
+                                   replica_id=config.service.replica_id or default_replica_id())
+    scheduler = Scheduler(runtime.reconcilers.values(), coordinator=coordinator)
     background: list[BackgroundJob] = []
     settings = config.service
     if settings.public_url and settings.register_webhook:
@@ -73,7 +77,11 @@ async def serve(config: Config, *, hook_path: str = WEBHOOK_PATH) -> int:
         apps=[a.name for a in config.apps],
         listen=f"{settings.host}:{settings.port}",
         state_dir=str(settings.state_dir),
+        **({"store": settings.store_url, "replica": coordinator.replica_id} if settings.store_url else {}),
     )
+    if settings.store_url and not settings.webhook_secret:
+        log.warning("STORE_URL is set but WEBHOOK_SECRET is not: each replica generates its own secret, so "
+                    "webhooks only verify on one of them; set the same WEBHOOK_SECRET on every replica")
     for a in config.apps:
         log.info("app configured", app=a.name, repo=a.source.url, branch=a.source.branch,
                  sync_root=a.source.sync_root or "/", target=a.target.kind,

@@ -15,7 +15,9 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
+from .coordination import Coordinator, LocalCoordinator
 from .logs import get_logger
 from .model import SyncResult, Trigger
 from .reconcile import Reconciler
@@ -59,6 +61,7 @@ class AppWorker:
         self.running: Trigger | None = None
         self.next_poll_at: float = time.time()
         self.suspended = False
+        self._retry: Trigger | None = None  # re-run this trigger at next_poll_at (not applied: busy elsewhere)
         self._log = get_logger(app=self.name)
 
     @property
@@ -88,8 +91,8 @@ class AppWorker:
                 break
             if self._pending is not None and self._pending is not Trigger.POLL and self._hot():
                 await self._settle(stopping)
-            trigger = self._pending or Trigger.POLL
-            self._pending = None
+            trigger = self._pending or self._retry or Trigger.POLL
+            self._pending = self._retry = None
             self._busy_trigger = False
             self._wake.clear()
             if trigger is Trigger.POLL:
@@ -98,6 +101,10 @@ class AppWorker:
             failures = self.reconciler.store.get_state(self.name).failures if result and not result.ok else 0
             spread = 1 + self.rng.uniform(-self.jitter, self.jitter)
             self.next_poll_at = time.time() + backoff_delay(interval, failures) * spread
+            retry_after = result.details.get("retry_after") if result else None
+            if retry_after is not None:  # another replica's attempt was in flight: try again soon
+                self._retry = trigger
+                self.next_poll_at = min(self.next_poll_at, time.time() + float(retry_after))
 
     def _hot(self) -> bool:
         return self._busy_trigger or time.monotonic() - self._last_finished < self.settle
@@ -153,37 +160,92 @@ async def _wait_any(event: asyncio.Event, stopping: asyncio.Event, timeout: floa
 class Scheduler:
     """Owns the workers; the web layer and the CLI talk to it, never to workers directly."""
 
-    def __init__(self, reconcilers: Iterable[Reconciler], *, jitter: float = 0.1, seed: int | None = None):
+    def __init__(self, reconcilers: Iterable[Reconciler], *, jitter: float = 0.1, seed: int | None = None,
+                 coordinator: Coordinator | None = None):
         rng = random.Random(seed)
         self.workers: dict[str, AppWorker] = {
             r.app.name: AppWorker(r, jitter=jitter, rng=random.Random(rng.random())) for r in reconcilers
         }
+        self.coordinator: Coordinator = coordinator or LocalCoordinator()
         self._stopping = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # one per app this replica runs (or just ran)
+        self._app_stops: dict[str, asyncio.Event] = {}
+        self._was_ready = False
         self._log = get_logger()
 
     async def start(self) -> None:
         for worker in self.workers.values():
             state = worker.reconciler.store.get_state(worker.name)
             worker.suspended = state.suspended
-            self._tasks.append(asyncio.create_task(worker.run(self._stopping), name=f"worker-{worker.name}"))
+        await self.coordinator.start(self)  # the local coordinator acquires every app at once
 
     async def stop(self, timeout: float = 600.0) -> None:
-        """Stop polling; let in-flight syncs finish (bounded), then return."""
+        """Stop polling; let in-flight syncs finish (bounded), release ownership, then return."""
         self._stopping.set()
-        if not self._tasks:
-            return
-        done, pending = await asyncio.wait(self._tasks, timeout=timeout)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending, timeout=5)
+        for stop in self._app_stops.values():
+            stop.set()
+        tasks = [t for t in self._tasks.values() if not t.done()]
+        if tasks:
+            done, pending = await asyncio.wait(tasks, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
         self._tasks.clear()
+        await self.coordinator.stop()
+
+    # ------------------------------------------------------------------ ownership (the coordinator calls these)
+    def app_names(self) -> list[str]:
+        return list(self.workers)
+
+    def acquire(self, app: str, state: Any = None) -> bool:
+        """Start the worker of an app this replica now owns (`state`: its AppState, if already read)."""
+        worker = self.workers.get(app)
+        if worker is None or self._stopping.is_set():
+            return False
+        first = Trigger.STARTUP
+        if not self.coordinator.local:  # the previous owner may have left state this replica must honour
+            state = state or worker.reconciler.store.get_state(app)
+            worker.suspended = state.suspended
+            if state.pinned_revision and state.last_revision != state.pinned_revision:
+                first = Trigger.ROLLBACK  # a rollback queued on the previous owner, not yet deployed
+        stop = self._app_stops[app] = asyncio.Event()
+        previous = self._tasks.get(app)
+
+        async def run() -> None:
+            if previous is not None and not previous.done():  # a dropped run still finishing its sync
+                await asyncio.wait({previous})
+            await worker.run(stop, first)
+
+        self._tasks[app] = asyncio.create_task(run(), name=f"worker-{app}")
+        return True
+
+    def drop(self, app: str) -> None:
+        """Stop an app's worker; a sync in flight finishes first (see stopped())."""
+        stop = self._app_stops.pop(app, None)
+        if stop is not None:
+            stop.set()
+
+    def stopped(self, app: str) -> bool:
+        task = self._tasks.get(app)
+        return task is None or task.done()
+
+    def is_idle(self, app: str) -> bool:
+        worker = self.workers.get(app)
+        return worker is None or (worker.running is None and worker.pending is None)
+
+    def local_trigger(self, app: str, trigger: Trigger) -> None:
+        worker = self.workers.get(app)
+        if worker is not None and self.coordinator.owns(app):
+            worker.trigger(trigger)
 
     def trigger(self, app: str, trigger: Trigger) -> bool:
+        """Queue a sync: on the local worker if this replica owns the app, else on its owner."""
         worker = self.workers.get(app)
         if worker is None:
             return False
+        if not self.coordinator.owns(app):
+            return self.coordinator.forward(app, trigger)
         worker.trigger(trigger)
         return True
 
@@ -197,30 +259,39 @@ class Scheduler:
         ]
 
     def worker(self, app: str) -> AppWorker | None:
-        return self.workers.get(app)
+        """The app's worker when this replica runs it (None for apps owned by another replica)."""
+        return self.workers.get(app) if self.coordinator.owns(app) else None
 
     async def rollback(self, app: str, revision: str) -> str:
         """Pin `revision` and queue its deployment; returns the full sha."""
         worker = self.workers[app]
         sha = await worker.reconciler.pin(revision)
-        worker.trigger(Trigger.ROLLBACK)
+        self.trigger(app, Trigger.ROLLBACK)
         return sha
 
     def suspend(self, app: str, reason: str) -> None:
         worker = self.workers[app]
-        worker.reconciler.suspend(reason)
+        worker.reconciler.suspend(reason)  # in the store: the owner reads it before every sync
         worker.suspended = True
 
     def resume(self, app: str) -> None:
         worker = self.workers[app]
         worker.reconciler.resume()
         worker.suspended = False
-        worker.trigger(Trigger.MANUAL)
+        self.trigger(app, Trigger.MANUAL)
 
     @property
     def pending_count(self) -> int:
         return sum(1 for w in self.workers.values() if w.pending is not None)
 
     def all_attempted(self) -> bool:
-        return all(w.stats.runs > 0 or w.suspended for w in self.workers.values())
+        """Every app this replica owns has been attempted (and, with a shared store, ownership is provable)."""
+        coordinator = self.coordinator
+        ready = coordinator.ready and all(
+            w.stats.runs > 0 or w.suspended for w in self.workers.values() if coordinator.owns(w.name)
+        )
+        if coordinator.local:
+            return ready
+        self._was_ready = self._was_ready or ready  # apps taken over later do not make it unready
+        return self._was_ready and coordinator.healthy
 

@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 import httpx
 
 from . import __version__
-from .config import AppConfig, Config
+from .config import AppConfig, Config, ServiceSettings
+from .coordination import default_replica_id
 from .github import CommitStatusReporter, client_for
-from .notify import NotifyReporter
 from .logs import Redactor, configure_logging
+from .notify import NotifyReporter
 from .reconcile import Reconciler, Reporter
 from .sources.git import GitObserver, GitSource, MirrorLocks
 from .store import SQLiteStore, Store, open_store
@@ -64,6 +65,13 @@ def _http_client(verify: bool) -> httpx.AsyncClient:
     )
 
 
+def store_for(settings: ServiceSettings) -> Store:
+    """The configured store: PostgreSQL when STORE_URL is set, else SQLite under STATE_DIR."""
+    password = settings.store_password.get_secret_value() if settings.store_password else None
+    return open_store(settings.state_dir, settings.store_url, password=password,
+                      replica_id=settings.replica_id or default_replica_id())
+
+
 def build_runtime(
     config: Config,
     *,
@@ -74,8 +82,8 @@ def build_runtime(
     apps: Sequence[AppConfig] | None = None,
 ) -> Runtime:
     redactor = redactor or make_redactor(config)
-    store = store or open_store(config.service.state_dir)
-    if isinstance(store, SQLiteStore):
+    store = store or store_for(config.service)
+    if isinstance(store, SQLiteStore) or getattr(store, "kind", None) == "postgresql":
         store.mark_interrupted()
     clients: dict[bool, httpx.AsyncClient] = {True: _http_client(True)}
     reporters = list(reporters)

@@ -58,6 +58,12 @@ CORE_VARIABLES: tuple[Variable, ...] = (
     Variable("HOST", "0.0.0.0", "Address the HTTP server (webhooks, status, API) listens on."),
     Variable("PORT", "5000", "Port of the HTTP server."),
     Variable("AUTODEPLOYER_CONFIG", None, "YAML file describing many apps (same as --config)."),
+    # scale-out
+    Variable("STORE_URL", None, "postgresql://USER@HOST:PORT/DB puts history, app state and coordination in PostgreSQL so several replicas share the apps (default: SQLite under STATE_DIR, one replica)."),
+    Variable("STORE_PASSWORD", None, "Password for STORE_URL (never put it in the URL).", True),
+    Variable("STORE_PASSWORD_FILE", None, "File holding the password for STORE_URL (instead of STORE_PASSWORD)."),
+    Variable("REPLICA_ID", None, "Name of this replica in status and history (default: HOSTNAME-PID)."),
+    Variable("HEARTBEAT_INTERVAL", "2", "Seconds between a replica's heartbeats; a dead replica's apps are taken over within max(5, 2 x this)."),
 )
 
 _TRUE = {"true", "1", "yes"}

@@ -222,5 +222,12 @@ def _row(r: sqlite3.Row) -> HistoryRow:
     )
 
 
-def open_store(state_dir: Path) -> SQLiteStore:
+def open_store(
+    state_dir: Path, url: str | None = None, *, password: str | None = None, replica_id: str | None = None
+) -> Store:
+    """SQLite under STATE_DIR, or PostgreSQL when `url` (STORE_URL) is set."""
+    if url:
+        from .store_pg import PostgresStore
+
+        return PostgresStore(url, password=password, replica_id=replica_id)
     return SQLiteStore.in_state_dir(state_dir)

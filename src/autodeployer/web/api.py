@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from ..errors import AutodeployerError
+from ..errors import AutodeployerError, StoreUnavailable
 from ..model import Trigger
 from ..scheduling import Scheduler
 from ..service import Runtime
@@ -39,7 +39,31 @@ class Api:
         return self.runtime.store
 
     def rows(self) -> list[dict[str, Any]]:
-        return [app_row(app, self.store, self.scheduler.worker(app.name)) for app in self._apps()]
+        apps = self._apps()
+        bulk = getattr(self.store, "states", None)  # PostgreSQL: one query for every app
+        states = bulk([a.name for a in apps]) if bulk else {}
+        owners = self.scheduler.coordinator.owners()
+        beats = self._heartbeats() if owners else {}
+        return [self._row(app, states.get(app.name), owners, beats) for app in apps]
+
+    def _heartbeats(self) -> dict[str, Any]:
+        return {r["id"]: r.get("heartbeat_at") for r in self.scheduler.coordinator.replicas()}
+
+    def _row(self, app: Any, state: Any = None, owners: dict[str, str] | None = None,
+             beats: dict[str, Any] | None = None) -> dict[str, Any]:
+        owners = self.scheduler.coordinator.owners() if owners is None else owners
+        owner = owners.get(app.name)
+        if owner and beats is None:
+            beats = self._heartbeats()
+        return app_row(app, self.store, self.scheduler.worker(app.name), owner=owner,
+                       owner_heartbeat_at=(beats or {}).get(owner), state=state)
+
+    def _unavailable(self) -> JSONResponse | None:
+        """Admin actions need the shared store: refuse clearly while it is unreachable."""
+        coordinator = self.scheduler.coordinator
+        if coordinator.local or coordinator.healthy:
+            return None
+        return _error(503, f"this replica cannot reach the shared store: {coordinator.reason}")
 
     def _apps(self) -> list[Any]:
         return [r.app for r in self.runtime.reconcilers.values()]
@@ -67,7 +91,7 @@ class Api:
         app = self._app(request)
         if app is None:
             return _error(404, f"no app named {request.path_params['app']!r}")
-        return JSONResponse(app_row(app, self.store, self.scheduler.worker(app.name)))
+        return JSONResponse(self._row(app))
 
     async def history(self, request: Request) -> JSONResponse:
         app = self._app(request)
@@ -77,7 +101,21 @@ class Api:
             limit = min(MAX_HISTORY, max(1, int(request.query_params.get("limit", "20"))))
         except ValueError:
             return _error(400, "limit must be a whole number")
-        return JSONResponse({"app": app.name, "history": [history_row(r) for r in self.store.history(app.name, limit)]})
+        try:
+            rows = self.store.history(app.name, limit)
+        except StoreUnavailable as exc:
+            return _error(503, str(exc))
+        return JSONResponse({"app": app.name, "history": [history_row(r) for r in rows]})
+
+    async def replicas(self, request: Request) -> JSONResponse:
+        coordinator = self.scheduler.coordinator
+        return JSONResponse({
+            "mode": "single" if coordinator.local else "postgresql",
+            "self": coordinator.replica_id,
+            "healthy": coordinator.healthy,
+            "reason": coordinator.reason,
+            "replicas": coordinator.replicas(),
+        })
 
     # ------------------------------------------------------------------ actions
     async def action(self, request: Request) -> JSONResponse:
@@ -89,15 +127,19 @@ class Api:
             return _error(404, f"no app named {request.path_params['app']!r}")
         action = request.path_params["action"]
         name = app.name
+        if action in ("sync", "suspend", "resume", "rollback"):
+            unavailable = self._unavailable()
+            if unavailable:
+                return unavailable
         if action == "sync":
             self.scheduler.trigger(name, Trigger.MANUAL)
             return JSONResponse({"app": name, "queued": "sync"}, status_code=202)
         if action == "suspend":
             self.scheduler.suspend(name, "suspended through the API")
-            return JSONResponse(app_row(app, self.store, self.scheduler.worker(name)))
+            return JSONResponse(self._row(app))
         if action == "resume":
             self.scheduler.resume(name)
-            return JSONResponse(app_row(app, self.store, self.scheduler.worker(name)), status_code=202)
+            return JSONResponse(self._row(app), status_code=202)
         if action == "rollback":
             try:
                 body = await request.json()
@@ -123,6 +165,7 @@ class Api:
             Route("/api/apps/{app}", self.get_app, methods=["GET"]),
             Route("/api/apps/{app}/history", self.history, methods=["GET"]),
             Route("/api/apps/{app}/{action:str}", self.action, methods=["POST"]),
+            Route("/api/replicas", self.replicas, methods=["GET"]),
             Route("/openapi.json", openapi_endpoint, methods=["GET"]),
         ]
 
@@ -172,6 +215,10 @@ OPENAPI: dict[str, Any] = {
             "parameters": [_APP_PARAM, {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
                                                                                    "maximum": MAX_HISTORY}}],
             "responses": {"200": {"description": "History"}, "400": _ERR, "404": _ERR}}},
+        "/api/replicas": {"get": {
+            "summary": "Replicas sharing the apps (one in single-replica mode), their heartbeats and owned apps",
+            "responses": {"200": {"description": "Replicas", "content": {"application/json": {"schema": {
+                "$ref": "#/components/schemas/Replicas"}}}}}}},
         "/api/apps/{app}/sync": _action("Queue a sync now"),
         "/api/apps/{app}/suspend": _action("Stop syncing this app automatically"),
         "/api/apps/{app}/resume": _action("Follow the branch again (and sync now)"),
@@ -202,6 +249,25 @@ OPENAPI: dict[str, Any] = {
                     "pinned_revision": {"type": "string", "nullable": True},
                     "interval": {"type": "number"}, "next_poll_at": {"type": "number", "nullable": True},
                     "running": {"type": "string", "nullable": True}, "pending": {"type": "string", "nullable": True},
+                    "owner": {"type": "string", "nullable": True,
+                              "description": "Replica that reconciles the app; null with a single replica"},
+                    "owner_heartbeat_at": {"type": "number", "nullable": True},
+                },
+            },
+            "Replicas": {
+                "type": "object",
+                "properties": {
+                    "mode": {"type": "string", "enum": ["single", "postgresql"]},
+                    "self": {"type": "string"},
+                    "healthy": {"type": "boolean", "description": "This replica can prove ownership (may apply)"},
+                    "reason": {"type": "string", "nullable": True},
+                    "replicas": {"type": "array", "items": {"type": "object", "properties": {
+                        "id": {"type": "string"}, "self": {"type": "boolean"}, "live": {"type": "boolean"},
+                        "host": {"type": "string", "nullable": True}, "version": {"type": "string", "nullable": True},
+                        "started_at": {"type": "number"}, "heartbeat_at": {"type": "number"},
+                        "heartbeat_age": {"type": "number"}, "owned_apps": {"type": "integer"},
+                        "apps": {"type": "array", "items": {"type": "string"}},
+                    }}},
                 },
             },
         },

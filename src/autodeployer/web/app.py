@@ -31,17 +31,22 @@ def create_app(
 ) -> Starlette:
     api = Api(runtime, scheduler)
     metrics = metrics or Metrics()
-    metrics.add_collector(StateCollector(metrics, api.rows, lambda: scheduler.pending_count))
+    coordinator = scheduler.coordinator
+    metrics.add_collector(StateCollector(metrics, api.rows, lambda: scheduler.pending_count,
+                                         lambda: (coordinator.owned_counts(), coordinator.live_replicas())))
 
     async def metrics_endpoint(request: Request) -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     async def healthz(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok"})
+        reason = coordinator.reason  # e.g. PostgreSQL unreachable: alive, serving status, not applying
+        return JSONResponse({"status": "ok"} if reason is None else {"status": "degraded", "reason": reason})
 
     async def readyz(request: Request) -> JSONResponse:
         ready = scheduler.all_attempted()
-        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+        reason = None if ready else coordinator.reason
+        return JSONResponse({"ready": ready, **({"reason": reason} if reason else {})},
+                            status_code=200 if ready else 503)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -50,8 +50,10 @@ def endpoint(app: AppConfig) -> str | None:
     return getattr(app.target, "api_url", None) or getattr(app.target, "url", None)
 
 
-def app_row(app: AppConfig, store: Store, worker: AppWorker | None) -> dict[str, Any]:
-    state = store.get_state(app.name)
+def app_row(app: AppConfig, store: Store, worker: AppWorker | None, *, owner: str | None = None,
+            owner_heartbeat_at: float | None = None, state: AppState | None = None) -> dict[str, Any]:
+    """`owner`: the replica reconciling the app (None with a single replica, or when unknown)."""
+    state = state or store.get_state(app.name)
     live = state.last_synced_revision
     return {
         "name": app.name,
@@ -76,6 +78,8 @@ def app_row(app: AppConfig, store: Store, worker: AppWorker | None) -> dict[str,
         "next_poll_at": worker.next_poll_at if worker and not state.suspended else None,
         "running": worker.running.value if worker and worker.running else None,
         "pending": worker.pending.value if worker and worker.pending else None,
+        "owner": owner,
+        "owner_heartbeat_at": owner_heartbeat_at,
     }
 
 

@@ -1,0 +1,569 @@
+"""PostgreSQL store: history and app state shared by every replica, plus the coordination tables.
+
+Implements the same :class:`~autodeployer.store.Store` protocol as the SQLite store. What it adds:
+
+* ``replica`` and ``attempt`` on every history row, so each attempt says which replica made it;
+* ``begin()`` refuses (:class:`~autodeployer.errors.OwnershipLost`) unless, in the same transaction
+  that records the attempt, this replica still holds the app's ownership lock and no other replica has
+  an attempt of the app in flight — so nothing is applied twice across replicas;
+* the tables and queries the :class:`~autodeployer.coordination.PostgresCoordinator` uses (``apps``,
+  ``replicas``, advisory-lock keys) and the read-only views ``owners()`` / ``replicas()`` that
+  ``autodeployer status`` uses without running a replica.
+
+The connection is synchronous (the Store protocol is) and guarded by a lock. When PostgreSQL cannot be
+reached, reads of app state fall back to the last value seen (status keeps answering), writes raise
+:class:`~autodeployer.errors.StoreUnavailable`, ``begin()`` raises ``OwnershipLost`` (ownership cannot
+be proven), and reconnection is retried with a short back-off. The password is passed to the driver
+as a keyword: it is never part of a URL, a log line or a process argument.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from . import __version__
+from .errors import ConfigError, OwnershipLost, StoreUnavailable
+from .logs import get_logger
+from .model import Result, SyncResult
+from .store import MAX_DIFF_CHARS, AppState, HistoryRow
+
+try:
+    import psycopg
+    import psycopg.rows
+except ImportError:  # pragma: no cover - the postgres extra is not installed
+    psycopg = None  # type: ignore[assignment]
+
+T = TypeVar("T")
+
+# Advisory-lock namespaces (first key of the two-int form; the second is the app or replica number).
+NS_MIGRATE = 7301000
+NS_APP = 7301001  # ownership of one app, held on the owner's coordination connection
+NS_REPLICA = 7301002  # presence of one replica, held on the same connection
+NS_BEGIN = 7301003  # transaction lock that serialises begin() for one app across replicas
+
+CHANNEL = "autodeployer"  # LISTEN/NOTIFY channel for triggers forwarded to an app's owner
+STALE_ATTEMPT = 60.0  # an absent replica's running attempt blocks others this long (it may be in flight)
+ABANDONED_ATTEMPT = 3600.0  # even a live replica's 'running' attempt stops blocking after this long
+RETRY_WHILE_BUSY = 2.0  # seconds before retrying when another replica's attempt is still running
+
+MIGRATIONS: list[str] = [
+    # version 1
+    """
+    CREATE TABLE history (
+        id BIGSERIAL PRIMARY KEY,
+        app TEXT NOT NULL,
+        trigger TEXT NOT NULL,
+        revision TEXT,
+        attempt INTEGER NOT NULL DEFAULT 1,
+        replica TEXT,
+        started_at DOUBLE PRECISION NOT NULL,
+        finished_at DOUBLE PRECISION,
+        duration DOUBLE PRECISION,
+        result TEXT NOT NULL,
+        summary TEXT NOT NULL DEFAULT '',
+        diff TEXT NOT NULL DEFAULT '',
+        error TEXT,
+        warnings TEXT NOT NULL DEFAULT '[]',
+        problems TEXT NOT NULL DEFAULT '[]',
+        drift BOOLEAN NOT NULL DEFAULT false,
+        details TEXT NOT NULL DEFAULT '{}',
+        begun_ts TIMESTAMPTZ NOT NULL DEFAULT now(),
+        finished_ts TIMESTAMPTZ
+    );
+    CREATE INDEX history_app ON history (app, id);
+    CREATE UNIQUE INDEX history_attempt ON history (app, (coalesce(revision, '')), attempt);
+    CREATE INDEX history_running ON history (app) WHERE result = 'running';
+    CREATE TABLE app_state (
+        app TEXT PRIMARY KEY,
+        data TEXT NOT NULL,
+        updated_by TEXT,
+        updated_ts TIMESTAMPTZ NOT NULL DEFAULT now()
+    );
+    CREATE TABLE apps (
+        name TEXT PRIMARY KEY,
+        key SERIAL UNIQUE
+    );
+    CREATE TABLE replicas (
+        id TEXT PRIMARY KEY,
+        num SERIAL UNIQUE,
+        lock_pid INTEGER,
+        host TEXT,
+        version TEXT,
+        heartbeat_interval DOUBLE PRECISION NOT NULL DEFAULT 2,
+        started_ts TIMESTAMPTZ NOT NULL DEFAULT now(),
+        heartbeat_ts TIMESTAMPTZ NOT NULL DEFAULT now()
+    );
+    """,
+]
+
+_THIS_DB = "(SELECT oid FROM pg_database WHERE datname = current_database())"
+
+#: (app key, backend pid) of every held ownership lock in this database.
+SQL_APP_LOCKS = f"""
+    SELECT l.objid::bigint, l.pid FROM pg_locks l
+    WHERE l.locktype = 'advisory' AND l.classid = {NS_APP} AND l.objsubid = 2 AND l.granted
+      AND l.database = {_THIS_DB}"""
+
+#: Replicas seen in the last hour, with their presence (lock held) and heartbeat age on the server clock.
+SQL_REPLICAS = f"""
+    SELECT r.id, r.num, r.lock_pid, r.host, r.version, r.heartbeat_interval,
+           extract(epoch FROM r.started_ts)::float8, extract(epoch FROM r.heartbeat_ts)::float8,
+           extract(epoch FROM now() - r.heartbeat_ts)::float8,
+           EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.classid = {NS_REPLICA}
+                   AND l.objid::bigint = r.num AND l.objsubid = 2 AND l.granted AND l.pid = r.lock_pid
+                   AND l.database = {_THIS_DB})
+    FROM replicas r WHERE r.heartbeat_ts > now() - interval '1 hour' ORDER BY r.id"""
+
+SQL_OWNERS = f"""
+    SELECT a.name, coalesce(r.id, 'pid:' || l.pid) FROM pg_locks l
+    JOIN apps a ON a.key = l.objid::bigint
+    LEFT JOIN replicas r ON r.lock_pid = l.pid
+    WHERE l.locktype = 'advisory' AND l.classid = {NS_APP} AND l.objsubid = 2 AND l.granted
+      AND l.database = {_THIS_DB}"""
+
+
+def takeover_bound(heartbeat: float) -> float:
+    """Seconds within which a dead replica's apps are taken over: max(5 s, 2 x heartbeat)."""
+    return max(5.0, 2.0 * heartbeat)
+
+
+def replica_rows(rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    """SQL_REPLICAS rows as dicts; `live` means present (lock held) with a fresh heartbeat."""
+    out = []
+    for rid, num, pid, host, version, interval, started, beat, age, present in rows:
+        out.append({
+            "id": rid, "num": num, "pid": pid, "host": host, "version": version,
+            "heartbeat_interval": interval, "started_at": started, "heartbeat_at": beat,
+            "heartbeat_age": round(max(0.0, age), 3),
+            "live": bool(present) and age < takeover_bound(interval or 2.0),
+        })
+    return out
+
+
+def safe_url(url: str) -> str:
+    """The URL without a password, for logs and status."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = (f"{parts.username}@" if parts.username else "") + (parts.hostname or "")
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def describe(exc: BaseException) -> str:
+    """One line about a driver error (libpq messages name host and port, never the password)."""
+    text = " ".join(str(exc).split())
+    return text[:300] or type(exc).__name__
+
+
+def _text(value: str | None) -> str | None:
+    """PostgreSQL text cannot hold NUL characters."""
+    return value.replace("\x00", "\\x00") if value else value
+
+
+class PostgresStore:
+    """History, app state and coordination tables in one PostgreSQL database (one per fleet)."""
+
+    kind = "postgresql"
+
+    def __init__(self, url: str, *, password: str | None = None, replica_id: str | None = None,
+                 connect_timeout: float = 5.0) -> None:
+        if psycopg is None:
+            raise ConfigError("STORE_URL needs the PostgreSQL driver: pip install 'autodeployer[postgres]'")
+        from .coordination import default_replica_id
+
+        self.url = safe_url(url)
+        self._password = password
+        self.replica_id = replica_id or default_replica_id()
+        self.connect_timeout = connect_timeout
+        self._lock = threading.RLock()
+        self._conn: Any = None
+        self._migrated = False
+        self._failures = 0
+        self._retry_at = 0.0
+        self.last_error: str | None = None
+        self._cache: dict[str, str] = {}  # app -> last state JSON seen, served while PostgreSQL is away
+        self._keys: dict[str, int] = {}
+        self._standalone: dict[int, int] = {}  # attempt id -> app key locked for that attempt
+        self._open: set[int] = set()  # attempts begun and not yet finished by this process
+        # Set by the PostgresCoordinator: begin() then requires the lock held by that backend.
+        self.coordinated = False
+        self.lock_pid: int | None = None
+        self.offline = False  # the coordinator lost PostgreSQL: fail fast instead of connecting
+        self.since: dict[str, float] = {}  # app -> server time (epoch) at which this replica acquired it
+
+    # ------------------------------------------------------------------ connections
+    def connect_kwargs(self, purpose: str) -> dict[str, Any]:
+        """Arguments for psycopg.connect / AsyncConnection.connect (password as a keyword)."""
+        kwargs: dict[str, Any] = {
+            "conninfo": self.url,
+            "connect_timeout": max(1, int(self.connect_timeout)),
+            "application_name": f"autodeployer {purpose} {self.replica_id}"[:63],
+            "client_encoding": "utf8",  # text, never bytes, even from a SQL_ASCII database
+            "keepalives": 1,
+            "keepalives_idle": 5,
+            "keepalives_interval": 2,
+            "keepalives_count": 3,
+            "tcp_user_timeout": 10_000,
+            "autocommit": True,
+        }
+        if self._password:
+            kwargs["password"] = self._password
+        return kwargs
+
+    def _connection(self) -> Any:
+        if self._conn is not None and not self._conn.closed and not self._conn.broken:
+            return self._conn
+        self._conn = None
+        if time.monotonic() < self._retry_at or self.offline:
+            raise StoreUnavailable(self.unavailable_reason())
+        try:
+            conn = psycopg.connect(**self.connect_kwargs("store"))
+            conn.execute("SELECT set_config('statement_timeout', '15000', false)")
+            if not self._migrated:
+                migrate(conn)
+                self._migrated = True
+        except psycopg.Error as exc:
+            self._failed(exc)
+            raise StoreUnavailable(self.unavailable_reason()) from None
+        self._failures, self._retry_at, self.last_error = 0, 0.0, None
+        self._conn = conn
+        return conn
+
+    def _failed(self, exc: BaseException) -> None:
+        self._failures += 1
+        self._retry_at = time.monotonic() + min(5.0, 0.25 * 2 ** (self._failures - 1))
+        self.last_error = describe(exc)
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:
+                pass
+            self._conn = None
+
+    def reconnect_now(self) -> None:
+        """PostgreSQL is back (the coordinator reconnected): stop waiting out the back-off."""
+        self._retry_at = 0.0
+
+    def unavailable_reason(self) -> str:
+        return f"PostgreSQL at {self.url} is unreachable: {self.last_error or 'not connected yet'}"
+
+    @property
+    def available(self) -> bool:
+        return self.last_error is None
+
+    def _run(self, work: Callable[[Any], T]) -> T:
+        """Run `work(conn)`; a broken connection is reopened and the work retried once."""
+        with self._lock:
+            for attempt in (0, 1):
+                conn = self._connection()
+                try:
+                    return work(conn)
+                except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                    self._failed(exc)
+                    if attempt == 1:
+                        raise StoreUnavailable(self.unavailable_reason()) from None
+                    self._retry_at = 0.0
+            raise AssertionError("unreachable")
+
+    def ping(self) -> bool:
+        try:
+            self._run(lambda conn: conn.execute("SELECT 1").fetchone())
+            return True
+        except StoreUnavailable:
+            return False
+
+    # ------------------------------------------------------------------ app keys
+    def _app_key(self, conn: Any, app: str) -> int:
+        key = self._keys.get(app)
+        if key is None:
+            conn.execute("INSERT INTO apps (name) VALUES (%s) ON CONFLICT (name) DO NOTHING", (app,))
+            key = int(conn.execute("SELECT key FROM apps WHERE name = %s", (app,)).fetchone()[0])
+            self._keys[app] = key
+        return key
+
+    def app_keys(self, apps: list[str]) -> dict[str, int]:
+        """Register apps (one advisory-lock key each) and return their keys."""
+        def work(conn: Any) -> dict[str, int]:
+            conn.execute("INSERT INTO apps (name) SELECT unnest(%s::text[]) ON CONFLICT (name) DO NOTHING", (apps,))
+            rows = conn.execute("SELECT name, key FROM apps WHERE name = ANY(%s)", (apps,)).fetchall()
+            return {name: int(key) for name, key in rows}
+
+        keys = self._run(work)
+        self._keys.update(keys)
+        return keys
+
+    # ------------------------------------------------------------------ Store protocol
+    def begin(self, app: str, trigger: str, revision: str | None, started_at: float) -> int:
+        """Record an attempt, proving in the same transaction that this replica may apply the app."""
+        def work(conn: Any) -> int:
+            key = self._app_key(conn, app)
+            standalone_lock = False
+            try:
+                with conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (NS_BEGIN, key))
+                    standalone_lock = self._check_owner(conn, app, key)
+                    self._check_others(conn, app)
+                    attempt = conn.execute(
+                        "SELECT coalesce(max(attempt), 0) + 1 FROM history WHERE app = %s AND coalesce(revision, '') = %s",
+                        (app, revision or ""),
+                    ).fetchone()[0]
+                    row = conn.execute(
+                        """INSERT INTO history (app, trigger, revision, attempt, replica, started_at, result)
+                           VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id""",
+                        (app, trigger, revision, attempt, self.replica_id, started_at, Result.RUNNING.value),
+                    ).fetchone()
+            except BaseException:
+                if standalone_lock and not conn.broken:
+                    conn.execute("SELECT pg_advisory_unlock(%s, %s)", (NS_APP, key))
+                raise
+            attempt_id = int(row[0])
+            if standalone_lock:
+                self._standalone[attempt_id] = key
+            self._open.add(attempt_id)
+            return attempt_id
+
+        try:
+            return self._run(work)
+        except StoreUnavailable as exc:
+            raise OwnershipLost(f"{app}: cannot prove ownership, so not applied ({exc})") from None
+
+    def _check_owner(self, conn: Any, app: str, key: int) -> bool:
+        """Raise OwnershipLost unless this process may apply `app`; True if it locked the app itself."""
+        if self.coordinated:
+            pid = self.lock_pid
+            held = pid is not None and conn.execute(
+                f"""SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = {NS_APP}
+                    AND objid::bigint = %s AND objsubid = 2 AND granted AND pid = %s AND database = {_THIS_DB})""",
+                (key, pid),
+            ).fetchone()[0]
+            if not held:
+                raise OwnershipLost(f"{app}: this replica no longer owns the app (another replica does, "
+                                    "or the coordination connection was lost); not applied")
+            return False
+        # Not a coordinated replica (a one-off CLI command): lock the app for this attempt only.
+        got = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (NS_APP, key)).fetchone()[0]
+        if not got:
+            owner = dict(conn.execute(SQL_OWNERS).fetchall()).get(app, "another process")
+            raise OwnershipLost(f"{app}: replica {owner} owns this app, so it was not applied from here; "
+                                "use the API or --server to ask the owner")
+        return True
+
+    def _check_others(self, conn: Any, app: str) -> None:
+        """No other replica's attempt of `app` may be in flight, or have ended since this one took over."""
+        since = self.since.get(app) if self.coordinated else None
+        rows = conn.execute(
+            f"""SELECT h.id, h.replica, h.revision, h.result, extract(epoch FROM now() - h.begun_ts)::float8,
+                       EXISTS (SELECT 1 FROM replicas r JOIN pg_locks l ON l.objid::bigint = r.num
+                               AND l.pid = r.lock_pid WHERE r.id = h.replica AND l.locktype = 'advisory'
+                               AND l.classid = {NS_REPLICA} AND l.objsubid = 2 AND l.granted
+                               AND l.database = {_THIS_DB})
+                FROM history h
+                WHERE h.app = %s AND h.replica IS DISTINCT FROM %s
+                  AND (h.result = 'running' OR (%s::float8 IS NOT NULL AND h.finished_ts >= to_timestamp(%s::float8)))
+                ORDER BY h.id""",
+            (app, self.replica_id, since, since),
+        ).fetchall()
+        for hid, replica, revision, result, age, present in rows:
+            if result == Result.RUNNING.value:
+                if (present and age < ABANDONED_ATTEMPT) or age < STALE_ATTEMPT:
+                    raise OwnershipLost(
+                        f"{app}: replica {replica} is still applying {(revision or '')[:12]} "
+                        f"(started {age:.0f} s ago); not applied", retry_after=RETRY_WHILE_BUSY)
+                conn.execute(
+                    """UPDATE history SET result = %s, error = %s, finished_at = %s, finished_ts = now()
+                       WHERE id = %s AND result = 'running'""",
+                    (Result.INTERRUPTED.value, f"replica {replica} stopped during this attempt", time.time(), hid),
+                )
+        if since is not None and any(r[3] != Result.RUNNING.value for r in rows):
+            # An attempt that was in flight when this replica took over has ended: plan again first.
+            self.since[app] = self._server_now(conn)
+            raise OwnershipLost(f"{app}: the previous owner finished an attempt after this replica took over; "
+                                "planning again", retry_after=0.2)
+
+    @staticmethod
+    def _server_now(conn: Any) -> float:
+        return float(conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()[0])
+
+    def finish(self, attempt_id: int, result: SyncResult) -> None:
+        diff = result.diff
+        if len(diff) > MAX_DIFF_CHARS:
+            diff = diff[:MAX_DIFF_CHARS] + f"\n... diff truncated ({len(result.diff)} characters in all)"
+
+        def work(conn: Any) -> None:
+            conn.execute(
+                """UPDATE history SET revision = %s, finished_at = %s, duration = %s, result = %s, summary = %s,
+                   diff = %s, error = %s, warnings = %s, problems = %s, drift = %s, details = %s,
+                   finished_ts = now() WHERE id = %s""",
+                (
+                    result.revision,
+                    result.started_at + result.duration,
+                    result.duration,
+                    result.result.value,
+                    _text(result.summary),
+                    _text(diff),
+                    _text(result.error),
+                    json.dumps(result.warnings),
+                    json.dumps([str(p) for p in result.problems]),
+                    bool(result.drift),
+                    json.dumps(result.details, default=str),
+                    attempt_id,
+                ),
+            )
+            key = self._standalone.pop(attempt_id, None)
+            if key is not None:
+                conn.execute("SELECT pg_advisory_unlock(%s, %s)", (NS_APP, key))
+
+        try:
+            self._run(work)
+        finally:
+            self._open.discard(attempt_id)  # unrecorded outcomes are closed by close_orphans()
+
+    def history(self, app: str | None = None, limit: int = 50) -> list[HistoryRow]:
+        query = "SELECT * FROM history"
+        args: tuple[Any, ...] = ()
+        if app is not None:
+            query += " WHERE app = %s"
+            args = (app,)
+        query += " ORDER BY id DESC LIMIT %s"
+
+        def work(conn: Any) -> list[HistoryRow]:
+            cursor = conn.cursor(row_factory=psycopg.rows.dict_row)
+            return [_row(r) for r in cursor.execute(query, (*args, max(1, limit))).fetchall()]
+
+        return self._run(work)
+
+    def get_state(self, app: str) -> AppState:
+        """The app's state; the last value seen when PostgreSQL is unreachable (status keeps working)."""
+        try:
+            row = self._run(lambda conn: conn.execute("SELECT data FROM app_state WHERE app = %s", (app,)).fetchone())
+        except StoreUnavailable:
+            return _state(app, self._cache.get(app))
+        if row is None:
+            return AppState(app=app)
+        self._cache[app] = row[0]
+        return _state(app, row[0])
+
+    def states(self, apps: list[str]) -> dict[str, AppState]:
+        """Many apps' states in one query (status pages of hundreds of apps)."""
+        try:
+            rows = self._run(lambda conn: conn.execute(
+                "SELECT app, data FROM app_state WHERE app = ANY(%s)", (apps,)).fetchall())
+        except StoreUnavailable:
+            return {a: _state(a, self._cache.get(a)) for a in apps}
+        found = dict(rows)
+        self._cache.update(found)
+        return {a: _state(a, found.get(a)) for a in apps}
+
+    def put_state(self, state: AppState) -> None:
+        data = json.dumps(asdict(state))
+        self._run(lambda conn: conn.execute(
+            """INSERT INTO app_state (app, data, updated_by, updated_ts) VALUES (%s, %s, %s, now())
+               ON CONFLICT (app) DO UPDATE SET data = excluded.data, updated_by = excluded.updated_by,
+               updated_ts = excluded.updated_ts""",
+            (state.app, data, self.replica_id),
+        ))
+        self._cache[state.app] = data
+
+    def mark_interrupted(self) -> int:
+        """This replica's attempts still 'running' (a previous run with the same REPLICA_ID died)."""
+        try:
+            return self._run(lambda conn: conn.execute(
+                """UPDATE history SET result = %s, error = %s, finished_at = %s, finished_ts = now()
+                   WHERE result = 'running' AND replica = %s""",
+                (Result.INTERRUPTED.value, "the process stopped during this attempt", time.time(), self.replica_id),
+            ).rowcount)
+        except StoreUnavailable:
+            return 0  # checked again by begin() of whichever replica next applies the app
+
+    def close_orphans(self) -> int:
+        """This replica's 'running' attempts whose outcome could not be recorded (PostgreSQL was away):
+        mark them interrupted, so they stop blocking the app for whichever replica owns it next."""
+        open_ids = sorted(self._open)
+        return self._run(lambda conn: conn.execute(
+            """UPDATE history SET result = %s, error = %s, finished_at = %s, finished_ts = now()
+               WHERE result = 'running' AND replica = %s AND NOT (id = ANY(%s))""",
+            (Result.INTERRUPTED.value, "the outcome of this attempt could not be recorded (PostgreSQL was unreachable)",
+             time.time(), self.replica_id, open_ids),
+        ).rowcount)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    self._conn.close()
+                except Exception:
+                    pass
+                self._conn = None
+
+    # ------------------------------------------------------------------ coordination views
+    def owners(self) -> dict[str, str]:
+        """app -> replica currently holding its ownership lock (read-only; for `autodeployer status`)."""
+        return dict(self._run(lambda conn: conn.execute(SQL_OWNERS).fetchall()))
+
+    def replicas(self) -> list[dict[str, Any]]:
+        """Replicas seen in the last hour with their last heartbeat and whether they are live."""
+        rows = self._run(lambda conn: conn.execute(SQL_REPLICAS).fetchall())
+        owners = self.owners()
+        out = replica_rows(rows)
+        for replica in out:
+            replica["owned_apps"] = sum(1 for owner in owners.values() if owner == replica["id"])
+        return out
+
+    def notify(self, message: dict[str, Any]) -> None:
+        """Send a message to every replica (LISTEN autodeployer); raises StoreUnavailable."""
+        payload = json.dumps({"v": 1, "from": self.replica_id, **message})
+        self._run(lambda conn: conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload)))
+
+
+def migrate(conn: Any) -> int:
+    """Apply pending schema migrations (serialised across replicas); returns the schema version."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (NS_MIGRATE,))
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        current = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+        if current > len(MIGRATIONS):  # a newer replica migrated first (rolling upgrade): migrations are additive
+            get_logger().warning("the store's schema is newer than this autodeployer's; continuing",
+                                 schema=current, supported=len(MIGRATIONS), version=__version__)
+        for number, script in enumerate(MIGRATIONS[current:], start=current + 1):
+            conn.execute(script)
+            conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (number,))
+    return max(current, len(MIGRATIONS))
+
+
+def _state(app: str, data: str | None) -> AppState:
+    if not data:
+        return AppState(app=app)
+    values = json.loads(data)
+    return AppState(**{k: v for k, v in values.items() if k in AppState.__dataclass_fields__})
+
+
+def _row(r: dict[str, Any]) -> HistoryRow:
+    details = json.loads(r["details"])
+    if r.get("replica"):
+        details.setdefault("replica", r["replica"])
+    details.setdefault("attempt", r["attempt"])
+    return HistoryRow(
+        id=r["id"],
+        app=r["app"],
+        trigger=r["trigger"],
+        revision=r["revision"],
+        started_at=r["started_at"],
+        finished_at=r["finished_at"],
+        duration=r["duration"],
+        result=r["result"],
+        summary=r["summary"],
+        diff=r["diff"],
+        error=r["error"],
+        warnings=json.loads(r["warnings"]),
+        problems=json.loads(r["problems"]),
+        drift=bool(r["drift"]),
+        details=details,
+    )

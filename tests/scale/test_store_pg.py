@@ -1,0 +1,211 @@
+"""The PostgreSQL store on its own: protocol, migrations, the ownership checks of begin(), outages."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from autodeployer import store_pg
+from autodeployer.config import load_config
+from autodeployer.errors import ConfigError, OwnershipLost, StoreUnavailable
+from autodeployer.model import Result, SyncResult, Trigger
+from autodeployer.store import AppState
+from autodeployer.store_pg import NS_APP, NS_REPLICA, PostgresStore
+
+from ..helpers import SESAM_JWT
+from .pgserver import PASSWORD, free_port
+
+
+def result(app: str, outcome: Result, revision: str) -> SyncResult:
+    return SyncResult(app, Trigger.POLL, outcome, revision=revision, summary="1 added", diff="+x\x00",
+                      started_at=time.time(), duration=0.25)
+
+
+def replica_session(pg_server, url: str, name: str):
+    """A connection standing for a live replica: presence lock held, like a coordinator's."""
+    assert PostgresStore(url, password=PASSWORD).ping()  # the schema exists
+    conn = pg_server.connect(url.rsplit("/", 1)[1])
+    num = conn.execute("INSERT INTO replicas (id, lock_pid) VALUES (%s, pg_backend_pid()) RETURNING num",
+                       (name,)).fetchone()[0]
+    conn.execute("SELECT pg_advisory_lock(%s, %s)", (NS_REPLICA, num))
+    return conn
+
+
+def coordinated(url: str, name: str, lock_conn, apps: list[str]) -> PostgresStore:
+    """A store whose ownership lock connection is `lock_conn` holding `apps`."""
+    store = PostgresStore(url, password=PASSWORD, replica_id=name)
+    keys = store.app_keys(apps)
+    for app in apps:
+        assert lock_conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (NS_APP, keys[app])).fetchone()[0]
+    store.coordinated, store.lock_pid = True, lock_conn.info.backend_pid
+    store.since = {app: time.time() for app in apps}
+    return store
+
+
+def test_history_state_and_migrations(pg_url: str, pg_server):
+    store = PostgresStore(pg_url, password=PASSWORD, replica_id="r1")
+    attempt = store.begin("a", "poll", "b" * 40, time.time())
+    store.finish(attempt, result("a", Result.SYNCED, "b" * 40))
+    store.put_state(AppState(app="a", last_synced_revision="b" * 40, suspended=True, memory={"k": [1]}))
+    store.close()
+
+    again = PostgresStore(pg_url, password=PASSWORD, replica_id="r2")  # migrations run once
+    [row] = again.history("a")
+    assert row.result == "synced" and row.duration == 0.25 and row.diff == "+x\\x00"
+    assert row.details["replica"] == "r1" and row.details["attempt"] == 1
+    state = again.get_state("a")
+    assert state.suspended and state.memory == {"k": [1]} and state.last_synced_revision == "b" * 40
+    assert again.get_state("unknown") == AppState(app="unknown")
+    assert again.states(["a", "z"])["z"] == AppState(app="z")
+    with pg_server.connect(pg_url.rsplit("/", 1)[1]) as conn:
+        assert conn.execute("SELECT max(version) FROM schema_version").fetchone()[0] == len(store_pg.MIGRATIONS)
+    second = again.begin("a", "poll", "b" * 40, time.time())  # a retry of the same revision: attempt 2
+    again.finish(second, result("a", Result.FAILED, "b" * 40))
+    assert [r.details["attempt"] for r in again.history("a")] == [2, 1]
+
+
+def test_begin_proves_ownership_in_its_transaction(pg_url: str, pg_server):
+    lock_conn = replica_session(pg_server, pg_url, "r1")
+    store = coordinated(pg_url, "r1", lock_conn, ["a"])
+    attempt = store.begin("a", "webhook", "c" * 40, time.time())
+    store.finish(attempt, result("a", Result.SYNCED, "c" * 40))
+
+    # the lock is gone (lost connection, rebalanced away): nothing may be applied
+    lock_conn.execute("SELECT pg_advisory_unlock_all()")
+    with pytest.raises(OwnershipLost, match="no longer owns") as lost:
+        store.begin("a", "poll", "d" * 40, time.time())
+    assert lost.value.retry_after is None
+
+    # another live replica (r2) now owns it, and has an attempt in flight
+    other_conn = replica_session(pg_server, pg_url, "r2")
+    other = coordinated(pg_url, "r2", other_conn, ["a"])
+    running = other.begin("a", "poll", "d" * 40, time.time())
+    lock_conn.close()
+    # r1 comes back and re-acquires after r2 lost it mid-apply: r2's attempt still blocks r1
+    other_conn.execute("SELECT pg_advisory_unlock(%s, %s)", (NS_APP, other._keys["a"]))
+    lock_conn = replica_session(pg_server, pg_url, "r1-again")
+    store = coordinated(pg_url, "r1-again", lock_conn, ["a"])
+    with pytest.raises(OwnershipLost, match="r2 is still applying") as busy:
+        store.begin("a", "poll", "d" * 40, time.time())
+    assert busy.value.retry_after == store_pg.RETRY_WHILE_BUSY
+    # r2 finishes after r1 took over: r1 must plan again once, then may apply
+    other.finish(running, result("a", Result.SYNCED, "d" * 40))
+    with pytest.raises(OwnershipLost, match="planning again"):
+        store.begin("a", "poll", "d" * 40, time.time())
+    store.finish(store.begin("a", "poll", "d" * 40, time.time()), result("a", Result.NO_CHANGE, "d" * 40))
+    lock_conn.close()
+    other_conn.close()
+
+
+def test_attempt_of_a_vanished_replica_stops_blocking_after_the_grace(pg_url: str, pg_server, monkeypatch):
+    gone = PostgresStore(pg_url, password=PASSWORD, replica_id="gone")
+    gone_conn = replica_session(pg_server, pg_url, "gone")
+    gone.coordinated, gone.lock_pid = True, gone_conn.info.backend_pid
+    gone.app_keys(["a"])
+    gone_conn.execute("SELECT pg_advisory_lock(%s, %s)", (NS_APP, gone._keys["a"]))
+    gone.begin("a", "poll", "e" * 40, time.time())
+    gone_conn.close()  # kill -9: its session, presence and lock vanish; its attempt stays 'running'
+
+    lock_conn = replica_session(pg_server, pg_url, "heir")
+    heir = coordinated(pg_url, "heir", lock_conn, ["a"])
+    with pytest.raises(OwnershipLost, match="still applying"):
+        heir.begin("a", "poll", "e" * 40, time.time())  # it may still be in flight (a partition)
+    monkeypatch.setattr(store_pg, "STALE_ATTEMPT", 0.0)
+    heir.since["a"] = time.time() + 60  # the interrupted row is not "finished since the take-over"
+    attempt = heir.begin("a", "poll", "e" * 40, time.time())
+    rows = {r.details["replica"]: r for r in heir.history("a")}
+    assert rows["gone"].result == "interrupted" and "replica gone stopped" in rows["gone"].error
+    assert rows["heir"].id == attempt and rows["heir"].details["attempt"] == 2
+    lock_conn.close()
+
+
+def test_a_command_line_attempt_locks_the_app(pg_url: str, pg_server):
+    cli = PostgresStore(pg_url, password=PASSWORD, replica_id="cli")
+    attempt = cli.begin("a", "manual", "f" * 40, time.time())
+    lock_conn = replica_session(pg_server, pg_url, "r1")
+    replica = PostgresStore(pg_url, password=PASSWORD, replica_id="r1")
+    key = replica.app_keys(["a"])["a"]
+    assert not lock_conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (NS_APP, key)).fetchone()[0]
+    cli.finish(attempt, result("a", Result.SYNCED, "f" * 40))
+    assert lock_conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (NS_APP, key)).fetchone()[0]
+    lock_conn.execute("UPDATE replicas SET lock_pid = pg_backend_pid()")
+    with pytest.raises(OwnershipLost, match="replica r1 owns this app"):
+        cli.begin("a", "manual", "f" * 40, time.time())
+    assert cli.owners() == {"a": "r1"}
+    assert [r["id"] for r in cli.replicas()] == ["r1"] and cli.replicas()[0]["owned_apps"] == 1
+    lock_conn.close()
+
+
+def test_orphaned_attempts_are_closed_on_reconnect(pg_url: str):
+    store = PostgresStore(pg_url, password=PASSWORD, replica_id="r1")
+    kept = store.begin("a", "poll", "1" * 40, time.time())
+    lost = store.begin("b", "poll", "2" * 40, time.time())
+    store._open.discard(lost)  # its finish() failed while PostgreSQL was away
+    assert store.close_orphans() == 1
+    rows = {r.id: r.result for r in store.history()}
+    assert rows == {kept: "running", lost: "interrupted"}
+
+
+def test_unreachable_database():
+    store = PostgresStore(f"postgresql://nobody@127.0.0.1:{free_port()}/db", password=PASSWORD, replica_id="r1",
+                          connect_timeout=1)
+    assert store.get_state("a") == AppState(app="a")  # status keeps answering
+    with pytest.raises(OwnershipLost, match="cannot prove ownership"):
+        store.begin("a", "poll", "1" * 40, time.time())
+    with pytest.raises(StoreUnavailable, match="unreachable"):
+        store.history()
+    with pytest.raises(StoreUnavailable):
+        store.put_state(AppState(app="a"))
+    assert store.mark_interrupted() == 0
+    assert PASSWORD not in store.unavailable_reason()
+
+
+def test_store_settings(tmp_path: Path):
+    env = {"GIT_URL": "https://example.org/a/b.git", "JWT": SESAM_JWT, "HOME": str(tmp_path)}
+    config = load_config({**env, "STORE_URL": "postgresql://deployer:pw-in-url@db:5432/deploys"})
+    assert config.service.store_url == "postgresql://deployer@db:5432/deploys"
+    assert config.service.store_password.get_secret_value() == "pw-in-url"
+    assert "pw-in-url" in config.secrets()  # so the redactor masks it wherever it might appear
+    secret = tmp_path / "pw"
+    secret.write_text("from-file\n")
+    config = load_config({**env, "STORE_URL": "postgresql://deployer@db/deploys", "STORE_PASSWORD_FILE": str(secret),
+                          "REPLICA_ID": "node-a", "HEARTBEAT_INTERVAL": "0.5"})
+    assert config.service.store_password.get_secret_value() == "from-file"
+    assert config.service.replica_id == "node-a" and config.service.heartbeat_interval == 0.5
+    with pytest.raises(ConfigError, match="STORE_URL: expected postgresql://"):
+        load_config({**env, "STORE_URL": "mysql://u:secretpw@db/x"})
+    with pytest.raises(ConfigError, match="STORE_PASSWORD_FILE: cannot read"):
+        load_config({**env, "STORE_URL": "postgresql://u@db/x", "STORE_PASSWORD_FILE": str(tmp_path / "nope")})
+    assert load_config(env).service.store_url is None  # the default: SQLite under STATE_DIR
+    yaml_file = tmp_path / "apps.yaml"
+    yaml_file.write_text(f"""
+service:
+  store_url: postgresql://deployer@db:5432/deploys
+  store_password_file: {secret}
+  replica_id: from-yaml
+apps:
+  - name: one
+    source: {{url: https://example.org/a/b.git}}
+    target: {{kind: sesam, api_url: http://node/api, jwt_env: JWT}}
+""")
+    service = load_config(env, yaml_file).service
+    assert service.store_url == "postgresql://deployer@db:5432/deploys" and service.replica_id == "from-yaml"
+    assert service.store_password.get_secret_value() == "from-file"
+
+
+def test_a_sql_ascii_database_still_gives_text(pg_server):
+    """Databases created with LC_ALL=C default to SQL_ASCII; names must not come back as bytes."""
+    name = "ascii_" + str(int(time.time() * 1000))
+    with pg_server.connect() as conn:
+        conn.execute(f"CREATE DATABASE {name} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
+    url = pg_server.url(name)
+    store = PostgresStore(url, password=PASSWORD, replica_id="r1")
+    lock_conn = replica_session(pg_server, url, "r1")
+    assert store.app_keys(["app-é"]) == {"app-é": 1}
+    lock_conn.execute("SELECT pg_advisory_lock(%s, 1)", (NS_APP,))
+    assert store.owners() == {"app-é": "r1"} and store.replicas()[0]["id"] == "r1"
+    store.finish(store.begin("b", "poll", "1" * 40, time.time()), result("b", Result.SYNCED, "1" * 40))
+    assert store.history("b")[0].app == "b"
+    lock_conn.close()
