@@ -1,0 +1,204 @@
+"""Scenario 3: how a no-change cycle grows with the size of the configuration.
+
+Each size runs in a fresh child process (``python -m benchmarks.large_config child ...``) so that its
+peak RSS (``ru_maxrss``) belongs to that size alone. The child builds the runtime, syncs once (which
+fills the mirror and finds nothing to change), then times cold cycles of the four steps of a plan:
+``GitSource.read`` from the mirror, ``parse_desired``, ``GET /config`` from the node, ``diff``. The
+node is the Sesam emulator in the parent process, wrapped to time its own answers, so the node's
+rendering time can be told apart from autodeployer's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+
+from autodeployer.config import AppConfig, Config, Policy, ServiceSettings, SourceSpec
+from autodeployer.emulators._server import LoopbackServer
+from autodeployer.emulators.gitserver import WorkRepo
+from autodeployer.emulators.sesam import SesamEmulator
+from autodeployer.logs import configure_logging
+from autodeployer.model import Result, Trigger
+from autodeployer.service import build_runtime
+from autodeployer.targets import sesam
+from autodeployer.targets.sesam import diff, parse_desired
+
+from . import ROOT
+from .core import CpuSample, Options, ScenarioResult, Summary, Table, fmt_summary, mb, ms
+from .fixtures import GIT_TOKEN, SESAM_JWT, ServerProcess, child_env, config_file, entities
+from .timed_app import LAST_PATH, TimedApp
+
+STEPS = ("read", "parse", "live", "node", "diff", "total", "own", "cpu")
+
+
+# --------------------------------------------------------------------------- the child
+async def child_cycles(git_url: str, api: str, state: Path, reps: int) -> dict[str, Any]:
+    app = AppConfig(
+        name="node",
+        source=SourceSpec(url=git_url, token=SecretStr(GIT_TOKEN), repo_full_name="acme/config"),
+        target=sesam.Spec(api_url=api, jwt=SecretStr(SESAM_JWT), timeout=600),
+        policy=Policy(interval=60),
+    )
+    configure_logging("warning")
+    runtime = build_runtime(Config(service=ServiceSettings(state_dir=state, commit_status=False), apps=[app]))
+    out: dict[str, Any] = {step: [] for step in STEPS}
+    try:
+        reconciler = runtime.reconcilers["node"]
+        warm = await reconciler.sync(Trigger.MANUAL)
+        if warm.result is not Result.NO_CHANGE or not warm.revision:
+            raise AssertionError(f"warm-up sync gave {warm.result.value}: {warm.error or warm.summary}")
+        node_url = api.removesuffix("/api") + LAST_PATH
+        for _ in range(reps):
+            for step, value in (await cold_cycle(reconciler, warm.revision, node_url)).items():
+                out[step].append(value)
+        out["maxrss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # before tracemalloc's own
+        tracemalloc.start()
+        await cold_cycle(reconciler, warm.revision, node_url)
+        out["tracemalloc_peak"] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    finally:
+        await runtime.aclose()
+    return out
+
+
+async def cold_cycle(reconciler: Any, sha: str, node_url: str) -> dict[str, float]:
+    """read -> parse -> GET /config -> diff, nothing cached, as for a commit seen for the first time."""
+    source, target = reconciler.source, reconciler.target
+    cpu0 = CpuSample.now()
+    t0 = time.perf_counter()
+    tree = await source.read(sha)
+    t1 = time.perf_counter()
+    desired = parse_desired(tree, None)
+    t2 = time.perf_counter()
+    live = await target.live()
+    t3 = time.perf_counter()
+    plan = diff(desired, live)
+    t4 = time.perf_counter()
+    _, cpu = CpuSample.now().since(cpu0)
+    if not plan.empty:
+        raise AssertionError(f"expected no change, got {plan.summary()}")
+    async with httpx.AsyncClient(trust_env=False) as client:
+        node = float((await client.get(node_url)).json()["seconds"])
+    return {"read": t1 - t0, "parse": t2 - t1, "live": t3 - t2, "node": node, "diff": t4 - t3,
+            "total": t4 - t0, "own": t4 - t0 - node, "cpu": cpu}
+
+
+def child_main(argv: list[str]) -> int:
+    git_url, api, state, reps = argv[0], argv[1], Path(argv[2]), int(argv[3])
+    result = asyncio.run(child_cycles(git_url, api, state, reps))
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+# --------------------------------------------------------------------------- the parent
+@dataclass
+class SizeResult:
+    size: int
+    steps: dict[str, Summary]
+    maxrss: int
+    tracemalloc_peak: int
+
+
+def measure_size(size: int, reps: int, work: Path) -> SizeResult:
+    WorkRepo.generate(work / "git" / "acme" / "config.git", 1, size, config_file)
+    emulator = SesamEmulator(jwt=SESAM_JWT)
+    emulator.load(entities(size))
+    server = LoopbackServer(TimedApp(emulator.app)).start()
+    try:
+        with ServerProcess.git(work / "git") as git:
+            argv = [sys.executable, "-m", "benchmarks.large_config", "child", git.url_for("acme/config.git"),
+                    server.url + "/api", str(work / "state"), str(reps)]
+            proc = subprocess.run(argv, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=900,
+                                  check=False)
+    finally:
+        server.stop()
+    if proc.returncode != 0:
+        raise RuntimeError(f"child for {size} entities failed:\n{proc.stderr[-3000:]}")
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    return SizeResult(size, {s: Summary.of(data[s]) for s in STEPS}, data["maxrss"], data["tracemalloc_peak"])
+
+
+def run(options: Options) -> ScenarioResult:
+    result = ScenarioResult("large", "3. Large configurations")
+    plan = options.pick([(1_000, 5), (10_000, 5), (50_000, 3)], [(1_000, 3), (10_000, 2)])
+    sizes: list[SizeResult] = []
+    for size, reps in plan:
+        with tempfile.TemporaryDirectory(prefix=f"bench-large-{size}-") as tmp:
+            sizes.append(measure_size(size, reps, Path(tmp)))
+    report(result, sizes)
+    return result
+
+
+LARGE_ANALYSIS = [
+    "Autodeployer's share is read + parse + JSON decoding of the node's answer + diff, all on one core. In "
+    "`parse_desired`, besides `json.loads` with the duplicate-key hook, two helpers cost more than they need to: "
+    "`_contains_secret_ref` walks every value of every entity in Python (a `b\"$SECRET(\" in file.data` test "
+    "per file finds the rare files worth walking), and `PurePosixPath(path)` is built twice per file "
+    "(`\"..\" in path.split(\"/\")` and `path.rsplit(\"/\", 1)[-1]` do the same job).",
+    "Decoding the node's answer (`response.json()` in `SesamTarget.live`) creates one container object after "
+    "another, and CPython's cyclic garbage collector keeps running full collections over the growing heap while "
+    "it does; JSON cannot contain reference cycles, so pausing the collector around the decode (`gc.disable()` / "
+    "`gc.enable()` in a `try`/`finally`) removes that work. The jumps of the diff column at 50,000 entities are "
+    "the same collector running at another moment.",
+    "`GitSource.read` builds one frozen `SourceFile` per file and reads `cat-file --batch` output through asyncio "
+    "pipes that git flushes after every object (`--buffer` lets git write in large blocks).",
+]
+LARGE_ANALYSIS_RSS = [
+    "Peak RSS holds the node's whole answer three times at once: the response bytes, the decoded text and the "
+    "entity objects, next to the parsed desired state; it grows linearly with the configuration.",
+]
+
+
+def report(result: ScenarioResult, sizes: list[SizeResult]) -> None:
+    table = Table("No-change cycle, nothing cached (median (min–max) over the runs of each size)",
+                  ["Entities", "Runs", "read (mirror)", "parse", "GET /config", "of which the node", "diff",
+                   "end to end", "autodeployer's share", "CPU (incl. git)", "peak RSS", "tracemalloc peak"])
+    for s in sizes:
+        st = s.steps
+        table.add(f"{s.size:,}", st["total"].n, fmt_summary(st["read"]), fmt_summary(st["parse"]),
+                  fmt_summary(st["live"]), fmt_summary(st["node"]), fmt_summary(st["diff"]),
+                  fmt_summary(st["total"]), fmt_summary(st["own"]), fmt_summary(st["cpu"]), mb(s.maxrss),
+                  mb(s.tracemalloc_peak))
+    result.tables.append(table)
+    at_10k = next((s for s in sizes if s.size == 10_000), None)
+    if at_10k is not None:
+        own, total = at_10k.steps["own"].median, at_10k.steps["total"].median
+        result.check("10,000 entities: no-change cycle under 1 s (autodeployer's share)",
+                     f"{ms(own)} (end to end with the emulator's answer: {ms(total)})", own < 1.0)
+        result.check("10,000 entities: peak RSS under 200 MB", mb(at_10k.maxrss), at_10k.maxrss < 200e6)
+    time_check, rss_check = (result.checks + [None, None])[:2]
+    if time_check is not None and not time_check.met:
+        result.analysis += LARGE_ANALYSIS
+    if rss_check is not None and not rss_check.met:
+        result.analysis += LARGE_ANALYSIS_RSS
+    result.notes += [
+        "One entity per file (`pipes/<id>.conf.json`, every tenth a `systems/` file), one commit; the node "
+        "holds exactly the same entities, so each cycle must find no change.",
+        "Cold cycle: `GitSource.read` (ls-tree + one `cat-file --batch` from the bare mirror), `parse_desired`, "
+        "`SesamTarget.live` (`GET /config` and JSON decoding), `diff`. In the running service a poll of an "
+        "unchanged tree reuses the parsed desired state (cached by tree id), so it skips the parse column.",
+        "'Of which the node' is the emulator's own time to start its answer (measured server-side): it renders "
+        "the export with `json.dumps(indent=2)`, the pure-Python encoder, so it grows to seconds at 50,000 "
+        "entities. 'Autodeployer's share' is end to end minus that time; it is what the target is judged on.",
+        "Peak RSS is the child's `ru_maxrss` after the warm-up sync and the timed cycles (interpreter and "
+        "imports included, ~55 MB; git children not included). The tracemalloc peak is one more cold cycle "
+        "traced on its own, after the RSS was read (tracing itself costs memory).",
+    ]
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["child"]:
+        sys.exit(child_main(sys.argv[2:]))
+    sys.exit("usage: python -m benchmarks.large_config child GIT_URL API STATE REPS")
