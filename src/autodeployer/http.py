@@ -38,7 +38,7 @@ async def request(
         except httpx.TimeoutException:
             error = TargetError(f"{what}: timed out", transient=True)
         except httpx.TransportError as exc:
-            error = TargetError(f"{what}: {type(exc).__name__} ({exc or 'connection failed'})", transient=True)
+            error = TargetError(f"{what}: {_transport_problem(exc)}", transient=True)
         else:
             if response.status_code not in TRANSIENT_STATUS:
                 return response
@@ -47,6 +47,19 @@ async def request(
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_backoff)
     raise error
+
+
+def _transport_problem(exc: httpx.TransportError) -> str:
+    """httpx's transport errors often carry no text; say what kind of failure it was."""
+    kinds = {
+        httpx.ConnectError: "cannot connect",
+        httpx.ReadError: "connection broken while reading the answer (reset or closed)",
+        httpx.WriteError: "connection broken while sending the request",
+        httpx.RemoteProtocolError: "the server closed the connection or broke the HTTP protocol",
+    }
+    summary = next((text for kind, text in kinds.items() if isinstance(exc, kind)), "transport error")
+    detail = str(exc).strip()
+    return f"{summary} ({type(exc).__name__}{': ' + detail if detail else ''})"
 
 
 def error_detail(response: httpx.Response, limit: int = 300) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 
 from .coordination import Coordinator, LocalCoordinator
 from .logs import get_logger
-from .model import SyncResult, Trigger
+from .model import Result, SyncResult, Trigger
 from .reconcile import Reconciler
 
 MAX_BACKOFF = 300.0
@@ -98,7 +98,10 @@ class AppWorker:
             if trigger is Trigger.POLL:
                 self._note_lateness(time.time() - self.next_poll_at, interval)
             result = await self._run_once(trigger)
-            failures = self.reconciler.store.get_state(self.name).failures if result and not result.ok else 0
+            # Only failures back off: a refused head costs one head check per poll, and its fix must
+            # be deployed at the poll interval, not minutes later.
+            failed = result is not None and result.result is Result.FAILED
+            failures = self.reconciler.store.get_state(self.name).failures if failed else 0
             spread = 1 + self.rng.uniform(-self.jitter, self.jitter)
             self.next_poll_at = time.time() + backoff_delay(interval, failures) * spread
             retry_after = result.details.get("retry_after") if result else None

@@ -30,7 +30,7 @@ VARIABLES = (
     Variable("JWT", None, "JSON Web Token for the Sesam node (required for the sesam target).", True),
     Variable("SESAM_FORCE", "false", "Upload with force=true (apply despite validation errors)."),
     Variable("SELF_ID", None, "_id of the deployer's own system; a config without it is refused."),
-    Variable("SESAM_TIMEOUT", "600", "Seconds an upload to the node may take."),
+    Variable("SESAM_TIMEOUT", "600", "Seconds one request to the node (read or upload) may take."),
 )
 
 METADATA_FILE = "node-metadata.conf.json"
@@ -306,7 +306,7 @@ class SesamTarget:
 
     async def live(self) -> list[dict[str, Any]]:
         url = f"{self.spec.api_url}/config"
-        response = await request(self._http, "GET", url, headers=self._headers, timeout=60)
+        response = await request(self._http, "GET", url, headers=self._headers, timeout=self.spec.timeout)
         self._check_auth(response, "GET", url)
         if response.status_code != 200:
             raise TargetError(f"GET {url}: {response.status_code} {error_detail(response)}")

@@ -165,7 +165,8 @@ class WebhookReceiver:
         if event != "push":
             return Verdict(204, "ignored-event")
         ref = payload.get("ref")
-        repo = (payload.get("repository") or {}).get("full_name")
+        repository = payload.get("repository")
+        repo = repository.get("full_name") if isinstance(repository, dict) else None
         if not isinstance(ref, str) or not isinstance(repo, str):
             return Verdict(400, "bad-request", {"error": "push payload without ref or repository.full_name"})
         if payload.get("deleted"):
