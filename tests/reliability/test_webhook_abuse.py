@@ -115,9 +115,10 @@ def test_unsigned_malformed_and_foreign_deliveries_trigger_nothing(hook_service,
         for _ in range(26):
             yield b"x" * MB
 
-    cases: list[tuple[str, int, httpx.Response]] = []
+    cases: list[tuple[str, int | tuple[int, ...], httpx.Response]] = []
 
-    def case(name: str, expected: int, response: httpx.Response) -> None:
+    def case(name: str, expected: int | tuple[int, ...], response: httpx.Response) -> None:
+        """`expected`: the status, or the statuses that are all right (unsigned and too big: either)."""
         cases.append((name, expected, response))
 
     case("no signature", 401, post(url, body, base))
@@ -142,7 +143,7 @@ def test_unsigned_malformed_and_foreign_deliveries_trigger_nothing(hook_service,
     case("unsigned form delivery", 401, post(url, b"payload=" + body, {**base,
                                                                         "Content-Type": "application/x-www-form-urlencoded"}))
     case("25 MB + 1, declared", 413, post(url, huge, {**base, "X-Hub-Signature-256": sign(WEBHOOK_SECRET, huge)}))
-    case("25 MB + 1, chunked", 413, httpx.post(url, content=chunked(), headers=base, timeout=60))
+    case("25 MB + 1, chunked, unsigned", (401, 413), httpx.post(url, content=chunked(), headers=base, timeout=60))
     case("signed, text/plain", 415, post(url, body, {**base, "Content-Type": "text/plain",
                                                      "X-Hub-Signature-256": good}))
     case("signed, no content type", 415, post(url, body, {k: v for k, v in base.items() if k != "Content-Type"}
@@ -156,7 +157,8 @@ def test_unsigned_malformed_and_foreign_deliveries_trigger_nothing(hook_service,
     case("signed, malformed JSON", 400, post(url, b'{"ref": ', {**base, "X-Hub-Signature-256": sign(WEBHOOK_SECRET, b'{"ref": ')}))
     case("GET /webhook", 405, httpx.get(url))
     for name, expected, response in cases:
-        assert response.status_code == expected, (name, response.status_code, response.text)
+        allowed = expected if isinstance(expected, tuple) else (expected,)
+        assert response.status_code in allowed, (name, response.status_code, response.text)
     nothing_triggered(sesam, state_dir, puts)
     assert hook_service.proc.poll() is None
 
@@ -177,7 +179,8 @@ def test_unsigned_malformed_and_foreign_deliveries_trigger_nothing(hook_service,
     time.sleep(1.0)
     assert sesam.put_count == puts
     for name, expected, response in cases:
-        results("webhook-abuse", name, status=response.status_code, expected=expected, sync_triggered=False)
+        shown = expected if isinstance(expected, int) else " or ".join(map(str, expected))
+        results("webhook-abuse", name, status=response.status_code, expected=shown, sync_triggered=False)
     results("webhook-abuse", "replay, same GUID (x20)", status=200, sync_triggered=False)
     results("webhook-abuse", "replay, fresh GUID", status=202, sync_triggered="yes (no upload: head already live)")
     check_no_leaks(hook_service.url, hook_service.log(), state_dir)
@@ -316,25 +319,23 @@ def test_oversize_bodies_are_refused_before_they_are_read(hook_service, sesam: S
     assert hook_service.proc.poll() is None
 
 
-@pytest.mark.parametrize("kind", ["oversize-chunked", "big-unsigned"])
-@pytest.mark.xfail(strict=True, reason="defect: unsigned bodies are buffered whole before the signature check, "
-                                      "with no limit across requests: 8 concurrent bodies of ~25 MB raise RSS "
-                                      "by ~230 MB at the peak and often leave >100 MB behind (memory grows with "
-                                      "the attacker's concurrency)")
+@pytest.mark.parametrize("kind", ["oversize-chunked", "big-unsigned", "big-bad-signature"])
 def test_concurrent_large_unsigned_bodies_keep_memory_bounded(kind: str, hook_service, sesam: SesamEmulator,
                                                               state_dir: Path, results):
-    """25 MB + 1 chunked (counted while read) and 24 MB (under the limit: read whole, then refused)."""
+    """25 MB + 1 chunked, 24 MB without a signature, and 24 MB with a well-formed but wrong signature
+    (which the service must read whole before it can refuse it)."""
     puts = sesam.put_count
     outcome, before, after, health = large_bodies(hook_service, kind)
     grown_mb = (after["VmRSS"] - before["VmRSS"]) / 1024
     peak_mb = (after["VmHWM"] - before["VmRSS"]) / 1024
     label = {"oversize-chunked": "16 bodies of 25 MB + 1, chunked (8 at a time)",
-             "big-unsigned": "16 unsigned bodies of 24 MB (8 at a time)"}[kind]
+             "big-unsigned": "16 unsigned bodies of 24 MB (8 at a time)",
+             "big-bad-signature": "16 bodies of 24 MB with a wrong signature (8 at a time)"}[kind]
     results("webhook-abuse", label, statuses=outcome["statuses"], seconds=outcome["seconds"],
             rss_before_mb=round(before["VmRSS"] / 1024, 1), rss_after_mb=round(after["VmRSS"] / 1024, 1),
             rss_growth_mb=round(grown_mb, 1), rss_peak_growth_mb=round(peak_mb, 1), rss_bound_mb=100,
             health_p50_ms=health["p50_ms"], health_p99_ms=health["p99_ms"])
     nothing_triggered(sesam, state_dir, puts)
-    assert set(outcome["statuses"]) <= {"413" if kind == "oversize-chunked" else "401", "0"}, outcome
+    assert set(outcome["statuses"]) <= {"401", "413", "0"}, outcome  # unsigned and too big: either answer
     assert hook_service.proc.poll() is None
     assert grown_mb < 100 and peak_mb < 100, f"RSS +{grown_mb:.0f} MB after, +{peak_mb:.0f} MB at the peak"

@@ -6,6 +6,7 @@ worker, which resolves the branch head itself (deliveries can be late or out of 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -26,6 +27,7 @@ from ..model import Trigger
 from ..scheduling import Scheduler
 
 MAX_BODY = 25 * 1024 * 1024  # GitHub caps payloads at 25 MB
+CONCURRENT_READS = 2  # bodies buffered at once: memory stays bounded whatever a sender's concurrency
 SECRET_FILE = "webhook-secret"
 
 
@@ -33,11 +35,11 @@ class BodyTooLarge(Exception):
     pass
 
 
-def sign(secret: str, body: bytes) -> str:
+def sign(secret: str, body: bytes | bytearray) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def signature_valid(header: str | None, body: bytes, secrets_: Sequence[str]) -> bool:
+def signature_valid(header: str | None, body: bytes | bytearray, secrets_: Sequence[str]) -> bool:
     """Constant-time check of X-Hub-Signature-256 against each accepted secret."""
     if not header or not header.startswith("sha256=") or len(header) != 71:
         return False
@@ -108,6 +110,7 @@ class WebhookReceiver:
         self._seen = SeenDeliveries()
         self._observe = observer or (lambda event, result: None)
         self._max_body = max_body
+        self._reading = asyncio.Semaphore(CONCURRENT_READS)
         self._log = get_logger(component="webhook")
 
     async def handle(self, request: Request) -> Response:
@@ -125,17 +128,25 @@ class WebhookReceiver:
             return Response(status_code=204)
         return JSONResponse(verdict.body or {"result": verdict.result}, status_code=verdict.status)
 
-    async def _read(self, request: Request) -> bytes:
+    async def _read(self, request: Request) -> bytearray:
+        """The raw body, capped; a signature can only be checked over all of it, so it must be read."""
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self._max_body:
             raise BodyTooLarge
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self._max_body:
-                raise BodyTooLarge
-            chunks.append(chunk)
-        return b"".join(chunks)
+        if not request.headers.get("x-hub-signature-256", "").startswith("sha256="):
+            size = 0  # will be refused as unsigned: count it (for 413) but never buffer it
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > self._max_body:
+                    raise BodyTooLarge
+            return bytearray()
+        async with self._reading:
+            body = bytearray()
+            async for chunk in request.stream():
+                if len(body) + len(chunk) > self._max_body:
+                    raise BodyTooLarge
+                body += chunk
+            return body
 
     async def _verdict(self, request: Request, event: str) -> Verdict:
         try:
@@ -182,7 +193,7 @@ class WebhookReceiver:
         return Verdict(202, "accepted", {"result": "queued", "apps": apps})
 
 
-def _decode(content_type: str, body: bytes) -> dict[str, Any] | Verdict:
+def _decode(content_type: str, body: bytes | bytearray) -> dict[str, Any] | Verdict:
     media = content_type.split(";")[0].strip().lower()
     try:
         if media == "application/json":
