@@ -40,7 +40,8 @@ def test_polling_applies_commits_and_reverts_drift(service, app_env, config_repo
         return "hand-made" not in now and now["orders"]["source"]["dataset"] == "src"
 
     wait_for(reverted, what="drift reverted")
-    drift_rows = [r for r in history_rows(state_dir) if r["drift"]]
+    # the node is reverted by the PUT; the row is written after the verifying read-back
+    drift_rows = wait_for(lambda: [r for r in history_rows(state_dir) if r["drift"]], what="drift row")
     assert drift_rows and drift_rows[-1]["result"] == "synced"
     assert "1 changed, 1 removed" == drift_rows[-1]["summary"]
     assert "drift detected" in svc.log()
