@@ -306,7 +306,8 @@ class SesamTarget:
 
     async def live(self) -> list[dict[str, Any]]:
         url = f"{self.spec.api_url}/config"
-        response = await request(self._http, "GET", url, headers=self._headers, timeout=self.spec.timeout)
+        # Reads are quick on a healthy node: never wait longer than a minute, however long uploads may take.
+        response = await request(self._http, "GET", url, headers=self._headers, timeout=min(60.0, self.spec.timeout))
         self._check_auth(response, "GET", url)
         if response.status_code != 200:
             raise TargetError(f"GET {url}: {response.status_code} {error_detail(response)}")
