@@ -65,6 +65,7 @@ class Reconciler:
         self.log = get_logger(app=app.name)
         self.last_check_at: float | None = None
         self._tree: Tree | None = None  # the last tree read: commits are immutable, so it stays valid
+        self._started: asyncio.Task[None] | None = None  # reporters being told that a sync started
 
     # ------------------------------------------------------------------ public
     async def sync(
@@ -162,19 +163,21 @@ class Reconciler:
         started: float, record: bool,
     ) -> tuple[Outcome, str]:
         sha = head
+        prefetched: asyncio.Task[Any] | None = None
         try:
             cached = self._tree
             if cached is not None and cached.revision == head:
                 tree = cached  # a drift check or retry of the same commit: Git has nothing new to say
             else:
+                prefetched = self.target.prefetch()  # the target reads its live state meanwhile
                 sha = await self.source.fetch(head)
                 tree = await self.source.read(sha)
                 self._tree = tree
             if not drift_check and not dry_run:
-                await self._report_started(sha, trigger)
+                self._report_started(sha, trigger)
             if not tree.tree_id:
                 raise Refused(self._missing_root(sha))
-            ctx = SyncContext(self.app, tree, dict(state.memory), self.log)
+            ctx = SyncContext(self.app, tree, dict(state.memory), self.log, prefetched)
             plan = await self.target.plan(ctx)
             self._guard(plan)
             if plan.empty:
@@ -207,6 +210,8 @@ class Reconciler:
         except Exception as exc:  # a bug must not stop the service
             self.log.exception("internal error during sync")
             return Outcome(Result.FAILED, error=f"internal error: {type(exc).__name__}: {exc}"), sha
+        finally:
+            _discard(prefetched)
 
     @staticmethod
     def _error_outcome(exc: AutodeployerError, plan: Plan | None, attempt: int | None) -> Outcome:
@@ -338,7 +343,12 @@ class Reconciler:
         except AutodeployerError:
             return None
 
-    async def _report_started(self, sha: str, trigger: Trigger) -> None:
+    def _report_started(self, sha: str, trigger: Trigger) -> None:
+        """Reported in the background (a commit status is a round trip to GitHub); finished() waits for it."""
+        if self.reporters:
+            self._started = asyncio.get_running_loop().create_task(self._tell_started(sha, trigger))
+
+    async def _tell_started(self, sha: str, trigger: Trigger) -> None:
         for reporter in self.reporters:
             try:
                 await reporter.started(self.app, sha, trigger)
@@ -346,6 +356,9 @@ class Reconciler:
                 self.log.warning("reporter failed", reporter=type(reporter).__name__, error=str(exc))
 
     async def _report_finished(self, result: SyncResult, commit: CommitInfo | None) -> None:
+        started, self._started = self._started, None
+        if started is not None:
+            await started  # a `pending` status must not land after the final one
         for reporter in self.reporters:
             try:
                 await reporter.finished(self.app, result, commit)
@@ -354,3 +367,13 @@ class Reconciler:
 
 
 _OK = (Result.SYNCED.value, Result.NO_CHANGE.value)
+
+
+def _discard(task: asyncio.Task[Any] | None) -> None:
+    """Cancel a prefetch the plan did not use; a failure it had was reported by plan() or does not matter."""
+    if task is None:
+        return
+    if not task.done():
+        task.cancel()
+    elif not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log it as never retrieved

@@ -345,8 +345,6 @@ def test_unuploadable_json_is_refused_end_to_end(app_env, git_server: GitHttpSer
     assert all(path in done.stdout for path in files), done.stdout
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="defect: 'more than one metadata entity' names the entities but not the files they are in")
 def test_two_metadata_entities_reason_names_the_files():
     from autodeployer.errors import Refused
     from autodeployer.targets.sesam import parse_desired

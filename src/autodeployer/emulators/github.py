@@ -18,6 +18,7 @@ Typical use::
 
 from __future__ import annotations
 
+import asyncio
 import argparse
 import hashlib
 import hmac
@@ -446,6 +447,7 @@ class GitHubEmulator:
         self._requests: list[RequestRecord] = []
         self._deliveries: list[DeliveryRecord] = []
         self._faults: list[_Fault] = []
+        self._delays: dict[str | None, float] = {}
         self._threads: list[threading.Thread] = []
         self._next_hook_id = 1
         self._next_status_id = 1
@@ -513,6 +515,18 @@ class GitHubEmulator:
         """Answer the next ``times`` API calls (optionally under a path) with a server error."""
         with self._lock:
             self._faults.append(_Fault("error", status, times, None, path_prefix))
+
+    def set_delay(self, seconds: float, path_prefix: str | None = None) -> None:
+        """Answer API calls (optionally under a path) ``seconds`` late, like a slow or far-away GitHub."""
+        with self._lock:
+            if seconds > 0:
+                self._delays[path_prefix] = seconds
+            else:
+                self._delays.pop(path_prefix, None)
+
+    def _delay_for(self, path: str) -> float:
+        with self._lock:
+            return max((s for p, s in self._delays.items() if p is None or path.startswith(p)), default=0.0)
 
     # ---------------------------------------------------------------- inspection
 
@@ -614,7 +628,11 @@ class GitHubEmulator:
             root=f"{request.url.scheme}://{request.url.netloc}",
             url=str(request.url.replace(query="")),
         )
-        return _to_response(self._handle(call))
+        reply = self._handle(call)
+        delay = self._delay_for(call.path)
+        if delay:
+            await asyncio.sleep(delay)  # the call took effect at once; only its answer is slow
+        return _to_response(reply)
 
     # ---------------------------------------------------------------- request pipeline
 

@@ -7,6 +7,7 @@ A target module provides ``KIND``, its settings model ``Spec``, the environment 
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -29,6 +30,7 @@ class SyncContext:
     tree: Tree
     memory: dict[str, Any] = field(default_factory=dict)  # kept from the last successful apply
     log: Any = None
+    prefetched: "asyncio.Task[Any] | None" = None  # what the target's prefetch() started for plan()
 
 
 @dataclass
@@ -43,6 +45,14 @@ class TargetDeps:
 
 class Target(Protocol):
     kind: str
+
+    def prefetch(self) -> "asyncio.Task[Any] | None":
+        """Start reading the live state that does not depend on Git, so it overlaps the fetch.
+
+        Called when a sync needs a new commit; the task reaches :meth:`plan` as ``ctx.prefetched``.
+        Return None when there is nothing worth reading early. The reconciler cancels an unused task.
+        """
+        ...
 
     async def plan(self, ctx: SyncContext) -> Plan:
         """Desired state from the tree, live state from the target, and their semantic diff.

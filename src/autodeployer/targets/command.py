@@ -169,6 +169,9 @@ class CommandTarget:
             text += f" (last successful run: tree {str(last)[:12]})"
         return Change(Action.CHANGE if last else Action.ADD, root, "tree", text)
 
+    def prefetch(self) -> None:
+        return None  # the plan needs only the tree and the memory of the last run
+
     async def plan(self, ctx: SyncContext) -> Plan:
         if ctx.tree.tree_id and ctx.memory.get("tree_id") == ctx.tree.tree_id:
             return Plan(desired_count=1, live_count=1)

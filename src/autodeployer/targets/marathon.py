@@ -579,8 +579,16 @@ class MarathonTarget:
         self._cache = (tree.tree_id, desired)
         return desired
 
-    async def live(self, desired: Desired, memory: dict[str, Any] | None = None) -> Live:
-        body = await self._get("/v2/apps", label=label_selector(self.spec.app_name))
+    def prefetch(self) -> asyncio.Task[Any]:
+        """The apps carrying our label do not depend on Git: list them while Git is fetched."""
+        return asyncio.get_running_loop().create_task(self._managed_apps())
+
+    async def _managed_apps(self) -> Any:
+        return await self._get("/v2/apps", label=label_selector(self.spec.app_name))
+
+    async def live(self, desired: Desired, memory: dict[str, Any] | None = None,
+                   listed: asyncio.Task[Any] | None = None) -> Live:
+        body = await listed if listed is not None else await self._managed_apps()
         managed = {a["id"]: a for a in (body or {}).get("apps", []) if isinstance(a, dict) and "id" in a}
         missing = [i for i in desired.apps if i not in managed]
         limit = asyncio.Semaphore(8)
@@ -603,7 +611,7 @@ class MarathonTarget:
 
     async def plan(self, ctx: SyncContext) -> Plan:
         desired = self.desired(ctx.tree)
-        return diff(desired, await self.live(desired, ctx.memory), ctx.memory,
+        return diff(desired, await self.live(desired, ctx.memory, ctx.prefetched), ctx.memory,
                     prune=self.spec.prune, app_name=self.spec.app_name)
 
     async def verify(self, plan: Plan, ctx: SyncContext) -> Plan:

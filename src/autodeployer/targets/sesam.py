@@ -8,8 +8,11 @@ Desired state is ``node-metadata.conf.json`` plus every ``*.conf.json`` below ``
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -18,7 +21,7 @@ from pydantic import SecretStr
 from ..errors import ConfigError, Refused, TargetError
 from ..http import error_detail, request
 from ..jsondiff import JSONProblem, loads_strict, unified
-from ..model import Action, ApplyReport, Change, Plan, Problem, Tree
+from ..model import Action, ApplyReport, Change, Plan, Problem, SourceFile, Tree
 from ..settings import EnvReader, Frozen, StrictBool, Variable, strip_bearer, validate_model
 from .base import SyncContext, TargetDeps
 
@@ -139,62 +142,110 @@ def _check_entity(
     return strip_node_keys(entity)
 
 
-def parse_desired(tree: Tree, self_id: str | None = None) -> DesiredConfig:
-    """Read and validate the tree; raise Refused listing every problem found."""
+@dataclass(frozen=True)
+class ParsedFile:
+    """What one file contributes, before the checks across files. A pure function of path and bytes."""
+
+    entities: tuple[dict[str, Any], ...]
+    problems: tuple[Problem, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
+# path -> (the bytes it was parsed from, SYNC_ROOT, the result): a new commit re-parses only what changed
+ParseMemo = dict[str, tuple[bytes, str, ParsedFile]]
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Parsed JSON has no reference cycles: full collections over a growing heap only cost time."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
+
+
+def parse_file(path: str, file: SourceFile, shown: str) -> ParsedFile:
+    """Read one config file; `shown` is its name in messages (SYNC_ROOT included)."""
+    if ".." in path.split("/"):
+        return ParsedFile((), (Problem("path leaves SYNC_ROOT", file=shown),))
+    if file.is_symlink:
+        return ParsedFile((), (Problem("is a symbolic link; links are not followed", file=shown),))
+    if file.oversize or file.size > MAX_ENTITY_FILE_BYTES:
+        return ParsedFile((), (Problem(f"is {file.size} bytes; the limit is {MAX_ENTITY_FILE_BYTES} bytes", file=shown),))
+    try:
+        doc = loads_strict(file.data)
+    except JSONProblem as exc:
+        return ParsedFile((), (Problem(str(exc), file=shown),))
+    if isinstance(doc, dict):
+        items = [doc]
+    elif isinstance(doc, list):
+        items = doc
+    else:
+        return ParsedFile((), (Problem("expected an entity object or an array of entities", file=shown),))
+    problems: list[Problem] = []
+    entities: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    may_hold_secrets = b"$SECRET(" in file.data  # walking every value is only worth it then
+    for index, item in enumerate(items):
+        entity = _check_entity(item, shown, index, problems, may_hold_secrets)
+        if entity is None:
+            continue
+        if path == METADATA_FILE and entity["type"] != "metadata":
+            problems.append(Problem(f"{METADATA_FILE} must hold the metadata entity", file=shown, entity=entity["_id"]))
+            continue
+        entities.append(entity)
+        stem = path.rsplit("/", 1)[-1].removesuffix(".conf.json")
+        if len(items) == 1 and path != METADATA_FILE and stem != entity["_id"]:
+            warnings.append(f"{shown}: file name does not match _id {entity['_id']!r}")
+    return ParsedFile(tuple(entities), tuple(problems), tuple(warnings))
+
+
+def parse_desired(tree: Tree, self_id: str | None = None, memo: ParseMemo | None = None) -> DesiredConfig:
+    """Read and validate the tree; raise Refused listing every problem found.
+
+    With `memo` (filled and pruned here), files whose bytes did not change since the last call are
+    not parsed again.
+    """
     problems: list[Problem] = []
     entities: dict[str, dict[str, Any]] = {}
     files: dict[str, str] = {}
     warnings: list[str] = []
     ignored: list[str] = []
-    metadata_ids: list[str] = []
-    for path in sorted(tree.files):
-        file = tree.files[path]
-        if not is_config_path(path):
-            ignored.append(path)
-            continue
-        shown = f"{tree.sync_root}/{path}" if tree.sync_root else path
-        if ".." in path.split("/"):
-            problems.append(Problem("path leaves SYNC_ROOT", file=shown))
-            continue
-        if file.is_symlink:
-            problems.append(Problem("is a symbolic link; links are not followed", file=shown))
-            continue
-        if file.oversize or file.size > MAX_ENTITY_FILE_BYTES:
-            problems.append(Problem(f"is {file.size} bytes; the limit is {MAX_ENTITY_FILE_BYTES} bytes", file=shown))
-            continue
-        try:
-            doc = loads_strict(file.data)
-        except JSONProblem as exc:
-            problems.append(Problem(str(exc), file=shown))
-            continue
-        if isinstance(doc, dict):
-            items = [doc]
-        elif isinstance(doc, list):
-            items = doc
-        else:
-            problems.append(Problem("expected an entity object or an array of entities", file=shown))
-            continue
-        may_hold_secrets = b"$SECRET(" in file.data  # walking every value is only worth it then
-        for index, item in enumerate(items):
-            entity = _check_entity(item, shown, index, problems, may_hold_secrets)
-            if entity is None:
+    metadata: list[tuple[str, str]] = []  # (_id, file)
+    seen: ParseMemo = {}
+    with _gc_paused():
+        for path in sorted(tree.files):
+            if not is_config_path(path):
+                ignored.append(path)
                 continue
-            _id = entity["_id"]
-            if _id in files:
-                problems.append(Problem(f"_id defined twice: in {files[_id]} and in {shown}", entity=_id))
-                continue
-            if entity["type"] == "metadata":
-                metadata_ids.append(_id)
-            elif path == METADATA_FILE:
-                problems.append(Problem(f"{METADATA_FILE} must hold the metadata entity", file=shown, entity=_id))
-                continue
-            entities[_id] = entity
-            files[_id] = shown
-            stem = path.rsplit("/", 1)[-1].removesuffix(".conf.json")
-            if len(items) == 1 and path != METADATA_FILE and stem != _id:
-                warnings.append(f"{shown}: file name does not match _id {_id!r}")
-    if len(metadata_ids) > 1:
-        problems.append(Problem(f"more than one metadata entity: {', '.join(metadata_ids)}"))
+            file = tree.files[path]
+            cached = memo.get(path) if memo is not None else None
+            if cached is not None and cached[1] == tree.sync_root and cached[0] == file.data and not file.oversize:
+                parsed = cached[2]
+            else:
+                shown = f"{tree.sync_root}/{path}" if tree.sync_root else path
+                parsed = parse_file(path, file, shown)
+            seen[path] = (file.data, tree.sync_root, parsed)
+            problems.extend(parsed.problems)
+            warnings.extend(parsed.warnings)
+            for entity in parsed.entities:
+                _id, shown = entity["_id"], (f"{tree.sync_root}/{path}" if tree.sync_root else path)
+                if _id in files:
+                    problems.append(Problem(f"_id defined twice: in {files[_id]} and in {shown}", entity=_id))
+                    continue
+                if entity["type"] == "metadata":
+                    metadata.append((_id, shown))
+                entities[_id] = entity
+                files[_id] = shown
+    if memo is not None:
+        memo.clear()
+        memo.update(seen)
+    if len(metadata) > 1:
+        where = "; ".join(f"{_id} in {file}" for _id, file in metadata)
+        problems.append(Problem(f"more than one metadata entity: {where}", file=metadata[1][1]))
     if self_id and not problems:
         own = entities.get(self_id)
         if own is None or not str(own.get("type", "")).startswith("system:"):
@@ -214,7 +265,7 @@ def parse_desired(tree: Tree, self_id: str | None = None) -> DesiredConfig:
     return DesiredConfig(
         entities=entities,
         files=files,
-        metadata_managed=bool(metadata_ids),
+        metadata_managed=bool(metadata),
         warnings=warnings,
         notices=notices,
     )
@@ -294,15 +345,20 @@ class SesamTarget:
             "Accept": "application/json",
         }
         self._cache: tuple[str, str | None, DesiredConfig] | None = None
+        self._memo: ParseMemo = {}
 
     def desired(self, tree: Tree) -> DesiredConfig:
-        """Parsed desired state, cached per tree so drift checks do not re-read Git."""
+        """Parsed desired state, cached per tree (drift checks) and per file (a new commit parses what changed)."""
         key = (tree.tree_id, self.spec.self_id)
         if self._cache and self._cache[:2] == key and tree.tree_id:
             return self._cache[2]
-        desired = parse_desired(tree, self.spec.self_id)
+        desired = parse_desired(tree, self.spec.self_id, self._memo)
         self._cache = (key[0], key[1], desired)
         return desired
+
+    def prefetch(self) -> asyncio.Task[list[dict[str, Any]]]:
+        """The live configuration does not depend on Git: read it while Git is fetched and parsed."""
+        return asyncio.get_running_loop().create_task(self.live())
 
     async def live(self) -> list[dict[str, Any]]:
         url = f"{self.spec.api_url}/config"
@@ -326,7 +382,8 @@ class SesamTarget:
 
     async def plan(self, ctx: SyncContext) -> Plan:
         desired = self.desired(ctx.tree)
-        return diff(desired, await self.live())
+        live = await ctx.prefetched if ctx.prefetched is not None else await self.live()
+        return diff(desired, live)
 
     async def apply(self, plan: Plan, ctx: SyncContext) -> ApplyReport:
         force = "true" if self.spec.force else "false"
