@@ -3,6 +3,7 @@ and a file that did not change between commits is not parsed again."""
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import time
@@ -102,3 +103,23 @@ def test_pending_status_does_not_hold_the_sync_back(app_env, config_repo: WorkRe
     assert uploaded - posted < 1.5, f"the upload waited {uploaded - posted:.2f} s for GitHub's answer"
     states = [s["state"] for s in github.statuses("acme", "config", head)]
     assert states == ["pending", "success"], states
+
+
+def app_state_rows(state_dir: Path) -> list[tuple[str, str]]:
+    db = sqlite3.connect(state_dir / "history.sqlite3")
+    try:
+        return db.execute("SELECT app, data FROM app_state ORDER BY app").fetchall()
+    finally:
+        db.close()
+
+
+def test_quiet_drift_checks_write_nothing(service, app_env, sesam: SesamEmulator, state_dir: Path):
+    """Every poll checks for drift by default; one that finds none must not cost a disk write."""
+    service({**app_env, "SYNC_INTERVAL": "0.2"})
+    wait_for(lambda: "orders" in stripped(sesam.entities()), what="first sync")
+    wait_for(lambda: app_state_rows(state_dir), what="state saved")
+    before = app_state_rows(state_dir)
+    gets = sesam.count("GET", "/api/config")
+    wait_for(lambda: sesam.count("GET", "/api/config") >= gets + 5, what="five drift checks", timeout=30)
+    assert app_state_rows(state_dir) == before
+    assert sesam.put_count == 1  # and nothing was uploaded again

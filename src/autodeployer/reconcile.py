@@ -66,6 +66,7 @@ class Reconciler:
         self.last_check_at: float | None = None
         self._tree: Tree | None = None  # the last tree read: commits are immutable, so it stays valid
         self._started: asyncio.Task[None] | None = None  # reporters being told that a sync started
+        self._drift_checked_at: float | None = None  # the last quiet drift check (kept in memory only)
 
     # ------------------------------------------------------------------ public
     async def sync(
@@ -96,8 +97,9 @@ class Reconciler:
         if outcome.not_applied is not None:
             return self._not_applied(trigger, sha, outcome.not_applied, started, clock)
         if drift_check and outcome.result is Result.NO_CHANGE and trigger is Trigger.POLL:
-            state.last_drift_check_at = started  # a quiet drift check: no history row
-            self._save_state(state)
+            # A quiet drift check writes nothing (no history row, no state write): it is the most frequent
+            # sync of all, and the time of the last one only decides when the next is due.
+            self._drift_checked_at = started
             return SyncResult(self.app.name, trigger, Result.NO_CHANGE, revision=sha, started_at=started,
                               duration=time.perf_counter() - clock, summary="no drift")
         result = await self._finish(state, trigger, sha, outcome, started, clock, record, drift=drift_check)
@@ -156,7 +158,8 @@ class Reconciler:
             return False
         if interval == 0:
             return True  # drift checks switched off
-        return state.last_drift_check_at is not None and now - state.last_drift_check_at < interval
+        checked = max(state.last_drift_check_at or 0.0, self._drift_checked_at or 0.0)
+        return bool(checked) and now - checked < interval
 
     async def _pipeline(
         self, head: str, state: AppState, trigger: Trigger, dry_run: bool, drift_check: bool,
