@@ -49,3 +49,93 @@ def test_huge_diffs_are_truncated(tmp_path: Path):
     store.finish(store.begin("a", "poll", None, time.time()), result("a", Result.SYNCED, diff="x" * 2_000_000))
     [row] = store.history()
     assert len(row.diff) < 1_100_000 and "diff truncated" in row.diff
+
+
+def _fill(store: SQLiteStore) -> None:
+    """SQLITE_FULL ("database or disk is full") from now on, as with a full STATE_DIR."""
+    pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+    store._db.execute(f"PRAGMA max_page_count = {pages}")
+
+
+def _unfill(store: SQLiteStore) -> None:
+    store._db.execute("PRAGMA max_page_count = 1073741823")
+
+
+def test_rollback_journal_not_wal(tmp_path: Path):
+    """WAL's -shm file is a shared memory map: a STATE_DIR turning read-only under it means SIGBUS."""
+    import sqlite3
+
+    old = sqlite3.connect(str(tmp_path / "history.sqlite3"))
+    assert old.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"  # a store of an earlier version
+    old.close()
+    store = SQLiteStore.in_state_dir(tmp_path)
+    store.put_state(AppState(app="a"))
+    assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "truncate"
+    assert not list(tmp_path.glob("*-shm")) and not list(tmp_path.glob("*-wal"))
+
+
+def test_full_disk_keeps_state_and_history_in_memory_then_writes_them(tmp_path: Path, capsys):
+    store = SQLiteStore.in_state_dir(tmp_path)
+    done = store.begin("a", "poll", "a" * 40, time.time())
+    store.finish(done, result("a", Result.SYNCED))
+    store.put_state(AppState(app="a", last_result="synced"))
+    assert store.warning is None
+    _fill(store)
+    big = {"k": "x" * 200_000}  # needs new pages
+    for failures in (1, 2, 3):  # three failed attempts while the disk is full: nothing raises
+        attempt = store.begin("a", "poll", "c" * 40, time.time())
+        store.finish(attempt, result("a", Result.FAILED))
+        store.put_state(AppState(app="a", last_result="failed", failures=failures, last_error="boom", memory=big))
+    state = store.get_state("a")
+    assert (state.failures, state.last_result, state.last_error) == (3, "failed", "boom")  # what the worker backs off on
+    rows = store.history("a")
+    assert [r.result for r in rows] == ["failed"] * 3 + ["synced"]
+    assert len({r.id for r in rows}) == 4
+    assert "database or disk is full" in (store.warning or "") and str(tmp_path) in (store.warning or "")
+    logged = capsys.readouterr().out
+    assert logged.count("cannot write to STATE_DIR") == 1 and "database or disk is full" in logged  # once per kind
+
+    _unfill(store)
+    store.put_state(AppState(app="a", last_result="failed", failures=4, memory=big))  # the disk works again
+    assert store.warning is None
+    assert "can be written again" in capsys.readouterr().out
+    ids = [r.id for r in rows]
+    store.close()
+    again = SQLiteStore.in_state_dir(tmp_path)
+    assert [r.id for r in again.history("a")] == ids  # written under the ids handed out meanwhile
+    assert [r.result for r in again.history("a")] == ["failed"] * 3 + ["synced"]
+    assert again.get_state("a").failures == 4
+    later = again.begin("a", "poll", None, time.time())
+    assert later > max(ids)
+
+
+def test_outcome_of_a_row_begun_before_the_disk_filled(tmp_path: Path):
+    store = SQLiteStore.in_state_dir(tmp_path)
+    attempt = store.begin("a", "webhook", "c" * 40, time.time())
+    _fill(store)
+    store.finish(attempt, result("a", Result.SYNCED, diff="+" + "y" * 300_000))
+    [row] = store.history()
+    assert row.result == "synced" and row.trigger == "webhook"
+    _unfill(store)
+    store.put_state(AppState(app="a"))
+    store.close()
+    [row] = SQLiteStore.in_state_dir(tmp_path).history()
+    assert row.id == attempt and row.result == "synced" and row.diff.startswith("+y")
+
+
+def test_unusable_state_dir_falls_back_to_memory(tmp_path: Path, capsys):
+    from autodeployer.store import open_store
+
+    state_dir = tmp_path / "state"
+    state_dir.write_text("not a directory")  # SQLite cannot create its file there (as with a read-only one)
+    store = open_store(state_dir, memory_fallback=True)
+    assert isinstance(store, SQLiteStore) and store.memory_only
+    assert str(state_dir) in (store.warning or "") and "in memory only" in (store.warning or "")
+    assert str(state_dir) in capsys.readouterr().out
+    store.finish(store.begin("a", "poll", None, time.time()), result("a", Result.SYNCED))
+    store.put_state(AppState(app="a", failures=2))
+    assert [r.result for r in store.history("a")] == ["synced"] and store.get_state("a").failures == 2
+    import pytest
+
+    with pytest.raises(OSError):
+        open_store(state_dir)  # one-shot commands still fail loudly

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import secrets
 import signal
 import threading
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from .github import WEBHOOK_PATH, hook_targets, register_with_backoff
 from .logs import get_logger
 from .metrics import Metrics, MetricsReporter
 from .scheduling import Scheduler
-from .service import Runtime, build_runtime
+from .service import Runtime, build_runtime, store_for
 from .web.app import BackgroundJob, create_app
 from .web.webhook import WebhookReceiver, load_or_create_secret
 
@@ -39,7 +40,17 @@ class _Server(uvicorn.Server):
 
 def webhook_secret(config: Config) -> str:
     configured = config.service.webhook_secret
-    return configured.get_secret_value() if configured else load_or_create_secret(config.service.state_dir)
+    if configured:
+        return configured.get_secret_value()
+    state_dir = config.service.state_dir
+    try:
+        return load_or_create_secret(state_dir)
+    except OSError as exc:  # read-only or full STATE_DIR: keep serving with a secret of this process only
+        get_logger().error(
+            "cannot keep the webhook secret in STATE_DIR; using a secret of this process only: webhooks registered "
+            "with it stop verifying after a restart (set WEBHOOK_SECRET to avoid this)",
+            state_dir=str(state_dir), error=exc.strerror or str(exc), path=exc.filename)
+        return secrets.token_hex(32)
 
 
 def _registration_job(runtime: Runtime, secret: str, hook_url: str) -> BackgroundJob | None:
@@ -56,7 +67,8 @@ def _registration_job(runtime: Runtime, secret: str, hook_url: str) -> Backgroun
 
 async def serve(config: Config, *, hook_path: str = WEBHOOK_PATH) -> int:
     metrics = Metrics()
-    runtime = build_runtime(config, reporters=[MetricsReporter(metrics)], git_observer=metrics.observe_git)
+    runtime = build_runtime(config, store=store_for(config.service, memory_fallback=True),
+                            reporters=[MetricsReporter(metrics)], git_observer=metrics.observe_git)
     secret = webhook_secret(config)
     runtime.redactor.add(secret)
     coordinator = make_coordinator(runtime.store, [a.name for a in config.apps],

@@ -65,11 +65,15 @@ def _http_client(verify: bool) -> httpx.AsyncClient:
     )
 
 
-def store_for(settings: ServiceSettings) -> Store:
-    """The configured store: PostgreSQL when STORE_URL is set, else SQLite under STATE_DIR."""
+def store_for(settings: ServiceSettings, *, memory_fallback: bool = False) -> Store:
+    """The configured store: PostgreSQL when STORE_URL is set, else SQLite under STATE_DIR.
+
+    `memory_fallback` (the long-running service): a STATE_DIR where SQLite cannot open its file is
+    logged and replaced by an in-memory store instead of stopping the process; one-shot commands
+    keep failing loudly."""
     password = settings.store_password.get_secret_value() if settings.store_password else None
     return open_store(settings.state_dir, settings.store_url, password=password,
-                      replica_id=settings.replica_id or default_replica_id())
+                      replica_id=settings.replica_id or default_replica_id(), memory_fallback=memory_fallback)
 
 
 def build_runtime(

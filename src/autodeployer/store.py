@@ -8,7 +8,9 @@ multi-replica deployments implements the same methods.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -16,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from .logs import get_logger
 from .model import Result, SyncResult
 
 MAX_DIFF_CHARS = 1_000_000
@@ -101,22 +104,83 @@ _SCHEMA = [
 ]
 
 
-class SQLiteStore:
-    """Thread-safe: the web layer reads while the scheduler writes."""
+MAX_PENDING_ROWS = 200  # history rows kept in memory while STATE_DIR cannot be written (oldest dropped)
+MAX_MEMORY_ROWS = 5_000  # history rows an in-memory store keeps
+RETRY_EVERY = 5.0  # seconds between attempts to write what is kept in memory, when nothing else writes
+_BUGS = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+
+def _write_failure(exc: BaseException) -> bool:
+    """A failure of the disk under the store (full, read-only, I/O error, locked), not a bug."""
+    return isinstance(exc, (sqlite3.DatabaseError, OSError)) and not isinstance(exc, _BUGS)
+
+
+class SQLiteStore:
+    """Thread-safe: the web layer reads while the scheduler writes (one connection behind a lock).
+
+    The journal is a rollback journal (TRUNCATE), not WAL: WAL's index is a shared memory map
+    (``-shm``), and a STATE_DIR that turns read-only or full under it kills the process with SIGBUS.
+
+    A write that STATE_DIR refuses (disk full, read-only, I/O error) never raises: the app state and
+    the history rows are kept in memory, so the newest state (failure count, status, error) is what
+    readers see and the worker still backs off; the error is logged once per kind, and what memory
+    holds is written as soon as a write succeeds again. ``warning`` says so meanwhile.
+    """
+
+    def __init__(self, path: Path | None, *, warning: str | None = None) -> None:
+        """`path` None: an in-memory database (history lost at exit); `warning` says why."""
         self.path = path
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=10)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._migrate()
+        self.memory_only = path is None
+        self._fixed_warning = warning
+        self._log = get_logger(component="store")
+        self._lock = threading.RLock()
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False,
+                                   isolation_level=None, timeout=10)
+        try:
+            self._db.row_factory = sqlite3.Row
+            if path is not None:
+                mode = self._db.execute("PRAGMA journal_mode=TRUNCATE").fetchone()[0]
+                if mode != "truncate":  # e.g. a WAL database another process still has open
+                    self._log.warning("cannot leave the store's journal mode", journal_mode=mode, path=str(path))
+            self._db.execute("PRAGMA synchronous=FULL")  # a rollback journal needs FULL to survive power loss
+            self._db.execute("PRAGMA mmap_size=0")  # no memory maps of files in STATE_DIR: no SIGBUS
+            self._migrate()
+            row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'history'").fetchone()
+        except BaseException:
+            self._db.close()
+            raise
+        self._last_id = int(row[0]) if row else 0
+        # kept in memory while STATE_DIR refuses writes: app -> state, id -> row (in the DB or not yet)
+        self._states: dict[str, AppState] = {}
+        self._rows: dict[int, tuple[HistoryRow, bool]] = {}  # id -> (row, already inserted in the DB)
+        self._failures: dict[str, str] = {}  # kind -> message, logged once each
+        self._failing_since: float | None = None
+        self._retry_at = 0.0
+        self._dropped = 0
+        self._moved: dict[int, int] = {}  # id handed out while kept in memory -> the id it was written under
 
     @classmethod
     def in_state_dir(cls, state_dir: Path) -> "SQLiteStore":
         return cls(state_dir / "history.sqlite3")
+
+    @classmethod
+    def in_memory(cls, warning: str) -> "SQLiteStore":
+        return cls(None, warning=warning)
+
+    @property
+    def warning(self) -> str | None:
+        """Why history or state is not being saved to STATE_DIR right now; None when all is well."""
+        if self._fixed_warning:
+            return self._fixed_warning
+        if self._failing_since is None:
+            return None
+        directory = self.path.parent if self.path else "STATE_DIR"
+        reasons = "; ".join(dict.fromkeys(self._failures.values()))
+        return (f"STATE_DIR {directory} cannot be written ({reasons}): app state and history are kept in memory "
+                f"since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self._failing_since))} and written "
+                "once it can be again")
 
     def _migrate(self) -> None:
         with self._lock:
@@ -124,38 +188,107 @@ class SQLiteStore:
             for number, script in enumerate(_SCHEMA[version:], start=version + 1):
                 self._db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
 
+    # ------------------------------------------------------------------ writes
     def begin(self, app: str, trigger: str, revision: str | None, started_at: float) -> int:
         with self._lock:
-            cursor = self._db.execute(
-                "INSERT INTO history (app, trigger, revision, started_at, result) VALUES (?, ?, ?, ?, ?)",
-                (app, trigger, revision, started_at, Result.RUNNING.value),
-            )
-            return int(cursor.lastrowid or 0)
+            if self._flush():
+                try:
+                    cursor = self._db.execute(
+                        "INSERT INTO history (app, trigger, revision, started_at, result) VALUES (?, ?, ?, ?, ?)",
+                        (app, trigger, revision, started_at, Result.RUNNING.value),
+                    )
+                except Exception as exc:
+                    if not _write_failure(exc):
+                        raise
+                    self._failed(exc)
+                else:
+                    self._last_id = max(self._last_id, int(cursor.lastrowid or 0))
+                    self._prune()
+                    return int(cursor.lastrowid or 0)
+            # Not written: an id after every id SQLite has handed out (AUTOINCREMENT never reuses one),
+            # so the row normally keeps it when it is written later.
+            self._last_id = max(self._last_id, self._sequence()) + 1
+            row = HistoryRow(self._last_id, app, trigger, revision, started_at, None, None, Result.RUNNING.value,
+                             "", "", None, [], [], False, {})
+            self._keep_row(row, inserted=False)
+            return row.id
 
     def finish(self, attempt_id: int, result: SyncResult) -> None:
         diff = result.diff
         if len(diff) > MAX_DIFF_CHARS:
             diff = diff[:MAX_DIFF_CHARS] + f"\n... diff truncated ({len(result.diff)} characters in all)"
         with self._lock:
-            self._db.execute(
-                """UPDATE history SET revision = ?, finished_at = ?, duration = ?, result = ?, summary = ?,
-                   diff = ?, error = ?, warnings = ?, problems = ?, drift = ?, details = ? WHERE id = ?""",
-                (
-                    result.revision,
-                    result.started_at + result.duration,
-                    result.duration,
-                    result.result.value,
-                    result.summary,
-                    diff,
-                    result.error,
-                    json.dumps(result.warnings),
-                    json.dumps([str(p) for p in result.problems]),
-                    int(result.drift),
-                    json.dumps(result.details, default=str),
-                    attempt_id,
-                ),
+            attempt_id = self._moved.get(attempt_id, attempt_id)
+            kept = self._rows.get(attempt_id)
+            if kept is None and self._flush():
+                try:
+                    self._db.execute(
+                        """UPDATE history SET revision = ?, finished_at = ?, duration = ?, result = ?, summary = ?,
+                           diff = ?, error = ?, warnings = ?, problems = ?, drift = ?, details = ? WHERE id = ?""",
+                        (
+                            result.revision,
+                            result.started_at + result.duration,
+                            result.duration,
+                            result.result.value,
+                            result.summary,
+                            diff,
+                            result.error,
+                            json.dumps(result.warnings),
+                            json.dumps([str(p) for p in result.problems]),
+                            int(result.drift),
+                            json.dumps(result.details, default=str),
+                            attempt_id,
+                        ),
+                    )
+                    return
+                except Exception as exc:
+                    if not _write_failure(exc):
+                        raise
+                    self._failed(exc)
+            # Kept in memory until it can be written: the row begun in memory, or the outcome of one the DB has.
+            if kept is not None:
+                base, inserted = kept
+            else:
+                found = self._db_rows("SELECT * FROM history WHERE id = ?", (attempt_id,))
+                base, inserted = (found[0] if found else None), True
+            app, trigger, started_at = ((base.app, base.trigger, base.started_at) if base else
+                                        (result.app, result.trigger.value, result.started_at))
+            row = HistoryRow(
+                attempt_id, app, trigger, result.revision, started_at,
+                result.started_at + result.duration, result.duration, result.result.value, result.summary, diff,
+                result.error, list(result.warnings), [str(p) for p in result.problems], bool(result.drift),
+                json.loads(json.dumps(result.details, default=str)),
             )
+            self._keep_row(row, inserted=inserted)
+            if kept is not None:  # the DB was not tried yet in this call
+                self._flush()
 
+    def put_state(self, state: AppState) -> None:
+        with self._lock:
+            self._states[state.app] = AppState(**asdict(state))  # a copy: the caller goes on changing its own
+            self._flush()
+
+    def mark_interrupted(self) -> int:
+        """Attempts still 'running' belong to a process that died; say so."""
+        with self._lock:
+            try:
+                cursor = self._db.execute(
+                    "UPDATE history SET result = ?, error = ?, finished_at = ? WHERE result = ?",
+                    (
+                        Result.INTERRUPTED.value,
+                        "the process stopped during this attempt",
+                        time.time(),
+                        Result.RUNNING.value,
+                    ),
+                )
+            except Exception as exc:
+                if not _write_failure(exc):
+                    raise
+                self._failed(exc)
+                return 0
+            return cursor.rowcount
+
+    # ------------------------------------------------------------------ reads
     def history(self, app: str | None = None, limit: int = 50) -> list[HistoryRow]:
         query = "SELECT * FROM history"
         args: tuple[Any, ...] = ()
@@ -163,12 +296,22 @@ class SQLiteStore:
             query += " WHERE app = ?"
             args = (app,)
         query += " ORDER BY id DESC LIMIT ?"
+        limit = max(1, limit)
         with self._lock:
-            rows = self._db.execute(query, (*args, max(1, limit))).fetchall()
-        return [_row(r) for r in rows]
+            self._retry()
+            rows = {r.id: r for r in self._db_rows(query, (*args, limit))}
+            for row, _ in self._rows.values():
+                if app is None or row.app == app:
+                    rows[row.id] = row  # newer than what the DB has, or not in it at all
+        return sorted(rows.values(), key=lambda r: r.id, reverse=True)[:limit]
 
     def get_state(self, app: str) -> AppState:
         with self._lock:
+            self._retry()
+            kept = self._states.get(app)
+            if kept is not None:
+                return AppState(**asdict(kept))
+            # A read that fails raises: an empty state made up here would resume a suspended app.
             row = self._db.execute("SELECT data FROM app_state WHERE app = ?", (app,)).fetchone()
         if row is None:
             return AppState(app=app)
@@ -176,30 +319,140 @@ class SQLiteStore:
         known = {k: v for k, v in data.items() if k in AppState.__dataclass_fields__}
         return AppState(**known)
 
-    def put_state(self, state: AppState) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO app_state (app, data) VALUES (?, ?) ON CONFLICT(app) DO UPDATE SET data = excluded.data",
-                (state.app, json.dumps(asdict(state))),
-            )
-
-    def mark_interrupted(self) -> int:
-        """Attempts still 'running' belong to a process that died; say so."""
-        with self._lock:
-            cursor = self._db.execute(
-                "UPDATE history SET result = ?, error = ?, finished_at = ? WHERE result = ?",
-                (
-                    Result.INTERRUPTED.value,
-                    "the process stopped during this attempt",
-                    time.time(),
-                    Result.RUNNING.value,
-                ),
-            )
-            return cursor.rowcount
-
     def close(self) -> None:
         with self._lock:
+            self._flush()
+            if self._states or self._rows:
+                self._log.error("history and app state kept in memory are lost: STATE_DIR still cannot be written",
+                                states=len(self._states), history_rows=len(self._rows))
             self._db.close()
+
+    # ------------------------------------------------------------------ kept in memory
+    def _db_rows(self, query: str, args: tuple[Any, ...]) -> list[HistoryRow]:
+        try:
+            return [_row(r) for r in self._db.execute(query, args).fetchall()]
+        except Exception as exc:
+            if not _write_failure(exc):
+                raise
+            self._failed(exc, reading=True)
+            return []
+
+    def _sequence(self) -> int:
+        """The last history id SQLite handed out (to any process), 0 if it cannot be read."""
+        try:
+            row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'history'").fetchone()
+        except sqlite3.Error:
+            return 0
+        return int(row[0]) if row else 0
+
+    def _keep_row(self, row: HistoryRow, *, inserted: bool) -> None:
+        self._rows[row.id] = (row, inserted)
+        while len(self._rows) > MAX_PENDING_ROWS:
+            oldest = min(self._rows)
+            del self._rows[oldest]
+            self._dropped += 1
+
+    def _retry(self) -> None:
+        """Readers give what memory holds another chance to be written, every RETRY_EVERY seconds."""
+        if (self._states or self._rows) and time.monotonic() >= self._retry_at:
+            self._flush()
+
+    def _flush(self) -> bool:
+        """Write what memory holds, in one transaction. True when nothing is left (the DB is writable)."""
+        if not self._states and not self._rows:
+            return True
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for row_id in sorted(self._rows):
+                    row, inserted = self._rows[row_id]
+                    values = (row.app, row.trigger, row.revision, row.started_at, row.finished_at, row.duration,
+                              row.result, row.summary, row.diff, row.error, json.dumps(row.warnings),
+                              json.dumps(row.problems), int(row.drift), json.dumps(row.details, default=str))
+                    if inserted:  # the outcome of a row the DB has
+                        self._db.execute(
+                            """UPDATE history SET revision = ?, finished_at = ?, duration = ?, result = ?, summary = ?,
+                               diff = ?, error = ?, warnings = ?, problems = ?, drift = ?, details = ? WHERE id = ?""",
+                            (*values[2:3], *values[4:], row.id))
+                    else:
+                        insert = """INSERT INTO history (app, trigger, revision, started_at, finished_at, duration,
+                                    result, summary, diff, error, warnings, problems, drift, details{})
+                                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?{})"""
+                        try:
+                            self._db.execute(insert.format(", id", ", ?"), (*values, row.id))
+                        except sqlite3.IntegrityError:  # another process (a CLI run) took the id meanwhile
+                            cursor = self._db.execute(insert.format("", ""), values)
+                            self._moved[row.id] = int(cursor.lastrowid or 0)
+                            self._last_id = max(self._last_id, int(cursor.lastrowid or 0))
+                for state in self._states.values():
+                    self._db.execute(
+                        "INSERT INTO app_state (app, data) VALUES (?, ?) "
+                        "ON CONFLICT(app) DO UPDATE SET data = excluded.data",
+                        (state.app, json.dumps(asdict(state))),
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:  # SQLITE_FULL and I/O errors may have rolled it back already
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
+                raise
+        except Exception as exc:
+            if not _write_failure(exc):
+                raise
+            self._failed(exc)
+            return False
+        if self._failing_since is not None:
+            self._log.warning("STATE_DIR can be written again: app state and history kept in memory were saved",
+                              path=str(self.path), states=len(self._states), history_rows=len(self._rows),
+                              history_rows_dropped=self._dropped, seconds=round(time.time() - self._failing_since, 1))
+        self._states.clear()
+        self._rows.clear()
+        self._failures.clear()
+        self._failing_since = None
+        self._dropped = 0
+        self._prune()
+        return True
+
+    def _failed(self, exc: BaseException, *, reading: bool = False) -> None:
+        """Note a refused write (or read): logged once per kind, clearly, with the OS's own reason."""
+        self._retry_at = time.monotonic() + RETRY_EVERY
+        message = str(exc) or type(exc).__name__
+        reason = _probe(self.path.parent) if self.path else None
+        kind = f"{message} ({reason})" if reason and reason not in message else message
+        if self._failing_since is None:
+            self._failing_since = time.time()
+        if kind in self._failures:
+            return
+        self._failures[kind] = kind
+        directory = str(self.path.parent) if self.path else None
+        if reading:
+            self._log.error("cannot read the history store", path=str(self.path), state_dir=directory, error=kind)
+        else:
+            self._log.error("cannot write to STATE_DIR: app state and history are kept in memory until it can be "
+                            "written again (logged once per kind of error)", state_dir=directory,
+                            path=str(self.path), error=kind)
+
+    def _prune(self) -> None:
+        """An in-memory store keeps the newest MAX_MEMORY_ROWS history rows."""
+        if self.memory_only and self._last_id % 100 == 0:
+            self._db.execute("DELETE FROM history WHERE id <= ?", (self._last_id - MAX_MEMORY_ROWS,))
+
+
+def _probe(directory: Path) -> str | None:
+    """The operating system's reason STATE_DIR refuses writes (e.g. "No space left on device",
+    "Read-only file system", "Operation not permitted"), or None when a small write succeeds."""
+    probe = directory / f".write-probe-{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"\0" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def _row(r: sqlite3.Row) -> HistoryRow:
@@ -223,11 +476,29 @@ def _row(r: sqlite3.Row) -> HistoryRow:
 
 
 def open_store(
-    state_dir: Path, url: str | None = None, *, password: str | None = None, replica_id: str | None = None
+    state_dir: Path, url: str | None = None, *, password: str | None = None, replica_id: str | None = None,
+    memory_fallback: bool = False,
 ) -> Store:
-    """SQLite under STATE_DIR, or PostgreSQL when `url` (STORE_URL) is set."""
+    """SQLite under STATE_DIR, or PostgreSQL when `url` (STORE_URL) is set.
+
+    `memory_fallback` (the service): when the SQLite store cannot be opened (STATE_DIR read-only,
+    missing rights, a broken file), log why and keep history and state in memory rather than exit.
+    """
     if url:
         from .store_pg import PostgresStore
 
         return PostgresStore(url, password=password, replica_id=replica_id)
-    return SQLiteStore.in_state_dir(state_dir)
+    if not memory_fallback:
+        return SQLiteStore.in_state_dir(state_dir)
+    try:
+        store = SQLiteStore.in_state_dir(state_dir)
+        store.history(limit=1)  # a database that opens but cannot be read counts as unusable too
+        return store
+    except (sqlite3.Error, OSError) as exc:
+        reason = _probe(state_dir) if state_dir.is_dir() else None
+        error = f"{exc} ({reason})" if reason and reason not in str(exc) else str(exc)
+        warning = (f"the history store in STATE_DIR {state_dir} cannot be opened ({error}): history and app state "
+                   "are kept in memory only and lost at restart")
+        get_logger(component="store").error("cannot open the history store in STATE_DIR; keeping history and app "
+                                            "state in memory only", state_dir=str(state_dir), error=error)
+        return SQLiteStore.in_memory(warning)

@@ -5,7 +5,8 @@
 Sends COUNT POSTs to URL (a webhook endpoint) over CONCURRENCY kept-alive raw sockets and prints one
 JSON line: {"count", "seconds", "statuses"}. KIND picks the abuse: "unsigned", "bad-signature",
 "oversize" (25 MB + 1, declared), "oversize-chunked" (25 MB + 1 without a length, so the server must
-count), "big-unsigned" (24 MB, under the limit, so the server must read it all before refusing).
+count), "big-unsigned" (24 MB, under the limit, no signature) and "big-bad-signature" (24 MB with a
+well-formed wrong signature: the server must read it all before it can refuse it).
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ def request(host: str, path: str, kind: str, index: int) -> bytes:
     body = PAYLOAD
     headers = [f"POST {path} HTTP/1.1", f"Host: {host}", "Content-Type: application/json",
                "X-GitHub-Event: push", f"X-GitHub-Delivery: burst-{index}"]
-    if kind == "bad-signature":
+    if kind in ("bad-signature", "big-bad-signature"):
         headers.append("X-Hub-Signature-256: sha256=" + f"{index:064x}"[-64:])
     if kind == "oversize":
         body = b"x" * OVERSIZE
-    if kind == "big-unsigned":
+    if kind in ("big-unsigned", "big-bad-signature"):
         body = b"x" * BIG
     if kind == "oversize-chunked":
         headers.append("Transfer-Encoding: chunked")

@@ -106,7 +106,7 @@ def measured_abuse(f: dict[str, Any]) -> str:
     if "rss_before_mb" in f:
         parts.append(f"RSS {f['rss_before_mb']} -> {f['rss_after_mb']} MB (+{f['rss_growth_mb']})")
     if "rss_peak_growth_mb" in f:
-        parts.append(f"peak +{f['rss_peak_growth_mb']} MB (bound +{f.get('rss_bound_mb', 100)})")
+        parts.append(f"peak +{f['rss_peak_growth_mb']} MB (bound +{f.get('rss_peak_bound_mb', f.get('rss_bound_mb', 100))})")
     if "genuine_delivery_ms" in f:
         parts.append(f"genuine delivery answered in {f['genuine_delivery_ms']} ms")
     return "; ".join(parts) or cell(f)

@@ -99,8 +99,6 @@ def test_kill_9_during_apply_then_restart(when: str, service, rel_env, config_re
     check_no_leaks(svc2.url, svc.log() + svc2.log(), state_dir)
 
 
-@pytest.mark.xfail(strict=True, reason="defect: a stale ref lock left in the mirror by a kill -9 is never removed, "
-                                      "so every later commit fails its first attempt (git: cannot lock ref)")
 def test_stale_mirror_lock_after_kill_9_is_cleared(service, rel_env, config_repo: WorkRepo, sesam: SesamEmulator,
                                                    state_dir: Path, results):
     """A kill -9 inside `git fetch`'s ref update leaves refs/heads/<branch>.lock in the mirror.
@@ -235,9 +233,6 @@ def test_full_state_dir_keeps_serving_and_recovers(service, rel_env, tmp_path: P
         check_no_leaks(svc.url, svc.log(), state)
 
 
-@pytest.mark.xfail(strict=True, reason="defect: with STATE_DIR full the failure count cannot be saved, so the "
-                                      "worker never backs off (Git polled at the full rate) and the API keeps "
-                                      "showing 'synced' while every sync fails")
 def test_full_state_dir_still_backs_off_and_shows_the_failure(service, rel_env, tmp_path: Path,
                                                               git_server: GitHttpServer, config_repo: WorkRepo,
                                                               sesam: SesamEmulator, results):
@@ -251,8 +246,6 @@ def test_full_state_dir_still_backs_off_and_shows_the_failure(service, rel_env, 
     assert seen["statuses_during"] != ["synced"], seen
 
 
-@pytest.mark.xfail(strict=True, reason="defect: a STATE_DIR that turns read-only kills the service with SIGBUS "
-                                      "(SQLite's WAL index history.sqlite3-shm is a shared memory map)")
 def test_read_only_state_dir_keeps_serving_and_recovers(service, rel_env, git_server: GitHttpServer,
                                                         config_repo: WorkRepo, sesam: SesamEmulator,
                                                         state_dir: Path, results):
@@ -274,9 +267,6 @@ def test_read_only_state_dir_keeps_serving_and_recovers(service, rel_env, git_se
         immutable(state_dir, False)
 
 
-@pytest.mark.xfail(strict=True, reason="defect: started with a read-only STATE_DIR the service exits at once "
-                                      "(sqlite3.OperationalError: unable to open database file) instead of "
-                                      "serving /healthz and /api/apps with a clear error")
 def test_read_only_state_dir_at_start_keeps_serving(service, rel_env, state_dir: Path, results):
     state_dir.mkdir(parents=True, exist_ok=True)
     immutable(state_dir, True)

@@ -128,3 +128,67 @@ def test_non_smart_server_falls_back_to_git(tmp_path: Path):
             await client.aclose()
 
         run(scenario())
+
+
+def test_stale_lock_files_left_by_a_killed_git_are_cleared(tmp_path: Path, git_server: GitHttpServer,
+                                                           config_repo: WorkRepo):
+    """A git killed mid-fetch leaves refs/heads/<branch>.lock (and friends) in the mirror; without the
+    cleanup every later fetch fails with "cannot lock ref"."""
+    import os
+    import time
+
+    from autodeployer.sources import git as gitmod
+
+    url = git_server.url_for("acme/config.git")
+
+    async def scenario() -> None:
+        first, c1 = source(url, tmp_path / "s")
+        await first.fetch(await first.head())
+        await c1.aclose()
+        mirror = first.mirror
+        old = gitmod.PROCESS_START - 5  # left by an earlier process
+        for name in ("refs/heads/master.lock", "packed-refs.lock", "shallow.lock", "config.lock"):
+            (mirror / name).write_text("")
+            os.utime(mirror / name, (old, old))
+        config_repo.write({"pipes/after.conf.json": "{}"})
+        config_repo.commit("after the kill")
+        head = config_repo.push()
+
+        again, c2 = source(url, tmp_path / "s")  # the next process's first use of the mirror
+        assert await again.fetch(head) == head
+        assert not list(mirror.rglob("*.lock"))
+        await c2.aclose()
+
+        # A lock newer than this process may belong to a live git: kept, and the error is git's own line.
+        (mirror / "refs/heads/master.lock").write_text("")
+        config_repo.write({"pipes/later.conf.json": "{}"})
+        config_repo.commit("later")
+        later = config_repo.push()
+        third, c3 = source(url, tmp_path / "s")
+        with pytest.raises(SourceError, match=r"git fetch failed for .*: error: cannot lock ref 'refs/heads/master'"):
+            await third.fetch(later)
+        assert (mirror / "refs/heads/master.lock").exists()
+        # ... until it is older than any git of ours can live: then the fetch clears it and retries.
+        ancient = time.time() - gitmod.STALE_LOCK_AFTER - 5
+        os.utime(mirror / "refs/heads/master.lock", (ancient, ancient))
+        config_repo.write({"pipes/latest.conf.json": "{}"})
+        config_repo.commit("latest")
+        latest = config_repo.push()  # (the failed fetch got `later`'s objects; only the ref was not updated)
+        assert await third.fetch(latest) == latest
+        assert not (mirror / "refs/heads/master.lock").exists()
+        await c3.aclose()
+
+    run(scenario())
+
+
+def test_git_error_is_gits_own_first_error_line():
+    from autodeployer.sources.git import git_error
+
+    stderr = ("error: cannot lock ref 'refs/heads/master': Unable to create 'x/master.lock': File exists.\n\n"
+              "Another git process seems to be running in this repository, e.g.\n"
+              "remove the file manually to continue.\n")
+    assert git_error(stderr) == "error: cannot lock ref 'refs/heads/master': Unable to create 'x/master.lock': File exists."
+    assert git_error("remote: Invalid credentials\nfatal: Authentication failed for 'u'\n") == \
+        "fatal: Authentication failed for 'u'"
+    assert git_error("warning: something\nlast words\n") == "last words"
+    assert git_error("") == "no error output"

@@ -22,13 +22,19 @@ import httpx
 
 from ..config import SourceSpec
 from ..errors import SourceError
-from ..logs import Redactor
+from ..logs import Redactor, get_logger
 from ..model import CommitInfo, SourceFile, Tree
 from .github import GitHubClient, GitHubError
 from .smarthttp import ProtocolError, SmartHttpHead, Unreachable
 
 MAX_FILE_BYTES = 10 * 1024 * 1024  # blobs larger than this are listed but not read
 ZERO_SHA = "0" * 40
+# Lock files older than this process were left by a git that was killed (kill -9, OOM, power loss):
+# the service is the only writer of its STATE_DIR, and a git it started dies with it. Clock of import,
+# which is a little after the process started: good enough to tell a previous process's leftovers.
+PROCESS_START = time.time()
+STALE_LOCK_AFTER = 600.0  # no git of autodeployer's lives this long (nor twice its GIT_TIMEOUT, if longer)
+_LOCK_IN_USE = re.compile(r"Unable to create '([^']+\.lock)': File exists")
 
 GitObserver = Callable[[str, str, float], None]  # (kind, result, seconds), e.g. for metrics
 
@@ -84,6 +90,7 @@ class GitSource:
             self._smart = SmartHttpHead(spec.url, http, headers, timeout=min(spec.git_timeout, 30.0))
         self._etag: str | None = None
         self._api_sha: str | None = None
+        self._locks_checked = False  # stale lock files are cleared on this process's first use
 
     # ------------------------------------------------------------------ environment
     @staticmethod
@@ -165,7 +172,7 @@ class GitSource:
             raise
         result = GitResult(proc.returncode or 0, out, self._redact(err.decode("utf-8", "replace")))
         if check and result.returncode != 0:
-            raise SourceError(f"git {args[0]} failed for {self.spec.url}: {_last_line(result.stderr)}")
+            raise SourceError(f"git {args[0]} failed for {self.spec.url}: {git_error(result.stderr)}")
         return result
 
     async def _timed(self, kind: str, coro) -> GitResult:  # type: ignore[no-untyped-def]
@@ -180,8 +187,16 @@ class GitSource:
 
     async def ensure_mirror(self) -> None:
         if (self.mirror / "HEAD").exists():
+            if not self._locks_checked:
+                self._locks_checked = True
+                self.clear_stale_locks(PROCESS_START)
             return
-        self.mirror.mkdir(parents=True, exist_ok=True)
+        self._locks_checked = True
+        try:
+            self.mirror.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # read-only or full STATE_DIR
+            raise SourceError(f"cannot create the mirror of {self.spec.url} in {self.mirror.parent}: "
+                              f"{exc.strerror or exc}") from None
         await self._git("init", "--bare", "--quiet", ".")
         await self._git("config", "remote.origin.url", self.spec.url)
         await self._git("config", "gc.auto", "0")
@@ -239,12 +254,42 @@ class GitSource:
         if result.returncode == 2:
             raise SourceError(f"branch {self.spec.branch!r} not found in {self.spec.url}")
         if result.returncode != 0:
-            raise SourceError(f"cannot reach {self.spec.url}: {_last_line(result.stderr)}")
+            raise SourceError(f"cannot reach {self.spec.url}: {git_error(result.stderr)}")
         for line in result.stdout.decode().splitlines():
             sha, _, name = line.partition("\t")
             if name == ref:
                 return sha
         raise SourceError(f"branch {self.spec.branch!r} not found in {self.spec.url}")
+
+    def clear_stale_locks(self, before: float) -> list[str]:
+        """Remove git lock files (`*.lock`) in the mirror last modified before `before`.
+
+        git creates `<file>.lock` (refs, packed-refs, config, HEAD, shallow, index, commit-graph, ...)
+        and renames it into place; a git killed in between leaves it behind, and every later fetch
+        then fails with "cannot lock ref" or "Unable to create '...lock': File exists". Returns the
+        paths removed (relative to the mirror); they are logged as a warning.
+        """
+        removed: list[str] = []
+        for directory, dirs, files in os.walk(self.mirror):
+            if os.path.basename(directory) == "objects":
+                dirs[:] = [d for d in dirs if d in ("info", "pack")]  # skip the 256 loose-object directories
+            for name in files:
+                if not name.endswith(".lock"):
+                    continue
+                path = Path(directory, name)
+                try:
+                    if path.lstat().st_mtime < before:
+                        path.unlink()
+                        removed.append(str(path.relative_to(self.mirror)))
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:  # read-only STATE_DIR: the fetch will say so
+                    get_logger(component="git").error("cannot remove a stale git lock file", path=str(path),
+                                                      error=exc.strerror or str(exc))
+        if removed:
+            get_logger(component="git").warning("removed stale git lock files left by a killed git",
+                                                mirror=str(self.mirror), files=removed)
+        return removed
 
     async def has_commit(self, sha: str) -> bool:
         result = await self._git("cat-file", "-e", f"{sha}^{{commit}}", check=False)
@@ -257,10 +302,18 @@ class GitSource:
             if sha and await self.has_commit(sha):
                 return sha
             ref = f"refs/heads/{self.spec.branch}"
-            await self._timed(
-                "fetch",
-                self._git("fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "origin", f"+{ref}:{ref}"),
-            )
+            args = ("fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "origin", f"+{ref}:{ref}")
+            try:
+                await self._timed("fetch", self._git(*args))
+            except SourceError as exc:
+                # A lock left by a git killed while this process runs (an operator's CLI run, say):
+                # once it is older than any git of ours can live, it is stale; clear it and retry once.
+                if not _LOCK_IN_USE.search(str(exc)):
+                    raise
+                age = max(STALE_LOCK_AFTER, 2 * self.spec.git_timeout)
+                if not self.clear_stale_locks(max(PROCESS_START, time.time() - age)):
+                    raise
+                await self._timed("fetch", self._git(*args))
             if sha and await self.has_commit(sha):
                 return sha
             # The branch moved on (or was force-pushed) between the head check and the fetch.
@@ -356,7 +409,12 @@ def _write_private(path: Path, text: str) -> None:
     os.chmod(path, 0o600)
 
 
-def _last_line(text: str) -> str:
+def git_error(text: str) -> str:
+    """git's own reason: its first `error:` or `fatal:` line (the lines after it are advice), else
+    the last line of its output."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith(("error:", "fatal:")):
+            return line
     return lines[-1] if lines else "no error output"
 

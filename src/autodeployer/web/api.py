@@ -85,7 +85,8 @@ class Api:
 
     # ------------------------------------------------------------------ reads
     async def list_apps(self, request: Request) -> JSONResponse:
-        return JSONResponse({"apps": self.rows()})
+        warning = getattr(self.store, "warning", None)  # STATE_DIR unwritable: history kept in memory
+        return JSONResponse({"apps": self.rows(), **({"store_warning": warning} if warning else {})})
 
     async def get_app(self, request: Request) -> JSONResponse:
         app = self._app(request)
@@ -207,7 +208,9 @@ OPENAPI: dict[str, Any] = {
                                             "204": {"description": "other event"}, "400": _ERR, "401": _ERR,
                                             "413": _ERR, "415": _ERR}}},
         "/api/apps": {"get": {"summary": "All apps", "responses": {"200": {"description": "Apps", "content": {
-            "application/json": {"schema": {"type": "object", "properties": {"apps": {"type": "array", "items": _APP}}}}}}}}},
+            "application/json": {"schema": {"type": "object", "properties": {"apps": {"type": "array", "items": _APP},
+                "store_warning": {"type": "string", "description": "Set while STATE_DIR cannot be written: "
+                                  "history and state are kept in memory"}}}}}}}}},
         "/api/apps/{app}": {"get": {"summary": "One app", "parameters": [_APP_PARAM], "responses": {
             "200": {"description": "App", "content": {"application/json": {"schema": _APP}}}, "404": _ERR}}},
         "/api/apps/{app}/history": {"get": {

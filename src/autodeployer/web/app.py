@@ -40,6 +40,7 @@ def create_app(
 
     async def healthz(request: Request) -> JSONResponse:
         reason = coordinator.reason  # e.g. PostgreSQL unreachable: alive, serving status, not applying
+        reason = reason or getattr(runtime.store, "warning", None)  # STATE_DIR unwritable: state in memory
         return JSONResponse({"status": "ok"} if reason is None else {"status": "degraded", "reason": reason})
 
     async def readyz(request: Request) -> JSONResponse:

@@ -7,13 +7,14 @@ worker, which resolves the branch head itself (deliveries can be late or out of 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
 import os
 import secrets
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,12 +28,44 @@ from ..model import Trigger
 from ..scheduling import Scheduler
 
 MAX_BODY = 25 * 1024 * 1024  # GitHub caps payloads at 25 MB
-CONCURRENT_READS = 2  # bodies buffered at once: memory stays bounded whatever a sender's concurrency
+# Bytes of signed-but-unverified bodies buffered at once, whatever a sender's concurrency: one body of
+# the largest size plus 1 MB, so two large bodies are never held together (each is read whole before
+# its signature can be checked), while small ones (a push is a few kB) never wait behind a large one.
+READ_BUDGET = MAX_BODY + 1024 * 1024
 SECRET_FILE = "webhook-secret"
 
 
 class BodyTooLarge(Exception):
     pass
+
+
+class ByteBudget:
+    """At most `limit` bytes reserved at once; a reservation waits until it fits (first fit, so small
+    reservations pass a large one that is waiting). Released synchronously: cancellation cannot leak."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._waiters: list[asyncio.Future[None]] = []
+
+    @contextlib.asynccontextmanager
+    async def hold(self, amount: int) -> AsyncIterator[None]:
+        amount = max(0, min(amount, self.limit))
+        while self.used + amount > self.limit:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                self._waiters.remove(waiter)
+        self.used += amount
+        try:
+            yield
+        finally:
+            self.used -= amount
+            for waiter in self._waiters:  # each one checks again whether it fits now
+                if not waiter.done():
+                    waiter.set_result(None)
 
 
 def sign(secret: str, body: bytes | bytearray) -> str:
@@ -110,7 +143,7 @@ class WebhookReceiver:
         self._seen = SeenDeliveries()
         self._observe = observer or (lambda event, result: None)
         self._max_body = max_body
-        self._reading = asyncio.Semaphore(CONCURRENT_READS)
+        self._reading = ByteBudget(max(READ_BUDGET, max_body))
         self._log = get_logger(component="webhook")
 
     async def handle(self, request: Request) -> Response:
@@ -140,10 +173,13 @@ class WebhookReceiver:
                 if size > self._max_body:
                     raise BodyTooLarge
             return bytearray()
-        async with self._reading:
+        # Signed (so far): it must be buffered to check the signature. Reserve its declared length (or the
+        # largest allowed, when it has none) and never read past it.
+        limit = int(declared) if declared and declared.isdigit() else self._max_body
+        async with self._reading.hold(limit):
             body = bytearray()
             async for chunk in request.stream():
-                if len(body) + len(chunk) > self._max_body:
+                if len(body) + len(chunk) > limit:
                     raise BodyTooLarge
                 body += chunk
             return body
