@@ -192,3 +192,31 @@ def test_git_error_is_gits_own_first_error_line():
         "fatal: Authentication failed for 'u'"
     assert git_error("warning: something\nlast words\n") == "last words"
     assert git_error("") == "no error output"
+
+
+def test_reading_a_new_commit_reuses_the_blobs_it_shares(tmp_path: Path, git_server: GitHttpServer,
+                                                          config_repo: WorkRepo):
+    first = config_repo.head
+    config_repo.write({"pipes/orders.conf.json": '{"_id": "orders", "type": "pipe", "changed": true}'})
+    config_repo.commit("change one file")
+    config_repo.push()
+    second = config_repo.head
+
+    async def scenario() -> None:
+        src, client = source(git_server.url_for("acme/config.git"), tmp_path / "s")
+        await src.fetch(second)
+        a = await src.read(first)
+        b = await src.read(second)
+        again = await src.read(first)
+        fresh, fresh_client = source(git_server.url_for("acme/config.git"), tmp_path / "s")
+        for sha, tree in ((first, a), (second, b), (first, again)):
+            expected = await fresh.read(sha)  # a new source: every blob read with cat-file
+            assert {p: f.data for p, f in tree.files.items()} == {p: f.data for p, f in expected.files.items()}
+        assert b"changed" in b.files["pipes/orders.conf.json"].data
+        assert b"changed" not in again.files["pipes/orders.conf.json"].data
+        shared = [p for p in a.files if p != "pipes/orders.conf.json"]
+        assert shared and all(b.files[p].data is a.files[p].data for p in shared)  # not read from Git again
+        await client.aclose()
+        await fresh_client.aclose()
+
+    run(scenario())

@@ -90,6 +90,7 @@ class GitSource:
             self._smart = SmartHttpHead(spec.url, http, headers, timeout=min(spec.git_timeout, 30.0))
         self._etag: str | None = None
         self._api_sha: str | None = None
+        self._blobs: dict[str, bytes] = {}  # oid -> content, of the last tree read (objects never change)
         self._locks_checked = False  # stale lock files are cleared on this process's first use
 
     # ------------------------------------------------------------------ environment
@@ -358,7 +359,10 @@ class GitSource:
                 continue
             entries.append((mode, oid, int(size), raw_path.decode("utf-8", "surrogateescape")))
         wanted = [oid for _, oid, size, _ in entries if size <= max_file_bytes]
-        blobs = await self._cat_blobs(wanted)
+        known = self._blobs
+        blobs = await self._cat_blobs([oid for oid in wanted if oid not in known])
+        blobs.update((oid, known[oid]) for oid in wanted if oid in known)
+        self._blobs = blobs  # a new commit usually shares most files with the last one read
         files: dict[str, SourceFile] = {}
         for mode, oid, size, path in entries:
             data = blobs.get(oid, b"") if size <= max_file_bytes else b""
