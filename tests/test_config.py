@@ -128,3 +128,59 @@ def test_yaml_errors_name_the_key(tmp_path: Path, body: str, message: str):
     config_file.write_text(body)
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")):
         load_config({}, config_file)
+
+
+# --------------------------------------------------------------------------- regressions (issue 8 reliability suite)
+ENV = {"GIT_URL": "http://127.0.0.1:1/acme/config.git", "JWT": "jwt-value-123", "STATE_DIR": "/tmp/x"}
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "Infinity", "nan", "NaN", "1e400"])
+@pytest.mark.parametrize("name", ["PORT", "SYNC_INTERVAL", "DRIFT_INTERVAL", "GIT_TIMEOUT", "SESAM_TIMEOUT",
+                                  "NOTIFY_REPEAT", "HEARTBEAT_INTERVAL"])
+def test_non_finite_numbers_are_refused_naming_the_variable(name: str, value: str):
+    with pytest.raises(ConfigError, match=f"^{name}: expected a finite number, got '{value}'$"):
+        load_config({**ENV, name: value})
+
+
+def test_finite_numbers_still_work():
+    config = load_config({**ENV, "PORT": "8080", "SYNC_INTERVAL": "0.5", "GIT_TIMEOUT": "1e3"})
+    assert config.service.port == 8080 and config.apps[0].policy.interval == 0.5
+    assert config.apps[0].source.git_timeout == 1000.0
+    with pytest.raises(ConfigError, match="^SYNC_INTERVAL: must be at least 0.05"):
+        load_config({**ENV, "SYNC_INTERVAL": "0.01"})
+
+
+APP = "{name: a, source: {url: 'http://h/a/b.git'}, target: {jwt: jjjjjjjj}"
+
+
+@pytest.mark.parametrize("body, message", [
+    (f"apps: [{APP}, policy: [1, 2]}}]", "apps[a].policy: expected a mapping, got a list"),
+    (f"apps: [{APP}, policy: {{1: 2}}}}]", "apps[a].policy: keys must be strings, got a number (1)"),
+    (f"apps: [{APP}, policy: {{interval: .inf}}}}]", "apps[a].policy.interval: Input should be a finite number"),
+    (f"defaults: x\napps: [{APP}}}]", "defaults: expected a mapping, got a string"),
+    (f"defaults: [1]\napps: [{APP}}}]", "defaults: expected a mapping, got a list"),
+    (f"defaults: {{1: {{}}}}\napps: [{APP}}}]", "defaults: keys must be strings, got a number (1)"),
+    (f"apps: [{APP}, 5: 1}}]", "apps[0]: keys must be strings, got a number (5)"),
+    ("apps: [{name: a, source: {url: 'http://h/a/b.git', 1: 2}, target: {jwt: jjjjjjjj}}]",
+     "apps[a].source: keys must be strings, got a number (1)"),
+    ("apps: [{name: a, source: {url: 'http://h/a/b.git'}, target: {jwt: jjjjjjjj, null: 2}}]",
+     "apps[a].target: keys must be strings, got null (None)"),
+    ("apps: [{name: a, source: {url: 'http://h/a/b.git'}, target: {jwt_env: [X]}}]",
+     "apps[a].target.jwt_env: expected an environment variable name"),
+    ("apps: [{name: a, source: {url: 'http://h/a/b.git', token_file: null}, target: {jwt: jjjjjjjj}}]",
+     "apps[a].source.token_file: expected a file path"),
+    ("apps: [{name: a, source: {url: 'http://h/a/b.git', github_api_url: 5}, target: {jwt: jjjjjjjj}}]",
+     "apps[a].source.github_api_url: expected a URL, got a number"),
+    (f"service: {{state_dir: 5}}\napps: [{APP}}}]", "service.state_dir: expected a directory path, got a number"),
+    (f"service: {{state_dir: [a]}}\napps: [{APP}}}]", "service.state_dir: expected a directory path, got a list"),
+    (f"service: {{1: 2}}\napps: [{APP}}}]", "service: keys must be strings, got a number (1)"),
+    (f"service: [1]\napps: [{APP}}}]", "service: expected a mapping, got a list"),
+    (f"service: {{port: .inf}}\napps: [{APP}}}]", "service.port: Input should be a finite number"),
+])
+def test_yaml_shape_errors_name_the_key(tmp_path: Path, body: str, message: str):
+    """These raised TypeError/AttributeError (a traceback at start-up) before."""
+    config_file = tmp_path / "apps.yaml"
+    config_file.write_text(body)
+    with pytest.raises(ConfigError) as error:
+        load_config({}, config_file)
+    assert str(error.value) == message

@@ -333,12 +333,33 @@ def check_app_name(name: str, where: str) -> None:
 
 
 # --------------------------------------------------------------------------- YAML form
-def _yaml_source(raw: Any, where: str, environ: Mapping[str, str]) -> SourceSpec:
+def _mapping(raw: Any, where: str) -> dict[str, Any]:
+    """A YAML mapping with string keys, else a ConfigError naming where (not the value: a secret?)."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping")
-    data = resolve_secret_refs(raw, where, environ, ("token", "ssh_key"))
+        raise ConfigError(f"{where}: expected a mapping, got {_yaml_kind(raw)}")
+    for key in raw:
+        if not isinstance(key, str):
+            raise ConfigError(f"{where}: keys must be strings, got {_yaml_kind(key)} ({key!r})")
+    return raw
+
+
+def _yaml_kind(value: Any) -> str:
+    """'a list', 'a number', ...: what a YAML value is, for error messages."""
+    if value is None:
+        return "null"
+    for types, name in ((bool, "a boolean"), ((int, float), "a number"), (str, "a string"),
+                        ((list, tuple), "a list"), (dict, "a mapping")):
+        if isinstance(value, types):
+            return name
+    return f"a {type(value).__name__}"
+
+
+def _yaml_source(raw: Any, where: str, environ: Mapping[str, str]) -> SourceSpec:
+    data = resolve_secret_refs(_mapping(raw, where), where, environ, ("token", "ssh_key"))
     github_url = str(data.pop("github_url", "https://github.com"))
     explicit_api = data.pop("github_api_url", None)
+    if explicit_api is not None and not isinstance(explicit_api, str):
+        raise ConfigError(f"{where}.github_api_url: expected a URL, got {_yaml_kind(explicit_api)}")
     if "url" not in data:
         user, project = data.pop("github_user", None), data.pop("github_project", None)
         if not (user and project):
@@ -355,8 +376,7 @@ def _yaml_source(raw: Any, where: str, environ: Mapping[str, str]) -> SourceSpec
 
 
 def _yaml_target(raw: Any, where: str, environ: Mapping[str, str], app_name: str) -> Any:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping")
+    raw = _mapping(raw, where)
     module = _target_module(str(raw.get("kind", "sesam")), f"{where}.kind")
     data = resolve_secret_refs(raw, where, environ, module.SECRET_KEYS)
     data["kind"] = module.KIND
@@ -367,19 +387,18 @@ def apps_from_yaml(doc: dict[str, Any], environ: Mapping[str, str]) -> list[AppC
     raw_apps = doc.get("apps")
     if not isinstance(raw_apps, list) or not raw_apps:
         raise ConfigError("apps: expected a non-empty list of apps")
-    defaults = doc.get("defaults") or {}
+    defaults = _mapping(doc.get("defaults") or {}, "defaults")
     apps: list[AppConfig] = []
     for index, raw in enumerate(raw_apps):
         where = f"apps[{index}]"
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{where}: expected a mapping")
-        merged = {**defaults, **raw}
+        merged = {**defaults, **_mapping(raw, where)}
         name = str(merged.get("name", ""))
         check_app_name(name, f"{where}.name")
         where = f"apps[{name}]"
         source = _yaml_source(merged.get("source"), f"{where}.source", environ)
         target = _yaml_target(merged.get("target", {}), f"{where}.target", environ, name)
-        policy = validate_model(Policy, dict(merged.get("policy") or {}), f"{where}.policy")
+        policy_data = _mapping(merged.get("policy") or {}, f"{where}.policy")
+        policy = validate_model(Policy, dict(policy_data), f"{where}.policy")
         apps.append(AppConfig(name=name, source=source, target=target, policy=policy))
     names = [a.name for a in apps]
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -400,14 +419,17 @@ def load_config(
     service = service_from_env(env, environ)
     if config_file:
         doc = _read_yaml(Path(config_file))
-        overrides = doc.get("service") or {}
-        if not isinstance(overrides, dict):
-            raise ConfigError("service: expected a mapping")
+        overrides = _mapping(doc.get("service") or {}, "service")
         overrides = resolve_secret_refs(overrides, "service", environ, ("webhook_secret", "admin_token", "notify_url",
                                                                      "store_password"))
         for key, value in overrides.items():
             if env.variables.get(key.upper()) is None or env.raw(key.upper()) is None:
-                service[key] = Path(value).expanduser() if key == "state_dir" else value
+                if key == "state_dir":
+                    if not isinstance(value, str) or not value.strip():
+                        got = "an empty string" if isinstance(value, str) else _yaml_kind(value)
+                        raise ConfigError(f"service.state_dir: expected a directory path, got {got}")
+                    value = Path(value).expanduser()
+                service[key] = value
         apps = apps_from_yaml(doc, environ)
     else:
         apps = [app_from_env(env)]

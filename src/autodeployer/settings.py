@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -96,7 +97,8 @@ StrictBool = Annotated[bool, BeforeValidator(_strict_bool)]
 
 
 class Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan: YAML's .inf and .nan are errors, as inf and nan are in the environment
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def validate_model(model: type[BaseModel], data: dict[str, Any], where: str) -> Any:
@@ -127,10 +129,15 @@ def resolve_secret_refs(
     keys = set(keys)
     out = dict(data)
     for key in list(out):
+        if not isinstance(key, str):
+            raise ConfigError(f"{where}: keys must be strings, got {key!r}")
         for suffix in ("_env", "_file"):
             if key.endswith(suffix) and key[: -len(suffix)] in keys:
                 base = key[: -len(suffix)]
-                ref = str(out.pop(key))
+                ref = out.pop(key)
+                if not isinstance(ref, str) or not ref.strip():
+                    what = "an environment variable name" if suffix == "_env" else "a file path"
+                    raise ConfigError(f"{where}.{key}: expected {what}")
                 if suffix == "_env":
                     value = environ.get(ref)
                     if not value:
@@ -183,7 +190,9 @@ class EnvReader:
             number = float(value)
         except ValueError:
             raise ConfigError(f"{name}: expected a number, got {value!r}") from None
-        if number != number or (minimum is not None and number < minimum):
+        if not math.isfinite(number):  # inf, nan, 1e400: PORT=inf crashed, SYNC_INTERVAL=inf hung
+            raise ConfigError(f"{name}: expected a finite number, got {value!r}")
+        if minimum is not None and number < minimum:
             raise ConfigError(f"{name}: must be at least {minimum}, got {value!r}")
         return number
 
