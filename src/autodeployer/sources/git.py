@@ -22,6 +22,7 @@ import httpx
 
 from ..config import SourceSpec
 from ..errors import SourceError
+from ..gcpause import gc_paused
 from ..logs import Redactor, get_logger
 from ..model import CommitInfo, SourceFile, Tree
 from .github import GitHubClient, GitHubError
@@ -349,8 +350,24 @@ class GitSource:
         if not tree_id:
             return Tree(revision=sha, tree_id="", files={}, sync_root=self.spec.sync_root)
         listing = await self._git("ls-tree", "-r", "-z", "--long", tree_id)
-        entries: list[tuple[str, str, int, str]] = []  # mode, oid, size, path
-        for record in listing.stdout.split(b"\0"):
+        with gc_paused():
+            entries = self._entries(listing.stdout)
+        wanted = [oid for _, oid, size, _ in entries if size <= max_file_bytes]
+        known = self._blobs
+        blobs = await self._cat_blobs([oid for oid in wanted if oid not in known])
+        blobs.update((oid, known[oid]) for oid in wanted if oid in known)
+        self._blobs = blobs  # a new commit usually shares most files with the last one read
+        with gc_paused():
+            files = {path: SourceFile(path=path, data=blobs.get(oid, b"") if size <= max_file_bytes else b"",
+                                      mode=mode, size=size)
+                     for mode, oid, size, path in entries}
+        return Tree(revision=sha, tree_id=tree_id, files=files, sync_root=self.spec.sync_root)
+
+    @staticmethod
+    def _entries(listing: bytes) -> list[tuple[str, str, int, str]]:
+        """`ls-tree -r -z --long` output as (mode, oid, size, path) of the blobs."""
+        entries: list[tuple[str, str, int, str]] = []
+        for record in listing.split(b"\0"):
             if not record:
                 continue
             meta, _, raw_path = record.partition(b"\t")
@@ -358,16 +375,11 @@ class GitSource:
             if kind != "blob":  # submodules have no content here
                 continue
             entries.append((mode, oid, int(size), raw_path.decode("utf-8", "surrogateescape")))
-        wanted = [oid for _, oid, size, _ in entries if size <= max_file_bytes]
-        known = self._blobs
-        blobs = await self._cat_blobs([oid for oid in wanted if oid not in known])
-        blobs.update((oid, known[oid]) for oid in wanted if oid in known)
-        self._blobs = blobs  # a new commit usually shares most files with the last one read
-        files: dict[str, SourceFile] = {}
-        for mode, oid, size, path in entries:
-            data = blobs.get(oid, b"") if size <= max_file_bytes else b""
-            files[path] = SourceFile(path=path, data=data, mode=mode, size=size)
-        return Tree(revision=sha, tree_id=tree_id, files=files, sync_root=self.spec.sync_root)
+        return entries
+
+    def drop_cache(self) -> None:
+        """Forget the blobs of the last tree read (benchmarks measure a first read with it)."""
+        self._blobs = {}
 
     async def _cat_blobs(self, oids: list[str]) -> dict[str, bytes]:
         if not oids:

@@ -9,16 +9,14 @@ Desired state is ``node-metadata.conf.json`` plus every ``*.conf.json`` below ``
 from __future__ import annotations
 
 import asyncio
-import gc
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import SecretStr
 
 from ..errors import ConfigError, Refused, TargetError
+from ..gcpause import gc_paused
 from ..http import error_detail, request
 from ..jsondiff import JSONProblem, loads_strict, unified
 from ..model import Action, ApplyReport, Change, Plan, Problem, SourceFile, Tree
@@ -155,18 +153,6 @@ class ParsedFile:
 ParseMemo = dict[str, tuple[bytes, str, ParsedFile]]
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Parsed JSON has no reference cycles: full collections over a growing heap only cost time."""
-    was_on = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_on:
-            gc.enable()
-
-
 def parse_file(path: str, file: SourceFile, shown: str) -> ParsedFile:
     """Read one config file; `shown` is its name in messages (SYNC_ROOT included)."""
     if ".." in path.split("/"):
@@ -216,7 +202,7 @@ def parse_desired(tree: Tree, self_id: str | None = None, memo: ParseMemo | None
     ignored: list[str] = []
     metadata: list[tuple[str, str]] = []  # (_id, file)
     seen: ParseMemo = {}
-    with _gc_paused():
+    with gc_paused():
         for path in sorted(tree.files):
             if not is_config_path(path):
                 ignored.append(path)
@@ -278,6 +264,11 @@ def _kind(entity: dict[str, Any]) -> str:
 
 def diff(desired: DesiredConfig, live: list[dict[str, Any]]) -> Plan:
     """Semantic diff keyed by _id. Unmanaged metadata is carried over untouched."""
+    with gc_paused():
+        return _diff(desired, live)
+
+
+def _diff(desired: DesiredConfig, live: list[dict[str, Any]]) -> Plan:
     live_by_id: dict[str, dict[str, Any]] = {}
     live_metadata: dict[str, Any] | None = None
     for raw in live:
@@ -367,15 +358,11 @@ class SesamTarget:
         self._check_auth(response, "GET", url)
         if response.status_code != 200:
             raise TargetError(f"GET {url}: {response.status_code} {error_detail(response)}")
-        gc_was_on = gc.isenabled()
-        gc.disable()  # JSON has no cycles; full collections over a growing heap only cost time
         try:
-            body = response.json()
+            with gc_paused():
+                body = response.json()
         except ValueError:
             raise TargetError(f"GET {url}: the node answered with something that is not JSON") from None
-        finally:
-            if gc_was_on:
-                gc.enable()
         if not isinstance(body, list):
             raise TargetError(f"GET {url}: expected a JSON array of entities")
         return [e for e in body if isinstance(e, dict)]
