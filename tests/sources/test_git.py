@@ -220,3 +220,48 @@ def test_reading_a_new_commit_reuses_the_blobs_it_shares(tmp_path: Path, git_ser
         await fresh_client.aclose()
 
     run(scenario())
+
+
+def test_fetch_asks_for_the_commit_the_head_check_saw(tmp_path: Path, git_server: GitHttpServer,
+                                                      config_repo: WorkRepo):
+    """Protocol v2 by id: no ref listing before the pack, one round trip less than fetching the branch."""
+    async def scenario() -> None:
+        src, client = source(git_server.url_for("acme/config.git"), tmp_path / "s")
+        await src.fetch(await src.head())
+        config_repo.write({"pipes/new.conf.json": '{"_id": "new", "type": "pipe"}'})
+        config_repo.commit("new")
+        config_repo.push()
+        head = await src.head()
+        git_server.reset_stats()
+        assert await src.fetch(head) == head
+        posts = [r for r in git_server.requests if r.method == "POST"]
+        assert len(posts) == 1, [(r.method, r.path) for r in git_server.requests]  # the fetch itself, no ls-refs
+        assert "pipes/new.conf.json" in (await src.read(head)).files
+        await client.aclose()
+
+    run(scenario())
+
+
+def test_fetch_after_a_force_push_deploys_the_branch(tmp_path: Path, git_server: GitHttpServer,
+                                                     config_repo: WorkRepo):
+    """The commit the head check saw is gone from the branch: whatever the server still serves, the
+    mirror ends on a commit of the branch's history and the next fetch reaches the new head."""
+    async def scenario() -> None:
+        src, client = source(git_server.url_for("acme/config.git"), tmp_path / "s")
+        base = await src.head()
+        await src.fetch(base)
+        config_repo.write({"pipes/doomed.conf.json": '{"_id": "doomed", "type": "pipe"}'})
+        config_repo.commit("doomed")
+        config_repo.push()
+        seen = await src.head()
+        config_repo.git("reset", "--hard", base)
+        config_repo.write({"pipes/kept.conf.json": '{"_id": "kept", "type": "pipe"}'})
+        config_repo.commit("kept")
+        config_repo.git("push", "--force", "origin", "HEAD:master")
+        got = await src.fetch(seen)
+        assert got in (seen, config_repo.head)
+        assert await src.fetch(await src.head()) == config_repo.head
+        assert "pipes/kept.conf.json" in (await src.read(config_repo.head)).files
+        await client.aclose()
+
+    run(scenario())

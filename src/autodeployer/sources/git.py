@@ -30,6 +30,7 @@ from .smarthttp import ProtocolError, SmartHttpHead, Unreachable
 
 MAX_FILE_BYTES = 10 * 1024 * 1024  # blobs larger than this are listed but not read
 ZERO_SHA = "0" * 40
+_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 # Lock files older than this process were left by a git that was killed (kill -9, OOM, power loss):
 # the service is the only writer of its STATE_DIR, and a git it started dies with it. Clock of import,
 # which is a little after the process started: good enough to tell a previous process's leftovers.
@@ -304,6 +305,8 @@ class GitSource:
             if sha and await self.has_commit(sha):
                 return sha
             ref = f"refs/heads/{self.spec.branch}"
+            if sha and await self._fetch_commit(sha, ref):
+                return sha
             args = ("fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "origin", f"+{ref}:{ref}")
             try:
                 await self._timed("fetch", self._git(*args))
@@ -321,6 +324,18 @@ class GitSource:
             # The branch moved on (or was force-pushed) between the head check and the fetch.
             fetched = await self._git("rev-parse", "--verify", f"{ref}^{{commit}}")
             return fetched.stdout.decode().strip()
+
+    async def _fetch_commit(self, sha: str, ref: str) -> bool:
+        """Fetch the commit the head check saw, by id: protocol v2 then skips listing the refs (one
+        round trip less). False when the server will not serve it (protocol v0, or the branch was
+        force-pushed and the commit is gone): the caller fetches the branch instead."""
+        if self.spec.url.startswith("git://") or not _SHA.fullmatch(sha):
+            return False
+        start = time.perf_counter()
+        result = await self._git("fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "origin", f"+{sha}:{ref}",
+                                 check=False)
+        self._observe("fetch", "ok" if result.returncode == 0 else "error", time.perf_counter() - start)
+        return result.returncode == 0
 
     async def resolve(self, revision: str) -> str:
         """A full commit sha for `revision` (sha or prefix), fetching the branch if needed."""
