@@ -112,13 +112,13 @@ def markdown(results: list[ScenarioResult], host: Machine, command: str, quick: 
         "",
         "```",
         "./dev bench                      # sets up the virtualenv, then python -m benchmarks",
-        "python -m benchmarks             # from the repository root: every scenario (~15 min), rewrites BENCHMARKS.md",
-        "python -m benchmarks --quick     # smoke run (~3 min), written to benchmarks/results/",
+        "python -m benchmarks             # from the repository root: every scenario (~25 min), rewrites BENCHMARKS.md",
+        "python -m benchmarks --quick     # smoke run (~6 min), written to benchmarks/results/",
         "python -m benchmarks --only idle,burst",
         "python -m benchmarks --wait-quiet 5   # on a shared machine: wait up to 5 min for idle CPUs per scenario",
         "```",
         "",
-        "Scenarios: `idle`, `latency`, `large`, `burst`, `many`, `marathon`. A run with `--quick` or `--only` "
+        "Scenarios: `idle`, `latency`, `large`, `burst`, `many`, `marathon`, `scaleout`. A run with `--quick` or `--only` "
         "writes `benchmarks/results/BENCHMARKS-partial.md` instead of this file (or `--output FILE`). Each figure "
         "is the median of repeated runs with min and max (`median (min–max)`); comparisons are measured side by "
         "side in the same run.",

@@ -17,8 +17,10 @@ Measured, per configuration (1 replica with the default SQLite store, 1 replica 
   app it owned is locked by a survivor (read from ``pg_locks``), median of 5; a fresh replica is
   started after each kill so every round starts from three.
 
-``run(quick)`` returns the Markdown section; ``scenario(options)`` returns a ScenarioResult for the
-report module. ``--quick`` uses 60 apps, shorter windows and fewer repetitions.
+Every figure is the median of repeated samples with min and max: CPU and RSS per poll interval of
+the window, latency over the pushes, take-over over the kills. ``run(options)`` is the scenario of
+``python -m benchmarks`` (``--only scaleout``); ``python -m benchmarks.scale_out [--quick]`` runs it
+alone. ``--quick`` uses 60 apps, shorter windows and fewer repetitions.
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ import json
 import os
 import shutil
 import signal
-import statistics
 import subprocess
+import sys
 import tempfile
 import time
+import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +52,9 @@ from autodeployer.emulators.sesam import SesamEmulator
 from .core import (
     Options,
     ScenarioResult,
+    Summary,
     Table,
+    fmt_summary,
     mb,
     ms,
     percentile,
@@ -81,14 +86,16 @@ DB_PASSWORD = "bench-store-password-0001"
 @dataclass
 class Sizes:
     apps: int
-    window: float
-    pushes: int
+    window: float  # steady-state window, cut into `sample`-second samples
+    sample: float
+    pushes: int  # per row of the latency table
     takeovers: int
 
     @classmethod
     def of(cls, options: Options) -> Sizes:
-        return cls(apps=options.pick(300, 60), window=options.pick(60.0, 15.0), pushes=options.pick(40, 10),
-                   takeovers=options.pick(5, 3))
+        # A sample of one poll interval holds one poll of every app: the samples are comparable.
+        return cls(apps=options.pick(300, 60), window=options.pick(6 * INTERVAL, 15.0),
+                   sample=options.pick(INTERVAL, 5.0), pushes=options.pick(40, 10), takeovers=options.pick(5, 3))
 
 
 # --------------------------------------------------------------------------- PostgreSQL
@@ -256,9 +263,12 @@ class Fleet:
 @dataclass
 class Cost:
     label: str
-    cpu: list[float]  # per replica: fraction of one core
-    rss: list[int]  # per replica: bytes at the end of the window
-    pg_cpu: float | None  # PostgreSQL, fraction of one core
+    replicas: list[str]
+    owned: list[int]  # apps owned by each replica at the end of the window
+    cpu: list[list[float]]  # per replica, per sample: fraction of one core
+    rss: list[list[int]]  # per replica, per sample: bytes at the end of the sample
+    total: list[float]  # per sample: every replica together, fraction of one core
+    pg_cpu: list[float]  # per sample: PostgreSQL (empty with SQLite), fraction of one core
 
 
 @dataclass
@@ -268,16 +278,32 @@ class Latency:
     via: str  # where the webhook was sent: the only replica, the owner, a non-owner
 
 
-def measure_cost(label: str, fleet: Fleet, seconds: float, pg: Postgres | None) -> Cost:
-    pids = [s.proc.pid for s in fleet.replicas.values()]
-    cpu0 = [proc_cpu_seconds(p) for p in pids]
-    pg0 = pg.cpu_seconds() if pg else 0.0
-    start = time.monotonic()
-    time.sleep(seconds)
-    wall = time.monotonic() - start
-    cpu = [(proc_cpu_seconds(p) - c) / wall for p, c in zip(pids, cpu0, strict=True)]
-    pg_cpu = (pg.cpu_seconds() - pg0) / wall if pg else None
-    return Cost(label, cpu, [proc_rss_bytes(p) for p in pids], pg_cpu)
+def measure_cost(label: str, fleet: Fleet, sizes: Sizes, pg: Postgres | None) -> Cost:
+    """CPU and RSS of each replica (and PostgreSQL) sampled every `sizes.sample` seconds of the window."""
+    names = sorted(fleet.replicas)
+    pids = [fleet.replicas[n].proc.pid for n in names]
+    samples = max(1, round(sizes.window / sizes.sample))
+    cpu: list[list[float]] = [[] for _ in pids]
+    rss: list[list[int]] = [[] for _ in pids]
+    pg_cpu: list[float] = []
+    for _ in range(samples):
+        cpu0 = [proc_cpu_seconds(p) for p in pids]
+        pg0 = pg.cpu_seconds() if pg else 0.0
+        start = time.monotonic()
+        time.sleep(sizes.sample)
+        wall = time.monotonic() - start
+        for k, pid in enumerate(pids):
+            cpu[k].append((proc_cpu_seconds(pid) - cpu0[k]) / wall)
+            rss[k].append(proc_rss_bytes(pid))
+        if pg:
+            pg_cpu.append((pg.cpu_seconds() - pg0) / wall)
+    if pg and len(names) > 1:
+        owners = Counter(fleet.owners(pg).values())
+        owned = [owners.get(n, 0) for n in names]
+    else:
+        owned = [len(fleet.nodes)] * len(names)
+    total = [sum(c[i] for c in cpu) for i in range(samples)]
+    return Cost(label, names, owned, cpu, rss, total, pg_cpu)
 
 
 def signed_push(client: httpx.Client, url: str, i: int, sha: str) -> int:
@@ -357,10 +383,14 @@ def measure_takeovers(fleet: Fleet, pg: Postgres, rounds: int) -> list[float]:
 
 
 # --------------------------------------------------------------------------- the scenario
-def scenario(options: Options) -> ScenarioResult:
-    started = time.monotonic()
+CONFIGS = [("1 replica, SQLite (default)", 1, False), ("1 replica, PostgreSQL", 1, True),
+           ("3 replicas, PostgreSQL", 3, True)]
+SINGLE, SINGLE_PG, THREE = (label for label, _, _ in CONFIGS)
+
+
+def run(options: Options) -> ScenarioResult:
     sizes = Sizes.of(options)
-    result = ScenarioResult("scale", "Scale-out")
+    result = ScenarioResult("scaleout", "7. Scale-out")
     costs: list[Cost] = []
     latencies: list[Latency] = []
     takeovers: list[float] = []
@@ -371,9 +401,7 @@ def scenario(options: Options) -> ScenarioResult:
     git = ServerProcess.git(work / "git")
     try:
         repo = Repo(work / "git", work / "repo", sizes.apps)
-        configs = [("1 replica, SQLite (default)", 1, False), ("1 replica, PostgreSQL", 1, True),
-                   ("3 replicas, PostgreSQL", 3, True)]
-        for n, (label, replicas, shared) in enumerate(configs):
+        for n, (label, replicas, shared) in enumerate(CONFIGS):
             for node in nodes:
                 node.reset()
             url = pg.create_database(f"bench{n}") if shared else None
@@ -385,84 +413,107 @@ def scenario(options: Options) -> ScenarioResult:
                 wait_until(fleet.all_synced, 600, interval=0.5, what=f"{label}: every app synced once")
                 if replicas > 1:
                     wait_until(lambda fleet=fleet, replicas=replicas: len(set(fleet.owners(pg).values())) == replicas,
-                               60, interval=0.2,
-                               what="apps spread over every replica")
+                               60, interval=0.2, what="apps spread over every replica")
                 time.sleep(INTERVAL * 1.2)  # the start-up burst gives way to steady polling
-                costs.append(measure_cost(label, fleet, sizes.window, pg if shared else None))
+                costs.append(measure_cost(label, fleet, sizes, pg if shared else None))
                 latencies += measure_latency(label, fleet, repo, sizes.pushes, pg if shared else None, str(n))
                 if replicas > 1:
                     takeovers = measure_takeovers(fleet, pg, sizes.takeovers)
             finally:
                 fleet.stop()
     except Exception as exc:  # report what was measured, and why the rest was not
-        result.error = f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
+        result.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
     finally:
         git.stop()
         server.stop()
         pg.stop()
         shutil.rmtree(work, ignore_errors=True)
     report(result, sizes, costs, latencies, takeovers)
-    result.seconds = time.monotonic() - started
     return result
+
+
+def percent(share: float) -> str:
+    return f"{share * 100:.1f} %"
 
 
 def report(result: ScenarioResult, sizes: Sizes, costs: list[Cost], latencies: list[Latency],
            takeovers: list[float]) -> None:
-    cost_table = Table(f"Per-replica cost: {sizes.apps} apps, {INTERVAL:g} s poll, {sizes.window:g} s window",
-                       ["Configuration", "Replica CPU (% of a core)", "Replica RSS", "PostgreSQL CPU"])
+    samples = max(1, round(sizes.window / sizes.sample))
+    per_replica = Table(
+        f"Per replica: {sizes.apps} apps, {INTERVAL:g} s poll; {samples} samples of {sizes.sample:g} s "
+        "(median (min–max))",
+        ["Configuration", "Replica", "Apps owned", "CPU (% of one core)", "RSS"])
+    totals = Table("Whole fleet over the same samples (median (min–max))",
+                   ["Configuration", "All replicas CPU", "PostgreSQL CPU", "Sum"])
     for cost in costs:
-        cost_table.add(cost.label, ", ".join(f"{c * 100:.1f} %" for c in cost.cpu),
-                       ", ".join(mb(r) for r in cost.rss),
-                       f"{cost.pg_cpu * 100:.1f} %" if cost.pg_cpu is not None else "-")
-    latency_table = Table(f"Push-to-synced, one app's branch ({sizes.pushes} pushes per row)",
-                          ["Configuration", "Webhook sent to", "p50", "p99", "max"])
+        for name, owned, cpu, rss in zip(cost.replicas, cost.owned, cost.cpu, cost.rss, strict=True):
+            per_replica.add(cost.label, name, owned, fmt_summary(Summary.of(cpu), percent), fmt_summary(Summary.of(rss), mb))
+        both = [t + p for t, p in zip(cost.total, cost.pg_cpu, strict=True)] if cost.pg_cpu else cost.total
+        totals.add(cost.label, fmt_summary(Summary.of(cost.total), percent),
+                   fmt_summary(Summary.of(cost.pg_cpu), percent) if cost.pg_cpu else "-",
+                   fmt_summary(Summary.of(both), percent))
+    latency = Table("Push-to-synced, one app's branch: signed webhook to the pushed pipe stored on the app's node",
+                    ["Configuration", "Webhook sent to", "Pushes", "p50 (median)", "p99", "min", "max"])
     for lat in latencies:
-        latency_table.add(lat.label, lat.via, ms(percentile(lat.samples, 50)), ms(percentile(lat.samples, 99)),
-                          ms(max(lat.samples)))
-    result.tables += [cost_table, latency_table]
+        latency.add(lat.label, lat.via, len(lat.samples), ms(percentile(lat.samples, 50)),
+                    ms(percentile(lat.samples, 99)), ms(min(lat.samples)), ms(max(lat.samples)))
+    result.tables += [t for t in (per_replica, totals, latency) if t.rows]
+    bound = max(5.0, 2 * HEARTBEAT)
     if takeovers:
-        take = Table("Take-over after kill -9 (3 replicas, HEARTBEAT_INTERVAL 2 s)", ["Rounds", "median", "min", "max"])
-        take.add(len(takeovers), ms(statistics.median(takeovers)), ms(min(takeovers)), ms(max(takeovers)))
+        take = Table(f"Take-over after kill -9 of one of 3 replicas (HEARTBEAT_INTERVAL {HEARTBEAT:g} s): until "
+                     "every app of the killed replica is locked by a survivor", ["Kills", "median (min–max)"])
+        take.add(len(takeovers), fmt_summary(Summary.of(takeovers)))
         result.tables.append(take)
-        bound = max(5.0, 2 * HEARTBEAT)
-        result.check(f"take-over within max(5 s, 2 x heartbeat) = {bound:g} s",
-                     f"median {ms(statistics.median(takeovers))}, max {ms(max(takeovers))}", max(takeovers) <= bound)
+        summary = Summary.of(takeovers)
+        result.check(f"take-over after kill -9 within max(5 s, 2 x heartbeat) = {bound:g} s",
+                     f"median {ms(summary.median)}, max {ms(summary.high)} ({summary.n} kills)", summary.high <= bound)
+    three_cost = next((c for c in costs if c.label == THREE), None)
+    if three_cost:
+        fair = -(-sizes.apps // len(three_cost.replicas)) + 1
+        result.check(f"no replica owns more than ceil(apps / replicas) + 1 = {fair}",
+                     "owned: " + ", ".join(f"{n} {o}" for n, o in zip(three_cost.replicas, three_cost.owned, strict=True)),
+                     max(three_cost.owned) <= fair and sum(three_cost.owned) == sizes.apps)
     by_label = {(lat.label, lat.via): lat for lat in latencies}
-    single = by_label.get(("1 replica, SQLite (default)", "the only replica"))
-    three = by_label.get(("3 replicas, PostgreSQL", "a non-owner"))
+    single = by_label.get((SINGLE, "the only replica"))
+    three = by_label.get((THREE, "a non-owner"))
     if single and three:
         for q in (50, 99):
             delta = percentile(three.samples, q) - percentile(single.samples, q)
-            result.check(f"p{q} via a non-owner within 100 ms of one replica",
+            result.check(f"p{q} push-to-synced via a non-owner (3 replicas) within 100 ms of 1 replica",
                          f"{ms(percentile(three.samples, q))} vs {ms(percentile(single.samples, q))} "
                          f"({'+' if delta >= 0 else '−'}{ms(abs(delta))})", delta <= 0.1)
-    result.notes.append(
-        "Each app follows its own branch, so one push wakes one app. Latency: from sending the signed webhook "
-        "(after `git push` returned) until the pushed pipe is stored on the app's node; with three replicas the "
-        "webhook goes alternately to the app's owner and to a replica that does not own it (which forwards it with "
-        "NOTIFY). CPU and RSS are the "
-        "replica processes' own (git children included); PostgreSQL CPU counts the backends alive at the end of "
-        "the window. All processes share one machine.")
+    result.notes += [
+        f"Everything on one machine: a throwaway PostgreSQL cluster (`initdb`/`pg_ctl`, fsync off), the Git server "
+        f"(smart HTTP, one branch per app, {ENTITIES} entities each), {sizes.apps} Sesam emulators behind one "
+        f"loopback server, and `autodeployer run` replicas as processes (HEARTBEAT_INTERVAL {HEARTBEAT:g} s, "
+        f"`head_check: git`, default policy, poll every {INTERVAL:g} s).",
+        f"CPU and RSS: sampled after every app synced once and {INTERVAL * 1.2:g} s of steady polling; CPU is "
+        "utime+stime of each replica and its reaped git children, in % of one core; RSS at the end of each sample. "
+        "PostgreSQL CPU counts the postmaster and the backends alive at the end of each sample. The replicas are "
+        "started one after the other, so the first one briefly owns (and syncs) more apps than its share before "
+        "it hands them over; its RSS keeps that high-water mark.",
+        "Latency: each push goes to one app's branch; the clock starts when the signed webhook is sent (after "
+        "`git push` returned) and stops when the pushed pipe is stored on that app's node. With three replicas the "
+        "pushes alternate between the app's owner and a replica that does not own it (which forwards the trigger "
+        "with NOTIFY); the owner is read from `pg_locks` before each push.",
+        f"Take-over: after each kill a fresh replica is started and the apps are rebalanced over three replicas "
+        f"before the next kill ({len(takeovers) or sizes.takeovers} rounds); the clock stops when `pg_locks` shows "
+        "every app of the killed replica locked by a survivor.",
+    ]
 
 
-def run(quick: bool) -> str:
-    """The Markdown section with the figures (standalone: `python -c 'from benchmarks import scale_out; ...'`)."""
-    from .report import md_table
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.scale_out [--quick]``: this scenario alone, printed (BENCHMARKS.md untouched)."""
+    from .report import text_result
 
-    result = scenario(Options(quick=quick))
-    out = [f"## {result.title}", "", f"_{result.seconds:.0f} s{' (quick run)' if quick else ''}._", ""]
-    if result.error:
-        out += [f"**Error**: {result.error}", ""]
-    for table in result.tables:
-        out += [f"**{table.title}**", "", md_table(table.columns, table.rows), ""]
-    if result.checks:
-        out += [md_table(["Target", "Measured", "Met"],
-                         [[c.target, c.measured, "met" if c.met else "**missed**"] for c in result.checks]), ""]
-    out += [*result.notes, ""]
-    return "\n".join(out)
+    args = sys.argv[1:] if argv is None else argv
+    started = time.monotonic()
+    result = run(Options(quick="--quick" in args))
+    result.seconds = time.monotonic() - started
+    print(text_result(result))
+    return 1 if result.error else 0
 
 
 if __name__ == "__main__":
-    import sys
-
-    print(run("--quick" in sys.argv))
+    sys.exit(main())

@@ -146,6 +146,27 @@ def print_status(rows: list[dict[str, Any]], console: Console) -> None:
             (note or "").split("\n")[0][:80],
         )
     console.print(table)
+    if owners:
+        print_replicas(rows, console)
+
+
+def print_replicas(rows: list[dict[str, Any]], console: Console) -> None:
+    """Each replica that owns apps: how many, and its last heartbeat (from the status rows)."""
+    owned: dict[str, int] = {}
+    beats: dict[str, float | None] = {}
+    for row in rows:
+        if row.get("owner"):
+            owned[row["owner"]] = owned.get(row["owner"], 0) + 1
+            beats[row["owner"]] = row.get("owner_heartbeat_at")
+    table = Table(show_lines=False, header_style="bold")
+    for column in ("REPLICA", "APPS OWNED", "LAST HEARTBEAT"):
+        table.add_column(column, no_wrap=True)
+    for replica in sorted(owned):
+        table.add_row(replica, str(owned[replica]), _when(beats[replica]))
+    unowned = sum(1 for row in rows if not row.get("owner"))
+    if unowned:
+        table.add_row("(none)", str(unowned), "-")
+    console.print(table)
 
 
 def print_history(rows: list[dict[str, Any]], console: Console, diffs: bool) -> None:

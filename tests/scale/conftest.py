@@ -194,6 +194,20 @@ class Cluster:
         with self.pg.connect(self.url.rsplit("/", 1)[1]) as conn:
             return dict(conn.execute(SQL_OWNERS).fetchall())
 
+    def in_flight(self) -> list[tuple[str, str]]:
+        """(app, replica) of every attempt still recorded as running."""
+        with self.pg.connect(self.url.rsplit("/", 1)[1]) as conn:
+            return conn.execute("SELECT app, replica FROM history WHERE result = 'running'").fetchall()
+
+    def wait_recorded(self, timeout: float = 20) -> None:
+        """Wait until every attempt's outcome is recorded. An entity shows on a node as soon as the PUT
+        lands, before the owner has read back and recorded the sync; a replica killed in between leaves an
+        attempt `running`, which by design blocks that app for STALE_ATTEMPT (60 s) on any other replica
+        (it may be a partitioned replica still talking to the target). Tests that kill a replica to see
+        the next commit applied by the new owner wait for this first."""
+        wait_for(lambda: not self.in_flight(), timeout=timeout, interval=0.1,
+                 what=f"every attempt recorded (in flight: {self.in_flight()})")
+
     def balanced(self, names: list[str]) -> dict[str, str] | None:
         """The DB view when every app has exactly one owner among `names`, spread evenly, and each
         replica's own view agrees with it; None otherwise."""

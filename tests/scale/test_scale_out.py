@@ -21,6 +21,32 @@ from .pgserver import PASSWORD
 pytestmark = pytest.mark.slow
 
 
+def between(text: str, start: str, end: str) -> str:
+    """The part of `text` from `start` to the next `end` (AssertionError naming `start` if absent)."""
+    at = text.find(start)
+    assert at >= 0, f"{start!r} not in the page"
+    return text[at : text.index(end, at)]
+
+
+def page_agrees(cluster: Cluster, viewer: str, live: list[str], gone: list[str]) -> str | None:
+    """The status page of `viewer` when it lists every replica with its state and last heartbeat and shows
+    each app's owner as pg_locks has it (read around the page, so a move in between just retries)."""
+    before = cluster.db_owners()
+    page = httpx.get(cluster.replicas[viewer].url + "/", timeout=10).text
+    if cluster.db_owners() != before or set(before) != set(cluster.apps):
+        return None
+    for name in live + gone:
+        row = between(page, f'<tr id="replica-{name}">', "</tr>")
+        assert ("live" if name in live else "gone") in row and "<time datetime=" in row, row
+    for app in cluster.apps:
+        card = between(page, f'id="app-{app}"', "</article>")
+        owner = between(card, "<dt>Owner</dt>", "</dd>")
+        if f"<code>{before[app]}</code>" not in owner:
+            return None
+        assert "heartbeat" in owner and "<time datetime=" in owner, owner
+    return page
+
+
 def owned_by(owners: dict[str, str], name: str) -> list[str]:
     return sorted(a for a, o in owners.items() if o == name)
 
@@ -43,6 +69,7 @@ def test_spread_takeover_after_kill_and_join(cluster_factory):
     assert cluster.nodes.puts() == [2] * APPS
 
     # kill -9 the busiest replica: its apps move to the survivors within the bound
+    cluster.wait_recorded()
     victim = counts.most_common(1)[0][0]
     orphans = owned_by(owners, victim)
     survivors = sorted(set(cluster.replicas) - {victim})
@@ -89,11 +116,23 @@ def test_spread_takeover_after_kill_and_join(cluster_factory):
     assert all(r["details"]["replica"] in ("r1", "r2", "r3", "r4") for r in applied)
 
     # status, metrics and the password
-    metrics = httpx.get(cluster.replicas[viewer].url + "/metrics").text
-    assert f'autodeployer_owned_apps{{replica="{viewer}"}}' in metrics and "autodeployer_replicas 2.0" in metrics
+    def metrics_agree() -> str | None:  # every live replica's share, as one of them sees it, is pg_locks'
+        owned = Counter(cluster.db_owners().values())
+        text = httpx.get(cluster.replicas[viewer].url + "/metrics").text
+        return text if all(f'autodeployer_owned_apps{{replica="{n}"}} {float(owned[n])}' in text
+                           for n in survivors) else None
+
+    metrics = wait_for(metrics_agree, timeout=10, what="owned apps per replica in the metrics")
+    assert "autodeployer_replicas 2.0" in metrics
     apps = httpx.get(cluster.replicas[viewer].url + "/api/apps").json()["apps"]
     assert {a["owner"] for a in apps} == set(survivors) and all(a["owner_heartbeat_at"] for a in apps)
+    # the status page: each replica with its last heartbeat (the killed and the stopped one as gone), each
+    # app's owner with the owner's heartbeat, and no degraded banner
+    page = wait_for(lambda: page_agrees(cluster, viewer, survivors, [victim, "r4"]), timeout=10,
+                    what="the status page showing the owners pg_locks has")
+    assert 'id="replicas"' in page and 'id="degraded"' not in page
     bodies = metrics + httpx.get(cluster.replicas[viewer].url + "/api/replicas").text + str(apps) + ps_snapshot()
+    bodies += page
     for secret in (PASSWORD, *ALL_SECRETS):
         assert secret not in bodies
         assert secret not in cluster.logs()
@@ -120,12 +159,24 @@ def test_webhooks_and_admin_actions_work_on_any_replica(cluster_factory):
     last = app_view(cluster, "r1", elsewhere[0])
     assert last["live_revision"] == head and last["owner"] in ("r2", "r3")
 
+    # a manual sync asked of r1 runs on the owner (r3), whose replica id the history row carries
+    synced = owned_by(owners, "r3")[0]
+    assert cluster.admin("r1", synced, "sync").status_code == 202
+
+    def manual_rows() -> list[dict]:
+        rows = httpx.get(f"{cluster.replicas['r2'].url}/api/apps/{synced}/history", timeout=10).json()["history"]
+        return [r for r in rows if r["trigger"] == "manual" and r["result"] != "running"]
+
+    manual = wait_for(manual_rows, timeout=15, what="the manual sync in the history")
+    assert [r["details"]["replica"] for r in manual] == ["r3"] and manual[0]["result"] == "no-change", manual
+
     # suspend an app of r2 through r3; the state is shared, so every replica reports it
     app = owned_by(owners, "r2")[0]
     assert cluster.admin("r3", app, "suspend").status_code == 200
     assert all(app_view(cluster, n, app)["status"] == "suspended" for n in cluster.replicas)
 
     # its owner dies; the new owner keeps it suspended
+    cluster.wait_recorded()
     cluster.kill("r2")
     new_owner = wait_for(lambda: cluster.db_owners().get(app) if cluster.db_owners().get(app) in ("r1", "r3")
                          else None, timeout=BOUND + 2, what="take-over")
@@ -151,6 +202,14 @@ def test_webhooks_and_admin_actions_work_on_any_replica(cluster_factory):
     env = cluster.env("cli")
     status = run_cli(env, "status")
     assert "OWNER" in status.stdout and new_owner in status.stdout and "heartbeat" in status.stdout, status.stdout
+    # ... and one line per replica: the apps it owns and its last heartbeat
+    owned = Counter(cluster.db_owners().values())
+    replicas_table = status.stdout[status.stdout.index("LAST HEARTBEAT"):]
+    for name in ("r1", "r3"):
+        line = next(ln for ln in replicas_table.splitlines() if f" {name} " in ln)
+        assert str(owned[name]) in line and "ago" in line, line
+    remote = run_cli(env, "status", "--server", cluster.replicas[other].url)
+    assert "LAST HEARTBEAT" in remote.stdout and new_owner in remote.stdout, remote.stdout + remote.stderr
     resumed = run_cli(env, "resume", "--app", app)
     assert resumed.returncode == 0 and f"queued on replica {new_owner}" in resumed.stdout, resumed.stdout + resumed.stderr
     wait_for(lambda: cluster.nodes.has(index(app), "after-kill"), timeout=15, what="resumed from the CLI")
@@ -182,6 +241,15 @@ def test_postgres_restart_leaves_no_double_owner(cluster_factory, pg_server):
         assert cluster.self_owned(name) == set()
     assert cluster.admin("r1", "app00", "sync").status_code == 503
     assert httpx.get(cluster.replicas["r1"].url + "/api/apps/app00/history").status_code == 503
+    # the status page keeps answering, says why nothing is applied, and so do the metrics
+    page = httpx.get(cluster.replicas["r1"].url + "/")
+    assert page.status_code == 200 and "PostgreSQL unreachable" in between(page.text, 'id="degraded"', "</p>")
+    assert "the shared store cannot be reached" in between(page.text, 'id="app-app00"', "</article>")
+    app_page = httpx.get(cluster.replicas["r1"].url + "/apps/app00")
+    assert app_page.status_code == 200 and "History is not available" in app_page.text
+    assert "PostgreSQL unreachable" in app_page.text
+    metrics = httpx.get(cluster.replicas["r1"].url + "/metrics").text
+    assert "autodeployer_replicas 0.0" in metrics and 'autodeployer_owned_apps{replica="r1"} 0.0' in metrics
     time.sleep(1.0)
     pg_server.start()
 
@@ -191,6 +259,8 @@ def test_postgres_restart_leaves_no_double_owner(cluster_factory, pg_server):
         assert sum(len(v) for v in views) == len(set().union(*views)) == APPS
         time.sleep(0.1)
     assert all(cluster.get(n, "/healthz") == {"status": "ok"} for n in names)
+    page = httpx.get(cluster.replicas["r1"].url + "/").text
+    assert 'id="degraded"' not in page and all(f'<tr id="replica-{n}">' in page for n in names)
     cluster.commit("after-restart")
     cluster.wait_everywhere("after-restart")
     time.sleep(1.5)

@@ -108,15 +108,20 @@ class Api:
             return _error(503, str(exc))
         return JSONResponse({"app": app.name, "history": [history_row(r) for r in rows]})
 
-    async def replicas(self, request: Request) -> JSONResponse:
+    def coordination(self) -> dict[str, Any]:
+        """This replica's view of the fleet: whether it may apply (and why not), every replica's last
+        heartbeat and the apps it owns. Served as /api/replicas and shown on the status page."""
         coordinator = self.scheduler.coordinator
-        return JSONResponse({
+        return {
             "mode": "single" if coordinator.local else "postgresql",
             "self": coordinator.replica_id,
             "healthy": coordinator.healthy,
             "reason": coordinator.reason,
             "replicas": coordinator.replicas(),
-        })
+        }
+
+    async def replicas(self, request: Request) -> JSONResponse:
+        return JSONResponse(self.coordination())
 
     # ------------------------------------------------------------------ actions
     async def action(self, request: Request) -> JSONResponse:

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
+from ..errors import StoreUnavailable
 from .api import Api
 from .status import history_row
 
@@ -139,10 +140,13 @@ class Pages:
         self.env = make_environment()
 
     def _render(self, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+        """Every page also gets `coordination` (the /api/replicas view: owners' heartbeats, and why this
+        replica is not applying)."""
         nonce = secrets.token_urlsafe(16)
         now = time.time()
         html = self.env.get_template(template).render(
-            nonce=nonce, now=now, ago=lambda ts: relative_time(ts, now), refresh=REFRESH_SECONDS, **context,
+            nonce=nonce, now=now, ago=lambda ts: relative_time(ts, now), refresh=REFRESH_SECONDS,
+            coordination=self.api.coordination(), **context,
         )
         return HTMLResponse(html, status_code=status_code, headers=_headers(nonce))
 
@@ -155,7 +159,10 @@ class Pages:
         """The reasons behind a failed or refused app, so the overview says what to fix."""
         if row["status"] not in ("failed", "refused"):
             return []
-        latest = self.api.store.history(row["name"], 1)
+        try:
+            latest = self.api.store.history(row["name"], 1)
+        except StoreUnavailable:  # a shared store out of reach: the overview still shows the last known state
+            return []
         if not latest or latest[0].result not in ("failed", "refused"):
             return []
         return latest[0].problems[:MAX_PROBLEMS]
@@ -165,7 +172,10 @@ class Pages:
         row = next((r for r in self.api.rows() if r["name"] == name), None)
         if row is None:
             return self._render("missing.html", status_code=404, name=name)
-        history = [history_row(h) for h in self.api.store.history(name, _limit(request))]
+        try:
+            history = [history_row(h) for h in self.api.store.history(name, _limit(request))]
+        except StoreUnavailable as exc:
+            return self._render("app.html", app=row, history=[], history_error=str(exc))
         return self._render("app.html", app=row, history=[_history_view(h, i) for i, h in enumerate(history)])
 
 
