@@ -134,7 +134,7 @@ def via_polling(repo: ConfigRepo, git: ServerProcess, node: Node, work: Path, pu
 
 def run(options: Options) -> ScenarioResult:
     result = ScenarioResult("latency", "2. Push-to-synced latency")
-    pushes = options.pick(50, 8)
+    pushes = options.pick(50, 6)
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
         work = Path(tmp)
         repo = ConfigRepo(work / "git", work / "work", SIZE)
@@ -148,18 +148,13 @@ def run(options: Options) -> ScenarioResult:
 
 
 LATENCY_ANALYSIS = [
-    "A push's sync runs its steps one after the other: head check; `git fetch` of the new commit (two smart-HTTP "
-    "round trips, each a `git http-backend` process on the server); the `pending` commit status, awaited before "
-    "anything else; reading all files under SYNC_ROOT from the mirror; parsing all of them (the parsed desired "
-    "state is cached per tree, so a one-pipe change re-parses every file); `GET /config` and its decoding; the "
-    "diff; the `PUT`. Scenario 3's 1,000-entity row shows the read, parse, GET and diff shares on this machine; the "
-    "node's own handling of the GET and the PUT is the emulator's.",
-    "Proposed (reconcile.py / targets/sesam.py / github.py): start reading the live state (`GET /config`) as a task "
-    "when the sync starts, so the node works while Git is fetched, read and parsed; post the `pending` commit "
-    "status as a task instead of awaiting it (on github.com that is a 100–300 ms round trip on the critical path); "
-    "keep the parsed entities of each file keyed by path and blob content, so a one-file change parses one file.",
-    "The machine's load average (above) matters here: every step competes for two cores with the node, the Git "
-    "server and the benchmark itself.",
+    "What a push's sync still does one after the other: the head check (one `ls-refs` request); `git fetch` of "
+    "the commit by id (a git process here, a `git http-backend` process per request on the server); reading the "
+    "blobs that changed; parsing the files that changed; the diff; the `PUT` and the node's handling of 1,000 "
+    "entities. Already overlapped: the node's `GET /config` runs while Git fetches, and the `pending` commit "
+    "status is posted in the background.",
+    "The machine's load (above) matters here: every step competes for two cores with the node, the Git server, "
+    "the benchmark itself and whatever else runs on the machine.",
 ]
 
 
@@ -193,12 +188,12 @@ def report(result: ScenarioResult, rows: list[Latencies], pushes: int) -> None:
         f"Webhook: `autodeployer run` registered its hook on the GitHub emulator (PUBLIC_URL); each delivery "
         f"is the emulator's push payload, signed with the hook's secret (X-Hub-Signature-256) and sent from a "
         f"warm connection. The service answered 202 in {fmt_summary(answer) if answer else '-'}. Commit "
-        "statuses are on (the default), so each sync also posts `pending` before it reads the tree and "
-        "`success` after it.",
+        "statuses are on (the default), so each sync also posts `pending` (in the background, while it "
+        "fetches) and `success` after it.",
         f"Pushes are spaced by ≥ {SPACING:g} s after the previous change became visible: the scheduler holds a "
         f"push that arrives within {SETTLE:g} s (SETTLE in scheduling.py) of the previous sync as part of a "
         "burst (scenario 4 measures bursts).",
         "Polling: the clock starts when `git push` returns; pushes are spaced by a random 0–1 s so that they "
         "land at random points of the 1 s (±10 % jitter) poll cycle. Every poll also runs the default drift "
-        "check (tree read + `GET /config`).",
+        "check (`GET /config` and the diff).",
     ]
