@@ -1,7 +1,7 @@
 """Scenario 3: how a no-change cycle grows with the size of the configuration.
 
 Each size runs in a fresh child process (``python -m benchmarks.large_config child ...``) so that its
-peak RSS (``ru_maxrss``) belongs to that size alone. The child builds the runtime, syncs once (which
+peak RSS (``VmHWM``) belongs to that size alone. The child builds the runtime, syncs once (which
 fills the mirror and finds nothing to change), then times cold cycles of the four steps of a plan:
 ``GitSource.read`` from the mirror, ``parse_desired``, ``GET /config`` from the node, ``diff``. The
 node is the Sesam emulator in the parent process, wrapped to time its own answers, so the node's
@@ -63,7 +63,7 @@ async def child_cycles(git_url: str, api: str, state: Path, reps: int) -> dict[s
         for _ in range(reps):
             for step, value in (await cold_cycle(reconciler, warm.revision, node_url)).items():
                 out[step].append(value)
-        out["maxrss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # before tracemalloc's own
+        out["maxrss"] = peak_rss()  # before tracemalloc's own
         tracemalloc.start()
         await cold_cycle(reconciler, warm.revision, node_url)
         out["tracemalloc_peak"] = tracemalloc.get_traced_memory()[1]
@@ -71,6 +71,15 @@ async def child_cycles(git_url: str, api: str, state: Path, reps: int) -> dict[s
     finally:
         await runtime.aclose()
     return out
+
+
+def peak_rss() -> int:
+    """This process's peak RSS in bytes. Not `ru_maxrss`: Linux carries that over exec from the parent's
+    memory (subprocess uses vfork), so a child of a big benchmark process would report the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 async def cold_cycle(reconciler: Any, sha: str, node_url: str) -> dict[str, float]:
@@ -189,7 +198,7 @@ def report(result: ScenarioResult, sizes: list[SizeResult]) -> None:
         "'Of which the node' is the emulator's own time to start its answer (measured server-side): it renders "
         "the export with `json.dumps(indent=2)`, the pure-Python encoder, so it grows to seconds at 50,000 "
         "entities. 'Autodeployer's share' is end to end minus that time; it is what the target is judged on.",
-        "Peak RSS is the child's `ru_maxrss` after the warm-up sync and the timed cycles (interpreter and "
+        "Peak RSS is the child's `VmHWM` (/proc/self/status) after the warm-up sync and the timed cycles (interpreter and "
         "imports included, ~55 MB; git children not included). The tracemalloc peak is one more cold cycle "
         "traced on its own, after the RSS was read (tracing itself costs memory).",
     ]

@@ -14,7 +14,7 @@ from autodeployer.emulators.sesam import SesamEmulator
 from autodeployer.model import SourceFile, Tree
 from autodeployer.targets.sesam import ParseMemo, parse_desired
 
-from .helpers import entity_json, pipe, run_cli, stripped, wait_for
+from .helpers import entity_json, history_rows, pipe, run_cli, stripped, wait_for
 
 
 def upload_pack_posts(server: GitHttpServer) -> int:
@@ -114,8 +114,8 @@ def app_state_rows(state_dir: Path) -> list[tuple[str, str]]:
 
 
 def test_quiet_drift_checks_write_nothing(service, app_env, sesam: SesamEmulator, state_dir: Path):
-    """Every poll checks for drift by default; one that finds none must not cost a disk write."""
-    service({**app_env, "SYNC_INTERVAL": "0.2"})
+    """A drift check that finds none must not cost a disk write."""
+    service({**app_env, "SYNC_INTERVAL": "0.2", "DRIFT_INTERVAL": "0.2"})
     wait_for(lambda: "orders" in stripped(sesam.entities()), what="first sync")
     wait_for(lambda: app_state_rows(state_dir), what="state saved")
     before = app_state_rows(state_dir)
@@ -123,3 +123,18 @@ def test_quiet_drift_checks_write_nothing(service, app_env, sesam: SesamEmulator
     wait_for(lambda: sesam.count("GET", "/api/config") >= gets + 5, what="five drift checks", timeout=30)
     assert app_state_rows(state_dir) == before
     assert sesam.put_count == 1  # and nothing was uploaded again
+
+
+def test_fast_polls_check_for_drift_at_most_once_a_minute_by_default(service, app_env, config_repo: WorkRepo,
+                                                                      sesam: SesamEmulator, git_server: GitHttpServer,
+                                                                      state_dir: Path):
+    """SYNC_INTERVAL is about picking up commits quickly; reading the whole target is spaced out."""
+    service({**app_env, "SYNC_INTERVAL": "0.2"})
+    wait_for(lambda: [r for r in history_rows(state_dir) if r["result"] == "synced"], what="first sync verified")
+    gets, polls = sesam.count("GET", "/api/config"), upload_pack_posts(git_server)
+    wait_for(lambda: upload_pack_posts(git_server) >= polls + 10, what="ten polls", timeout=30)
+    assert sesam.count("GET", "/api/config") == gets  # ten head checks, no drift check
+    config_repo.write({"pipes/fresh.conf.json": entity_json(pipe("fresh"))})
+    config_repo.commit("fresh")
+    config_repo.push()
+    wait_for(lambda: "fresh" in stripped(sesam.entities()), what="the new commit, picked up by a poll")

@@ -18,7 +18,7 @@ from .helpers import ALL_SECRETS, SESAM_JWT, entity_json, history_rows, pipe, st
 
 def test_polling_applies_commits_and_reverts_drift(service, app_env, config_repo: WorkRepo, sesam: SesamEmulator,
                                                    state_dir: Path):
-    svc = service({**app_env, "SYNC_INTERVAL": "0.3"})
+    svc = service({**app_env, "SYNC_INTERVAL": "0.3", "DRIFT_INTERVAL": "0.3"})  # a drift check at every poll
     wait_for(lambda: "orders" in stripped(sesam.entities()), what="first sync")
     config_repo.write({"pipes/polled.conf.json": entity_json(pipe("polled"))})
     config_repo.commit("polled")

@@ -73,7 +73,7 @@ TargetSpec = Annotated[
 
 class Policy(Frozen):
     interval: float = Field(default=60.0, gt=0)
-    drift_interval: float | None = Field(default=None, ge=0)  # None: every poll
+    drift_interval: float | None = Field(default=None, ge=0)  # None: max(interval, 60 s); 0: never
     allow_empty: StrictBool = False
     dry_run: StrictBool = False
 

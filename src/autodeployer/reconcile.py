@@ -154,12 +154,13 @@ class Reconciler:
         if head != state.last_synced_revision or state.last_result not in _OK:
             return False
         interval = self.app.policy.drift_interval
-        if interval is None:
-            return False
+        if interval is None:  # every poll at the seed's 60 s; faster polling does not multiply reads of the target
+            interval = max(self.app.policy.interval, DEFAULT_DRIFT_INTERVAL)
         if interval == 0:
             return True  # drift checks switched off
         checked = max(state.last_drift_check_at or 0.0, self._drift_checked_at or 0.0)
-        return bool(checked) and now - checked < interval
+        # Due once the interval has passed, give or take the polls' jitter (so 60 s polls drift-check each time).
+        return bool(checked) and now - checked < interval - DRIFT_SLACK * self.app.policy.interval
 
     async def _pipeline(
         self, head: str, state: AppState, trigger: Trigger, dry_run: bool, drift_check: bool,
@@ -370,6 +371,8 @@ class Reconciler:
 
 
 _OK = (Result.SYNCED.value, Result.NO_CHANGE.value)
+DEFAULT_DRIFT_INTERVAL = 60.0  # seconds; DRIFT_INTERVAL unset means max(SYNC_INTERVAL, this)
+DRIFT_SLACK = 0.15  # of SYNC_INTERVAL: more than the scheduler's ±10 % poll jitter
 
 
 def _discard(task: asyncio.Task[Any] | None) -> None:

@@ -38,7 +38,8 @@ CORE_VARIABLES: tuple[Variable, ...] = (
     Variable("APP_NAME", None, "Name of the app (default: the repository name)."),
     Variable("TARGET", "sesam", "Target kind: sesam, marathon or command."),
     Variable("SYNC_INTERVAL", "60", "Poll interval in seconds; fractions allowed."),
-    Variable("DRIFT_INTERVAL", None, "Seconds between drift checks of an unchanged head (default: every poll)."),
+    Variable("DRIFT_INTERVAL", None, "Seconds between drift checks of an unchanged head; 0 turns them off "
+             "(default: every poll, at most once a minute: max(SYNC_INTERVAL, 60))."),
     Variable("ALLOW_EMPTY", "false", "Allow a sync that removes every pipe and system (or every app)."),
     Variable("DRY_RUN", "false", "Plan and report, never apply."),
     Variable("VERIFY_TLS", "true", "Verify TLS certificates of targets and GitHub."),
