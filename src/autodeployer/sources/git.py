@@ -22,7 +22,6 @@ import httpx
 
 from ..config import SourceSpec
 from ..errors import SourceError
-from ..gcpause import gc_paused
 from ..logs import Redactor, get_logger
 from ..model import CommitInfo, SourceFile, Tree
 from .github import GitHubClient, GitHubError
@@ -365,17 +364,15 @@ class GitSource:
         if not tree_id:
             return Tree(revision=sha, tree_id="", files={}, sync_root=self.spec.sync_root)
         listing = await self._git("ls-tree", "-r", "-z", "--long", tree_id)
-        with gc_paused():
-            entries = self._entries(listing.stdout)
+        entries = self._entries(listing.stdout)
         wanted = [oid for _, oid, size, _ in entries if size <= max_file_bytes]
         known = self._blobs
         blobs = await self._cat_blobs([oid for oid in wanted if oid not in known])
         blobs.update((oid, known[oid]) for oid in wanted if oid in known)
         self._blobs = blobs  # a new commit usually shares most files with the last one read
-        with gc_paused():
-            files = {path: SourceFile(path=path, data=blobs.get(oid, b"") if size <= max_file_bytes else b"",
-                                      mode=mode, size=size)
-                     for mode, oid, size, path in entries}
+        files = {path: SourceFile(path=path, data=blobs.get(oid, b"") if size <= max_file_bytes else b"", mode=mode,
+                                  size=size)
+                 for mode, oid, size, path in entries}
         return Tree(revision=sha, tree_id=tree_id, files=files, sync_root=self.spec.sync_root)
 
     @staticmethod
