@@ -1,6 +1,6 @@
 """Pausing CPython's cyclic garbage collector around allocation-heavy steps.
 
-Reading a tree of 10,000 files, parsing them and decoding the node's answer each create hundreds of
+Parsing 10,000 files, decoding the node's answer and diffing the two each create hundreds of
 thousands of containers that hold no reference cycles. While they are created, the collector keeps
 starting full collections that walk the whole (growing) heap: at 10,000 entities that doubled the
 time of a cycle. Nothing is lost by pausing it: nothing cyclic is created there, and the collector
