@@ -135,6 +135,7 @@ def test_deployment_listed_then_gone_and_counters_reach_instances(
     client: httpx.Client, mara: MarathonEmulator
 ) -> None:
     spec = web(healthChecks=[{"protocol": "HTTP", "path": "/"}])
+    mara.deploy_duration = 1.0  # long enough to be listed on a busy machine (0.1 s was not, once)
     deployment_id = client.post("/v2/apps", json=spec).headers["Marathon-Deployment-Id"]
     listed = client.get("/v2/deployments").json()
     assert [d["id"] for d in listed] == [deployment_id]

@@ -30,6 +30,8 @@ from .smarthttp import ProtocolError, SmartHttpHead, Unreachable
 MAX_FILE_BYTES = 10 * 1024 * 1024  # blobs larger than this are listed but not read
 ZERO_SHA = "0" * 40
 _SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+# How servers refuse a commit asked for by id: gone from the branch (force-push), or not allowed (old servers)
+_NOT_SERVED = re.compile(r"not our ref|unadvertised object|couldn't find remote ref|not a valid|no such remote ref", re.I)
 # Lock files older than this process were left by a git that was killed (kill -9, OOM, power loss):
 # the service is the only writer of its STATE_DIR, and a git it started dies with it. Clock of import,
 # which is a little after the process started: good enough to tell a previous process's leftovers.
@@ -334,7 +336,12 @@ class GitSource:
         result = await self._git("fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "origin", f"+{sha}:{ref}",
                                  check=False)
         self._observe("fetch", "ok" if result.returncode == 0 else "error", time.perf_counter() - start)
-        return result.returncode == 0
+        if result.returncode == 0:
+            return True
+        if _NOT_SERVED.search(result.stderr) or _LOCK_IN_USE.search(result.stderr):
+            return False  # the branch fetch follows (and clears a stale lock)
+        # Anything else (server down, disk full, ...) would fail the branch fetch too: one attempt, not two.
+        raise SourceError(f"git fetch failed for {self.spec.url}: {git_error(result.stderr)}")
 
     async def resolve(self, revision: str) -> str:
         """A full commit sha for `revision` (sha or prefix), fetching the branch if needed."""
