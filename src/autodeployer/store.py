@@ -330,7 +330,7 @@ class SQLiteStore:
     # ------------------------------------------------------------------ kept in memory
     def _db_rows(self, query: str, args: tuple[Any, ...]) -> list[HistoryRow]:
         try:
-            return [_row(r) for r in self._db.execute(query, args).fetchall()]
+            return [row_from_columns(r) for r in self._db.execute(query, args).fetchall()]
         except Exception as exc:
             if not _write_failure(exc):
                 raise
@@ -455,7 +455,8 @@ def _probe(directory: Path) -> str | None:
     return None
 
 
-def _row(r: sqlite3.Row) -> HistoryRow:
+def row_from_columns(r: Any, details: dict[str, Any] | None = None) -> HistoryRow:
+    """A history row from its columns (a sqlite3.Row or a dict; JSON columns as text). Both stores use it."""
     return HistoryRow(
         id=r["id"],
         app=r["app"],
@@ -471,7 +472,7 @@ def _row(r: sqlite3.Row) -> HistoryRow:
         warnings=json.loads(r["warnings"]),
         problems=json.loads(r["problems"]),
         drift=bool(r["drift"]),
-        details=json.loads(r["details"]),
+        details=json.loads(r["details"]) if details is None else details,
     )
 
 

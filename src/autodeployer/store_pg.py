@@ -31,7 +31,7 @@ from . import __version__
 from .errors import ConfigError, OwnershipLost, StoreUnavailable
 from .logs import get_logger
 from .model import Result, SyncResult
-from .store import MAX_DIFF_CHARS, AppState, HistoryRow
+from .store import MAX_DIFF_CHARS, AppState, HistoryRow, row_from_columns
 
 try:
     import psycopg
@@ -550,20 +550,4 @@ def _row(r: dict[str, Any]) -> HistoryRow:
     if r.get("replica"):
         details.setdefault("replica", r["replica"])
     details.setdefault("attempt", r["attempt"])
-    return HistoryRow(
-        id=r["id"],
-        app=r["app"],
-        trigger=r["trigger"],
-        revision=r["revision"],
-        started_at=r["started_at"],
-        finished_at=r["finished_at"],
-        duration=r["duration"],
-        result=r["result"],
-        summary=r["summary"],
-        diff=r["diff"],
-        error=r["error"],
-        warnings=json.loads(r["warnings"]),
-        problems=json.loads(r["problems"]),
-        drift=bool(r["drift"]),
-        details=details,
-    )
+    return row_from_columns(r, details)
