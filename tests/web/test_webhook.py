@@ -160,6 +160,32 @@ def test_form_encoded_delivery_and_bad_bodies(service, hook_env, github, config_
     assert httpx.get(svc.url + "/healthz").status_code == 200
 
 
+def test_chunked_deliveries_are_verified_over_the_whole_body(service, hook_env, github, config_repo, sesam):
+    """A body without Content-Length is read in chunks and its signature checked over all of them: the
+    genuine one syncs, one with a byte changed in its last chunk is 401 and triggers nothing."""
+    svc = start(service, hook_env)
+    url = svc.url + "/webhook"
+    before, after = commit(config_repo, "chunked")
+    body = json.dumps(github.push_payload("acme", "config", "refs/heads/master", before, after)).encode()
+    body += b" " * 200_000  # several chunks on the wire
+    headers = {"X-GitHub-Event": "push", "Content-Type": "application/json",
+               "X-Hub-Signature-256": sign(WEBHOOK_SECRET, body)}
+
+    def chunks(data: bytes):
+        for start in range(0, len(data), 16_384):
+            yield data[start:start + 16_384]
+
+    puts = sesam.put_count
+    tampered = body[:-1] + b"\t"
+    response = httpx.post(url, content=chunks(tampered), headers=headers)
+    assert response.status_code == 401
+    time.sleep(0.5)
+    assert sesam.put_count == puts and "chunked" not in stripped(sesam.entities())
+    response = httpx.post(url, content=chunks(body), headers=headers)
+    assert response.status_code == 202, response.text
+    wait_for(lambda: "chunked" in stripped(sesam.entities()), what="chunked delivery applied")
+
+
 def test_burst_of_pushes_coalesces(service, hook_env, github, config_repo, sesam, state_dir):
     svc = start(service, hook_env)
     wait_for(lambda: our_hooks(github, svc.url + "/webhook"), what="hook registration")

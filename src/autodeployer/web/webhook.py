@@ -72,15 +72,32 @@ def sign(secret: str, body: bytes | bytearray) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
+class SignatureCheck:
+    """X-Hub-Signature-256 computed while the body streams in, for each accepted secret, so a body whose
+    signature is wrong is refused without ever being joined into one buffer."""
+
+    def __init__(self, secrets_: Sequence[str]) -> None:
+        self._macs = [hmac.new(secret.encode(), digestmod=hashlib.sha256) for secret in secrets_]
+
+    def update(self, chunk: bytes | bytearray | memoryview) -> None:
+        for mac in self._macs:
+            mac.update(chunk)
+
+    def matches(self, header: str | None) -> bool:
+        if not header or not header.startswith("sha256=") or len(header) != 71:
+            return False
+        matched = False
+        for mac in self._macs:
+            # no early exit: every secret is compared, so timing says nothing about which one matched
+            matched |= hmac.compare_digest(header.encode(), ("sha256=" + mac.hexdigest()).encode())
+        return matched
+
+
 def signature_valid(header: str | None, body: bytes | bytearray, secrets_: Sequence[str]) -> bool:
     """Constant-time check of X-Hub-Signature-256 against each accepted secret."""
-    if not header or not header.startswith("sha256=") or len(header) != 71:
-        return False
-    matched = False
-    for secret in secrets_:
-        # no early exit: every secret is compared, so timing says nothing about which one matched
-        matched |= hmac.compare_digest(header.encode(), sign(secret, body).encode())
-    return matched
+    check = SignatureCheck(secrets_)
+    check.update(body)
+    return check.matches(header)
 
 
 def load_or_create_secret(state_dir: Path) -> str:
@@ -161,28 +178,46 @@ class WebhookReceiver:
             return Response(status_code=204)
         return JSONResponse(verdict.body or {"result": verdict.result}, status_code=verdict.status)
 
-    async def _read(self, request: Request) -> bytearray:
-        """The raw body, capped; a signature can only be checked over all of it, so it must be read."""
+    async def _read(self, request: Request) -> bytes | bytearray | None:
+        """The raw body, capped, if its signature matches; None if it does not. A signature can only be
+        checked over all of the body, so a signed one is read whole, but never copied: a declared length
+        is allocated once and filled in place, chunks of an undeclared one are joined only once verified.
+        Either way one bad body costs its own size, which the byte budget bounds across senders."""
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self._max_body:
             raise BodyTooLarge
-        if not request.headers.get("x-hub-signature-256", "").startswith("sha256="):
+        header = request.headers.get("x-hub-signature-256")
+        if not (header or "").startswith("sha256="):
             size = 0  # will be refused as unsigned: count it (for 413) but never buffer it
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > self._max_body:
                     raise BodyTooLarge
-            return bytearray()
-        # Signed (so far): it must be buffered to check the signature. Reserve its declared length (or the
-        # largest allowed, when it has none) and never read past it.
+            return None
         limit = int(declared) if declared and declared.isdigit() else self._max_body
+        check = SignatureCheck(self._secrets)
         async with self._reading.hold(limit):
-            body = bytearray()
+            if declared and declared.isdigit():
+                body = bytearray(limit)
+                view, size = memoryview(body), 0
+                async for chunk in request.stream():
+                    if size + len(chunk) > limit:
+                        raise BodyTooLarge
+                    view[size:size + len(chunk)] = chunk
+                    size += len(chunk)
+                    check.update(chunk)
+                view.release()
+                del body[size:]  # a body shorter than declared (the server normally refuses it first)
+                return body if check.matches(header) else None
+            chunks: list[bytes] = []
+            size = 0
             async for chunk in request.stream():
-                if len(body) + len(chunk) > limit:
+                size += len(chunk)
+                if size > limit:
                     raise BodyTooLarge
-                body += chunk
-            return body
+                chunks.append(chunk)
+                check.update(chunk)
+            return b"".join(chunks) if check.matches(header) else None
 
     async def _verdict(self, request: Request, event: str) -> Verdict:
         try:
@@ -191,7 +226,7 @@ class WebhookReceiver:
             return Verdict(413, "too-large", {"error": "payload too large"})
         except ClientDisconnect:
             return Verdict(400, "disconnected", {"error": "client disconnected"})
-        if not signature_valid(request.headers.get("x-hub-signature-256"), body, self._secrets):
+        if body is None:
             return Verdict(401, "unauthorized", {"error": "invalid or missing signature"})
         payload = _decode(request.headers.get("content-type", ""), body)
         if isinstance(payload, Verdict):
