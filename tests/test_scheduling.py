@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,3 +106,49 @@ def test_suspended_app_is_not_synced(tmp_path: Path):
 
     asyncio.run(drive(worker, nothing, until=0.4))
     assert rec.calls == []
+
+
+class UnreadableStore:
+    """A real SQLite store whose state reads fail (as on a disk I/O error) while `broken` is set."""
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self._store = store
+        self.broken = True
+        self.failed_reads = 0
+
+    def get_state(self, app: str):  # type: ignore[no-untyped-def]
+        if self.broken:
+            self.failed_reads += 1
+            raise sqlite3.OperationalError("disk I/O error")
+        return self._store.get_state(app)
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self._store, name)
+
+
+def test_unreadable_state_postpones_syncs_and_the_worker_survives(tmp_path: Path):
+    """While the app's state cannot be read nothing syncs (it might be suspended), reads back off
+    instead of hammering, and the webhook that arrived meanwhile runs once the store answers again."""
+    rec = make(tmp_path, interval=0.05)
+    from autodeployer.store import AppState
+
+    rec.store.put_state(AppState(app="a", suspended=True))
+    store = UnreadableStore(rec.store)
+    rec.store = store  # type: ignore[assignment]
+    worker = AppWorker(rec, jitter=0.0)  # type: ignore[arg-type]
+    seen: dict[str, object] = {}
+
+    async def outage() -> None:
+        worker.trigger(Trigger.WEBHOOK)
+        await asyncio.sleep(0.8)
+        seen["calls_while_broken"] = list(rec.calls)
+        seen["reads_while_broken"] = store.failed_reads
+        rec.store._store.put_state(AppState(app="a", suspended=False))  # type: ignore[attr-defined]
+        store.broken = False
+        seen["repaired_at"] = time.monotonic()
+
+    asyncio.run(drive(worker, outage, until=1.0))
+    assert seen["calls_while_broken"] == []
+    # backoff doubles from 0.05 s: about 5 reads in 0.8 s, where a read every poll would be 16
+    assert 3 <= seen["reads_while_broken"] <= 7, seen  # type: ignore[operator]
+    assert rec.calls and rec.calls[0][1] is Trigger.WEBHOOK and rec.calls[0][0] > seen["repaired_at"]  # type: ignore[operator]

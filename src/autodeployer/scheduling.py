@@ -21,6 +21,7 @@ from .coordination import Coordinator, LocalCoordinator
 from .logs import get_logger
 from .model import Result, SyncResult, Trigger
 from .reconcile import Reconciler
+from .store import AppState
 
 MAX_BACKOFF = 300.0
 SETTLE = 0.3  # quiet time that ends a burst of pushes
@@ -62,6 +63,7 @@ class AppWorker:
         self.next_poll_at: float = time.time()
         self.suspended = False
         self._retry: Trigger | None = None  # re-run this trigger at next_poll_at (not applied: busy elsewhere)
+        self._unreadable = 0  # consecutive attempts that could not read the app's state
         self._log = get_logger(app=self.name)
 
     @property
@@ -97,11 +99,20 @@ class AppWorker:
             self._wake.clear()
             if trigger is Trigger.POLL:
                 self._note_lateness(time.time() - self.next_poll_at, interval)
-            result = await self._run_once(trigger)
+            # Read from the store each time: the CLI, the API or another replica may have changed it.
+            state = self.read_state()
+            if state is None:  # never sync blind: a made-up state would resume a suspended app
+                self._unreadable += 1
+                self._retry = trigger  # a push is not lost, only delayed until the store answers
+                self.next_poll_at = time.time() + backoff_delay(interval, self._unreadable)
+                continue
+            self._unreadable = 0
+            result = await self._run_once(trigger, state.suspended)
             # Only failures back off: a refused head costs one head check per poll, and its fix must
             # be deployed at the poll interval, not minutes later.
             failed = result is not None and result.result is Result.FAILED
-            failures = self.reconciler.store.get_state(self.name).failures if failed else 0
+            after = self.read_state() if failed else None
+            failures = (after.failures if after else 1) if failed else 0
             spread = 1 + self.rng.uniform(-self.jitter, self.jitter)
             self.next_poll_at = time.time() + backoff_delay(interval, failures) * spread
             retry_after = result.details.get("retry_after") if result else None
@@ -129,9 +140,16 @@ class AppWorker:
         if lateness > max(1.0, 0.1 * interval):
             self.stats.late_polls += 1
 
-    async def _run_once(self, trigger: Trigger) -> SyncResult | None:
-        # Read from the store each time: the CLI, the API or another replica may have changed it.
-        self.suspended = self.reconciler.store.get_state(self.name).suspended
+    def read_state(self) -> AppState | None:
+        try:
+            return self.reconciler.store.get_state(self.name)
+        except Exception as exc:  # sqlite3 or psycopg errors: the worker must outlive them
+            self._log.error("the app's state cannot be read from the store; sync postponed",
+                            error=f"{type(exc).__name__}: {exc}", attempt=self._unreadable + 1)
+            return None
+
+    async def _run_once(self, trigger: Trigger, suspended: bool) -> SyncResult | None:
+        self.suspended = suspended
         if self.suspended and trigger is not Trigger.ROLLBACK:
             return None
         self.running = trigger
@@ -178,8 +196,8 @@ class Scheduler:
 
     async def start(self) -> None:
         for worker in self.workers.values():
-            state = worker.reconciler.store.get_state(worker.name)
-            worker.suspended = state.suspended
+            state = worker.read_state()  # unreadable: the worker retries before its first sync
+            worker.suspended = state.suspended if state else False
         await self.coordinator.start(self)  # the local coordinator acquires every app at once
 
     async def stop(self, timeout: float = 600.0) -> None:
