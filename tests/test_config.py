@@ -153,6 +153,12 @@ def test_finite_numbers_still_work():
 APP = "{name: a, source: {url: 'http://h/a/b.git'}, target: {jwt: jjjjjjjj}"
 
 
+def test_numeric_yaml_app_name_is_a_name(tmp_path: Path):
+    config_file = tmp_path / "apps.yaml"
+    config_file.write_text(f"apps: [{APP.replace('name: a', 'name: 2024')}}}]")
+    assert load_config({}, config_file).apps[0].name == "2024"
+
+
 @pytest.mark.parametrize("body, message", [
     (f"apps: [{APP}, policy: [1, 2]}}]", "apps[a].policy: expected a mapping, got a list"),
     (f"apps: [{APP}, policy: {{1: 2}}}}]", "apps[a].policy: keys must be strings, got a number (1)"),
@@ -176,6 +182,18 @@ APP = "{name: a, source: {url: 'http://h/a/b.git'}, target: {jwt: jjjjjjjj}"
     (f"service: {{1: 2}}\napps: [{APP}}}]", "service: keys must be strings, got a number (1)"),
     (f"service: [1]\napps: [{APP}}}]", "service: expected a mapping, got a list"),
     (f"service: {{port: .inf}}\napps: [{APP}}}]", "service.port: Input should be a finite number"),
+    # misspelt keys were ignored (the default policy silently stayed in force)
+    (f"apps: [{APP}, polcy: {{interval: 5}}}}]",
+     "apps[0].polcy: unknown key (expected one of: name, source, target, policy)"),
+    (f"defaults: {{polcy: {{}}}}\napps: [{APP}}}]", "defaults.polcy: unknown key (expected one of: source, target, policy)"),
+    (f"defaults: {{name: x}}\napps: [{APP}}}]", "defaults.name: unknown key (expected one of: source, target, policy)"),
+    (f"servic: {{port: 1}}\napps: [{APP}}}]", "servic: unknown key (expected one of: service, defaults, apps)"),
+    # `name: null` became an app named "None"
+    ("apps: [{name: null, source: {url: 'http://h/a/b.git'}, target: {jwt: jjjjjjjj}}]",
+     "apps[0].name: expected an app name, got null"),
+    ("apps: [{source: {url: 'http://h/a/b.git'}, target: {jwt: jjjjjjjj}}]", "apps[0].name: expected an app name, got null"),
+    ("apps: [{name: [a], source: {url: 'http://h/a/b.git'}, target: {jwt: jjjjjjjj}}]",
+     "apps[0].name: expected an app name, got a list"),
 ])
 def test_yaml_shape_errors_name_the_key(tmp_path: Path, body: str, message: str):
     """These raised TypeError/AttributeError (a traceback at start-up) before."""

@@ -383,16 +383,35 @@ def _yaml_target(raw: Any, where: str, environ: Mapping[str, str], app_name: str
     return module.spec_from_yaml(data, where, app_name)
 
 
+DOCUMENT_KEYS = ("service", "defaults", "apps")
+APP_KEYS = ("name", "source", "target", "policy")
+
+
+def _known_keys(raw: dict[str, Any], known: tuple[str, ...], where: str) -> None:
+    """A misspelt key is an error: ignored, `polcy:` would silently leave the default policy in force."""
+    unknown = sorted(key for key in raw if key not in known)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key (expected one of: {', '.join(known)})")
+
+
 def apps_from_yaml(doc: dict[str, Any], environ: Mapping[str, str]) -> list[AppConfig]:
+    _known_keys(doc, DOCUMENT_KEYS, "")
     raw_apps = doc.get("apps")
     if not isinstance(raw_apps, list) or not raw_apps:
         raise ConfigError("apps: expected a non-empty list of apps")
     defaults = _mapping(doc.get("defaults") or {}, "defaults")
+    _known_keys(defaults, APP_KEYS[1:], "defaults")  # a default name would give every app the same one
     apps: list[AppConfig] = []
     for index, raw in enumerate(raw_apps):
         where = f"apps[{index}]"
         merged = {**defaults, **_mapping(raw, where)}
-        name = str(merged.get("name", ""))
+        _known_keys(merged, APP_KEYS, where)
+        name = merged.get("name")
+        if isinstance(name, int) and not isinstance(name, bool):
+            name = str(name)  # `name: 2024` is a fine name that YAML reads as a number
+        if not isinstance(name, str):
+            raise ConfigError(f"{where}.name: expected an app name, got {_yaml_kind(name)}")
         check_app_name(name, f"{where}.name")
         where = f"apps[{name}]"
         source = _yaml_source(merged.get("source"), f"{where}.source", environ)
