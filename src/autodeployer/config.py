@@ -92,6 +92,7 @@ class ServiceSettings(Frozen):
     host: str = "0.0.0.0"
     port: int = Field(default=5000, ge=0, le=65535)
     webhook_secret: SecretStr | None = None
+    webhook_read_timeout: float = Field(default=30.0, gt=0)
     public_url: str | None = None
     register_webhook: StrictBool = True
     commit_status: StrictBool = True
@@ -289,6 +290,7 @@ def service_from_env(env: EnvReader, environ: Mapping[str, str]) -> dict[str, An
         raise ConfigError(f"PUBLIC_URL: expected an http(s) URL, got {public_url!r}")
     return {
         "webhook_secret": env.secret("WEBHOOK_SECRET"),
+        "webhook_read_timeout": env.number("WEBHOOK_READ_TIMEOUT", minimum=0.1) or 30.0,
         "admin_token": env.secret("ADMIN_TOKEN"),
         "notify_url": env.secret("NOTIFY_URL"),
         "notify_on": _choice(env, "NOTIFY_ON", ("failures", "all")),

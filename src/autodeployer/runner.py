@@ -81,7 +81,8 @@ async def serve(config: Config, *, hook_path: str = WEBHOOK_PATH) -> int:
         job = _registration_job(runtime, secret, settings.public_url + hook_path)
         if job:
             background.append(job)
-    receiver = WebhookReceiver([secret], scheduler, observer=metrics.observe_webhook)
+    receiver = WebhookReceiver([secret], scheduler, observer=metrics.observe_webhook,
+                               read_timeout=settings.webhook_read_timeout)
     app = create_app(runtime, scheduler, webhook=receiver, background=background, metrics=metrics)
     log = get_logger()
     log.info(

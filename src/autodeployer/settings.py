@@ -50,6 +50,8 @@ CORE_VARIABLES: tuple[Variable, ...] = (
     Variable("GITHUB_API_URL", None, "GitHub REST base (default https://api.github.com; Enterprise: https://HOST/api/v3)."),
     Variable("HEAD_CHECK", "auto", "How to read the branch head: git (ls-remote), api (GitHub sha media type), auto."),
     Variable("WEBHOOK_SECRET", None, "Secret of the GitHub webhook (generated and kept in STATE_DIR if unset).", True),
+    Variable("WEBHOOK_READ_TIMEOUT", "30", "Seconds a webhook sender has to send its whole body; a slower one gets 408, so a "
+             "trickling sender cannot hold the memory reserved for reading large signed bodies."),
     Variable("PUBLIC_URL", None, "URL at which GitHub reaches this service; the hook goes to PUBLIC_URL/webhook."),
     Variable("REGISTER_WEBHOOK", "true", "Register the repository webhook at start when PUBLIC_URL and GITHUB_TOKEN are set."),
     Variable("COMMIT_STATUS", "true", "Post a GitHub commit status for each sync (needs GITHUB_TOKEN)."),

@@ -242,6 +242,58 @@ def test_slow_clients_do_not_block_others(hook_service, config_repo: WorkRepo, s
             health_probes=health["n"])
 
 
+def test_a_trickling_signed_body_times_out_and_frees_room_for_a_genuine_one(service, rel_env, config_repo: WorkRepo,
+                                                                           sesam: SesamEmulator, results):
+    """A sender declares a 20 MB signed body and trickles it: it holds the room reserved for reading
+    large signed bodies, so without a read deadline a genuine 20 MB delivery behind it waits as long
+    as the trickle lasts. With WEBHOOK_READ_TIMEOUT=1.5 the trickler gets 408 and the genuine delivery
+    is accepted and deployed."""
+    timeout = 1.5
+    svc = service({**rel_env, "SYNC_INTERVAL": "3600", "HEAD_CHECK": "git", "WEBHOOK_READ_TIMEOUT": str(timeout)})
+    wait_for(lambda: httpx.get(svc.url + "/readyz").status_code == 200, what="first sync")
+    config_repo.write({"pipes/behind.conf.json": entity_json(pipe("behind"))})
+    config_repo.commit("behind a trickling sender")
+    config_repo.push()
+    port = int(svc.url.rsplit(":", 1)[1])
+    size = 20 * 1024 * 1024
+    answer: list[bytes] = []
+
+    def trickle() -> None:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"X-GitHub-Event: push\r\nX-Hub-Signature-256: sha256=" + b"0" * 64 +
+                         b"\r\nContent-Length: %d\r\n\r\n{" % size)
+            sock.settimeout(0.1)  # one byte, then up to 0.1 s for an answer
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                try:
+                    sock.sendall(b" ")
+                    answer.append(sock.recv(4096))
+                    return  # an answer, or the connection closed (b"")
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+
+    started = time.perf_counter()
+    slow = threading.Thread(target=trickle, daemon=True)
+    slow.start()
+    time.sleep(0.3)  # the trickler holds the room now
+    body = push_body(config_repo)
+    body = body[:-1] + b" " * (size - len(body)) + b"}"
+    genuine = post(svc.url + "/webhook", body, {"Content-Type": "application/json", "X-GitHub-Event": "push",
+                                                "X-Hub-Signature-256": sign(WEBHOOK_SECRET, body)})
+    genuine_s = time.perf_counter() - started - 0.3
+    slow.join(25)
+    refused = b"".join(answer)
+    assert refused.startswith(b"HTTP/1.1 408"), refused[:200]
+    assert genuine.status_code == 202, genuine.text
+    assert genuine_s < 2 * timeout + 1, genuine_s
+    wait_for(lambda: "behind" in stripped(sesam.entities()), timeout=20, what="genuine delivery deployed")
+    results("webhook-abuse", "a trickling signed 20 MB body ahead of a genuine one (WEBHOOK_READ_TIMEOUT=1.5)",
+            trickler_status=408, genuine_status=genuine.status_code, genuine_answer_s=round(genuine_s, 2))
+
+
 # --------------------------------------------------------------------------- burst and memory
 def test_burst_of_2000_requests_keeps_health_fast_and_memory_bounded(hook_service, sesam: SesamEmulator,
                                                                      state_dir: Path, results):

@@ -28,6 +28,7 @@ from ..model import Trigger
 from ..scheduling import Scheduler
 
 MAX_BODY = 25 * 1024 * 1024  # GitHub caps payloads at 25 MB
+READ_TIMEOUT = 30.0  # GitHub gives up on a delivery after 10 s; a sender this slow is not GitHub
 # Bytes of signed-but-unverified bodies buffered at once, whatever a sender's concurrency: one body of
 # the largest size plus 1 MB, so two large bodies are never held together (each is read whole before
 # its signature can be checked), while small ones (a push is a few kB) never wait behind a large one.
@@ -152,6 +153,7 @@ class WebhookReceiver:
         *,
         observer: DeliveryObserver | None = None,
         max_body: int = MAX_BODY,
+        read_timeout: float = READ_TIMEOUT,
     ) -> None:
         if not secrets_:
             raise ValueError("a webhook secret is required; there is no unsigned mode")
@@ -160,6 +162,7 @@ class WebhookReceiver:
         self._seen = SeenDeliveries()
         self._observe = observer or (lambda event, result: None)
         self._max_body = max_body
+        self._read_timeout = read_timeout
         self._reading = ByteBudget(max(READ_BUDGET, max_body))
         self._log = get_logger(component="webhook")
 
@@ -179,49 +182,58 @@ class WebhookReceiver:
         return JSONResponse(verdict.body or {"result": verdict.result}, status_code=verdict.status)
 
     async def _read(self, request: Request) -> bytes | bytearray | None:
-        """The raw body, capped, if its signature matches; None if it does not. A signature can only be
-        checked over all of the body, so a signed one is read whole, but never copied: a declared length
-        is allocated once and filled in place, chunks of an undeclared one are joined only once verified.
-        Either way one bad body costs its own size, which the byte budget bounds across senders."""
+        """The raw body, capped and within the read timeout, if its signature matches; None if not."""
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self._max_body:
             raise BodyTooLarge
         header = request.headers.get("x-hub-signature-256")
         if not (header or "").startswith("sha256="):
             size = 0  # will be refused as unsigned: count it (for 413) but never buffer it
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > self._max_body:
-                    raise BodyTooLarge
-            return None
-        limit = int(declared) if declared and declared.isdigit() else self._max_body
-        check = SignatureCheck(self._secrets)
-        async with self._reading.hold(limit):
-            if declared and declared.isdigit():
-                body = bytearray(limit)
-                view, size = memoryview(body), 0
+            async with asyncio.timeout(self._read_timeout):
                 async for chunk in request.stream():
-                    if size + len(chunk) > limit:
-                        raise BodyTooLarge
-                    view[size:size + len(chunk)] = chunk
                     size += len(chunk)
-                    check.update(chunk)
-                view.release()
-                del body[size:]  # a body shorter than declared (the server normally refuses it first)
-                return body if check.matches(header) else None
-            chunks: list[bytes] = []
-            size = 0
+                    if size > self._max_body:
+                        raise BodyTooLarge
+            return None
+        length = int(declared) if declared and declared.isdigit() else None
+        async with asyncio.timeout(self._read_timeout) as deadline, self._reading.hold(length or self._max_body):
+            # Waiting for room and reading each get the full timeout: a trickling sender holds the room
+            # for one timeout at most, and the body queued behind it still has time to arrive.
+            deadline.reschedule(asyncio.get_running_loop().time() + self._read_timeout)
+            return await self._read_signed(request, header, length)
+
+    async def _read_signed(self, request: Request, header: str | None, length: int | None) -> bytes | bytearray | None:
+        """A signature can only be checked over the whole body, so a signed one is read whole, but never
+        copied: a declared length is allocated once and filled in place; the chunks of an undeclared one
+        are joined only once verified. One bad body costs its own size, bounded by the byte budget."""
+        check = SignatureCheck(self._secrets)
+        if length is not None:
+            body = bytearray(length)
+            view, size = memoryview(body), 0
             async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
+                if size + len(chunk) > length:
                     raise BodyTooLarge
-                chunks.append(chunk)
+                view[size:size + len(chunk)] = chunk
+                size += len(chunk)
                 check.update(chunk)
-            return b"".join(chunks) if check.matches(header) else None
+            view.release()
+            del body[size:]  # a body shorter than declared (the server normally refuses it first)
+            return body if check.matches(header) else None
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self._max_body:
+                raise BodyTooLarge
+            chunks.append(chunk)
+            check.update(chunk)
+        return b"".join(chunks) if check.matches(header) else None
 
     async def _verdict(self, request: Request, event: str) -> Verdict:
         try:
             body = await self._read(request)
+        except TimeoutError:
+            return Verdict(408, "too-slow", {"error": f"body not received within {self._read_timeout:g} s"})
         except BodyTooLarge:
             return Verdict(413, "too-large", {"error": "payload too large"})
         except ClientDisconnect:
