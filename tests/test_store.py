@@ -130,7 +130,7 @@ def test_unusable_state_dir_falls_back_to_memory(tmp_path: Path, capsys):
     state_dir.write_text("not a directory")  # SQLite cannot create its file there (as with a read-only one)
     store = open_store(state_dir, memory_fallback=True)
     assert isinstance(store, SQLiteStore) and store.memory_only
-    assert str(state_dir) in (store.warning or "") and "in memory only" in (store.warning or "")
+    assert str(state_dir) in (store.warning or "") and "kept in memory until it can be opened" in (store.warning or "")
     assert str(state_dir) in capsys.readouterr().out
     store.finish(store.begin("a", "poll", None, time.time()), result("a", Result.SYNCED))
     store.put_state(AppState(app="a", failures=2))
@@ -139,3 +139,37 @@ def test_unusable_state_dir_falls_back_to_memory(tmp_path: Path, capsys):
 
     with pytest.raises(OSError):
         open_store(state_dir)  # one-shot commands still fail loudly
+
+
+def test_memory_fallback_moves_to_state_dir_once_it_can_be_used(tmp_path: Path, monkeypatch, capsys):
+    """Started with an unusable STATE_DIR, the store keeps everything in memory; once STATE_DIR can be
+    used, it all moves into the file, after the rows the file already had, and an attempt that was in
+    flight across the move still gets its outcome."""
+    from autodeployer import store as store_module
+    from autodeployer.store import open_store
+
+    monkeypatch.setattr(store_module, "RETRY_EVERY", 0.0)
+    state_dir = tmp_path / "state"
+    state_dir.write_text("not a directory")
+    store = open_store(state_dir, memory_fallback=True)
+    assert store.memory_only
+    done = store.begin("a", "poll", "r1", time.time())
+    store.finish(done, result("a", Result.SYNCED))
+    store.put_state(AppState(app="a", failures=2, suspended=True))
+    in_flight = store.begin("a", "webhook", "r2", time.time())
+
+    state_dir.unlink()  # the operator fixes STATE_DIR; it holds history from an earlier run
+    state_dir.mkdir()
+    earlier = SQLiteStore.in_state_dir(state_dir)
+    earlier.finish(earlier.begin("a", "startup", "r0", time.time() - 60), result("a", Result.NO_CHANGE))
+    earlier.close()
+
+    assert [r.trigger for r in store.history("a")] == ["webhook", "poll", "startup"]  # a read moves it to disk
+    assert not store.memory_only and store.warning is None
+    store.finish(in_flight, result("a", Result.FAILED))
+    store.close()
+    assert "STATE_DIR can be used again" in capsys.readouterr().out
+    on_disk = SQLiteStore.in_state_dir(state_dir)
+    assert [(r.trigger, r.result) for r in on_disk.history("a")] == [("webhook", "failed"), ("poll", "synced"),
+                                                                      ("startup", "no-change")]
+    assert on_disk.get_state("a").failures == 2 and on_disk.get_state("a").suspended

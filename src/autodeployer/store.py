@@ -14,7 +14,7 @@ import os
 import sqlite3
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -134,23 +134,8 @@ class SQLiteStore:
         self._fixed_warning = warning
         self._log = get_logger(component="store")
         self._lock = threading.RLock()
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False,
-                                   isolation_level=None, timeout=10)
-        try:
-            self._db.row_factory = sqlite3.Row
-            if path is not None:
-                mode = self._db.execute("PRAGMA journal_mode=TRUNCATE").fetchone()[0]
-                if mode != "truncate":  # e.g. a WAL database another process still has open
-                    self._log.warning("cannot leave the store's journal mode", journal_mode=mode, path=str(path))
-            self._db.execute("PRAGMA synchronous=FULL")  # a rollback journal needs FULL to survive power loss
-            self._db.execute("PRAGMA mmap_size=0")  # no memory maps of files in STATE_DIR: no SIGBUS
-            self._migrate()
-            row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'history'").fetchone()
-        except BaseException:
-            self._db.close()
-            raise
+        self._db = _connect(path, self._log)
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'history'").fetchone()
         self._last_id = int(row[0]) if row else 0
         # kept in memory while STATE_DIR refuses writes: app -> state, id -> row (in the DB or not yet)
         self._states: dict[str, AppState] = {}
@@ -160,14 +145,19 @@ class SQLiteStore:
         self._retry_at = 0.0
         self._dropped = 0
         self._moved: dict[int, int] = {}  # id handed out while kept in memory -> the id it was written under
+        self._reopen: Path | None = None  # an in-memory fallback moves to this file once it can be opened
+        self._reopen_at = 0.0
 
     @classmethod
     def in_state_dir(cls, state_dir: Path) -> "SQLiteStore":
         return cls(state_dir / "history.sqlite3")
 
     @classmethod
-    def in_memory(cls, warning: str) -> "SQLiteStore":
-        return cls(None, warning=warning)
+    def in_memory(cls, warning: str, *, reopen: Path | None = None) -> "SQLiteStore":
+        """`reopen`: the file this store moves to, with all it holds, once STATE_DIR can be used."""
+        store = cls(None, warning=warning)
+        store._reopen = reopen
+        return store
 
     @property
     def warning(self) -> str | None:
@@ -182,15 +172,10 @@ class SQLiteStore:
                 f"since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self._failing_since))} and written "
                 "once it can be again")
 
-    def _migrate(self) -> None:
-        with self._lock:
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            for number, script in enumerate(_SCHEMA[version:], start=version + 1):
-                self._db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
-
     # ------------------------------------------------------------------ writes
     def begin(self, app: str, trigger: str, revision: str | None, started_at: float) -> int:
         with self._lock:
+            self._reopen_if_due()
             if self._flush():
                 try:
                     cursor = self._db.execute(
@@ -265,6 +250,7 @@ class SQLiteStore:
 
     def put_state(self, state: AppState) -> None:
         with self._lock:
+            self._reopen_if_due()
             self._states[state.app] = AppState(**asdict(state))  # a copy: the caller goes on changing its own
             self._flush()
 
@@ -315,9 +301,7 @@ class SQLiteStore:
             row = self._db.execute("SELECT data FROM app_state WHERE app = ?", (app,)).fetchone()
         if row is None:
             return AppState(app=app)
-        data = json.loads(row["data"])
-        known = {k: v for k, v in data.items() if k in AppState.__dataclass_fields__}
-        return AppState(**known)
+        return _state_from_json(row["data"])
 
     def close(self) -> None:
         with self._lock:
@@ -354,8 +338,38 @@ class SQLiteStore:
 
     def _retry(self) -> None:
         """Readers give what memory holds another chance to be written, every RETRY_EVERY seconds."""
+        self._reopen_if_due()
         if (self._states or self._rows) and time.monotonic() >= self._retry_at:
             self._flush()
+
+    def _reopen_if_due(self) -> None:
+        """An in-memory fallback (STATE_DIR unusable at start) tries, every RETRY_EVERY seconds, to open
+        its file; once it can, everything it holds is written there, after the rows the file has."""
+        path = self._reopen
+        if path is None or time.monotonic() < self._reopen_at:
+            return
+        self._reopen_at = time.monotonic() + RETRY_EVERY
+        if not path.parent.is_dir() or _probe(path.parent) is not None:
+            return
+        try:
+            disk = _connect(path, self._log)
+        except (sqlite3.Error, OSError):
+            return
+        memory, self._db = self._db, disk
+        self.path, self.memory_only, self._fixed_warning, self._reopen = path, False, None, None
+        next_id = max(self._sequence(), 0)
+        for r in memory.execute("SELECT * FROM history ORDER BY id").fetchall():
+            next_id += 1  # renumbered after the file's rows, so the history keeps its order
+            self._moved[r["id"]] = next_id
+            self._rows[next_id] = (replace(row_from_columns(r), id=next_id), False)
+        for r in memory.execute("SELECT app, data FROM app_state").fetchall():
+            self._states.setdefault(r["app"], _state_from_json(r["data"]))
+        memory.close()
+        self._last_id = next_id
+        moved = (len(self._rows), len(self._states))
+        if self._flush():
+            self._log.warning("STATE_DIR can be used again: the history and app state kept in memory since the "
+                              "start are saved in it", path=str(path), history_rows=moved[0], app_states=moved[1])
 
     def _flush(self) -> bool:
         """Write what memory holds, in one transaction. True when nothing is left (the DB is writable)."""
@@ -382,7 +396,11 @@ class SQLiteStore:
                             self._db.execute(insert.format(", id", ", ?"), (*values, row.id))
                         except sqlite3.IntegrityError:  # another process (a CLI run) took the id meanwhile
                             cursor = self._db.execute(insert.format("", ""), values)
-                            self._moved[row.id] = int(cursor.lastrowid or 0)
+                            final = int(cursor.lastrowid or 0)
+                            for handed_out, kept_as in list(self._moved.items()):
+                                if kept_as == row.id:
+                                    self._moved[handed_out] = final
+                            self._moved[row.id] = final
                             self._last_id = max(self._last_id, int(cursor.lastrowid or 0))
                 for state in self._states.values():
                     self._db.execute(
@@ -436,6 +454,33 @@ class SQLiteStore:
         """An in-memory store keeps the newest MAX_MEMORY_ROWS history rows."""
         if self.memory_only and self._last_id % 100 == 0:
             self._db.execute("DELETE FROM history WHERE id <= ?", (self._last_id - MAX_MEMORY_ROWS,))
+
+
+def _connect(path: Path | None, log: Any) -> sqlite3.Connection:
+    """A connection to the store's file (None: in memory), configured and migrated to the schema."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False, isolation_level=None, timeout=10)
+    try:
+        db.row_factory = sqlite3.Row
+        if path is not None:
+            mode = db.execute("PRAGMA journal_mode=TRUNCATE").fetchone()[0]
+            if mode != "truncate":  # e.g. a WAL database another process still has open
+                log.warning("cannot leave the store's journal mode", journal_mode=mode, path=str(path))
+        db.execute("PRAGMA synchronous=FULL")  # a rollback journal needs FULL to survive power loss
+        db.execute("PRAGMA mmap_size=0")  # no memory maps of files in STATE_DIR: no SIGBUS
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        for number, script in enumerate(_SCHEMA[version:], start=version + 1):
+            db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _state_from_json(text: str) -> AppState:
+    data = json.loads(text)
+    return AppState(**{k: v for k, v in data.items() if k in AppState.__dataclass_fields__})
 
 
 def _probe(directory: Path) -> str | None:
@@ -499,7 +544,7 @@ def open_store(
         reason = _probe(state_dir) if state_dir.is_dir() else None
         error = f"{exc} ({reason})" if reason and reason not in str(exc) else str(exc)
         warning = (f"the history store in STATE_DIR {state_dir} cannot be opened ({error}): history and app state "
-                   "are kept in memory only and lost at restart")
+                   "are kept in memory until it can be opened")
         get_logger(component="store").error("cannot open the history store in STATE_DIR; keeping history and app "
-                                            "state in memory only", state_dir=str(state_dir), error=error)
-        return SQLiteStore.in_memory(warning)
+                                            "state in memory until it can be opened", state_dir=str(state_dir), error=error)
+        return SQLiteStore.in_memory(warning, reopen=state_dir / "history.sqlite3")

@@ -77,6 +77,9 @@ def measured_fault(f: dict[str, Any]) -> str:
         parts.append(f"service exit code {f['exit_code']} ({f['how']})")
     if "outcome" in f and "how" in f:
         parts.append(f"{f['outcome']} ({f['how']}): {f.get('last_line', '')}")
+    if "attempts_in_memory" in f:
+        parts.append(f"{f['attempts_in_memory']} attempts kept in memory, {f['rows_saved']} rows in STATE_DIR once "
+                     f"writable ({f['how']})")
     if "recovery_s" in f:
         parts.append(f"recovered {fmt_s(f['recovery_s'])} after the fault cleared")
     if "health_ms_during" in f:
@@ -107,6 +110,9 @@ def measured_abuse(f: dict[str, Any]) -> str:
         parts.append(f"RSS {f['rss_before_mb']} -> {f['rss_after_mb']} MB (+{f['rss_growth_mb']})")
     if "rss_peak_growth_mb" in f:
         parts.append(f"peak +{f['rss_peak_growth_mb']} MB (bound +{f.get('rss_peak_bound_mb', f.get('rss_bound_mb', 100))})")
+    if "trickler_status" in f:
+        parts.append(f"trickling sender answered {f['trickler_status']}; the genuine 20 MB delivery behind it "
+                     f"{f['genuine_status']} after {fmt_s(f['genuine_answer_s'])}")
     if "genuine_delivery_ms" in f:
         parts.append(f"genuine delivery answered in {f['genuine_delivery_ms']} ms")
     return "; ".join(parts) or cell(f)

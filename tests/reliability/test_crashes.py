@@ -280,5 +280,25 @@ def test_read_only_state_dir_at_start_keeps_serving(service, rel_env, state_dir:
             raise
         assert httpx.get(svc.url + "/api/apps").status_code == 200
         assert str(state_dir) in svc.log()
+        time.sleep(1.0)  # attempts fail meanwhile: no mirror can be made, history is kept in memory
+        assert not (state_dir / "history.sqlite3").exists()
+        attempts_in_memory = len(httpx.get(svc.url + "/api/apps/node/history?limit=100").json()["history"])
     finally:
         immutable(state_dir, False)
+    cleared = time.monotonic()
+
+    def saved_rows() -> list:
+        try:
+            return history_rows(state_dir) if (state_dir / "history.sqlite3").exists() else []
+        except sqlite3.Error:
+            return []
+
+    rows = wait_for(lambda: (r := saved_rows()) and r[-1]["result"] in OK and r, timeout=60,
+                    what="a synced attempt saved in STATE_DIR")
+    recovery = time.monotonic() - cleared
+    apps = httpx.get(svc.url + "/api/apps").json()
+    results("faults", "STATE_DIR read-only (at start), then writable", how="chattr +i on an empty STATE_DIR",
+            attempts_in_memory=attempts_in_memory, rows_saved=len(rows), recovery_s=round(recovery, 2))
+    assert "store_warning" not in apps, apps  # the store moved to disk by itself
+    assert attempts_in_memory >= 1 and len(rows) >= attempts_in_memory + 1  # nothing kept in memory was lost
+    assert rows[0]["result"] == "failed"
