@@ -41,6 +41,7 @@ class Runtime:
     async def aclose(self) -> None:
         for reconciler in self.reconcilers.values():
             await reconciler.target.aclose()
+            reconciler.source.close()
         for client in self.clients:
             await client.aclose()
         self.store.close()

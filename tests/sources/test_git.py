@@ -130,6 +130,52 @@ def test_non_smart_server_falls_back_to_git(tmp_path: Path):
         run(scenario())
 
 
+def test_locks_are_kept_while_another_live_process_uses_the_mirror(tmp_path: Path, git_server: GitHttpServer,
+                                                                   config_repo: WorkRepo):
+    """A CLI run next to the service must not take the service's in-flight fetch for a killed one: while
+    another live process holds its presence in the mirror, a lock older than this process is kept, and
+    cleared once that process is gone. The other process is real: `autodeployer sync` holding the mirror
+    is stood in for by a python process holding the same flock."""
+    import os
+    import subprocess
+    import sys
+
+    from autodeployer.sources import git as gitmod
+
+    url = git_server.url_for("acme/config.git")
+
+    async def scenario() -> None:
+        made, c0 = source(url, tmp_path / "s")
+        await made.fetch(await made.head())
+        await c0.aclose()
+        made.close()
+        mirror = made.mirror
+        holder = subprocess.Popen(
+            [sys.executable, "-c", "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR); "
+             "fcntl.flock(fd, fcntl.LOCK_SH); print('held', flush=True); sys.stdin.read()",
+             str(mirror / gitmod.PRESENCE_FILE)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+            lock = mirror / "refs/heads/master.lock"
+            lock.write_text("")
+            old = gitmod.PROCESS_START - 5  # older than this process, yet the other one may be fetching
+            os.utime(lock, (old, old))
+            beside, c1 = source(url, tmp_path / "s")
+            await beside.ensure_mirror()
+            assert lock.exists()
+            beside.close()
+            await c1.aclose()
+        finally:
+            holder.communicate("", timeout=10)  # the other process exits: its flock goes with it
+        alone, c2 = source(url, tmp_path / "s")
+        await alone.ensure_mirror()
+        assert not lock.exists()
+        alone.close()
+        await c2.aclose()
+
+    run(scenario())
+
+
 def test_stale_lock_files_left_by_a_killed_git_are_cleared(tmp_path: Path, git_server: GitHttpServer,
                                                            config_repo: WorkRepo):
     """A git killed mid-fetch leaves refs/heads/<branch>.lock (and friends) in the mirror; without the
@@ -145,6 +191,7 @@ def test_stale_lock_files_left_by_a_killed_git_are_cleared(tmp_path: Path, git_s
         first, c1 = source(url, tmp_path / "s")
         await first.fetch(await first.head())
         await c1.aclose()
+        first.close()  # its process ends
         mirror = first.mirror
         old = gitmod.PROCESS_START - 5  # left by an earlier process
         for name in ("refs/heads/master.lock", "packed-refs.lock", "shallow.lock", "config.lock"):

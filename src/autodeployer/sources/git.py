@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import fcntl
 import hashlib
 import os
 import re
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,10 +34,12 @@ ZERO_SHA = "0" * 40
 _SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 # How servers refuse a commit asked for by id: gone from the branch (force-push), or not allowed (old servers)
 _NOT_SERVED = re.compile(r"not our ref|unadvertised object|couldn't find remote ref|not a valid|no such remote ref", re.I)
-# Lock files older than this process were left by a git that was killed (kill -9, OOM, power loss):
-# the service is the only writer of its STATE_DIR, and a git it started dies with it. Clock of import,
-# which is a little after the process started: good enough to tell a previous process's leftovers.
+# Lock files older than this process were left by a git that was killed (kill -9, OOM, power loss),
+# unless another live process of ours uses the mirror too (a CLI run next to the service): each user
+# holds a shared flock on PRESENCE_FILE, so the first one can tell it is alone. Clock of import, which
+# is a little after the process started: good enough to tell a previous process's leftovers.
 PROCESS_START = time.time()
+PRESENCE_FILE = "autodeployer.users"
 STALE_LOCK_AFTER = 600.0  # no git of autodeployer's lives this long (nor twice its GIT_TIMEOUT, if longer)
 _LOCK_IN_USE = re.compile(r"Unable to create '([^']+\.lock)': File exists")
 
@@ -95,6 +99,7 @@ class GitSource:
         self._api_sha: str | None = None
         self._blobs: dict[str, bytes] = {}  # oid -> content, of the last tree read (objects never change)
         self._locks_checked = False  # stale lock files are cleared on this process's first use
+        self._presence: weakref.finalize | None = None  # releases this source's flock on PRESENCE_FILE
 
     # ------------------------------------------------------------------ environment
     @staticmethod
@@ -193,7 +198,8 @@ class GitSource:
         if (self.mirror / "HEAD").exists():
             if not self._locks_checked:
                 self._locks_checked = True
-                self.clear_stale_locks(PROCESS_START)
+                alone = self._announce()
+                self.clear_stale_locks(PROCESS_START if alone else time.time() - self._stale_lock_age())
             return
         self._locks_checked = True
         try:
@@ -201,9 +207,36 @@ class GitSource:
         except OSError as exc:  # read-only or full STATE_DIR
             raise SourceError(f"cannot create the mirror of {self.spec.url} in {self.mirror.parent}: "
                               f"{exc.strerror or exc}") from None
+        self._announce()
         await self._git("init", "--bare", "--quiet", ".")
         await self._git("config", "remote.origin.url", self.spec.url)
         await self._git("config", "gc.auto", "0")
+
+    def _announce(self) -> bool:
+        """Hold a shared flock on the mirror's PRESENCE_FILE while this source lives. True when no one
+        else holds one: then no git of another live process of ours can be running in the mirror."""
+        if self._presence is not None:
+            return False
+        try:
+            fd = os.open(self.mirror / PRESENCE_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            return False  # read-only STATE_DIR: nothing could be removed anyway
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            alone = True
+        except OSError:
+            alone = False
+        fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while another process runs this same check
+        self._presence = weakref.finalize(self, os.close, fd)
+        return alone
+
+    def close(self) -> None:
+        """Release this source's presence in the mirror (a process that exits releases it anyway)."""
+        if self._presence is not None:
+            self._presence()
+
+    def _stale_lock_age(self) -> float:
+        return max(STALE_LOCK_AFTER, 2 * self.spec.git_timeout)
 
     # ------------------------------------------------------------------ operations
     async def head(self) -> str:
@@ -316,8 +349,7 @@ class GitSource:
                 # once it is older than any git of ours can live, it is stale; clear it and retry once.
                 if not _LOCK_IN_USE.search(str(exc)):
                     raise
-                age = max(STALE_LOCK_AFTER, 2 * self.spec.git_timeout)
-                if not self.clear_stale_locks(max(PROCESS_START, time.time() - age)):
+                if not self.clear_stale_locks(max(PROCESS_START, time.time() - self._stale_lock_age())):
                     raise
                 await self._timed("fetch", self._git(*args))
             if sha and await self.has_commit(sha):
