@@ -7,6 +7,8 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from autodeployer.emulators.gitserver import GitHttpServer, WorkRepo
@@ -15,6 +17,19 @@ from autodeployer.model import SourceFile, Tree
 from autodeployer.targets.sesam import ParseMemo, parse_desired
 
 from .helpers import entity_json, history_rows, pipe, run_cli, stripped, wait_for
+
+
+@contextmanager
+def sync_process(env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+    """`autodeployer sync` running as a process, observed while it runs; killed if a wait fails."""
+    proc = subprocess.Popen([sys.executable, "-m", "autodeployer", "sync"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def upload_pack_posts(server: GitHttpServer) -> int:
@@ -31,16 +46,10 @@ def test_live_state_is_read_while_git_fetches(app_env, git_server: GitHttpServer
     sesam.reset_log()
     git_server.reset_stats()
     git_server.set_delay(1.0)  # every Git answer takes a second: a serial pipeline would GET after 3 s
-    proc = subprocess.Popen([sys.executable, "-m", "autodeployer", "sync"], env=app_env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
+    with sync_process(app_env) as proc:
         wait_for(lambda: sesam.count("GET", "/api/config") >= 1, what="GET /config", timeout=30)
         posts_at_get = upload_pack_posts(git_server)
         output, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, output
     assert "fresh" in stripped(sesam.entities())
     # Only the head check had finished when the node was asked; the fetch was still under way.
@@ -87,18 +96,12 @@ def test_pending_status_does_not_hold_the_sync_back(app_env, config_repo: WorkRe
     env = {**app_env, "GITHUB_API_URL": github.url, "GITHUB_USER": "acme", "GITHUB_PROJECT": "config"}
     github.set_delay(2.0, "/repos/acme/config/statuses")
     head = config_repo.head
-    proc = subprocess.Popen([sys.executable, "-m", "autodeployer", "sync"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
+    with sync_process(env) as proc:
         wait_for(lambda: github.statuses("acme", "config", head), what="pending status", timeout=30, interval=0.01)
         posted = time.monotonic()
         wait_for(lambda: sesam.put_count >= 1, what="upload", timeout=30, interval=0.01)
         uploaded = time.monotonic()
         output, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, output
     assert uploaded - posted < 1.5, f"the upload waited {uploaded - posted:.2f} s for GitHub's answer"
     states = [s["state"] for s in github.statuses("acme", "config", head)]
