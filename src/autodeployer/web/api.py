@@ -211,7 +211,7 @@ OPENAPI: dict[str, Any] = {
         "/webhook": {"post": {"summary": "GitHub push webhook (X-Hub-Signature-256 required)",
                               "responses": {"200": {"description": "ping or duplicate"}, "202": {"description": "queued or ignored"},
                                             "204": {"description": "other event"}, "400": _ERR, "401": _ERR,
-                                            "413": _ERR, "415": _ERR}}},
+                                            "408": _ERR, "413": _ERR, "415": _ERR}}},
         "/api/apps": {"get": {"summary": "All apps", "responses": {"200": {"description": "Apps", "content": {
             "application/json": {"schema": {"type": "object", "properties": {"apps": {"type": "array", "items": _APP},
                 "store_warning": {"type": "string", "description": "Set while STATE_DIR cannot be written: "
