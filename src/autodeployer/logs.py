@@ -55,48 +55,77 @@ class Redactor:
         return event
 
 
-class _RedactingFormatter(logging.Formatter):
-    """For stdlib loggers (uvicorn, httpx): redact the final line."""
+# Loggers of the libraries we run (uvicorn, httpx, asyncio, py.warnings) reach the same handler as
+# our own structlog lines, so both pass through these steps before rendering.
+def _shared_steps(redactor: Redactor) -> list[Any]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        redactor.processor,
+    ]
 
-    def __init__(self, redactor: Redactor, fmt: str) -> None:
-        super().__init__(fmt)
-        self._redactor = redactor
 
-    def format(self, record: logging.LogRecord) -> str:
-        return self._redactor(super().format(record))
+def _foreign_logger_name(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Name the library a stdlib line comes from (`uvicorn.error`); our own lines carry none."""
+    record = event.get("_record")
+    if record is not None and not event.get("_from_structlog"):
+        event.setdefault("logger", record.name)
+        if isinstance(event.get("event"), str):  # uvicorn ends some messages with a newline
+            event["event"] = event["event"].rstrip()
+    return event
+
+
+def _renderer(fmt: str) -> Any:
+    if fmt == "json":
+        return structlog.processors.JSONRenderer()
+    return structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
 
 
 def configure_logging(level: str = "info", fmt: str = "text", redactor: Redactor | None = None) -> None:
+    """One handler on stderr renders every line, ours and the libraries', in one format.
+
+    structlog hands its events to the stdlib logger `autodeployer`, whose records reach the root
+    handler like uvicorn's do; the handler's ProcessorFormatter renders both with the same
+    renderer, so LOG_FORMAT=json gives one JSON object per line (tracebacks included) and text
+    mode one layout. Python warnings are captured into the same stream.
+    """
     redactor = redactor or Redactor()
     numeric = getattr(logging, level.upper(), logging.INFO)
-    renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
-    )
+    steps = _shared_steps(redactor)
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            redactor.processor,
-            _redact_rendered(redactor, renderer),
-        ],
+        processors=[*steps, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=False,
     )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=steps,
+        processors=[
+            _foreign_logger_name,
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            _redact_rendered(redactor, _renderer(fmt)),
+        ],
+    )
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_RedactingFormatter(redactor, "%(asctime)s [%(levelname)s] %(name)s: %(message)s"))
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    # Libraries' debug output is noise even at LOG_LEVEL=debug; our own logger follows LOG_LEVEL.
     root.setLevel(max(numeric, logging.INFO))
+    ours = logging.getLogger("autodeployer")
+    ours.handlers.clear()
+    ours.propagate = True
+    ours.setLevel(numeric)
     for noisy in ("httpx", "httpcore", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.captureWarnings(True)
 
 
 def _redact_rendered(redactor: Redactor, renderer: Any) -> Any:
+    """The last step: a secret that reached the rendered line by any route is still replaced."""
+
     def render(logger: Any, name: str, event: dict[str, Any]) -> str:
         return redactor(renderer(logger, name, event))
 

@@ -170,8 +170,12 @@ class WebhookReceiver:
         event = request.headers.get("x-github-event", "")
         verdict = await self._verdict(request, event)
         self._observe(event or "unknown", verdict.result)
-        self._log.info(
+        # A refused signature is someone probing the endpoint or a secret out of step (e.g. another
+        # STATE_DIR registered the hook): worth a warning. Neither the header nor the secret is logged.
+        log = self._log.warning if verdict.status == 401 else self._log.info
+        log(
             "webhook delivery",
+            path=request.url.path,
             github_event=event or None,
             delivery=request.headers.get("x-github-delivery"),
             result=verdict.result,
