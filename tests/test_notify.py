@@ -20,7 +20,7 @@ from autodeployer.emulators.gitserver import WorkRepo
 from autodeployer.model import Result
 from autodeployer.notify import event_for, is_slack
 
-from .helpers import ADMIN_TOKEN, entity_json, free_port, history_rows, pipe, wait_for
+from .helpers import ADMIN_TOKEN, GIT_TOKEN, base_env, entity_json, free_port, history_rows, pipe, wait_for
 
 NOTIFY_SECRET = "notify-SECRET-8a7b6c5d4e3f"  # the credential part of NOTIFY_URL's path
 SLACK_PATH = "/services/T000/B000/XXXX" + NOTIFY_SECRET
@@ -184,3 +184,60 @@ def test_event_rules_and_slack_detection():
     assert is_slack("https://hooks.slack.com/services/T1/B2/abc")
     assert is_slack("http://127.0.0.1:9/services/T000/B000/XXXX")
     assert not is_slack("https://example.org/hooks/notify")
+
+
+def test_a_failure_with_volatile_output_is_one_notification(service, tmp_path: Path, git_server, receiver: Receiver):
+    """A deploy command that prints a new temporary path at every attempt fails the same way each time:
+    one notification. Another reason or another revision is news; recovery is announced."""
+    repo = WorkRepo.create(tmp_path / "git" / "acme" / "deploy.git", tmp_path / "deploy-work")
+    first = commit(repo, {"deploy/app.conf": "version=1\n"}, "version 1")
+    mode = tmp_path / "exit-code"
+    mode.write_text("1")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    state_dir = tmp_path / "state"
+    env = base_env(
+        GIT_URL=git_server.url_for("acme/deploy.git"), GITHUB_TOKEN=GIT_TOKEN, TARGET="command", SYNC_ROOT="deploy", APP_NAME="deployer",
+        STATE_DIR=str(state_dir), SYNC_INTERVAL="0.1", NOTIFY_URL=f"{receiver.url}/hook/{NOTIFY_SECRET}",
+        NOTIFY_REPEAT="3600", ADMIN_TOKEN=ADMIN_TOKEN, COMMAND_SHELL="true",
+        DEPLOY_COMMAND=f'd=$(mktemp -d -p {scratch}); echo "cannot write $d/release after 0.$$ s"; exit $(cat {mode})',
+    )
+    svc = service(env)
+
+    def sync_now() -> None:
+        answer = httpx.post(svc.url + "/api/apps/deployer/sync", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        assert answer.status_code == 202
+
+    wait_for(lambda: len(results(state_dir, "failed")) >= 5, timeout=30, what="five failed attempts")
+    errors = {r["error"] for r in results(state_dir, "failed")}
+    assert len(errors) >= 5, "each attempt's error quotes another temporary path"
+    time.sleep(0.3)
+    assert receiver.events() == ["failed"]
+    assert receiver.bodies()[0]["revision"] == first
+    assert receiver.bodies()[0]["error"].startswith("command exited with code 1")
+    assert "notification not repeated" in svc.log()
+
+    mode.write_text("3")  # another reason, same revision
+    failed = len(results(state_dir, "failed"))
+    sync_now()
+    wait_for(lambda: len(receiver.received) == 2, what="notification of the new reason")
+    assert receiver.bodies()[1]["error"].startswith("command exited with code 3")
+    wait_for(lambda: len(results(state_dir, "failed")) >= failed + 3, timeout=30, what="more attempts")
+
+    second = commit(repo, {"deploy/app.conf": "version=2\n"}, "version 2")  # same reason, a new revision
+    sync_now()
+    wait_for(lambda: len(receiver.received) == 3, what="notification of the new revision")
+    assert receiver.bodies()[2]["revision"] == second and receiver.bodies()[2]["event"] == "failed"
+
+    mode.write_text("0")
+    sync_now()
+    wait_for(lambda: len(receiver.received) == 4, what="recovered notification")
+    assert receiver.bodies()[3]["event"] == "recovered" and receiver.bodies()[3]["revision"] == second
+
+    mode.write_text("1")  # after a recovery the old failure is news again
+    third = commit(repo, {"deploy/app.conf": "version=3\n"}, "version 3")
+    sync_now()
+    wait_for(lambda: len(receiver.received) == 5, what="failure after recovery")
+    time.sleep(0.5)
+    assert receiver.events() == ["failed", "failed", "failed", "recovered", "failed"]
+    assert receiver.bodies()[4]["revision"] == third

@@ -4,8 +4,12 @@ With NOTIFY_ON=all every applied sync is announced too. A Slack incoming-webhook
 message instead of the plain JSON document. The reporter remembers, per app and in this process only,
 the last result it saw and when it last sent each failure, so:
 
-* an identical failure (same app, same event, same error text) is delivered at most once per
-  NOTIFY_REPEAT seconds, however often the app retries (an undelivered one is tried again);
+* the same failure (same app, event, revision and reason) is delivered at most once per
+  NOTIFY_REPEAT seconds, however often the app retries (an undelivered one is tried again). The
+  reason is the error's first line and the problems, with what changes from one attempt to the next
+  masked (paths such as a command's temporary directory, ids, timings): a command that prints a new
+  temporary path at every failure is still one failure, while a new revision or another reason is
+  news;
 * the first successful sync after a failure is announced as "recovered", and clears that memory, so a
   later failure is news again;
 * after a restart (or when another replica takes the app over) the memory is empty: a failure that
@@ -127,12 +131,39 @@ def slack_message(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# Text that differs between two attempts failing for the same reason: masked out of the reason.
+_VOLATILE = (
+    (re.compile(r"\d{4}-\d\d-\d\d[T ][\d:.]+(?:Z|[+-]\d\d:?\d\d)?"), "<time>"),
+    (re.compile(r"(?<![\w.:/~])(?:~|\.{1,2})?(?:/[^\s/:'\"()\[\],;]+)+/?"), "<path>"),  # absolute paths
+    (re.compile(r"\b[0-9a-f]{7,64}\b", re.IGNORECASE), "<id>"),  # revisions, temp suffixes, request ids
+    (re.compile(r"\b\d+\.\d+\b"), "<n>"),  # durations, sizes
+)
+
+
+def _mask(text: str) -> str:
+    for pattern, replacement in _VOLATILE:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def failure_reason(result: SyncResult) -> str:
+    """What identifies a failure beyond its app, result and revision: the error's first line (a
+    command's output follows it) and the problems, with volatile text masked."""
+    error = (result.error or "").strip()
+    parts = [error.splitlines()[0] if error else ""]
+    parts += sorted(str(problem).strip().split("\n", 1)[0] for problem in result.problems)
+    return _mask("\n".join(parts))
+
+
+FailureKey = tuple[str, str | None, str]  # (event, revision, reason); the app is the memory's owner
+
+
 @dataclass
 class _AppMemory:
     """What the reporter remembers about one app (in this process only)."""
 
     previous: Result | None = None
-    sent: dict[tuple[str, str], float] = field(default_factory=dict)  # (event, error) -> monotonic time
+    sent: dict[FailureKey, float] = field(default_factory=dict)  # failure -> monotonic time of delivery
 
 
 class NotifyReporter:
@@ -162,7 +193,7 @@ class NotifyReporter:
         memory.previous = result.result
         if event is None:
             return
-        key = (event, result.error or "")
+        key: FailureKey = (event, result.revision, failure_reason(result))
         if event in ("failed", "refused") and self._repeated(memory, key, app.name):
             return
         if event == "recovered":
@@ -171,7 +202,7 @@ class NotifyReporter:
         if delivered and event in ("failed", "refused"):
             memory.sent[key] = time.monotonic()  # an undelivered failure is tried again next time
 
-    def _repeated(self, memory: _AppMemory, key: tuple[str, str], app: str) -> bool:
+    def _repeated(self, memory: _AppMemory, key: FailureKey, app: str) -> bool:
         """True (and logged) when this failure was delivered less than NOTIFY_REPEAT seconds ago."""
         now = time.monotonic()
         memory.sent = {k: at for k, at in memory.sent.items() if now - at < self._repeat}  # forget expired
