@@ -22,7 +22,8 @@ RUN groupadd --system --gid 10001 autodeployer \
  && chown autodeployer:autodeployer /var/lib/autodeployer \
  && chmod 0700 /var/lib/autodeployer
 
-COPY pyproject.toml README.md /tmp/build/
+# LICENSE: pyproject.toml names it as the license file, and the wheel carries it into the image.
+COPY pyproject.toml README.md LICENSE /tmp/build/
 COPY src /tmp/build/src
 RUN pip install /tmp/build && rm -rf /tmp/build
 

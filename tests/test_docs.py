@@ -12,11 +12,17 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
+import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
+import yaml
 
 from autodeployer.config import all_variables, load_config, settings_table
+
+from .helpers import base_env, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGURATION = ROOT / "docs" / "configuration.md"
@@ -156,3 +162,136 @@ def test_dockerfile_essentials():
     for needle in ("git", "ca-certificates", "EXPOSE 5000", "HEALTHCHECK", "/healthz",
                    'ENTRYPOINT ["autodeployer"]', 'CMD ["run"]', "STATE_DIR=/var/lib/autodeployer", "PORT=5000"):
         assert needle in text, needle
+
+
+# --------------------------------------------------------------------------- every example in docs/ and examples/
+DOC_PAGES = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
+
+
+def fenced(*languages: str) -> list[tuple[str, str]]:
+    """(page:line, text) of every fenced block in one of these languages."""
+    blocks = []
+    for page in DOC_PAGES:
+        text = page.read_text()
+        for match in FENCE.finditer(text):
+            if match.group(1) in languages:
+                blocks.append((f"{page.name}:{text[:match.start()].count(chr(10)) + 1}", match.group(2)))
+    return blocks
+
+
+def dockerfile_instruction(name: str) -> list[str]:
+    """The exec form of ENTRYPOINT or CMD in the Dockerfile."""
+    match = re.search(rf"^{name} (\[.*\])\s*$", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    assert match, f"Dockerfile has no exec-form {name}"
+    return json.loads(match.group(1))
+
+
+def cli_help(*args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli(base_env(), *args, "--help", timeout=60)
+
+
+def check_invocation(argv: list[str], where: str) -> None:
+    """argv (a container's command line) is a valid `autodeployer` invocation: its verb's --help answers."""
+    assert argv and argv[0] == "autodeployer", f"{where}: runs {argv[:1]}, not autodeployer"
+    answer = cli_help(*argv[1:])
+    assert answer.returncode == 0 and "Usage: autodeployer" in answer.stdout, f"{where}: {argv}: {answer.stderr}"
+
+
+@pytest.mark.parametrize("where,text", fenced("yaml", "json"), ids=lambda v: v if ":" in str(v) else "")
+def test_yaml_and_json_blocks_parse(where: str, text: str):
+    doc = yaml.safe_load(text) if not text.lstrip().startswith("{") else json.loads(text)
+    assert isinstance(doc, dict) and doc, where
+
+
+def test_shell_blocks_are_valid_shell_and_name_real_verbs_and_flags():
+    blocks = fenced("bash", "sh")
+    assert len(blocks) >= 8
+    used: dict[tuple[str, ...], set[str]] = {}
+    for where, text in blocks:
+        syntax = subprocess.run(["bash", "-n"], input=text, capture_output=True, text=True)
+        assert syntax.returncode == 0, f"{where}: {syntax.stderr}"
+        for line in text.replace("\\\n", " ").splitlines():
+            words = [w.strip("[]") for w in shlex.split(line, comments=True)]
+            if "autodeployer" not in words:
+                continue
+            words = words[words.index("autodeployer") + 1:]
+            words = words[:words.index("&&")] if "&&" in words else words
+            verb = tuple(w for w in words if re.fullmatch(r"[a-z]+", w))[:2]
+            used.setdefault(verb, set()).update(w.split("=")[0] for w in words if w.startswith("--"))
+    assert ("sync",) in {v[:1] for v in used} and ("hooks", "list") in used, used
+    for verb, flags in used.items():
+        answer = cli_help(*verb)
+        if answer.returncode != 0 and len(verb) == 2:  # the second word was an argument, not a subcommand
+            answer = cli_help(verb[0])
+        assert answer.returncode == 0, f"autodeployer {' '.join(verb)}: {answer.stderr}"
+        for flag in flags:
+            assert re.search(rf"{re.escape(flag)}\b", answer.stdout), f"autodeployer {' '.join(verb)} has no {flag}"
+
+
+def test_compose_example_runs_the_image_correctly(tmp_path: Path):
+    """docs/scale-out.md's compose file: each deployer's command, after the image's ENTRYPOINT, is a valid
+    invocation, its environment uses declared variables only, and it loads examples/apps.yaml."""
+    [(where, text)] = [(w, t) for w, t in fenced("yaml") if "services:" in t]
+    compose = yaml.safe_load(text)
+    entrypoint, default_cmd = dockerfile_instruction("ENTRYPOINT"), dockerfile_instruction("CMD")
+    declared = {v.name for v in all_variables()}
+    deployers = {name: svc for name, svc in compose["services"].items() if "autodeployer" in svc.get("image", "")}
+    assert len(deployers) == 3
+    for name, svc in deployers.items():
+        command = svc.get("command", default_cmd)
+        check_invocation([*entrypoint, *command], f"{where} {name}")
+        unknown = set(svc["environment"]) - declared
+        assert not unknown, f"{where} {name}: not autodeployer variables: {unknown}"
+    # Run what can run here: the configuration the replica would load (secret files in tmp_path).
+    svc = deployers["deployer-1"]
+    config_path = svc["command"][svc["command"].index("--config") + 1]
+    mounts = dict(reversed(v.split(":")[:2]) for v in svc["volumes"])
+    assert mounts[config_path] == "./apps.yaml"
+    environ = {k: str(v).replace("/run/secrets/", f"{tmp_path}/") for k, v in svc["environment"].items()}
+    (tmp_path / "store_password").write_text("pg-password\n")
+    apps_yaml = (ROOT / "examples" / "apps.yaml").read_text()
+    for index, path in enumerate(re.findall(r"_file: (\S+)", apps_yaml)):
+        (tmp_path / f"secret-{index}").write_text("file-secret-value\n")
+        apps_yaml = apps_yaml.replace(path, str(tmp_path / f"secret-{index}"))
+    (tmp_path / "apps.yaml").write_text(apps_yaml)
+    environ.update({ref: "value" for ref in re.findall(r"_env: (\w+)", apps_yaml)})
+    config = load_config(environ, tmp_path / "apps.yaml")
+    assert config.service.store_url and config.service.store_url.startswith("postgresql://autodeployer@postgres")
+    assert config.service.store_password is not None
+
+
+def test_marathon_example_of_scale_out_runs_autodeployer():
+    [(where, text)] = [(w, t) for w, t in fenced("json") if '"instances": 3' in t]
+    app = json.loads(text)
+    assert "autodeployer" in app["container"]["docker"]["image"]
+    check_invocation(shlex.split(app["cmd"]), where)  # a Mesos `cmd` runs in a shell, without the ENTRYPOINT
+
+
+def test_dploy_example_loads(tmp_path: Path):
+    """examples/dploy is a dploy project: its descriptor and its spec are read by the real code."""
+    from autodeployer.dploy import dploy_hook_url, read_dploy
+    from autodeployer.model import SourceFile, Tree
+    from autodeployer.targets.marathon import parse_desired
+
+    directory = ROOT / "examples" / "dploy"
+    built = read_dploy(directory, base_env(STATE_DIR=str(tmp_path / "state"), GITHUB_TOKEN="ghp_example123456"))
+    [app] = built.config.apps
+    assert app.name == "shop" and app.target.kind == "marathon" and app.source.branch == "dcos"
+    assert dploy_hook_url(built.config) == "http://52.37.239.156:5000/dploy"
+    files = {str(p.relative_to(directory)): p.read_bytes() for p in (directory / "specs").glob("*.json")}
+    tree = Tree("0" * 40, "1" * 40, {path: SourceFile(path, data, "100644", len(data)) for path, data in files.items()})
+    desired = parse_desired(tree, "specs", "shop")
+    assert set(desired.apps) == {"/shop/web"} and not desired.warnings
+
+
+def test_pyproject_ships_the_postgresql_driver_and_the_image_builds_from_what_it_copies():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert any(dep.startswith("psycopg[binary]") for dep in project["dependencies"])
+    assert project["optional-dependencies"]["postgres"] == []  # the old extra still resolves
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    copied = {name for line in re.findall(r"^COPY (.+) \S+$", dockerfile, re.MULTILINE) for name in line.split()}
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
+    for needed in ("pyproject.toml", "README.md", "src", *project.get("license-files", [])):
+        assert needed in copied, f"the Dockerfile does not copy {needed}, which the build needs"
+        assert needed not in ignored and (ROOT / needed).exists(), needed
