@@ -146,3 +146,28 @@ def test_openapi_matches_the_routes(running):
         answer = httpx.request(method.upper(), running.url + concrete)
         assert answer.status_code != 404 or path == "/webhook", path
         assert answer.status_code != 405, path
+
+
+def test_metrics_have_no_created_series(running, config_repo: WorkRepo, sesam):
+    add_pipe(config_repo, "metric")
+    wait_for(lambda: "metric" in stripped(sesam.entities()), what="sync")
+    text = httpx.get(running.url + "/metrics").text
+    assert "autodeployer_sync_total{" in text and "autodeployer_sync_duration_seconds_count{" in text
+    assert "_created" not in text
+
+
+def test_openapi_describes_dploy_and_the_history_rows(running, config_repo: WorkRepo):
+    spec = httpx.get(running.url + "/openapi.json").json()
+    assert spec["paths"]["/dploy"]["post"]["responses"].keys() == spec["paths"]["/webhook"]["post"]["responses"].keys()
+    assert httpx.post(running.url + "/dploy").status_code == 401  # served, and refused unsigned
+    add_pipe(config_repo, "described")
+    history = wait_for(lambda: httpx.get(running.url + "/api/apps/node/history").json()["history"], what="history")
+    answer = spec["paths"]["/api/apps/{app}/history"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert answer["schema"]["properties"]["history"]["items"] == {"$ref": "#/components/schemas/HistoryRow"}
+    schema = spec["components"]["schemas"]["HistoryRow"]
+    for row in history:
+        assert set(row) == set(schema["properties"]), "the schema lists exactly the fields of a history row"
+        assert row["result"] in schema["properties"]["result"]["enum"]
+        assert row["trigger"] in schema["properties"]["trigger"]["enum"]
+    app = httpx.get(running.url + "/api/apps/node").json()
+    assert set(app) == set(spec["components"]["schemas"]["App"]["properties"])

@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from ..errors import AutodeployerError, StoreUnavailable
-from ..model import Trigger
+from ..model import Result, Trigger
 from ..scheduling import Scheduler
 from ..service import Runtime
 from ..store import Store
@@ -186,6 +186,15 @@ _ADMIN = [{"adminToken": []}]
 _APP_PARAM = {"name": "app", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
+_HISTORY = {"$ref": "#/components/schemas/HistoryRow"}
+
+
+def _webhook(summary: str) -> dict[str, Any]:
+    return {"post": {"summary": summary, "responses": {
+        "200": {"description": "ping or duplicate"}, "202": {"description": "queued or ignored"},
+        "204": {"description": "other event"}, "400": _ERR, "401": _ERR, "408": _ERR, "413": _ERR, "415": _ERR}}}
+
+
 def _action(summary: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
     op: dict[str, Any] = {
         "summary": summary,
@@ -208,10 +217,9 @@ OPENAPI: dict[str, Any] = {
         "/readyz": {"get": {"summary": "Every app has completed one reconcile attempt",
                             "responses": {"200": {"description": "Ready"}, "503": {"description": "Not yet"}}}},
         "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "Text format"}}}},
-        "/webhook": {"post": {"summary": "GitHub push webhook (X-Hub-Signature-256 required)",
-                              "responses": {"200": {"description": "ping or duplicate"}, "202": {"description": "queued or ignored"},
-                                            "204": {"description": "other event"}, "400": _ERR, "401": _ERR,
-                                            "408": _ERR, "413": _ERR, "415": _ERR}}},
+        "/webhook": _webhook("GitHub push webhook (X-Hub-Signature-256 required)"),
+        "/dploy": _webhook("The same webhook at the path dploy's observer used (hooks registered for dploy "
+                           "projects point here)"),
         "/api/apps": {"get": {"summary": "All apps", "responses": {"200": {"description": "Apps", "content": {
             "application/json": {"schema": {"type": "object", "properties": {"apps": {"type": "array", "items": _APP},
                 "store_warning": {"type": "string", "description": "Set while STATE_DIR cannot be written: "
@@ -222,7 +230,10 @@ OPENAPI: dict[str, Any] = {
             "summary": "Sync history, newest first, with diffs",
             "parameters": [_APP_PARAM, {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
                                                                                    "maximum": MAX_HISTORY}}],
-            "responses": {"200": {"description": "History"}, "400": _ERR, "404": _ERR}}},
+            "responses": {"200": {"description": "History", "content": {"application/json": {"schema": {
+                "type": "object", "properties": {"app": {"type": "string"},
+                                                 "history": {"type": "array", "items": _HISTORY}}}}}},
+                          "400": _ERR, "404": _ERR, "503": _ERR}}},
         "/api/replicas": {"get": {
             "summary": "Replicas sharing the apps (one in single-replica mode), their heartbeats and owned apps",
             "responses": {"200": {"description": "Replicas", "content": {"application/json": {"schema": {
@@ -260,6 +271,26 @@ OPENAPI: dict[str, Any] = {
                     "owner": {"type": "string", "nullable": True,
                               "description": "Replica that reconciles the app; null with a single replica"},
                     "owner_heartbeat_at": {"type": "number", "nullable": True},
+                },
+            },
+            "HistoryRow": {
+                "type": "object",
+                "description": "One sync attempt; a row is written before the target is touched and completed after",
+                "properties": {
+                    "id": {"type": "integer"}, "app": {"type": "string"},
+                    "trigger": {"type": "string", "enum": [t.value for t in Trigger]},
+                    "revision": {"type": "string", "nullable": True},
+                    "started_at": {"type": "number"}, "finished_at": {"type": "number", "nullable": True},
+                    "duration": {"type": "number", "nullable": True, "description": "Seconds"},
+                    "result": {"type": "string", "enum": [r.value for r in Result]},
+                    "summary": {"type": "string"},
+                    "diff": {"type": "string", "description": "Readable unified diff of what was applied or planned"},
+                    "error": {"type": "string", "nullable": True},
+                    "warnings": {"type": "array", "items": {"type": "string"}},
+                    "problems": {"type": "array", "items": {"type": "string"},
+                                 "description": "Why a commit was refused, each naming its file and entity"},
+                    "drift": {"type": "boolean", "description": "The sync reverted a change made on the target"},
+                    "details": {"type": "object", "description": "Target-specific facts (replica, attempt, ...)"},
                 },
             },
             "Replicas": {
