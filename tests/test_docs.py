@@ -14,6 +14,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -295,3 +296,22 @@ def test_pyproject_ships_the_postgresql_driver_and_the_image_builds_from_what_it
     for needed in ("pyproject.toml", "README.md", "src", *project.get("license-files", [])):
         assert needed in copied, f"the Dockerfile does not copy {needed}, which the build needs"
         assert needed not in ignored and (ROOT / needed).exists(), needed
+
+
+def test_documented_bash_completion_completes_verbs_and_subcommands():
+    """The line docs/operations.md tells bash users to add, run in a real bash."""
+    [line] = [line.split("#")[0].strip() for _, text in fenced("bash") for line in text.splitlines()
+              if "bash_source" in line and line.startswith("eval")]
+    bin_dir = str(Path(sys.executable).parent)  # where the `autodeployer` entry point is installed
+    script = f"""{line}
+complete_words() {{ COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); COMPREPLY=(); _autodeployer_completion autodeployer;
+                    printf '%s ' "${{COMPREPLY[@]}}"; echo; }}
+complete_words autodeployer sy
+complete_words autodeployer hooks re
+complete_words autodeployer history --li
+"""
+    env = base_env(PATH=f"{bin_dir}:{os.environ['PATH']}")
+    answer = subprocess.run(["bash", "--norc", "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert answer.returncode == 0, answer.stderr
+    verbs, hooks, flags = (line.split() for line in answer.stdout.splitlines())
+    assert verbs == ["sync"] and sorted(hooks) == ["register", "remove"] and flags == ["--limit"]
