@@ -113,6 +113,15 @@ def _unfilter(kind: int, line: bytes, prev: bytes, bpp: int) -> bytes:
 
 def png_colours(data: bytes) -> tuple[int, int, Counter[tuple[int, int, int]]]:
     """(width, height, pixel count per RGB colour) of an 8-bit RGB/RGBA non-interlaced PNG."""
+    width, height, rows = png_rows(data)
+    colours: Counter[tuple[int, int, int]] = Counter()
+    for row in rows:
+        colours.update(row)
+    return width, height, colours
+
+
+def png_rows(data: bytes) -> tuple[int, int, list[list[tuple[int, int, int]]]]:
+    """(width, height, the RGB pixels of each row) of an 8-bit RGB/RGBA non-interlaced PNG."""
     assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
     pos, idat, header = 8, [], None
     while pos < len(data):
@@ -129,13 +138,24 @@ def png_colours(data: bytes) -> tuple[int, int, Counter[tuple[int, int, int]]]:
     bpp = 3 if colour_type == 2 else 4
     raw = zlib.decompress(b"".join(idat))
     stride = width * bpp
-    prev, colours = bytes(stride), Counter()
+    prev, rows = bytes(stride), []
     for y in range(height):
         start = y * (stride + 1)
         row = _unfilter(raw[start], raw[start + 1:start + 1 + stride], prev, bpp)
-        colours.update(zip(row[0::bpp], row[1::bpp], row[2::bpp]))
+        rows.append(list(zip(row[0::bpp], row[1::bpp], row[2::bpp])))
         prev = row
-    return width, height, colours
+    return width, height, rows
+
+
+def widest_run(rows: list[list[tuple[int, int, int]]], rgb: tuple[int, int, int]) -> int:
+    """The longest horizontal run of exactly this colour in any row (a card's width, for its background)."""
+    best = 0
+    for row in rows:
+        run = 0
+        for pixel in row:
+            run = run + 1 if pixel == rgb else 0
+            best = max(best, run)
+    return best
 
 
 def pixels_near(colours: Counter[tuple[int, int, int]], rgb: tuple[int, int, int], tolerance: int = 6) -> int:
@@ -259,3 +279,63 @@ def test_diff_classes_and_relative_times():
     assert relative_time(None, 100) == "never"
     assert relative_time(88, 100) == "12 s ago" and relative_time(280, 100) == "in 3 min"
     assert relative_time(100 - 7200, 100) == "2 h ago" and relative_time(100 - 3 * 86400, 100) == "3 d ago"
+
+
+WHITE = (0xFF, 0xFF, 0xFF)  # a card's background (light scheme)
+
+
+def test_overview_names_the_problem_shows_prune_warnings_and_uses_the_width(
+        service, git_server, config_repo: WorkRepo, sesam, tmp_path: Path):
+    """Two apps in one service: a refused Sesam commit's card leads with its first problem (file and line,
+    not only "not deployable"); a Marathon app in sync that would prune an app shows that warning; and on
+    a desktop the two cards share the width instead of sitting in two of three columns."""
+    from autodeployer.emulators.marathon import MarathonEmulator
+
+    from ..helpers import GIT_TOKEN, MARATHON_TOKEN, SESAM_JWT, base_env
+
+    chromium_or_skip()
+    shop = WorkRepo.create(tmp_path / "git" / "acme" / "shop.git", tmp_path / "shop-work", branch="dcos")
+    commit(shop, {"specs/web.json": '{"id": "web", "cmd": "serve", "instances": 1}\n'}, "web")
+    mara = MarathonEmulator(token=MARATHON_TOKEN, deploy_duration=0.01)
+    mara.load_app({"id": "/orphan", "cmd": "old", "labels": {"DPLOY": "shop"}})  # ours, no longer in Git
+    with mara.serve() as server:
+        config = tmp_path / "apps.yaml"
+        config.write_text(f"""
+defaults:
+  policy: {{interval: 0.3}}
+apps:
+  - name: node
+    source: {{url: "{git_server.url_for('acme/config.git')}", branch: master, token_env: GITHUB_TOKEN}}
+    target: {{kind: sesam, api_url: "{sesam.api_url}", jwt_env: JWT}}
+  - name: shop
+    source: {{url: "{git_server.url_for('acme/shop.git')}", branch: dcos, token_env: GITHUB_TOKEN}}
+    target: {{kind: marathon, url: "{server.url}", token_env: MARATHON_TOKEN}}
+""")
+        env = base_env(GITHUB_TOKEN=GIT_TOKEN, JWT=SESAM_JWT, MARATHON_TOKEN=MARATHON_TOKEN,
+                       STATE_DIR=str(tmp_path / "state"))
+        svc = service(env, "--config", str(config))
+        wait_for(lambda: httpx.get(svc.url + "/readyz").status_code == 200, what="first syncs")
+        bad = commit(config_repo, {"pipes/a-fine.conf.json": entity_json(pipe("fine")),
+                                   "pipes/broken.conf.json": '{"_id": "broken", "type": "pipe",',
+                                   "pipes/nameless.conf.json": '{"type": "pipe"}'}, "broken pipe")
+        wait_for(lambda: httpx.get(svc.url + "/api/apps/node").json()["status"] == "refused", what="refused")
+        assert httpx.get(svc.url + "/api/apps/shop").json()["status"] == "synced"
+
+        profile = tmp_path / "chromium"
+        index = dump_dom(profile, svc.url + "/")
+        node = index.split('id="app-node"')[1].split("</article>")[0]
+        headline = node.split('class="error headline"')[1].split("</p>")[0]
+        assert f"Refused at <code>{bad[:7]}</code>" in headline
+        assert "pipes/broken.conf.json" in headline and "line 1 column" in headline
+        assert "not deployable" not in node  # the problem says more than the error
+        assert "nameless.conf.json" in node.split('class="problems"')[1]  # the other problem is listed
+        shop_card = index.split('id="app-shop"')[1].split("</article>")[0]
+        assert 'class="warnings"' in shop_card and "would prune /orphan" in shop_card
+        page = dump_dom(profile, svc.url + "/apps/node")
+        assert "pipes/broken.conf.json" in page.split('class="card facts-card"')[1].split("</section>")[0]
+
+        png = tmp_path / "overview.png"
+        chromium(profile, svc.url + "/", f"--screenshot={png}", width=1280)
+        width, _, rows = png_rows(png.read_bytes())
+        card = widest_run(rows[60:400], WHITE)
+        assert width == 1280 and 520 <= card <= 1200, f"cards are {card} px wide on a 1280 px screen"

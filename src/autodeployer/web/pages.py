@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from ..errors import StoreUnavailable
 from .api import Api
+from ..store import HistoryRow
 from .status import history_row
 
 REFRESH_SECONDS = 5
@@ -26,7 +27,12 @@ PAGE_HISTORY = 30  # syncs shown on an app page (the API serves more)
 MAX_HISTORY = 200
 MAX_DIFF_LINES = 2000  # per sync; the API has the full diff
 OPEN_DIFFS = 3  # the newest diffs are expanded, older ones folded
-MAX_PROBLEMS = 5  # per app on the overview
+MAX_PROBLEMS = 5  # problems, and warnings, per app on the overview
+# Targets whose last sync may have left warnings that stay true until someone acts ("would prune"
+# an app that is no longer in Git): the overview reads their latest history row even when they are
+# in sync. Other apps' rows are read only when they failed, so the overview of hundreds of synced
+# apps costs no query per app.
+STANDING_WARNINGS = frozenset({"marathon"})
 
 BADGES = {
     "synced": "synced",
@@ -132,6 +138,26 @@ def _counts(rows: list[dict[str, Any]]) -> list[tuple[str, int]]:
     return sorted(counts.items())
 
 
+def trouble_notes(row: dict[str, Any], latest: HistoryRow | None) -> dict[str, Any]:
+    """The headline of a failed or refused app, the rest of its problems, and the latest warnings.
+
+    A refusal's error only says that the commit is not deployable; its first problem says where
+    (file, entity, line), so that becomes the headline and the error is left out."""
+    problems = list(latest.problems) if latest is not None and row["status"] in ("failed", "refused") else []
+    warnings = list(latest.warnings) if latest is not None else []
+    headline = row.get("last_error") if row["status"] in ("failed", "refused") else None
+    if row["status"] == "refused" and problems:
+        headline = problems.pop(0)
+    return {
+        "headline": headline,
+        "refused": row["status"] == "refused" and headline is not None,
+        "problems": problems[:MAX_PROBLEMS],
+        "more_problems": max(0, len(problems) - MAX_PROBLEMS),
+        "warnings": warnings[:MAX_PROBLEMS],
+        "more_warnings": max(0, len(warnings) - MAX_PROBLEMS),
+    }
+
+
 class Pages:
     """Renders `/` and `/apps/{app}`; each response carries its own CSP nonce for the inline script."""
 
@@ -152,20 +178,27 @@ class Pages:
 
     async def index(self, request: Request) -> HTMLResponse:
         rows = self.api.rows()
-        problems = {row["name"]: self._last_problems(row) for row in rows}
-        return self._render("index.html", apps=rows, counts=_counts(rows), problems=problems)
+        notes = {row["name"]: self._notes(row) for row in rows}
+        return self._render("index.html", apps=rows, counts=_counts(rows), notes=notes)
 
-    def _last_problems(self, row: dict[str, Any]) -> list[str]:
-        """The reasons behind a failed or refused app, so the overview says what to fix."""
-        if row["status"] not in ("failed", "refused"):
-            return []
+    def _latest(self, name: str) -> HistoryRow | None:
+        """The app's newest finished attempt (an attempt in flight has no problems or warnings yet)."""
         try:
-            latest = self.api.store.history(row["name"], 1)
+            rows = self.api.store.history(name, 2)
         except StoreUnavailable:  # a shared store out of reach: the overview still shows the last known state
-            return []
-        if not latest or latest[0].result not in ("failed", "refused"):
-            return []
-        return latest[0].problems[:MAX_PROBLEMS]
+            return None
+        return next((r for r in rows if r.result != "running"), None)
+
+    def _notes(self, row: dict[str, Any]) -> dict[str, Any]:
+        """What the overview says beyond the badge: why a failed or refused app is stuck, and the warnings
+        of the last sync of a target whose warnings stand (e.g. apps that would be pruned)."""
+        trouble = row["status"] in ("failed", "refused")
+        if not trouble and row["target"] not in STANDING_WARNINGS:
+            return trouble_notes(row, None)
+        latest = self._latest(row["name"])
+        if latest is not None and trouble and latest.result not in ("failed", "refused"):
+            latest = None  # the state and the newest row disagree (a newer attempt is being recorded)
+        return trouble_notes(row, latest)
 
     async def app(self, request: Request) -> HTMLResponse:
         name = request.path_params["app"]
@@ -173,10 +206,14 @@ class Pages:
         if row is None:
             return self._render("missing.html", status_code=404, name=name)
         try:
-            history = [history_row(h) for h in self.api.store.history(name, _limit(request))]
+            rows = self.api.store.history(name, _limit(request))
         except StoreUnavailable as exc:
-            return self._render("app.html", app=row, history=[], history_error=str(exc))
-        return self._render("app.html", app=row, history=[_history_view(h, i) for i, h in enumerate(history)])
+            return self._render("app.html", app=row, history=[], history_error=str(exc),
+                                notes=trouble_notes(row, None))
+        latest = next((r for r in rows if r.result != "running"), None)
+        history = [history_row(h) for h in rows]
+        return self._render("app.html", app=row, history=[_history_view(h, i) for i, h in enumerate(history)],
+                            notes=trouble_notes(row, latest))
 
 
 def _headers(nonce: str) -> dict[str, str]:
