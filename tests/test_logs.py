@@ -28,9 +28,12 @@ def exercise(svc) -> None:
     assert svc.stop() == 0
 
 
-def test_json_mode_writes_only_json_objects(service, app_env):
-    svc = service({**app_env, "LOG_FORMAT": "json", "WEBHOOK_SECRET": WEBHOOK_SECRET,
+def test_json_mode_writes_only_json_objects(service, app_env, git_server):
+    git_server.down()  # the first syncs fail: our error lines, with the git error quoted
+    svc = service({**app_env, "LOG_FORMAT": "json", "WEBHOOK_SECRET": WEBHOOK_SECRET, "SYNC_INTERVAL": "0.2",
                    "PYTHONWARNINGS": "always"})
+    wait_for(lambda: '"level": "error"' in svc.log() or '"level": "warning"' in svc.log(), what="a failed sync")
+    git_server.up()
     exercise(svc)
     lines = svc.log().splitlines()
     events = []

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 import structlog
@@ -67,7 +67,7 @@ def _shared_steps(redactor: Redactor) -> list[Any]:
     ]
 
 
-def _foreign_logger_name(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+def _foreign_logger_name(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Name the library a stdlib line comes from (`uvicorn.error`); our own lines carry none."""
     record = event.get("_record")
     if record is not None and not event.get("_from_structlog"):

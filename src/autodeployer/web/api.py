@@ -182,7 +182,7 @@ async def openapi_endpoint(request: Request) -> JSONResponse:
 
 _APP = {"$ref": "#/components/schemas/App"}
 _ERR = {"description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-_ADMIN = [{"adminToken": []}]
+_ADMIN: list[dict[str, list[str]]] = [{"adminToken": []}]
 _APP_PARAM = {"name": "app", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
