@@ -315,3 +315,16 @@ complete_words autodeployer history --li
     assert answer.returncode == 0, answer.stderr
     verbs, hooks, flags = (line.split() for line in answer.stdout.splitlines())
     assert verbs == ["sync"] and sorted(hooks) == ["register", "remove"] and flags == ["--limit"]
+
+
+def test_every_example_file_parses():
+    files = sorted(p for p in (ROOT / "examples").rglob("*") if p.is_file())
+    assert {p.name for p in files} >= {"apps.yaml", "dploy.app", "web.json", "marathon-autodeployer.json"}
+    for path in files:
+        text = path.read_text()
+        if path.suffix == ".json":
+            assert isinstance(json.loads(text), dict), path
+        elif path.suffix in (".yaml", ".yml", ".app"):  # dploy.app is YAML
+            assert isinstance(yaml.safe_load(text), dict), path
+        else:
+            raise AssertionError(f"{path}: an example of a kind no test reads")
