@@ -40,6 +40,10 @@ def test_status_and_history_over_http(running, config_repo: WorkRepo, sesam):
     assert len(history) == 1 and history[0]["revision"] == head and '"_id": "api-one"' in history[0]["diff"]
     assert httpx.get(running.url + "/api/apps/nope").status_code == 404
     assert httpx.get(running.url + "/api/apps/node/history?limit=x").status_code == 400
+    for bad in ("0", "-1", "-3"):
+        answer = httpx.get(running.url + f"/api/apps/node/history?limit={bad}")
+        assert answer.status_code == 400 and "limit must be a whole number of at least 1" in answer.json()["error"]
+    assert len(httpx.get(running.url + "/api/apps/node/history?limit=100000").json()["history"]) >= 1
     body = httpx.get(running.url + "/api/apps").text + httpx.get(running.url + "/api/apps/node/history").text
     for secret in ALL_SECRETS:
         assert secret not in body

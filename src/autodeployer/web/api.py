@@ -99,9 +99,12 @@ class Api:
         if app is None:
             return _error(404, f"no app named {request.path_params['app']!r}")
         try:
-            limit = min(MAX_HISTORY, max(1, int(request.query_params.get("limit", "20"))))
+            limit = int(request.query_params.get("limit", "20"))
         except ValueError:
-            return _error(400, "limit must be a whole number")
+            limit = 0
+        if limit < 1:  # 0 or -1 asked for nothing (or everything): say so rather than guess
+            return _error(400, f"limit must be a whole number of at least 1 (at most {MAX_HISTORY} rows are returned)")
+        limit = min(MAX_HISTORY, limit)
         try:
             rows = self.store.history(app.name, limit)
         except StoreUnavailable as exc:
@@ -229,7 +232,8 @@ OPENAPI: dict[str, Any] = {
         "/api/apps/{app}/history": {"get": {
             "summary": "Sync history, newest first, with diffs",
             "parameters": [_APP_PARAM, {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
-                                                                                   "maximum": MAX_HISTORY}}],
+                                                                                   "default": 20},
+                                        "description": f"Rows to return; more than {MAX_HISTORY} returns {MAX_HISTORY}"}],
             "responses": {"200": {"description": "History", "content": {"application/json": {"schema": {
                 "type": "object", "properties": {"app": {"type": "string"},
                                                  "history": {"type": "array", "items": _HISTORY}}}}}},
