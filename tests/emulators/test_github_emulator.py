@@ -73,6 +73,8 @@ def gh() -> GitHubEmulator:
     emulator = GitHubEmulator(token=TOKEN)
     emulator.add_repo("acme", "config", repo_id=1234, default_branch="master")
     emulator.set_head("acme", "config", "master", SHA_A)
+    for sha in (SHA_B, SHA_C):  # commits the repository has besides its head
+        emulator.add_commit("acme", "config", sha)
     return emulator
 
 
