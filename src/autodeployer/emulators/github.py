@@ -19,12 +19,10 @@ Typical use::
 from __future__ import annotations
 
 import asyncio
-import argparse
 import hashlib
 import hmac
 import json
 import math
-import os
 import re
 import secrets
 import subprocess
@@ -44,7 +42,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from autodeployer.emulators._server import LoopbackServer
+from autodeployer.emulators._server import (
+    LoopbackServer,
+    serve_forever,
+    standalone_parser,
+    token_from_env,
+)
 
 ZERO_SHA = "0" * 40
 MASKED_SECRET = "********"
@@ -1783,26 +1786,25 @@ class GitHubEmulator:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Serve the emulator in the foreground; the token comes from ``GITHUB_EMULATOR_TOKEN`` only."""
-    import uvicorn
-
-    parser = argparse.ArgumentParser(prog="python -m autodeployer.emulators.github")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
+    """Serve the emulator; the token comes from ``GITHUB_EMULATOR_TOKEN`` (never argv)."""
+    parser = standalone_parser("github", 8090, "GITHUB_EMULATOR_TOKEN")
     parser.add_argument("--api-prefix", default="", help='"/api/v3" for GHES mode')
     parser.add_argument("--repo", action="append", default=[], metavar="OWNER/NAME[:BRANCH]",
                         help="repository to create (repeatable); default branch 'main'")
+    parser.add_argument("--git-dir", action="append", default=[], metavar="OWNER/NAME=PATH",
+                        help="back a --repo with a Git repository on disk (its branches and "
+                             "commits)")
     args = parser.parse_args(argv)
-    emulator = GitHubEmulator(token=os.environ.get("GITHUB_EMULATOR_TOKEN") or None,
-                              api_prefix=args.api_prefix)
+    token = token_from_env("GITHUB_EMULATOR_TOKEN")
+    emulator = GitHubEmulator(token=token, api_prefix=args.api_prefix)
+    git_dirs = dict(spec.split("=", 1) for spec in args.git_dir if "=" in spec)
     for spec in args.repo:
         full, _, branch = spec.partition(":")
         owner, _, name = full.partition("/")
-        emulator.add_repo(owner, name, default_branch=branch or "main")
+        emulator.add_repo(owner, name, default_branch=branch or "main", git_dir=git_dirs.get(full))
     emulator.base_url = f"http://{args.host}:{args.port}"
-    if emulator.token is None:
-        print("GITHUB_EMULATOR_TOKEN not set: authentication disabled")
-    uvicorn.run(emulator.app(), host=args.host, port=args.port, log_level="info")
+    serve_forever(emulator.app(), "GitHub", emulator.api_url, "GITHUB_EMULATOR_TOKEN",
+                  token is not None, args.host, args.port)
 
 
 if __name__ == "__main__":

@@ -14,18 +14,15 @@ loop.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import binascii
-import contextlib
 import copy
 import dataclasses
 import hashlib
 import hmac
 import json
 import math
-import os
 import re
 import secrets
 import threading
@@ -41,7 +38,12 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from autodeployer.emulators._server import LoopbackServer
+from autodeployer.emulators._server import (
+    LoopbackServer,
+    serve_forever,
+    standalone_parser,
+    token_from_env,
+)
 
 __all__ = [
     "ID_PATTERN_MESSAGE",
@@ -2058,20 +2060,14 @@ def _snapshot_json(group_id: str, snapshot: Mapping[str, Any]) -> dict[str, Any]
 
 def main(argv: list[str] | None = None) -> None:
     """Serve the emulator; the token comes from ``MARATHON_EMULATOR_TOKEN`` (never argv)."""
-    import uvicorn
-
-    parser = argparse.ArgumentParser(prog="python -m autodeployer.emulators.marathon")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--deploy-duration", type=float, default=0.2)
+    parser = standalone_parser("marathon", 8080, "MARATHON_EMULATOR_TOKEN")
+    parser.add_argument("--deploy-duration", type=float, default=0.2,
+                        help="seconds each deployment runs (0.2)")
     args = parser.parse_args(argv)
-    emulator = MarathonEmulator(
-        token=os.environ.get("MARATHON_EMULATOR_TOKEN") or None,
-        deploy_duration=args.deploy_duration,
-    )
-    print(f"Marathon emulator on http://{args.host}:{args.port}", flush=True)
-    with contextlib.suppress(KeyboardInterrupt):
-        uvicorn.run(emulator.asgi_app, host=args.host, port=args.port, log_level="warning")
+    token = token_from_env("MARATHON_EMULATOR_TOKEN")
+    emulator = MarathonEmulator(token=token, deploy_duration=args.deploy_duration)
+    serve_forever(emulator.asgi_app, "Marathon", f"http://{args.host}:{args.port}",
+                  "MARATHON_EMULATOR_TOKEN", token is not None, args.host, args.port)
 
 
 if __name__ == "__main__":

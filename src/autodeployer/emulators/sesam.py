@@ -16,17 +16,13 @@ Run by hand::
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
-import contextlib
 import copy
 import hashlib
 import io
 import json
-import os
 import re
-import sys
 import threading
 import time
 import zipfile
@@ -44,7 +40,12 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from autodeployer.emulators._server import LoopbackServer
+from autodeployer.emulators._server import (
+    LoopbackServer,
+    serve_forever,
+    standalone_parser,
+    token_from_env,
+)
 
 __all__ = ["ConfigError", "RequestRecord", "SesamEmulator", "main"]
 
@@ -1714,22 +1715,20 @@ class _ControlMiddleware:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Serve the emulator until Ctrl-C; the token comes from ``SESAM_EMULATOR_JWT`` only."""
-    parser = argparse.ArgumentParser(
-        prog="python -m autodeployer.emulators.sesam",
-        description="Sesam node API emulator. Set SESAM_EMULATOR_JWT to require a bearer token.",
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9042)
+    """Serve the emulator; the token comes from ``SESAM_EMULATOR_TOKEN`` (``SESAM_EMULATOR_JWT``,
+    its earlier name, still works), never from argv."""
+    parser = standalone_parser("sesam", 9042, "SESAM_EMULATOR_TOKEN")
+    parser.add_argument("--accept-unknown-env", action="store_true",
+                        help="store uploads naming unknown $ENV variables (warning) instead of "
+                             "refusing them with 400")
+    parser.add_argument("--no-system-pipes", action="store_true",
+                        help="start without the node's own (system, search, replica) pipes")
     args = parser.parse_args(argv)
-    jwt = os.environ.get("SESAM_EMULATOR_JWT") or None
-    emulator = SesamEmulator(jwt=jwt)
-    auth = "bearer token required" if jwt else "auth DISABLED (SESAM_EMULATOR_JWT not set)"
-    print(f"Sesam emulator on http://{args.host}:{args.port}/api ({auth})", file=sys.stderr)
-    import uvicorn
-
-    with contextlib.suppress(KeyboardInterrupt):
-        uvicorn.run(emulator.app, host=args.host, port=args.port, log_level="info")
+    jwt = token_from_env("SESAM_EMULATOR_TOKEN", "SESAM_EMULATOR_JWT")
+    emulator = SesamEmulator(jwt=jwt, system_pipes=not args.no_system_pipes)
+    emulator.refuse_unknown_env = not args.accept_unknown_env
+    serve_forever(emulator.app, "Sesam", f"http://{args.host}:{args.port}/api",
+                  "SESAM_EMULATOR_TOKEN", jwt is not None, args.host, args.port)
     return 0
 
 
