@@ -39,7 +39,7 @@ def web(instances: int = 2, **env: str) -> MarathonApp:
 
 
 def settled(client: MarathonClient) -> bool:
-    return client.list_deployments() == []
+    return not client.list_deployments()
 
 
 def test_info_ping_and_auth(mara: tuple[MarathonEmulator, MarathonClient]) -> None:

@@ -1401,7 +1401,7 @@ class MarathonEmulator:
                 },
                 {"WWW-Authenticate": "acsjwt"},
             )
-        return 200, {"token": self._issue_token(uid, self._token_ttl)}, {}
+        return 200, {"token": self._issue_token(str(uid), self._token_ttl)}, {}
 
     def _event_stream(self, request: Request) -> Response:
         wanted = set(request.query_params.getlist("event_type"))

@@ -247,8 +247,9 @@ def _sink_dataset(pipe: Mapping[str, Any]) -> str:
 def _schedule_interval(pipe: Mapping[str, Any]) -> float:
     pump = pipe.get("pump")
     value = pump.get("schedule_interval") if isinstance(pump, dict) else None
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
-    return float(value) if ok else DEFAULT_SCHEDULE_INTERVAL
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return DEFAULT_SCHEDULE_INTERVAL
 
 
 def problem(status: int, detail: str) -> JSONResponse:
