@@ -119,6 +119,8 @@ def test_auth_missing_or_bad_token_is_401(gh: GitHubEmulator, api: httpx.Client)
     bad = api.get(path, headers={"Authorization": "Bearer nope"})
     assert bad.status_code == 401 and bad.json()["message"] == "Bad credentials"
     assert api.get(path, headers={"Authorization": f"token {TOKEN}"}).status_code == 200
+    logged = gh.requests[-1].headers["authorization"]
+    assert logged == "token ********" and TOKEN not in repr(gh.requests)  # the log masks tokens
 
 
 def test_missing_hook_scope_is_403_but_statuses_work(gh: GitHubEmulator, api: httpx.Client) -> None:

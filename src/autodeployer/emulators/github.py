@@ -141,6 +141,16 @@ def _int_param(raw: str | None, default: int) -> int:
         return default
 
 
+def _redacted(headers: Mapping[str, str]) -> dict[str, str]:
+    """Request headers for the request log, the credential masked: a failing test's assertion
+    message prints the log, and a token must not land in CI output."""
+    out = dict(headers)
+    if "authorization" in out:
+        scheme, _, _ = out["authorization"].partition(" ")
+        out["authorization"] = f"{scheme} ********"
+    return out
+
+
 def _git(git_dir: Path, *args: str) -> str | None:
     """Output of a read-only git command on a linked repository; ``None`` if it fails."""
     try:
@@ -800,7 +810,7 @@ class GitHubEmulator:
                     call.raw_path,
                     dict(call.query),
                     reply.status,
-                    dict(call.headers),
+                    _redacted(call.headers),
                 )
             )
             return reply
