@@ -130,16 +130,19 @@ def test_hooks_paginated_duplicates_and_edit(gh: tuple[GitHubEmulator, str]) -> 
     config = {"url": HOOK_URL, "content_type": "json", "secret": "s3cret", "insecure_ssl": "0"}
     hook = repo.create_hook("web", config, events=["push"], active=True)
     assert hook.config["secret"] == "********" and hook.events == ["push"]
-    # GitHub's rule (reference section 2): the same URL is a duplicate only with overlapping events.
+    # GitHub's rule (REST docs, "Create a repository webhook"): hooks may share a config only
+    # when their events do not overlap; the config is the whole object, not the URL alone.
     with pytest.raises(GithubException) as duplicate:
         repo.create_hook("web", config, events=["push", "ping"], active=True)
     assert duplicate.value.status == 422
     assert duplicate.value.data["errors"][0]["resource"] == "Hook"
     other = repo.create_hook("web", config, events=["pull_request"], active=True)
     assert other.id != hook.id
+    form = repo.create_hook("web", {**config, "content_type": "form"}, events=["push"])
+    assert form.id not in (hook.id, other.id)
     for n in range(35):
         repo.create_hook("web", {**config, "url": f"http://127.0.0.1:9/h{n}"}, events=["push"])
-    assert len(list(repo.get_hooks())) == 37  # PyGithub follows the Link header over two pages
+    assert len(list(repo.get_hooks())) == 38  # PyGithub follows the Link header over two pages
     hook.edit("web", config, events=["push"], active=False)
     assert repo.get_hook(hook.id).active is False
     hook.delete()

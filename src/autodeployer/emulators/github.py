@@ -111,7 +111,7 @@ def _iso(ts: float | None = None) -> str:
 
 
 def _events_overlap(a: Iterable[str], b: Iterable[str]) -> bool:
-    """GitHub's duplicate rule: same URL is fine only when the event sets are disjoint."""
+    """GitHub's duplicate rule: the same config is fine only when the event sets are disjoint."""
     sa, sb = set(a), set(b)
     return bool(sa & sb) or ("*" in sa and bool(sb)) or ("*" in sb and bool(sa))
 
@@ -1118,10 +1118,14 @@ class GitHubEmulator:
 
     # ---------------------------------------------------------------- hooks endpoints
 
-    def _check_duplicate(self, repo: RepoState, url: str, events: list[str], skip: int = 0) -> None:
+    def _check_duplicate(self, repo: RepoState, config: Mapping[str, str], events: list[str],
+                         skip: int = 0) -> None:
+        """GitHub's rule: "each webhook should have a unique config; multiple webhooks can share
+        the same config as long as those webhooks do not have any events that overlap". The
+        config is the whole object (URL, content type, TLS check, secret), not the URL alone."""
         for other in repo.hooks.values():
-            same_url = other.id != skip and other.config["url"] == url
-            if same_url and _events_overlap(other.events, events):
+            same_config = other.id != skip and other.config == dict(config)
+            if same_config and _events_overlap(other.events, events):
                 raise _invalid("Hook", "Hook already exists on this repository")
 
     def _create_hook(self, call: _Call, owner: str, repo: str) -> _Reply:
@@ -1134,7 +1138,7 @@ class GitHubEmulator:
         config = _parse_config(body["config"])
         events = _parse_events(body.get("events", ["push"]))
         active = _parse_bool(body.get("active", True), "active")
-        self._check_duplicate(state, config["url"], events)
+        self._check_duplicate(state, config, events)
         hook = Hook(id=self._next_hook_id, events=events, config=config, active=active)
         self._next_hook_id += 1
         state.hooks[hook.id] = hook
@@ -1169,7 +1173,7 @@ class GitHubEmulator:
             removed = set(_parse_events(body["remove_events"], "remove_events"))
             events = [e for e in events if e not in removed]
         active = _parse_bool(body["active"], "active") if "active" in body else hook.active
-        self._check_duplicate(state, config["url"], events, skip=hook.id)
+        self._check_duplicate(state, config, events, skip=hook.id)
         hook.config, hook.events, hook.active, hook.updated_at = config, events, active, _iso()
         return _Reply(200, self._hook_json(call.root + self.api_prefix, state, hook))
 
@@ -1200,7 +1204,7 @@ class GitHubEmulator:
         """Unlike ``PATCH …/hooks/{id}``, this endpoint takes config fields one by one (merge)."""
         state, hook = self._hook_or_404(owner, repo, hook_id)
         config = _parse_config(_json_object(call), base=hook.config)
-        self._check_duplicate(state, config["url"], hook.events, skip=hook.id)
+        self._check_duplicate(state, config, hook.events, skip=hook.id)
         hook.config, hook.updated_at = config, _iso()
         return _Reply(200, self._hook_json(call.root, state, hook)["config"])
 
