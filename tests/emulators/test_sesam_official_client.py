@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import sesamclient
 from sesamclient.exceptions import (
+    BadRequestException,
     ConfigUploadFailed,
     ForbiddenException,
     PipeAlreadyExists,
@@ -140,6 +141,13 @@ def test_node_pipes_exist_and_need_filtering(node: tuple[SesamEmulator, str]) ->
     internal = conn.get_pipes(include_internal_pipes=True)
     assert "system:config:node" in [p.id for p in internal]
     assert "search-index-node" not in {e["_id"] for e in conn.get_config()}
+    node_pipe = conn.get_pipe("search-index-node")
+    with pytest.raises(BadRequestException) as refused:  # 403: the node's, not the user's
+        node_pipe.modify({"_id": "search-index-node", "type": "pipe"})
+    assert refused.value.response.status_code == 403
+    with pytest.raises(BadRequestException):
+        node_pipe.delete()
+    assert conn.get_pipe("search-index-node") is not None
 
 
 def test_config_all_and_config_history(node: tuple[SesamEmulator, str]) -> None:

@@ -4,7 +4,10 @@ GitHub cannot be reached from tests, so this serves the hooks API, commit status
 branch-head read over real HTTP, and sends webhook deliveries the way GitHub does (headers, JSON or
 form bodies, HMAC over the exact bytes sent, no automatic retries). Behaviour follows
 ``/work/shared/reference/github-api.md``; where GitHub is not pinned down the choice is documented
-where it is made.
+where it is made. A repository can be backed by a real Git directory (``add_repo(git_dir=...)``):
+its branches and commits are then what the branch, ref and commit endpoints serve and what
+statuses may name (a SHA it lacks is a 422, as on GitHub). PyGithub drives it in the tests;
+``docs/emulators.md`` lists what is not served.
 
 Typical use::
 

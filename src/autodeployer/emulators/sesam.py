@@ -5,13 +5,18 @@ Sesam cannot run here, so tests, benchmarks and the demo talk to this emulator i
 multipart form, the validation rules with the 200/400 split, ``$audit`` bookkeeping, metadata, env
 variables, secrets (write-only over HTTP), per-entity pipe and system endpoints, health and status.
 
+Beyond the reference it serves what sesamclient 1.2.6 reads: pumps (``GET``/``POST
+/api/pipes/{id}/pump``) and pipe runtimes with run results, ``/api/config-all``,
+``/api/config-history/entity``, and the node's own pipes; ``docs/emulators.md`` lists the shapes,
+the switches and what is not served.
+
 All state lives on a :class:`SesamEmulator` instance and is guarded by one lock, because the server
 runs in another thread while the test inspects and steers it in-process (``entities()``,
-``fail_next()``, ``set_delay()``, ``expire_token()``, ``keep_deploying()`` ...).
+``fail_next()``, ``set_delay()``, ``expire_token()``, ``keep_deploying()``, ``fail_runs()`` ...).
 
 Run by hand::
 
-    SESAM_EMULATOR_JWT=secret python -m autodeployer.emulators.sesam --host 127.0.0.1 --port 9042
+    SESAM_EMULATOR_TOKEN=secret python -m autodeployer.emulators.sesam --host 127.0.0.1 --port 9042
 """
 
 from __future__ import annotations
@@ -1493,6 +1498,8 @@ class SesamEmulator:
                     return problem(404, f"no {kind} {entity_id!r}")
                 body = self._object(stored, _fields_param(request.query_params.get("fields")))
                 if request.method == "DELETE":
+                    if entity_id in self._system_pipes:
+                        return _node_pipe_refusal(entity_id)
                     self._remove(entity_id)
                 return JSONResponse(body)
         return handler
@@ -1527,6 +1534,8 @@ class SesamEmulator:
             current = self._find(kind, entity_id)
             if current is None:
                 return problem(404, f"no {kind} {entity_id!r}")
+            if entity_id in self._system_pipes:
+                return _node_pipe_refusal(entity_id)
             ctx = self._context(force, current.group, frozenset({kind}), False)
             plan = make_plan([Posted(body)], ctx)
             if (plan.has_errors and not force) or not plan.accepted:
@@ -1603,6 +1612,11 @@ class SesamEmulator:
 # --------------------------------------------------------------------------------------------
 # Request helpers
 # --------------------------------------------------------------------------------------------
+
+
+def _node_pipe_refusal(entity_id: str) -> JSONResponse:
+    """The node's own pipes cannot be changed or removed through the API (emulator's choice)."""
+    return problem(403, f"pipe {entity_id!r} belongs to the node and cannot be changed")
 
 
 def _validation_response(status: int, items: list[dict[str, Any]]) -> JSONResponse:
