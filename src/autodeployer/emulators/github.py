@@ -212,8 +212,9 @@ def _git_commit(path: Path, sha: str) -> CommitInfo | None:
         files.append(CommitFile(name, statuses.get(name, "modified"),
                                 int(added) if added.isdigit() else 0,
                                 int(removed) if removed.isdigit() else 0))
-    return CommitInfo(full, message.rstrip("\n"), Person(an, ae, _utc(ad)), Person(cn, ce, _utc(cd)),
-                      tree, tuple(parents.split()), tuple(files))
+    author, committer = Person(an, ae, _utc(ad)), Person(cn, ce, _utc(cd))
+    return CommitInfo(full, message.rstrip("\n"), author, committer, tree,
+                      tuple(parents.split()), tuple(files))
 
 
 def _utc(iso: str) -> str:
@@ -1403,8 +1404,8 @@ class GitHubEmulator:
             "comments_url": f"{api_repo}/commits/{sha}/comments",
             "author": user,
             "committer": user,
-            "parents": [{"sha": p, "url": f"{api_repo}/commits/{p}", "html_url": f"{html}/commit/{p}"}
-                        for p in commit.parents],
+            "parents": [{"sha": p, "url": f"{api_repo}/commits/{p}",
+                         "html_url": f"{html}/commit/{p}"} for p in commit.parents],
             "stats": {"total": additions + deletions, "additions": additions,
                       "deletions": deletions},
             "files": files,
@@ -1431,7 +1432,8 @@ class GitHubEmulator:
         state = self._repo_or_404(owner, repo)
         sha = self._branch_head(state, branch)
         commit = self._commit(state, sha) or _synthetic_commit(state.owner, sha)
-        api_branch = f"{call.root}{self.api_prefix}/repos/{state.owner}/{state.name}/branches/{branch}"
+        api_repo = f"{call.root}{self.api_prefix}/repos/{state.owner}/{state.name}"
+        api_branch = f"{api_repo}/branches/{branch}"
         return _Reply(200, {
             "name": branch,
             "commit": self._commit_object(call.root, state, commit),

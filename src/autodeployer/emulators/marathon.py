@@ -1581,7 +1581,8 @@ class MarathonEmulator:
         return _deployment_result(200, deployment)
 
     def _put_apps(self, request: Request, raw: bytes) -> tuple[int, Any, dict[str, str]]:
-        """``PUT /v2/apps``: create or update several apps in one deployment (partial by default)."""
+        """``PUT /v2/apps``: create or update several apps in one deployment (partial update
+        by default)."""
         body = _parse_json(raw)
         if not isinstance(body, list):
             raise _invalid_json([_detail("/", "error.expected.jsarray")])
