@@ -130,7 +130,8 @@ def run(options: Options) -> ScenarioResult:
         node.load(list(repo.expected.values()))
         with ServerProcess.git(work / "git") as server, node.serve() as sesam_server:
             target = sesam_vars(sesam_server.url + "/api")
-            with webhook_service(server.url_for("acme/config.git"), target, work, "burst") as (hook, _):
+            with webhook_service(server.url_for("acme/config.git"), target, work, "burst",
+                                 work / "git" / "acme" / "config.git") as (hook, _):
                 for b in range(bursts_wanted):
                     bursts.append(one_burst(repo, node, hook, first=b * PUSHES))
     report(result, bursts)

@@ -277,16 +277,17 @@ class ConfigRepo:
 
 
 @contextlib.contextmanager
-def webhook_service(git_url: str, target_env: dict[str, str], work: Path, name: str
+def webhook_service(git_url: str, target_env: dict[str, str], work: Path, name: str, git_dir: Path
                     ) -> Iterator[tuple[Hookshot, GitHubEmulator]]:
     """``autodeployer run`` with its hook registered on a GitHub emulator (PUBLIC_URL); polling off.
 
     ``target_env`` holds the target's variables. Yields the :class:`Hookshot` that delivers to the
     registered hook (once the start-up sync is done) and the emulator, which also receives the
-    service's commit statuses.
+    service's commit statuses. ``git_dir`` is the bare repository behind ``git_url``: the
+    emulator's repository has its commits, so the statuses the service posts name real ones.
     """
     github = GitHubEmulator(token=GIT_TOKEN)
-    github.add_repo("acme", "config", repo_id=4242, default_branch="master")
+    github.add_repo("acme", "config", repo_id=4242, default_branch="master", git_dir=git_dir)
     port = free_port()
     with github.serve() as gh_server:
         env = app_env(git_url, work / f"state-{name}", SYNC_INTERVAL="3600", GITHUB_API_URL=gh_server.url,

@@ -113,7 +113,8 @@ def one_push(repo: ConfigRepo, node: SesamEmulator, k: int, out: Latencies, deli
 
 def via_webhook(repo: ConfigRepo, git: ServerProcess, node: Node, work: Path, pushes: int) -> Latencies:
     out = Latencies("signed webhook (SYNC_INTERVAL=3600)")
-    with webhook_service(git.url_for("acme/config.git"), sesam_vars(node.api), work, "webhook") as (hookshot, _):
+    with webhook_service(git.url_for("acme/config.git"), sesam_vars(node.api), work, "webhook",
+                         repo.work.bare_path) as (hookshot, _):
         for k in range(pushes):
             one_push(repo, node.emulator, k, out, hookshot)
             time.sleep(SPACING)

@@ -87,7 +87,8 @@ def run(options: Options) -> ScenarioResult:
         try:
             with ServerProcess.git(root / "git") as git:
                 target = {"TARGET": "marathon", "MARATHON_URL": server.url, "MARATHON_TOKEN": MARATHON_TOKEN}
-                with webhook_service(git.url_for("acme/config.git"), target, root, "marathon") as (hookshot, github):
+                with webhook_service(git.url_for("acme/config.git"), target, root, "marathon",
+                                     bare) as (hookshot, github):
                     if len(mara.apps()) != APPS:
                         raise AssertionError(f"start-up sync deployed {len(mara.apps())} apps, not {APPS}")
                     for r in range(rounds_wanted):

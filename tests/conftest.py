@@ -52,10 +52,15 @@ def sesam() -> Iterator[SesamEmulator]:
 
 
 @pytest.fixture
-def github() -> Iterator[GitHubEmulator]:
-    """GitHub's API for acme/config; the same token serves Git and the API, as GITHUB_TOKEN does."""
+def github(tmp_path: Path) -> Iterator[GitHubEmulator]:
+    """GitHub's API for acme/config; the same token serves Git and the API, as GITHUB_TOKEN does.
+
+    The repository's commits are those of the `config_repo` Git repository (when a test has one),
+    so commit statuses on SHAs it lacks are refused with 422 as GitHub does.
+    """
     gh = GitHubEmulator(token=GIT_TOKEN)
-    gh.add_repo("acme", "config", repo_id=4242, default_branch="master")
+    gh.add_repo("acme", "config", repo_id=4242, default_branch="master",
+                git_dir=tmp_path / "git" / "acme" / "config.git")
     gh.delivery_timeout = 5
     with gh.serve() as server:
         gh.url = server.url  # type: ignore[attr-defined]

@@ -73,6 +73,8 @@ def gh() -> GitHubEmulator:
     emulator = GitHubEmulator(token=TOKEN)
     emulator.add_repo("acme", "config", repo_id=1234, default_branch="master")
     emulator.set_head("acme", "config", "master", SHA_A)
+    for sha in (SHA_B, SHA_C):  # commits the repository has besides its head
+        emulator.add_commit("acme", "config", sha)
     return emulator
 
 
@@ -117,6 +119,8 @@ def test_auth_missing_or_bad_token_is_401(gh: GitHubEmulator, api: httpx.Client)
     bad = api.get(path, headers={"Authorization": "Bearer nope"})
     assert bad.status_code == 401 and bad.json()["message"] == "Bad credentials"
     assert api.get(path, headers={"Authorization": f"token {TOKEN}"}).status_code == 200
+    logged = gh.requests[-1].headers["authorization"]
+    assert logged == "token ********" and TOKEN not in repr(gh.requests)  # the log masks tokens
 
 
 def test_missing_hook_scope_is_403_but_statuses_work(gh: GitHubEmulator, api: httpx.Client) -> None:

@@ -648,7 +648,10 @@ def test_effective_config_expands_env(emu: SesamEmulator, client: httpx.Client) 
 def test_list_pipes_shape_and_fields(emu: SesamEmulator, client: httpx.Client) -> None:
     emu.load([PIPE_B, PIPE_A, SYSTEM_S])
     pipes = client.get("/pipes").json()
-    assert [p["_id"] for p in pipes] == ["a", "b"]
+    # The node's own pipes are listed too; the system: one only with include-internal-pipes.
+    assert [p["_id"] for p in pipes] == ["a", "b", "replica-node:singlenode", "search-index-node"]
+    internal = client.get("/pipes", params={"include-internal-pipes": "true"}).json()
+    assert "system:config:node" in [p["_id"] for p in internal]
     assert set(pipes[0]) == {"_id", "config", "runtime", "storage", "graph"}
     runtime = pipes[0]["runtime"]
     assert runtime["state"] == "Idle"

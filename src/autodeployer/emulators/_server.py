@@ -6,8 +6,12 @@ HTTP over a real socket, while the test keeps an in-process handle on the emulat
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
+import os
 import socket
+import sys
 import threading
 import time
 from typing import Any
@@ -79,3 +83,38 @@ class LoopbackServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def standalone_parser(name: str, default_port: int, token_variable: str) -> argparse.ArgumentParser:
+    """The flags every emulator's ``python -m autodeployer.emulators.<name>`` shares.
+
+    The token is read from ``token_variable`` only: a flag would put it in argv, where ``ps``
+    shows it to every user of the machine.
+    """
+    parser = argparse.ArgumentParser(
+        prog=f"python -m autodeployer.emulators.{name}",
+        description=f"Serve the {name} emulator until Ctrl-C. Set {token_variable} to require "
+                    "a token; without it, authentication is off.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    parser.add_argument("--port", type=int, default=default_port,
+                        help=f"port to listen on ({default_port})")
+    return parser
+
+
+def token_from_env(*variables: str) -> str | None:
+    """The first of ``variables`` that is set and not blank, stripped; ``None`` if none is."""
+    for variable in variables:
+        value = os.environ.get(variable, "").strip()
+        if value:
+            return value
+    return None
+
+
+def serve_forever(app: Any, name: str, url: str, token_variable: str, authenticated: bool,
+                  host: str, port: int) -> None:
+    """Announce the emulator on stderr (never the token), then serve until interrupted."""
+    auth = "token required" if authenticated else f"auth DISABLED ({token_variable} not set)"
+    print(f"{name} emulator on {url} ({auth})", file=sys.stderr, flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.run(app, host=host, port=port, log_level="warning")

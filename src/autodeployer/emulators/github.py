@@ -4,7 +4,10 @@ GitHub cannot be reached from tests, so this serves the hooks API, commit status
 branch-head read over real HTTP, and sends webhook deliveries the way GitHub does (headers, JSON or
 form bodies, HMAC over the exact bytes sent, no automatic retries). Behaviour follows
 ``/work/shared/reference/github-api.md``; where GitHub is not pinned down the choice is documented
-where it is made.
+where it is made. A repository can be backed by a real Git directory (``add_repo(git_dir=...)``):
+its branches and commits are then what the branch, ref and commit endpoints serve and what
+statuses may name (a SHA it lacks is a 422, as on GitHub). PyGithub drives it in the tests;
+``docs/emulators.md`` lists what is not served.
 
 Typical use::
 
@@ -19,20 +22,20 @@ Typical use::
 from __future__ import annotations
 
 import asyncio
-import argparse
 import hashlib
 import hmac
 import json
 import math
-import os
 import re
 import secrets
+import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -42,7 +45,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from autodeployer.emulators._server import LoopbackServer
+from autodeployer.emulators._server import (
+    LoopbackServer,
+    serve_forever,
+    standalone_parser,
+    token_from_env,
+)
 
 ZERO_SHA = "0" * 40
 MASKED_SECRET = "********"
@@ -106,7 +114,7 @@ def _iso(ts: float | None = None) -> str:
 
 
 def _events_overlap(a: Iterable[str], b: Iterable[str]) -> bool:
-    """GitHub's duplicate rule: same URL is fine only when the event sets are disjoint."""
+    """GitHub's duplicate rule: the same config is fine only when the event sets are disjoint."""
     sa, sb = set(a), set(b)
     return bool(sa & sb) or ("*" in sa and bool(sb)) or ("*" in sb and bool(sa))
 
@@ -136,6 +144,92 @@ def _int_param(raw: str | None, default: int) -> int:
         return default
 
 
+def _redacted(headers: Mapping[str, str]) -> dict[str, str]:
+    """Request headers for the request log, the credential masked: a failing test's assertion
+    message prints the log, and a token must not land in CI output."""
+    out = dict(headers)
+    if "authorization" in out:
+        scheme, _, _ = out["authorization"].partition(" ")
+        out["authorization"] = f"{scheme} ********"
+    return out
+
+
+def _git(git_dir: Path, *args: str) -> str | None:
+    """Output of a read-only git command on a linked repository; ``None`` if it fails."""
+    try:
+        done = subprocess.run(
+            ["git", "--git-dir", str(git_dir), *args],
+            capture_output=True, text=True, timeout=30, check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def _git_dir(path: Path) -> Path | None:
+    """The Git directory of a bare repository or of a work tree; ``None`` while it is absent."""
+    if (path / ".git").exists():
+        return path / ".git"
+    return path if (path / "HEAD").exists() else None
+
+
+def _git_heads(path: Path) -> dict[str, str]:
+    git_dir = _git_dir(path)
+    out = _git(git_dir, "for-each-ref", "--format=%(refname:strip=2) %(objectname)",
+               "refs/heads") if git_dir else None
+    heads: dict[str, str] = {}
+    for line in (out or "").splitlines():
+        name, _, sha = line.rpartition(" ")
+        heads[name] = sha
+    return heads
+
+
+_NUMSTAT_STATUS = {"A": "added", "D": "removed", "M": "modified", "R": "renamed", "C": "added",
+                   "T": "modified"}
+
+
+def _git_commit(path: Path, sha: str) -> CommitInfo | None:
+    """Read one commit, with its changed files, from a linked repository."""
+    git_dir = _git_dir(path)
+    if git_dir is None:
+        return None
+    fmt = "%H%x00%T%x00%P%x00%an%x00%ae%x00%aI%x00%cn%x00%ce%x00%cI%x00%B"
+    out = _git(git_dir, "log", "-1", f"--format={fmt}", f"{sha}^{{commit}}", "--")
+    if not out:
+        return None
+    full, tree, parents, an, ae, ad, cn, ce, cd, message = out.split("\0", 9)
+    if full.lower() != sha.lower():
+        return None  # an abbreviation or a ref name: statuses and commits need the full SHA here
+    numstat = _git(git_dir, "diff-tree", "-r", "--root", "--no-commit-id", "--numstat", full) or ""
+    names = _git(git_dir, "diff-tree", "-r", "--root", "--no-commit-id", "--name-status", full)
+    statuses = {}
+    for line in (names or "").splitlines():
+        code, _, name = line.partition("\t")
+        statuses[name.split("\t")[-1]] = _NUMSTAT_STATUS.get(code[:1], "modified")
+    files = []
+    for line in numstat.splitlines():
+        added, removed, name = line.split("\t", 2)
+        files.append(CommitFile(name, statuses.get(name, "modified"),
+                                int(added) if added.isdigit() else 0,
+                                int(removed) if removed.isdigit() else 0))
+    author, committer = Person(an, ae, _utc(ad)), Person(cn, ce, _utc(cd))
+    return CommitInfo(full, message.rstrip("\n"), author, committer, tree,
+                      tuple(parents.split()), tuple(files))
+
+
+def _utc(iso: str) -> str:
+    """Git's ISO 8601 with offset -> GitHub's UTC ``...Z`` form."""
+    return datetime.fromisoformat(iso).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _synthetic_commit(owner: str, sha: str, message: str = "Update configuration",
+                      parents: tuple[str, ...] = (),
+                      files: tuple[CommitFile, ...] = ()) -> CommitInfo:
+    person = Person(owner, f"{owner}@users.noreply.github.com", _iso())
+    tree = hashlib.sha1(f"tree-{sha}".encode()).hexdigest()
+    return CommitInfo(sha, message, person, person, tree, parents, files)
+
+
 # --------------------------------------------------------------------------------------------
 # State
 
@@ -156,6 +250,38 @@ class Hook:
     )
 
 
+@dataclass(frozen=True)
+class Person:
+    """Author or committer of a commit, as ``commit.author`` shows it."""
+
+    name: str
+    email: str
+    date: str
+
+
+@dataclass(frozen=True)
+class CommitFile:
+    """One changed file of a commit: the ``files[]`` item and its share of ``stats``."""
+
+    filename: str
+    status: str  # added, removed, modified, renamed
+    additions: int = 0
+    deletions: int = 0
+
+
+@dataclass(frozen=True)
+class CommitInfo:
+    """A commit the repository has: read from a linked Git directory or declared by a test."""
+
+    sha: str
+    message: str
+    author: Person
+    committer: Person
+    tree: str
+    parents: tuple[str, ...] = ()
+    files: tuple[CommitFile, ...] = ()
+
+
 @dataclass
 class RepoState:
     owner: str
@@ -164,7 +290,11 @@ class RepoState:
     default_branch: str
     clone_url: str | None = None
     private: bool = False
+    #: A bare (or work) Git repository standing for this repository's content: its branches and
+    #: commits are what the branch, ref and commit endpoints serve, and what statuses may name.
+    git_dir: Path | None = None
     heads: dict[str, str] = field(default_factory=dict)
+    commits: dict[str, CommitInfo] = field(default_factory=dict)
     hooks: dict[int, Hook] = field(default_factory=dict)
     statuses: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     last_push: dict[str, Any] | None = None
@@ -432,6 +562,8 @@ class GitHubEmulator:
         self.token = token
         self.api_prefix = api_prefix.rstrip("/")
         self.token_scopes: Iterable[str] = set(DEFAULT_SCOPES)
+        #: The login ``GET /user`` answers for the token.
+        self.user_login = "autodeployer-bot"
         self.ghes = bool(self.api_prefix)
         # The answer window is 10 s on github.com and 30 s on GHES (section 1).
         self.delivery_timeout = delivery_timeout or (30.0 if self.ghes else 10.0)
@@ -466,14 +598,41 @@ class GitHubEmulator:
         *,
         clone_url: str | None = None,
         private: bool = False,
+        git_dir: Path | str | None = None,
     ) -> None:
-        """Declare a repository; every API call on an unknown one answers 404."""
+        """Declare a repository; every API call on an unknown one answers 404.
+
+        ``git_dir`` links a real Git repository (it may be created later): its branches and
+        commits are then the repository's, so a status on a SHA it lacks is refused as on GitHub.
+        Without it, the repository has the commits declared with :meth:`add_commit`,
+        :meth:`set_head` and :meth:`push`.
+        """
         with self._lock:
             if repo_id is None:
                 repo_id = self._next_repo_id
             self._next_repo_id = max(self._next_repo_id, repo_id) + 1
+            linked = Path(git_dir) if git_dir is not None else None
             self._repos[(owner.lower(), name.lower())] = RepoState(
-                owner, name, repo_id, default_branch, clone_url, private
+                owner, name, repo_id, default_branch, clone_url, private, linked
+            )
+
+    def add_commit(
+        self,
+        owner: str,
+        repo: str,
+        sha: str,
+        *,
+        message: str = "Update configuration",
+        parents: Iterable[str] = (),
+        files: Iterable[CommitFile] = (),
+    ) -> None:
+        """Declare a commit of a repository without a linked Git directory."""
+        if not _SHA_RE.match(sha):
+            raise ValueError(f"not a 40-hex SHA: {sha!r}")
+        with self._lock:
+            state = self._repo(owner, repo)
+            state.commits[sha.lower()] = _synthetic_commit(
+                state.owner, sha.lower(), message, tuple(parents), tuple(files)
             )
 
     def set_head(self, owner: str, repo: str, branch: str, sha: str | None) -> None:
@@ -487,6 +646,8 @@ class GitHubEmulator:
             if not _SHA_RE.match(sha):
                 raise ValueError(f"not a 40-hex SHA: {sha!r}")
             state.heads[branch] = sha.lower()
+            if self._commit(state, sha.lower()) is None:
+                state.commits[sha.lower()] = _synthetic_commit(state.owner, sha.lower())
 
     def set_rate_limit(self, limit: int, remaining: int | None = None) -> None:
         """Resize the primary budget, optionally with some of it already used."""
@@ -653,7 +814,7 @@ class GitHubEmulator:
                     call.raw_path,
                     dict(call.query),
                     reply.status,
-                    dict(call.headers),
+                    _redacted(call.headers),
                 )
             )
             return reply
@@ -661,7 +822,7 @@ class GitHubEmulator:
     def _process(self, call: _Call) -> _Reply:
         if not call.path:
             return _error(404, "Not Found")
-        self._authenticate(call)
+        anonymous = not self._authenticate(call)
         if call.path == "/rate_limit" and call.method == "GET":
             return self._rate_limit_reply()
         fault = self._take_fault(call.path)
@@ -676,7 +837,10 @@ class GitHubEmulator:
         try:
             if route is None:
                 raise _HttpError(_error(404, "Not Found"))
-            self._authorize(route)
+            if anonymous:
+                self._check_anonymous(call, route, params)
+            else:
+                self._authorize(route)
             reply = route.handler(call, **params)
         except _HttpError as exc:
             reply = exc.reply
@@ -687,18 +851,32 @@ class GitHubEmulator:
         reply.headers.update(budget.headers())
         return reply
 
-    def _authenticate(self, call: _Call) -> None:
+    def _authenticate(self, call: _Call) -> bool:
+        """True for a valid token (or auth disabled), False for no token; 401 for a bad one."""
         if self.token is None:
-            return
+            return True
         header = call.headers.get("authorization", "")
         if not header:
-            raise _HttpError(_error(401, "Requires authentication"))
+            return False
         scheme, _, value = header.partition(" ")
         valid = scheme.lower() in ("bearer", "token") and hmac.compare_digest(
             value.strip().encode(), self.token.encode()
         )
         if not valid:
             raise _HttpError(_error(401, "Bad credentials"))
+        return True
+
+    def _check_anonymous(self, call: _Call, route: _Route, params: Mapping[str, str]) -> None:
+        """GitHub serves reads of public repositories without a token; nothing else.
+
+        A private repository is a 404 (GitHub does not confirm it exists); writes, hooks (admin
+        only) and ``/user`` ask for authentication with 401.
+        """
+        needs_token = route.scopes == HOOK_READ_SCOPES or route.pattern.pattern == r"^/user$"
+        if call.method not in ("GET", "HEAD") or needs_token:
+            raise _HttpError(_error(401, "Requires authentication"))
+        if "owner" in params and self._repo_or_404(params["owner"], params["repo"]).private:
+            raise _HttpError(_error(404, "Not Found"))
 
     def _authorize(self, route: _Route) -> None:
         if route.scopes is None or self.token is None:
@@ -797,6 +975,11 @@ class GitHubEmulator:
             ("GET", _REPO + r"/commits/(?P<ref>.+)/status$", self._combined_status, STATUS_SCOPES,
              "statuses=read"),
             ("GET", _REPO + r"/commits/(?P<ref>.+)$", self._get_commit, None, "contents=read"),
+            ("GET", _REPO + r"/branches$", self._list_branches, None, "contents=read"),
+            ("GET", _REPO + r"/branches/(?P<branch>.+)$", self._get_branch, None, "contents=read"),
+            ("GET", _REPO + r"/git/refs?/heads/(?P<branch>.+)$", self._get_ref, None,
+             "contents=read"),
+            ("GET", r"^/user$", self._get_user, None, None),
         ]
         return [_Route(m, re.compile(p), h, s, perm) for m, p, h, s, perm in table]
 
@@ -895,11 +1078,27 @@ class GitHubEmulator:
             **({"master_branch": repo.default_branch} if push_style else {}),
         }
 
+    def _heads(self, repo: RepoState) -> dict[str, str]:
+        """Branch heads: the linked repository's, overridden by :meth:`set_head`."""
+        heads = _git_heads(repo.git_dir) if repo.git_dir is not None else {}
+        return {**heads, **repo.heads}
+
+    def _commit(self, repo: RepoState, sha: str) -> CommitInfo | None:
+        """The commit with this full SHA, if the repository has it."""
+        known = repo.commits.get(sha)
+        if known is None and repo.git_dir is not None:
+            known = _git_commit(repo.git_dir, sha)
+        return known
+
     def _resolve(self, repo: RepoState, ref: str) -> str | None:
+        """A branch name (``refs/heads/`` optional) or a full SHA the repository has."""
         branch = ref.removeprefix("refs/").removeprefix("heads/")
-        if branch in repo.heads:
-            return repo.heads[branch]
-        return ref.lower() if _SHA_RE.match(ref) else None
+        heads = self._heads(repo)
+        if branch in heads:
+            return heads[branch]
+        if _SHA_RE.match(ref) and self._commit(repo, ref.lower()) is not None:
+            return ref.lower()
+        return None
 
     def _resolve_or_422(self, repo: RepoState, ref: str) -> str:
         sha = self._resolve(repo, ref)
@@ -923,10 +1122,14 @@ class GitHubEmulator:
 
     # ---------------------------------------------------------------- hooks endpoints
 
-    def _check_duplicate(self, repo: RepoState, url: str, events: list[str], skip: int = 0) -> None:
+    def _check_duplicate(self, repo: RepoState, config: Mapping[str, str], events: list[str],
+                         skip: int = 0) -> None:
+        """GitHub's rule: "each webhook should have a unique config; multiple webhooks can share
+        the same config as long as those webhooks do not have any events that overlap". The
+        config is the whole object (URL, content type, TLS check, secret), not the URL alone."""
         for other in repo.hooks.values():
-            same_url = other.id != skip and other.config["url"] == url
-            if same_url and _events_overlap(other.events, events):
+            same_config = other.id != skip and other.config == dict(config)
+            if same_config and _events_overlap(other.events, events):
                 raise _invalid("Hook", "Hook already exists on this repository")
 
     def _create_hook(self, call: _Call, owner: str, repo: str) -> _Reply:
@@ -939,7 +1142,7 @@ class GitHubEmulator:
         config = _parse_config(body["config"])
         events = _parse_events(body.get("events", ["push"]))
         active = _parse_bool(body.get("active", True), "active")
-        self._check_duplicate(state, config["url"], events)
+        self._check_duplicate(state, config, events)
         hook = Hook(id=self._next_hook_id, events=events, config=config, active=active)
         self._next_hook_id += 1
         state.hooks[hook.id] = hook
@@ -974,7 +1177,7 @@ class GitHubEmulator:
             removed = set(_parse_events(body["remove_events"], "remove_events"))
             events = [e for e in events if e not in removed]
         active = _parse_bool(body["active"], "active") if "active" in body else hook.active
-        self._check_duplicate(state, config["url"], events, skip=hook.id)
+        self._check_duplicate(state, config, events, skip=hook.id)
         hook.config, hook.events, hook.active, hook.updated_at = config, events, active, _iso()
         return _Reply(200, self._hook_json(call.root + self.api_prefix, state, hook))
 
@@ -1005,7 +1208,7 @@ class GitHubEmulator:
         """Unlike ``PATCH …/hooks/{id}``, this endpoint takes config fields one by one (merge)."""
         state, hook = self._hook_or_404(owner, repo, hook_id)
         config = _parse_config(_json_object(call), base=hook.config)
-        self._check_duplicate(state, config["url"], hook.events, skip=hook.id)
+        self._check_duplicate(state, config, hook.events, skip=hook.id)
         hook.config, hook.updated_at = config, _iso()
         return _Reply(200, self._hook_json(call.root, state, hook)["config"])
 
@@ -1067,7 +1270,7 @@ class GitHubEmulator:
 
     def _create_status(self, call: _Call, owner: str, repo: str, sha: str) -> _Reply:
         state = self._repo_or_404(owner, repo)
-        if not _SHA_RE.match(sha):
+        if not _SHA_RE.match(sha) or self._commit(state, sha.lower()) is None:
             raise _HttpError(_error(422, f"No commit found for SHA: {sha}"))
         sha = sha.lower()
         body = _json_object(call)
@@ -1156,20 +1359,111 @@ class GitHubEmulator:
             return _Reply(304, None, headers)
         if as_sha:
             return _Reply(200, sha, headers, "text/plain; charset=utf-8")
-        api_repo = f"{call.root}{self.api_prefix}/repos/{state.owner}/{state.name}"
-        html = f"{self._web_url(call.root)}/{state.full_name}"
-        email = f"{state.owner}@users.noreply.github.com"
-        author = {"name": state.owner, "email": email, "date": _iso()}
-        body = {
+        commit = self._commit(state, sha) or _synthetic_commit(state.owner, sha)
+        return _Reply(200, self._commit_object(call.root, state, commit), headers)
+
+    def _commit_object(self, root: str, repo: RepoState, commit: CommitInfo) -> dict[str, Any]:
+        """The full commit object of ``GET /repos/{o}/{r}/commits/{ref}``."""
+        api, web = root + self.api_prefix, self._web_url(root)
+        api_repo = f"{api}/repos/{repo.owner}/{repo.name}"
+        html = f"{web}/{repo.full_name}"
+        sha = commit.sha
+
+        def person(p: Person) -> dict[str, str]:
+            return {"name": p.name, "email": p.email, "date": p.date}
+
+        files = [{
+            "sha": hashlib.sha1(f"{sha}:{f.filename}".encode()).hexdigest(),
+            "filename": f.filename,
+            "status": f.status,
+            "additions": f.additions,
+            "deletions": f.deletions,
+            "changes": f.additions + f.deletions,
+            "blob_url": f"{html}/blob/{sha}/{f.filename}",
+            "raw_url": f"{html}/raw/{sha}/{f.filename}",
+            "contents_url": f"{api_repo}/contents/{f.filename}?ref={sha}",
+        } for f in commit.files]
+        additions = sum(f.additions for f in commit.files)
+        deletions = sum(f.deletions for f in commit.files)
+        user = self._user_json(api, web, repo.owner)
+        return {
             "sha": sha,
             "node_id": f"C_{sha[:12]}",
+            "commit": {
+                "author": person(commit.author),
+                "committer": person(commit.committer),
+                "message": commit.message,
+                "tree": {"sha": commit.tree, "url": f"{api_repo}/git/trees/{commit.tree}"},
+                "url": f"{api_repo}/git/commits/{sha}",
+                "comment_count": 0,
+                "verification": {"verified": False, "reason": "unsigned", "signature": None,
+                                 "payload": None, "verified_at": None},
+            },
             "url": f"{api_repo}/commits/{sha}",
             "html_url": f"{html}/commit/{sha}",
-            "commit": {"message": "", "author": author, "committer": author,
-                       "tree": {"sha": hashlib.sha1(sha.encode()).hexdigest()}},
-            "parents": [],
+            "comments_url": f"{api_repo}/commits/{sha}/comments",
+            "author": user,
+            "committer": user,
+            "parents": [{"sha": p, "url": f"{api_repo}/commits/{p}",
+                         "html_url": f"{html}/commit/{p}"} for p in commit.parents],
+            "stats": {"total": additions + deletions, "additions": additions,
+                      "deletions": deletions},
+            "files": files,
         }
-        return _Reply(200, body, headers)
+
+    # ---------------------------------------------------------------- branches, refs, user
+
+    def _branch_head(self, state: RepoState, branch: str) -> str:
+        sha = self._heads(state).get(branch)
+        if sha is None:
+            raise _HttpError(_error(404, "Branch not found"))
+        return sha
+
+    def _list_branches(self, call: _Call, owner: str, repo: str) -> _Reply:
+        state = self._repo_or_404(owner, repo)
+        api_repo = f"{call.root}{self.api_prefix}/repos/{state.owner}/{state.name}"
+        branches = [{"name": name, "commit": {"sha": sha, "url": f"{api_repo}/commits/{sha}"},
+                     "protected": False}
+                    for name, sha in sorted(self._heads(state).items())]
+        page, headers = _paginate(call, branches)
+        return _Reply(200, page, headers)
+
+    def _get_branch(self, call: _Call, owner: str, repo: str, branch: str) -> _Reply:
+        state = self._repo_or_404(owner, repo)
+        sha = self._branch_head(state, branch)
+        commit = self._commit(state, sha) or _synthetic_commit(state.owner, sha)
+        api_repo = f"{call.root}{self.api_prefix}/repos/{state.owner}/{state.name}"
+        api_branch = f"{api_repo}/branches/{branch}"
+        return _Reply(200, {
+            "name": branch,
+            "commit": self._commit_object(call.root, state, commit),
+            "_links": {"self": api_branch,
+                       "html": f"{self._web_url(call.root)}/{state.full_name}/tree/{branch}"},
+            "protected": False,
+            "protection": {"enabled": False, "required_status_checks": {
+                "enforcement_level": "off", "contexts": [], "checks": []}},
+            "protection_url": f"{api_branch}/protection",
+        })
+
+    def _get_ref(self, call: _Call, owner: str, repo: str, branch: str) -> _Reply:
+        state = self._repo_or_404(owner, repo)
+        sha = self._heads(state).get(branch)
+        if sha is None:
+            raise _HttpError(_error(404, "Not Found"))
+        api_repo = f"{call.root}{self.api_prefix}/repos/{state.owner}/{state.name}"
+        return _Reply(200, {
+            "ref": f"refs/heads/{branch}",
+            "node_id": f"REF_{state.id}_{branch}",
+            "url": f"{api_repo}/git/refs/heads/{branch}",
+            "object": {"sha": sha, "type": "commit", "url": f"{api_repo}/git/commits/{sha}"},
+        })
+
+    def _get_user(self, call: _Call) -> _Reply:
+        """The token's owner (``user_login``), with the token's scopes in ``X-OAuth-Scopes``."""
+        api = call.root + self.api_prefix
+        body = {**self._user_json(api, self._web_url(call.root), self.user_login),
+                "name": self.user_login, "email": None}
+        return _Reply(200, body, {"X-OAuth-Scopes": ", ".join(sorted(self.token_scopes))})
 
     # ---------------------------------------------------------------- building deliveries
 
@@ -1435,6 +1729,10 @@ class GitHubEmulator:
         with self._lock:
             state = self._repo(owner, repo)
             state.last_push = payload
+            for commit in payload["commits"]:
+                sha = str(commit["id"]).lower()
+                if _SHA_RE.match(sha) and self._commit(state, sha) is None:
+                    state.commits[sha] = _synthetic_commit(state.owner, sha, commit["message"])
             targets = [
                 self._hook_outgoing(state, h, "push", payload, guid)
                 for h in sorted(state.hooks.values(), key=lambda h: h.id)
@@ -1507,26 +1805,25 @@ class GitHubEmulator:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Serve the emulator in the foreground; the token comes from ``GITHUB_EMULATOR_TOKEN`` only."""
-    import uvicorn
-
-    parser = argparse.ArgumentParser(prog="python -m autodeployer.emulators.github")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
+    """Serve the emulator; the token comes from ``GITHUB_EMULATOR_TOKEN`` (never argv)."""
+    parser = standalone_parser("github", 8090, "GITHUB_EMULATOR_TOKEN")
     parser.add_argument("--api-prefix", default="", help='"/api/v3" for GHES mode')
     parser.add_argument("--repo", action="append", default=[], metavar="OWNER/NAME[:BRANCH]",
                         help="repository to create (repeatable); default branch 'main'")
+    parser.add_argument("--git-dir", action="append", default=[], metavar="OWNER/NAME=PATH",
+                        help="back a --repo with a Git repository on disk (its branches and "
+                             "commits)")
     args = parser.parse_args(argv)
-    emulator = GitHubEmulator(token=os.environ.get("GITHUB_EMULATOR_TOKEN") or None,
-                              api_prefix=args.api_prefix)
+    token = token_from_env("GITHUB_EMULATOR_TOKEN")
+    emulator = GitHubEmulator(token=token, api_prefix=args.api_prefix)
+    git_dirs = dict(spec.split("=", 1) for spec in args.git_dir if "=" in spec)
     for spec in args.repo:
         full, _, branch = spec.partition(":")
         owner, _, name = full.partition("/")
-        emulator.add_repo(owner, name, default_branch=branch or "main")
+        emulator.add_repo(owner, name, default_branch=branch or "main", git_dir=git_dirs.get(full))
     emulator.base_url = f"http://{args.host}:{args.port}"
-    if emulator.token is None:
-        print("GITHUB_EMULATOR_TOKEN not set: authentication disabled")
-    uvicorn.run(emulator.app(), host=args.host, port=args.port, log_level="info")
+    serve_forever(emulator.app(), "GitHub", emulator.api_url, "GITHUB_EMULATOR_TOKEN",
+                  token is not None, args.host, args.port)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,10 @@ Marathon cannot run in tests, so the deployer talks real HTTP to this emulator i
 both kinds of 409, 400/404/422 error shapes, id rules, server-side defaults, DC/OS token auth and a
 login endpoint. Tests keep an in-process handle (:class:`MarathonEmulator`) to seed state, inject
 failures and read the request log; the same controls exist over HTTP under ``/_emulator/`` for the
-stand-alone server (``python -m autodeployer.emulators.marathon --port N``).
+stand-alone server (``python -m autodeployer.emulators.marathon --port N``). Beyond the reference
+it serves what marathon-python 0.13 reads: ``/v2/tasks``, task kills, ``PUT /v2/apps``, health-check
+results and ``lastTaskFailure``, with health switches in the app spec's ``env``
+(``docs/emulators.md``).
 
 Deployments are timed lazily: each one carries a start timestamp and is finished by whichever
 request (or inspection call) first sees that its duration has passed: nothing blocks the event
@@ -14,18 +17,15 @@ loop.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import binascii
-import contextlib
 import copy
 import dataclasses
 import hashlib
 import hmac
 import json
 import math
-import os
 import re
 import secrets
 import threading
@@ -41,7 +41,12 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from autodeployer.emulators._server import LoopbackServer
+from autodeployer.emulators._server import (
+    LoopbackServer,
+    serve_forever,
+    standalone_parser,
+    token_from_env,
+)
 
 __all__ = [
     "ID_PATTERN_MESSAGE",
@@ -58,6 +63,12 @@ __all__ = [
 ADMIN_ROUTER_PREFIX = "/service/marathon"
 LOGIN_PATH = "/acs/api/v1/auth/login"
 CONTROL_PREFIX = "/_emulator/"
+#: Environment variables of an app spec that switch the emulated tasks' health, so a test can
+#: deploy an app that goes bad through the same API (and Git spec) a real cluster is fed with:
+#: ``"1"`` makes every task fail its health checks; ``"1"`` on the second makes the app's
+#: deployments fail (tasks crash, ``lastTaskFailure`` is set, ``deployment_failed`` is emitted).
+UNHEALTHY_ENV = "AUTODEPLOYER_EMULATOR_UNHEALTHY"
+FAIL_ENV = "AUTODEPLOYER_EMULATOR_FAIL"
 #: DC/OS 1.7 tokens expire after 5 days.
 DEFAULT_TOKEN_TTL = 5 * 24 * 3600.0
 #: The default superuser of a DC/OS development cluster; override with ``users=``.
@@ -453,9 +464,15 @@ class _GroupRecord:
 
 @dataclass
 class _Runtime:
-    """Task state of one app; ``running`` only moves when a deployment finishes."""
+    """Task state of one app; ``running`` only moves when a deployment finishes.
+
+    ``incarnations`` counts, per task slot, how often its task was killed and replaced, so a
+    replacement task has a new id (Marathon restarts a killed task unless told to scale down).
+    """
 
     running: int = 0
+    incarnations: dict[int, int] = field(default_factory=dict)
+    last_failure: dict[str, Any] | None = None
 
 
 @dataclass
@@ -534,6 +551,12 @@ def _json_response(status: int, body: Any, headers: Mapping[str, str] | None = N
         media_type="application/json",
         headers=dict(headers or {}),
     )
+
+
+def _env_switch(app: Mapping[str, Any] | None, name: str) -> bool:
+    """True when an app spec sets the emulator switch ``name`` to ``"1"`` in its ``env``."""
+    env = app.get("env") if app is not None else None
+    return isinstance(env, dict) and str(env.get(name, "")).strip() == "1"
 
 
 def _truthy(value: str | None) -> bool:
@@ -839,6 +862,7 @@ class MarathonEmulator:
             target = app["instances"]
             if app_id in deployment.failing:
                 runtime.running = max(0, min(runtime.running, target - 1))
+                runtime.last_failure = self._task_failure(app, "Task failed during deployment")
             else:
                 runtime.running = target
         plan = self._plan_json(deployment)
@@ -930,7 +954,9 @@ class MarathonEmulator:
                 k: copy.deepcopy(self._groups.get(k)) for k in self._touched_groups(change)
             },
             hang=bool(affected & self._hang_next_deploy),
-            failing=affected & self._fail_next_deploy,
+            failing=(affected & self._fail_next_deploy) | {
+                app_id for app_id in affected
+                if _env_switch(change.apps.get(app_id), FAIL_ENV)},
         )
         self._hang_next_deploy -= affected
         self._fail_next_deploy -= affected
@@ -993,42 +1019,88 @@ class MarathonEmulator:
 
     # ---------------------------------------------------------------- JSON views
 
+    def _is_unhealthy(self, app_id: str) -> bool:
+        return app_id in self._unhealthy or _env_switch(self._apps.get(app_id), UNHEALTHY_ENV)
+
     def _counters(self, app_id: str) -> dict[str, int]:
+        """Task counters; health counts only tasks of apps with ``healthChecks`` (as Marathon)."""
         app = self._apps[app_id]
         running = self._runtime.get(app_id, _Runtime()).running
         deploying = any(app_id in d.affected for d in self._running)
-        unhealthy = app_id in self._unhealthy
+        checked = bool(app.get("healthChecks"))
+        unhealthy = self._is_unhealthy(app_id)
         return {
             "tasksStaged": max(app["instances"] - running, 0) if deploying else 0,
             "tasksRunning": running,
-            "tasksHealthy": running if app.get("healthChecks") and not unhealthy else 0,
-            "tasksUnhealthy": running if unhealthy else 0,
+            "tasksHealthy": running if checked and not unhealthy else 0,
+            "tasksUnhealthy": running if checked and unhealthy else 0,
         }
 
-    def _tasks(self, app_id: str) -> list[dict[str, Any]]:
-        app = self._apps[app_id]
-        running = self._runtime.get(app_id, _Runtime()).running
-        healthy = app_id not in self._unhealthy
+    def _task_id(self, app_id: str, version: str, index: int, incarnation: int) -> str:
         slug = app_id.strip("/").replace("/", "_")
+        task_uuid = uuid.uuid5(uuid.NAMESPACE_URL, f"{app_id}@{version}#{index}/{incarnation}")
+        return f"{slug}.{task_uuid}"
+
+    def _tasks(self, app_id: str) -> list[dict[str, Any]]:
+        """Running tasks; with health checks each carries ``healthCheckResults``.
+
+        A result has Marathon's keys (``alive``, ``consecutiveFailures``, ``firstSuccess``,
+        ``lastSuccess``, ``lastFailure``, ``lastFailureCause``, ``taskId``, ``instanceId``).
+        """
+        app = self._apps[app_id]
+        runtime = self._runtime.get(app_id, _Runtime())
+        healthy = not self._is_unhealthy(app_id)
+        version = app["version"]
         tasks = []
-        for index in range(running):
-            task_uuid = uuid.uuid5(uuid.NAMESPACE_URL, f"{app_id}@{app['version']}#{index}")
+        for index in range(runtime.running):
+            task_id = self._task_id(app_id, version, index, runtime.incarnations.get(index, 0))
+            ports = [10000 + index]
             task: dict[str, Any] = {
-                "id": f"{slug}.{task_uuid}",
+                "id": task_id,
                 "appId": app_id,
                 "host": "127.0.0.1",
-                "ports": [],
+                "ports": ports,
+                "servicePorts": [],
+                "slaveId": f"{self._framework_id.split('-')[0]}-S0",
                 "state": "TASK_RUNNING",
-                "stagedAt": app["version"],
-                "startedAt": app["version"],
-                "version": app["version"],
+                "stagedAt": version,
+                "startedAt": version,
+                "version": version,
+                "ipAddresses": [{"ipAddress": "127.0.0.1", "protocol": "IPv4"}],
             }
             if app.get("healthChecks"):
                 task["healthCheckResults"] = [
-                    {"alive": healthy, "taskId": task["id"]} for _ in app["healthChecks"]
+                    self._health_result(task_id, version, healthy) for _ in app["healthChecks"]
                 ]
             tasks.append(task)
         return tasks
+
+    @staticmethod
+    def _health_result(task_id: str, since: str, healthy: bool) -> dict[str, Any]:
+        return {
+            "alive": healthy,
+            "consecutiveFailures": 0 if healthy else 3,
+            "firstSuccess": since if healthy else None,
+            "lastSuccess": since if healthy else None,
+            "lastFailure": None if healthy else since,
+            "lastFailureCause": None if healthy else "HTTP 503 Service Unavailable",
+            "taskId": task_id,
+            "instanceId": task_id.replace(".", ".instance-", 1),
+        }
+
+    def _task_failure(self, app: Mapping[str, Any], message: str) -> dict[str, Any]:
+        """``lastTaskFailure``: the shape Marathon reports for an app's last failed task."""
+        app_id = app["id"]
+        return {
+            "appId": app_id,
+            "host": "127.0.0.1",
+            "message": message,
+            "state": "TASK_FAILED",
+            "taskId": self._task_id(app_id, app["version"], 0, -1),
+            "timestamp": _iso(datetime.now(UTC)),
+            "version": app["version"],
+            "slaveId": f"{self._framework_id.split('-')[0]}-S0",
+        }
 
     def _app_json(self, app_id: str, embeds: set[str]) -> dict[str, Any]:
         """Stored app plus counters and ``deployments`` (always), plus what ``embed`` asks for."""
@@ -1038,6 +1110,9 @@ class MarathonEmulator:
         names = {e.split(".", 1)[-1] for e in embeds}
         if "tasks" in names:
             out["tasks"] = self._tasks(app_id)
+        failure = self._runtime.get(app_id, _Runtime()).last_failure
+        if "lastTaskFailure" in names and failure is not None:
+            out["lastTaskFailure"] = copy.deepcopy(failure)
         if "readiness" in names:
             out["readinessCheckResults"] = []
         if "taskStats" in names:
@@ -1267,6 +1342,8 @@ class MarathonEmulator:
             return self._route_apps(request, path[len("/v2/apps") :], raw, base_url)
         if path == "/v2/groups" or path.startswith("/v2/groups/"):
             return self._route_groups(request, path[len("/v2/groups") :], raw, base_url)
+        if path == "/v2/tasks" and method == "GET":
+            return 200, {"tasks": self._all_tasks(request)}, {}
         if path == "/v2/deployments" and method == "GET":
             now = time.monotonic()
             return 200, [self._deployment_json(d, now) for d in self._running], {}
@@ -1286,19 +1363,25 @@ class MarathonEmulator:
             "elected": True,
             "leader": f"{host}:{port}",
             "frameworkId": self._framework_id,
+            # As Marathon 1.x: the ports live only in http_config; marathon_config holds the
+            # Mesos-facing options.
             "marathon_config": {
                 "master": "zk://127.0.0.1:2181/mesos",
                 "hostname": host,
-                "http_port": port,
                 "mesos_role": None,
-                "max_running_deployments": self.max_running_deployments,
+                "mesos_user": "root",
+                "framework_name": "marathon",
+                "ha": True,
+                "checkpoint": True,
+                "failover_timeout": 604800,
+                "task_launch_timeout": 300000,
                 "features": [],
             },
             "zookeeper_config": {
                 "zk": "zk://127.0.0.1:2181/marathon",
                 "zk_max_versions": self.max_versions,
             },
-            "http_config": {"http_port": port},
+            "http_config": {"http_port": port, "https_port": 8443},
             "event_subscriber": None,
         }
 
@@ -1321,7 +1404,7 @@ class MarathonEmulator:
                 },
                 {"WWW-Authenticate": "acsjwt"},
             )
-        return 200, {"token": self._issue_token(uid, self._token_ttl)}, {}
+        return 200, {"token": self._issue_token(str(uid), self._token_ttl)}, {}
 
     def _event_stream(self, request: Request) -> Response:
         wanted = set(request.query_params.getlist("event_type"))
@@ -1357,6 +1440,8 @@ class MarathonEmulator:
                 return 200, {"apps": self._list_apps(request)}, {}
             if method == "POST":
                 return self._create_app(request, raw, base_url)
+            if method in ("PUT", "PATCH"):
+                return self._put_apps(request, raw)
             raise ApiError(405, {"message": f"{method} /v2/apps is not supported by this emulator"})
         if method == "GET" and (m := re.fullmatch(r"(/.+)/versions/([^/]+)", rest)):
             app_id = self._existing_app_id(m.group(1))
@@ -1372,9 +1457,12 @@ class MarathonEmulator:
             return 200, {"tasks": self._tasks(app_id)}, {}
         if method == "POST" and rest.endswith("/restart"):
             return self._restart_app(request, rest[: -len("/restart")])
+        if method == "DELETE" and (m := re.fullmatch(r"(/.+)/tasks(?:/([^/]+))?", rest)):
+            return self._kill_tasks(request, m.group(1), m.group(2))
         if method == "GET":
             app_id = self._existing_app_id(rest)
-            embeds = _embeds(request) | {"app.tasks"}
+            # Marathon embeds the tasks and the last task failure of a single app by default.
+            embeds = _embeds(request) | {"app.tasks", "app.lastTaskFailure"}
             return 200, {"app": self._app_json(app_id, embeds)}, {}
         if method in ("PUT", "PATCH"):
             return self._put_app(request, rest, raw, base_url, patch=method == "PATCH")
@@ -1491,6 +1579,64 @@ class MarathonEmulator:
         if old is None:
             return _deployment_result(201, deployment, {"Location": f"{base_url}/v2/apps{app_id}"})
         return _deployment_result(200, deployment)
+
+    def _put_apps(self, request: Request, raw: bytes) -> tuple[int, Any, dict[str, str]]:
+        """``PUT /v2/apps``: create or update several apps in one deployment (partial update
+        by default)."""
+        body = _parse_json(raw)
+        if not isinstance(body, list):
+            raise _invalid_json([_detail("/", "error.expected.jsarray")])
+        partial = request.query_params.get("partialUpdate", "true").strip().lower() != "false"
+        change = _Change()
+        for index, item in enumerate(body):
+            prefix = f"/({index})"
+            spec = _require_object(item, prefix)
+            app_id = self._resolve_body_id(spec, "/", prefix)
+            if errors := _type_errors(spec, prefix):
+                raise _invalid_json(errors)
+            old = self._apps.get(app_id)
+            merged = {**_config(old), **_clean(spec)} if (old is not None and partial) else spec
+            change.apps[app_id] = self._validated_app(merged, app_id, prefix)
+        return _deployment_result(200, self._commit(change, force=_force(request)))
+
+    def _all_tasks(self, request: Request) -> list[dict[str, Any]]:
+        """``GET /v2/tasks[?status=running|staging]``: every app's tasks (all running here)."""
+        status = request.query_params.get("status")
+        if status not in (None, "", "running"):
+            return []
+        return [task for app_id in sorted(self._apps) for task in self._tasks(app_id)]
+
+    def _kill_tasks(
+        self, request: Request, raw_id: str, task_id: str | None
+    ) -> tuple[int, Any, dict[str, str]]:
+        """``DELETE /v2/apps/{id}/tasks[/{task}][?scale=&host=]``.
+
+        Without ``scale`` the killed tasks are replaced at once by new ones (new ids); with
+        ``scale=true`` the app's ``instances`` drops by the number killed, as a deployment.
+        """
+        app_id = self._existing_app_id(raw_id)
+        host = request.query_params.get("host")
+        tasks = self._tasks(app_id)
+        if task_id is not None:
+            tasks = [t for t in tasks if t["id"] == task_id]
+            if not tasks:
+                raise _not_found(f"Task '{task_id}' does not exist")
+        elif host:
+            tasks = [t for t in tasks if t["host"] == host]
+        if _truthy(request.query_params.get("scale")):
+            app = _config(self._apps[app_id])
+            app["instances"] = max(0, app["instances"] - len(tasks))
+            change = _Change(apps={app_id: self._validated_app(app, app_id)})
+            return _deployment_result(200, self._commit(change, force=_force(request)))
+        runtime = self._runtime[app_id]
+        all_ids = [t["id"] for t in self._tasks(app_id)]
+        for task in tasks:
+            index = all_ids.index(task["id"])
+            runtime.incarnations[index] = runtime.incarnations.get(index, 0) + 1
+        killed = [{**t, "state": "TASK_KILLED"} for t in tasks]
+        if task_id is not None:
+            return 200, {"task": killed[0]}, {}
+        return 200, {"tasks": killed}, {}
 
     def _restart_app(self, request: Request, rest: str) -> tuple[int, Any, dict[str, str]]:
         app_id = self._existing_app_id(rest)
@@ -1918,20 +2064,14 @@ def _snapshot_json(group_id: str, snapshot: Mapping[str, Any]) -> dict[str, Any]
 
 def main(argv: list[str] | None = None) -> None:
     """Serve the emulator; the token comes from ``MARATHON_EMULATOR_TOKEN`` (never argv)."""
-    import uvicorn
-
-    parser = argparse.ArgumentParser(prog="python -m autodeployer.emulators.marathon")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--deploy-duration", type=float, default=0.2)
+    parser = standalone_parser("marathon", 8080, "MARATHON_EMULATOR_TOKEN")
+    parser.add_argument("--deploy-duration", type=float, default=0.2,
+                        help="seconds each deployment runs (0.2)")
     args = parser.parse_args(argv)
-    emulator = MarathonEmulator(
-        token=os.environ.get("MARATHON_EMULATOR_TOKEN") or None,
-        deploy_duration=args.deploy_duration,
-    )
-    print(f"Marathon emulator on http://{args.host}:{args.port}", flush=True)
-    with contextlib.suppress(KeyboardInterrupt):
-        uvicorn.run(emulator.asgi_app, host=args.host, port=args.port, log_level="warning")
+    token = token_from_env("MARATHON_EMULATOR_TOKEN")
+    emulator = MarathonEmulator(token=token, deploy_duration=args.deploy_duration)
+    serve_forever(emulator.asgi_app, "Marathon", f"http://{args.host}:{args.port}",
+                  "MARATHON_EMULATOR_TOKEN", token is not None, args.host, args.port)
 
 
 if __name__ == "__main__":

@@ -5,28 +5,29 @@ Sesam cannot run here, so tests, benchmarks and the demo talk to this emulator i
 multipart form, the validation rules with the 200/400 split, ``$audit`` bookkeeping, metadata, env
 variables, secrets (write-only over HTTP), per-entity pipe and system endpoints, health and status.
 
+Beyond the reference it serves what sesamclient 1.2.6 reads: pumps (``GET``/``POST
+/api/pipes/{id}/pump``) and pipe runtimes with run results, ``/api/config-all``,
+``/api/config-history/entity``, and the node's own pipes; ``docs/emulators.md`` lists the shapes,
+the switches and what is not served.
+
 All state lives on a :class:`SesamEmulator` instance and is guarded by one lock, because the server
 runs in another thread while the test inspects and steers it in-process (``entities()``,
-``fail_next()``, ``set_delay()``, ``expire_token()``, ``keep_deploying()`` ...).
+``fail_next()``, ``set_delay()``, ``expire_token()``, ``keep_deploying()``, ``fail_runs()`` ...).
 
 Run by hand::
 
-    SESAM_EMULATOR_JWT=secret python -m autodeployer.emulators.sesam --host 127.0.0.1 --port 9042
+    SESAM_EMULATOR_TOKEN=secret python -m autodeployer.emulators.sesam --host 127.0.0.1 --port 9042
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
-import contextlib
 import copy
 import hashlib
 import io
 import json
-import os
 import re
-import sys
 import threading
 import time
 import zipfile
@@ -44,7 +45,12 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from autodeployer.emulators._server import LoopbackServer
+from autodeployer.emulators._server import (
+    LoopbackServer,
+    serve_forever,
+    standalone_parser,
+    token_from_env,
+)
 
 __all__ = ["ConfigError", "RequestRecord", "SesamEmulator", "main"]
 
@@ -62,9 +68,29 @@ JSON_TYPES = frozenset({"application/json", "text/json"})
 ZIP_TYPES = frozenset({"application/zip", "application/x-zip-compressed"})
 #: Paths answered without a token (liveness probes).
 OPEN_PATHS = frozenset({"/api/health"})
+#: Operations the emulated pumps accept (``POST /api/pipes/{id}/pump``, form field ``operation``).
+#: The names are sesamclient 1.2.6's (``Pump.start``, ``reset_tracking``, ``update_last_seen`` ...).
 PUMP_OPERATIONS = (
     "enable", "disable", "start", "stop", "pump", "reset", "update-last-seen", "reset-failures",
+    "reset-tracking", "set-tracking-to-start", "set-last-seen-to-end", "start-rescan",
+    "reset-rescan",
 )
+#: A pipe ``metadata`` key that makes every run of the pipe fail: ``true`` or the error message.
+#: It travels with the pipe's configuration, so a test can commit a pipe that breaks on the node.
+FAIL_RUNS_KEY = "emulator-fail-runs"
+#: Seconds between scheduled runs when the pipe's ``pump.schedule_interval`` does not say.
+DEFAULT_SCHEDULE_INTERVAL = 30.0
+#: Pipes a real node has besides the user's: a ``system:`` pipe (listed only with
+#: ``include-internal-pipes=true``), a search-index pipe (``origin: search``) whose runs fail, and a
+#: replica pipe (``:singlenode`` id) that stays in ``Deploying``: any loop that waits for deploys or
+#: judges health without filtering non-user pipes (reference section 8) hangs or misjudges here.
+SYSTEM_PIPES: tuple[dict[str, Any], ...] = (
+    {"_id": "system:config:node", "type": "pipe", "metadata": {"origin": "system"}},
+    {"_id": "search-index-node", "type": "pipe",
+     "metadata": {"origin": "search", FAIL_RUNS_KEY: "search index is rebuilding"}},
+    {"_id": "replica-node:singlenode", "type": "pipe", "metadata": {"origin": "replica"}},
+)
+STUCK_DEPLOYING = frozenset({"replica-node:singlenode"})
 MAX_UPLOAD_PART = 512 * 1024 * 1024
 
 Level = Literal["error", "warning"]
@@ -199,6 +225,38 @@ def transit_ts(moment: datetime) -> str:
     return "~t" + moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _iso(moment: datetime | None) -> str | None:
+    """A runtime timestamp: ISO 8601 in UTC with ``Z``, or null."""
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _source_datasets(pipe: Mapping[str, Any]) -> list[str]:
+    """Datasets a pipe reads (``source.dataset`` or ``source.datasets``, merge ids stripped)."""
+    source = pipe.get("source")
+    if not isinstance(source, dict):
+        return []
+    found = source.get("datasets", source.get("dataset"))
+    names = found if isinstance(found, list) else [found]
+    return [n.split(" ")[0] for n in names if isinstance(n, str) and n]
+
+
+def _sink_dataset(pipe: Mapping[str, Any]) -> str:
+    """The dataset a pipe writes: ``sink.dataset``, else the pipe's own id (Sesam's default)."""
+    sink = pipe.get("sink")
+    named = sink.get("dataset") if isinstance(sink, dict) else None
+    return named if isinstance(named, str) and named else str(pipe.get("_id"))
+
+
+def _schedule_interval(pipe: Mapping[str, Any]) -> float:
+    pump = pipe.get("pump")
+    value = pump.get("schedule_interval") if isinstance(pump, dict) else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return DEFAULT_SCHEDULE_INTERVAL
+
+
 def problem(status: int, detail: str) -> JSONResponse:
     """A small JSON error body for non-validation failures."""
     try:
@@ -289,6 +347,7 @@ class CheckContext:
     taken_ids: Mapping[str, str] = field(default_factory=dict)  # id -> group owning it
     allowed_kinds: frozenset[str] = frozenset({"pipe", "system", "metadata"})
     keep_unknown_files: bool = False
+    refuse_unknown_env: bool = True
 
 
 @dataclass
@@ -389,7 +448,7 @@ def _check_references(item: Checked, ctx: CheckContext) -> None:
         for name in ENV_REF.findall(text):
             if name not in ctx.env_names:
                 msg = f"unknown environment variable '{name}'"
-                if ctx.force:
+                if ctx.force or not ctx.refuse_unknown_env:
                     item.warn(path, msg)
                 else:
                     item.error(path, msg)
@@ -534,6 +593,7 @@ class Stored:
     audit: dict[str, Any]
     ts: int
     disabled: bool = False
+    pump: PumpState | None = None
 
     @property
     def entity_id(self) -> str:
@@ -542,6 +602,32 @@ class Stored:
     @property
     def is_valid(self) -> bool:
         return not any(error.level == "error" for error in self.errors)
+
+
+@dataclass
+class PumpState:
+    """What a pipe's pump reports about its runs (``runtime`` of the pump and of the pipe)."""
+
+    last_started: datetime | None = None
+    last_run: datetime | None = None
+    success: bool | None = None
+    last_message: str | None = None
+    last_error: str | None = None
+    processed: int = 0
+    runs: int = 0
+    last_seen: str | None = None
+    running: bool = False
+
+
+@dataclass(frozen=True)
+class HistoryRecord:
+    """One version of an entity, as ``GET /api/config-history/entity`` lists it."""
+
+    seq: int
+    entity_id: str
+    ts: int
+    deleted: bool
+    original: dict[str, Any]
 
 
 @dataclass
@@ -576,8 +662,10 @@ class SesamEmulator:
     ``jwt=None`` disables authentication. Switches are plain attributes (see ``__init__``).
     """
 
-    def __init__(self, jwt: str | None = None, *, clock: Callable[[], datetime] | None = None):
+    def __init__(self, jwt: str | None = None, *, clock: Callable[[], datetime] | None = None,
+                 system_pipes: bool = True):
         self._initial_jwt = jwt
+        self._with_system_pipes = system_pipes
         self._lock = threading.Lock()
         self._clock = clock or (lambda: datetime.now(UTC))
         self._last_tick = datetime.min.replace(tzinfo=UTC)
@@ -603,6 +691,22 @@ class SesamEmulator:
         self._deploy_hold = 0.0
         self._deploying_until = 0.0
         self._pump_log: list[tuple[str, str]] = []
+        self._history: list[HistoryRecord] = []
+        self._failing_runs: dict[str, str] = {}
+        #: Refuse (400) an upload naming an unknown ``$ENV`` variable; with False it is stored and
+        #: reported as a warning. What a real node does is unknown (reference section 3), so the
+        #: product must check ``$ENV`` itself and is tested under both settings.
+        self.refuse_unknown_env = True
+        #: Run a pipe's pump once whenever its configuration changes (a node schedules a run soon
+        #: after a deploy), so ``last-run``/``success`` describe the deployed configuration.
+        self.run_on_deploy = True
+        self._system_pipes: dict[str, Stored] = {}
+        if self._with_system_pipes:
+            for entity in SYSTEM_PIPES:
+                stored = self._new_stored(copy.deepcopy(entity), "pipe", DEFAULT_GROUP, [], None,
+                                          Actor(user_id="node"))
+                self._system_pipes[stored.entity_id] = stored
+                self._run_pump(stored)
         self._metadata = self._new_stored(dict(DEFAULT_METADATA), "metadata", DEFAULT_GROUP, [],
                                           None, Actor(user_id="node"))
         #: Section 6 switch: a ``PUT /api/config`` without metadata keeps the previous metadata.
@@ -744,6 +848,30 @@ class SesamEmulator:
         with self._lock:
             return list(self._pump_log)
 
+    def fail_runs(self, pipe_id: str, message: str | None = "emulated failure") -> None:
+        """Make every later run of ``pipe_id`` fail with ``message`` (``None`` heals it).
+
+        The pipe's current runtime changes at once (a failed run is recorded now), as if the
+        node had just run it; the pipe may be deployed later, the switch waits for it.
+        """
+        with self._lock:
+            if message is None:
+                self._failing_runs.pop(pipe_id, None)
+            else:
+                self._failing_runs[pipe_id] = message
+            stored = self._find("pipe", pipe_id)
+            if stored is not None:
+                self._run_pump(stored)
+
+    def run_pipe(self, pipe_id: str) -> dict[str, Any]:
+        """Run a pipe's pump once now, as the scheduler would; returns the pump's runtime."""
+        with self._lock:
+            stored = self._find("pipe", pipe_id)
+            if stored is None:
+                raise KeyError(f"no pipe {pipe_id!r}")
+            self._run_pump(stored)
+            return self._pump_runtime(stored)
+
     # ---- internal state operations (call with the lock held) ---------------------------------
 
     def _tick(self) -> datetime:
@@ -775,7 +903,10 @@ class SesamEmulator:
                 created = {k: previous.audit[k] for k in ("created_ts", "created_by")}
                 audit = {**created, **audit}
         disabled = previous.disabled if previous is not None else False
-        return Stored(entity, kind, group, list(errors), audit, ts, disabled)
+        pump = None
+        if kind == "pipe":
+            pump = previous.pump if previous is not None and previous.pump else PumpState()
+        return Stored(entity, kind, group, list(errors), audit, ts, disabled, pump)
 
     def _store(self, item: Checked, group: str, actor: Actor) -> Stored:
         assert item.entity is not None and item.kind is not None
@@ -785,6 +916,10 @@ class SesamEmulator:
         previous = self._entities.get(item.entity_id)
         stored = self._new_stored(item.entity, item.kind, group, item.errors, previous, actor)
         self._entities[item.entity_id] = stored
+        if previous is None or previous.audit is not stored.audit:
+            self._record_history(stored)
+            if stored.kind == "pipe" and self.run_on_deploy and not stored.disabled:
+                self._run_pump(stored)
         return stored
 
     def _set_metadata(self, entity: dict[str, Any], errors: list[ConfigError],
@@ -792,11 +927,53 @@ class SesamEmulator:
         previous = self._metadata if self._metadata.entity_id == entity["_id"] else None
         self._metadata = self._new_stored(entity, "metadata", DEFAULT_GROUP, errors, previous,
                                           actor)
+        if previous is None or previous.audit is not self._metadata.audit:
+            self._record_history(self._metadata)
 
     def _remove(self, entity_id: str) -> Stored | None:
         """Delete a pipe or system; a system's scoped secrets go with it."""
         self._system_secrets.pop(entity_id, None)
-        return self._entities.pop(entity_id, None)
+        removed = self._entities.pop(entity_id, None)
+        if removed is not None:
+            self._record_history(removed, deleted=True)
+        return removed
+
+    def _record_history(self, stored: Stored, deleted: bool = False) -> None:
+        """Keep every version (and deletion) for ``/api/config-history/entity``."""
+        ts = int(self._tick().timestamp() * 1_000_000) if deleted else stored.ts
+        self._history.append(HistoryRecord(len(self._history) + 1, stored.entity_id, ts, deleted,
+                                           self._original(stored)))
+
+    def _run_pump(self, stored: Stored) -> None:
+        """One run of a pipe's pump, finished at once: it fails when the pipe is switched to fail
+        (``fail_runs()`` or the ``emulator-fail-runs`` metadata key) or its config is invalid."""
+        pump = stored.pump
+        assert pump is not None
+        moment = self._tick()
+        failure = self._run_failure(stored)
+        pump.last_started = pump.last_run = moment
+        pump.runs += 1
+        pump.success = failure is None
+        if failure is None:
+            pump.last_message = "Completed"
+            pump.last_error = None
+            pump.last_seen = str(pump.runs)
+        else:
+            pump.last_message = f"Failed: {failure}"
+            pump.last_error = failure
+
+    def _run_failure(self, stored: Stored) -> str | None:
+        if stored.entity_id in self._failing_runs:
+            return self._failing_runs[stored.entity_id]
+        metadata = stored.entity.get("metadata")
+        flag = metadata.get(FAIL_RUNS_KEY) if isinstance(metadata, dict) else None
+        if isinstance(flag, str) and flag:
+            return flag
+        if flag is True:
+            return "the pipe failed (emulator-fail-runs)"
+        if not stored.is_valid:
+            return "the pipe has an invalid config"
+        return None
 
     def _context(self, force: bool, group: str,
                  allowed: frozenset[str] | None = None, check_taken: bool = True) -> CheckContext:
@@ -812,6 +989,7 @@ class SesamEmulator:
             taken_ids=taken if check_taken else {},
             allowed_kinds=kinds,
             keep_unknown_files=self.keep_unknown_files,
+            refuse_unknown_env=self.refuse_unknown_env,
         )
 
     def _replace_group(self, group: str, plan: Plan, actor: Actor, keep_metadata: bool) -> None:
@@ -854,25 +1032,79 @@ class SesamEmulator:
             "config-errors": [error.to_json() for error in stored.errors],
         }
 
+    def _pump_runtime(self, stored: Stored) -> dict[str, Any]:
+        """The pump's ``runtime``; the keys are those sesamclient 1.2.6's ``Pump`` reads.
+
+        ``last-run``/``next-run``/``last-started`` are ISO 8601 UTC strings (sesamclient parses them
+        with dateutil) or null before the first run; ``success`` is null before it too; ``queues``
+        maps ``source``/``dependencies`` to ``{dataset_id: size}`` (``Pump.has_pending_work``).
+        """
+        pump = stored.pump or PumpState()
+        interval = _schedule_interval(stored.entity)
+        next_run = None
+        if not stored.disabled:
+            base = pump.last_run or self._clock()
+            next_run = _iso(base + timedelta(seconds=interval))
+        return {
+            "is-running": pump.running,
+            "is-disabled": stored.disabled,
+            "is-valid-config": stored.is_valid,
+            "config-errors": [error.to_json() for error in stored.errors],
+            "last-started": _iso(pump.last_started),
+            "last-run": _iso(pump.last_run),
+            "next-run": next_run,
+            "schedule-interval": interval,
+            "success": pump.success,
+            "last-message": pump.last_message,
+            "last-original-error-message": pump.last_error,
+            "last-seen": pump.last_seen,
+            "progress": {"processed": pump.processed, "runs": pump.runs},
+            "queues": {
+                "source": {dataset: 0 for dataset in _source_datasets(stored.entity)},
+                "dependencies": {},
+                "retries": 0,
+            },
+            "supported-operations": list(PUMP_OPERATIONS),
+        }
+
     def _pipe_object(self, stored: Stored, fields: set[str] | None = None) -> dict[str, Any]:
-        deploying = time.monotonic() < self._deploying_until
+        deploying = (time.monotonic() < self._deploying_until
+                     or stored.entity_id in STUCK_DEPLOYING)
         metadata = stored.entity.get("metadata")
         runtime = {
-            **self._runtime(stored),
-            "is-running": False,
-            "is-disabled": stored.disabled,
+            **self._pump_runtime(stored),
             "state": "Deploying" if deploying else "Idle",
-            "supported-operations": list(PUMP_OPERATIONS),
             "origin": metadata.get("origin", "user") if isinstance(metadata, dict) else "user",
         }
         full = {
             "_id": stored.entity_id,
             "config": self._config_view(stored),
             "runtime": runtime,
-            "storage": {},
-            "graph": {},
+            "storage": self._storage(stored),
+            "graph": self._graph(stored),
         }
         return _select_fields(full, fields)
+
+    def _pump_object(self, stored: Stored) -> dict[str, Any]:
+        """``GET``/``POST /api/pipes/{id}/pump``: sesamclient names a pump ``pump:<pipe id>``."""
+        return {"_id": f"pump:{stored.entity_id}", "type": "pump", "pipe": stored.entity_id,
+                "runtime": self._pump_runtime(stored)}
+
+    def _storage(self, stored: Stored) -> dict[str, Any]:
+        """Emulator's shape (the reference is silent): the sink dataset and what it holds."""
+        pump = stored.pump or PumpState()
+        return {"sink-dataset": _sink_dataset(stored.entity),
+                "entities": pump.processed, "disk-usage": 0}
+
+    def _graph(self, stored: Stored) -> dict[str, Any]:
+        """Emulator's shape: datasets read and written, and the pipes upstream and downstream."""
+        sources = _source_datasets(stored.entity)
+        sink = _sink_dataset(stored.entity)
+        pipes = [s for s in self._entities.values() if s.kind == "pipe"]
+        upstream = sorted(p.entity_id for p in pipes if _sink_dataset(p.entity) in sources)
+        downstream = sorted(p.entity_id for p in pipes if sink in _source_datasets(p.entity))
+        return {"source-datasets": sources, "sink-dataset": sink,
+                "upstream-pipes": upstream, "downstream-pipes": downstream}
 
     def _system_object(self, stored: Stored) -> dict[str, Any]:
         return {
@@ -975,7 +1207,9 @@ class SesamEmulator:
                   methods=["GET", "PUT", "POST"]),
             Route("/api/systems/{entity_id}/secrets/{key}", self._secrets_delete,
                   methods=["DELETE"]),
-            Route("/api/pipes/{entity_id}/pump", self._pump, methods=["POST"]),
+            Route("/api/pipes/{entity_id}/pump", self._pump, methods=["GET", "POST"]),
+            Route("/api/config-all", self._config_all, methods=["GET", "PUT"]),
+            Route("/api/config-history/entity", self._config_history),
             Route("/api/systems/{entity_id}/status", self._system_status),
             Route("/api/systems/{entity_id}/logs", self._system_logs),
             Route("/api/systems/{entity_id}/reload", self._system_reload, methods=["POST"]),
@@ -1041,6 +1275,74 @@ class SesamEmulator:
             self._replace_group(group, plan, actor, self.keep_metadata_on_replace)
             self._mark_deploying()
             return _validation_response(200, plan.report)
+
+    async def _config_all(self, request: Request) -> Response:
+        """Every config group at once; entities of other groups name it in ``$config-group``."""
+        if request.method == "GET":
+            with self._lock:
+                stored = sorted([*self._entities.values(), self._metadata],
+                                key=lambda s: s.entity_id)
+                body = dump_json([self._grouped_original(s) for s in stored])
+            return Response(body, media_type="application/json")
+        try:
+            force = parse_bool_param(request.query_params.get("force"), "force")
+            items = await read_upload(request)
+        except BodyError as exc:
+            return _validation_response(400, [_body_error_item(str(exc))])
+        actor = _actor(request)
+        with self._lock:
+            ctx = self._context(force, DEFAULT_GROUP, frozenset({"pipe", "system", "metadata"}),
+                                check_taken=False)
+            plan = make_plan(items, ctx)
+            if plan.has_errors and not force:
+                return _validation_response(400, plan.report)
+            self._replace_all(plan, actor)
+            self._mark_deploying()
+            return _validation_response(200, plan.report)
+
+    def _grouped_original(self, stored: Stored) -> dict[str, Any]:
+        view = self._original(stored)
+        if stored.group != DEFAULT_GROUP:
+            metadata = view.get("metadata")
+            view["metadata"] = {**(metadata if isinstance(metadata, dict) else {}),
+                                "$config-group": stored.group}
+        return view
+
+    def _replace_all(self, plan: Plan, actor: Actor) -> None:
+        """Replace every group: each accepted entity goes to its ``$config-group``."""
+        kept = {i.entity_id for i in plan.accepted if i.kind != "metadata"}
+        for entity_id in [i for i in self._entities if i not in kept]:
+            self._remove(entity_id)
+        for item in plan.accepted:
+            self._store(item, _entity_group(item.entity), actor)
+        self._unknown_files = dict(plan.unknown_files)
+        if not any(item.kind == "metadata" for item in plan.accepted):
+            if not self.keep_metadata_on_replace:
+                self._set_metadata(dict(DEFAULT_METADATA), [], actor)
+
+    async def _config_history(self, request: Request) -> Response:
+        """Versions of one entity, oldest first (``reverse=true``: newest first).
+
+        Emulator's shape (the reference names only the parameters): each item is
+        ``{"_id", "_updated", "_ts", "_deleted", "config"}``; ``_updated`` is the ``since`` token.
+        """
+        query = request.query_params
+        entity_id = query.get("entity_id")
+        if not entity_id:
+            return problem(400, "query parameter 'entity_id' is required")
+        try:
+            reverse = parse_bool_param(query.get("reverse"), "reverse")
+            since = int(query["since"]) if query.get("since") else 0
+            limit = int(query["limit"]) if query.get("limit") else None
+        except (BodyError, ValueError) as exc:
+            return problem(400, f"bad query parameter: {exc}")
+        with self._lock:
+            found = [h for h in self._history if h.entity_id == entity_id and h.seq > since]
+        if reverse:
+            found.reverse()
+        items = [{"_id": h.entity_id, "_updated": h.seq, "_ts": h.ts, "_deleted": h.deleted,
+                  "config": h.original} for h in found[:limit]]
+        return JSONResponse(items)
 
     # ---- metadata --------------------------------------------------------------------------
 
@@ -1139,15 +1441,30 @@ class SesamEmulator:
 
     def _find(self, kind: Kind, entity_id: str) -> Stored | None:
         stored = self._entities.get(entity_id)
+        if stored is None and kind == "pipe":
+            return self._system_pipes.get(entity_id)
         return stored if stored is not None and stored.kind == kind else None
+
+    def _listed(self, kind: Kind, include_internal: bool) -> list[Stored]:
+        """User entities plus the node's own pipes; ``system:`` ones only when asked for."""
+        found = [s for s in self._entities.values() if s.kind == kind]
+        if kind == "pipe":
+            found += [s for s in self._system_pipes.values()
+                      if include_internal or not s.entity_id.startswith("system:")]
+        return sorted(found, key=lambda s: s.entity_id)
 
     def _collection_handler(self, kind: Kind) -> Callable[[Request], Any]:
         async def handler(request: Request) -> Response:
             if request.method == "GET":
                 fields = _fields_param(request.query_params.get("fields"))
+                try:
+                    internal = parse_bool_param(
+                        request.query_params.get(f"include-internal-{kind}s"),
+                        f"include-internal-{kind}s")
+                except BodyError as exc:
+                    return problem(400, str(exc))
                 with self._lock:
-                    found = sorted((s for s in self._entities.values() if s.kind == kind),
-                                   key=lambda s: s.entity_id)
+                    found = self._listed(kind, internal)
                     return JSONResponse([self._object(s, fields) for s in found])
             return await self._create_entities(request, kind)
         return handler
@@ -1181,6 +1498,8 @@ class SesamEmulator:
                     return problem(404, f"no {kind} {entity_id!r}")
                 body = self._object(stored, _fields_param(request.query_params.get("fields")))
                 if request.method == "DELETE":
+                    if entity_id in self._system_pipes:
+                        return _node_pipe_refusal(entity_id)
                     self._remove(entity_id)
                 return JSONResponse(body)
         return handler
@@ -1215,6 +1534,8 @@ class SesamEmulator:
             current = self._find(kind, entity_id)
             if current is None:
                 return problem(404, f"no {kind} {entity_id!r}")
+            if entity_id in self._system_pipes:
+                return _node_pipe_refusal(entity_id)
             ctx = self._context(force, current.group, frozenset({kind}), False)
             plan = make_plan([Posted(body)], ctx)
             if (plan.has_errors and not force) or not plan.accepted:
@@ -1224,19 +1545,44 @@ class SesamEmulator:
             return JSONResponse(self._object(stored))
 
     async def _pump(self, request: Request) -> Response:
+        """``GET`` the pump; ``POST`` an operation and answer with the pump as it is after it."""
         entity_id = request.path_params["entity_id"]
+        if request.method == "GET":
+            with self._lock:
+                stored = self._find("pipe", entity_id)
+                if stored is None:
+                    return problem(404, f"no pipe {entity_id!r}")
+                return JSONResponse(self._pump_object(stored))
         async with request.form() as form:
-            operation = str(form.get("operation", ""))
-        if operation not in PUMP_OPERATIONS:
-            return problem(400, f"unknown pump operation {operation!r}")
+            params = {key: str(value) for key, value in form.items()}
+        operation = params.get("operation", "")
         with self._lock:
             stored = self._find("pipe", entity_id)
             if stored is None:
                 return problem(404, f"no pipe {entity_id!r}")
-            if operation in ("enable", "disable"):
-                stored.disabled = operation == "disable"
+            if operation not in PUMP_OPERATIONS:
+                # sesamclient recognises this wording (PumpDoesNotSupportTheOperation).
+                return problem(400, f"The pump 'pump:{entity_id}' doesn't support the "
+                                    f"operation '{operation}'")
+            self._pump_operation(stored, operation, params)
             self._pump_log.append((entity_id, operation))
-            return JSONResponse(self._pipe_object(stored))
+            return JSONResponse(self._pump_object(stored))
+
+    def _pump_operation(self, stored: Stored, operation: str, params: Mapping[str, str]) -> None:
+        pump = stored.pump
+        assert pump is not None
+        if operation in ("enable", "disable"):
+            stored.disabled = operation == "disable"
+        elif operation in ("start", "pump", "start-rescan"):
+            self._run_pump(stored)
+        elif operation in ("reset-tracking", "set-tracking-to-start", "reset"):
+            pump.last_seen = None
+        elif operation == "update-last-seen":
+            pump.last_seen = params.get("last-seen") or None
+        elif operation == "set-last-seen-to-end":
+            pump.last_seen = str(pump.processed)
+        elif operation == "reset-failures":
+            pump.last_error = None
 
     async def _system_status(self, request: Request) -> Response:
         entity_id = request.path_params["entity_id"]
@@ -1266,6 +1612,11 @@ class SesamEmulator:
 # --------------------------------------------------------------------------------------------
 # Request helpers
 # --------------------------------------------------------------------------------------------
+
+
+def _node_pipe_refusal(entity_id: str) -> JSONResponse:
+    """The node's own pipes cannot be changed or removed through the API (emulator's choice)."""
+    return problem(403, f"pipe {entity_id!r} belongs to the node and cannot be changed")
 
 
 def _validation_response(status: int, items: list[dict[str, Any]]) -> JSONResponse:
@@ -1379,22 +1730,20 @@ class _ControlMiddleware:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Serve the emulator until Ctrl-C; the token comes from ``SESAM_EMULATOR_JWT`` only."""
-    parser = argparse.ArgumentParser(
-        prog="python -m autodeployer.emulators.sesam",
-        description="Sesam node API emulator. Set SESAM_EMULATOR_JWT to require a bearer token.",
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9042)
+    """Serve the emulator; the token comes from ``SESAM_EMULATOR_TOKEN`` (``SESAM_EMULATOR_JWT``,
+    its earlier name, still works), never from argv."""
+    parser = standalone_parser("sesam", 9042, "SESAM_EMULATOR_TOKEN")
+    parser.add_argument("--accept-unknown-env", action="store_true",
+                        help="store uploads naming unknown $ENV variables (warning) instead of "
+                             "refusing them with 400")
+    parser.add_argument("--no-system-pipes", action="store_true",
+                        help="start without the node's own (system, search, replica) pipes")
     args = parser.parse_args(argv)
-    jwt = os.environ.get("SESAM_EMULATOR_JWT") or None
-    emulator = SesamEmulator(jwt=jwt)
-    auth = "bearer token required" if jwt else "auth DISABLED (SESAM_EMULATOR_JWT not set)"
-    print(f"Sesam emulator on http://{args.host}:{args.port}/api ({auth})", file=sys.stderr)
-    import uvicorn
-
-    with contextlib.suppress(KeyboardInterrupt):
-        uvicorn.run(emulator.app, host=args.host, port=args.port, log_level="info")
+    jwt = token_from_env("SESAM_EMULATOR_TOKEN", "SESAM_EMULATOR_JWT")
+    emulator = SesamEmulator(jwt=jwt, system_pipes=not args.no_system_pipes)
+    emulator.refuse_unknown_env = not args.accept_unknown_env
+    serve_forever(emulator.app, "Sesam", f"http://{args.host}:{args.port}/api",
+                  "SESAM_EMULATOR_TOKEN", jwt is not None, args.host, args.port)
     return 0
 
 
