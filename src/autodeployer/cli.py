@@ -116,8 +116,8 @@ async def _sync_all(config: Config, apps: Sequence[AppConfig], dry_run: bool, co
                 code = max(code, EXIT_CHANGES)
             else:
                 _print_result(result, color)
-            if not result.ok:
-                code = EXIT_ERROR
+            if not result.ok or result.details.get("not_applied"):
+                code = EXIT_ERROR  # exit 0 means "in sync": nothing applied because the store was away is not
     finally:
         await runtime.aclose()
     return code
@@ -383,10 +383,19 @@ def _color() -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> Any:
+    """The entry point: every operational error ends as one line and exit code 2, never a traceback.
+
+    Errors raised inside the event loop (a store that cannot open, a driver that cannot be imported, a
+    busy PORT) reach this point; they carry the variable or flag that explains them."""
     try:
         return cli.main(args=list(argv) if argv is not None else None, prog_name="autodeployer")
     except KeyboardInterrupt:
         sys.exit(130)
+    except AutodeployerError as exc:
+        _fail(str(exc))
+    except OSError as exc:  # e.g. a file the command needs, named by the OS error
+        where = f"{exc.filename}: " if exc.filename else ""
+        _fail(f"{where}{exc.strerror or exc}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 import httpx
@@ -19,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import Config
-from .errors import AutodeployerError
+from .errors import AutodeployerError, ConfigError
 from .model import Result, Trigger
 from .service import build_runtime, store_for
 from .web.status import app_row, history_row
@@ -51,7 +52,7 @@ class Backend:
 
     def __init__(self, config_loader: Callable[[], Config], server: str | None) -> None:
         self._load = config_loader
-        self.server = server.rstrip("/") if server else None
+        self.server = _server_url(server) if server else None
 
     def _client(self) -> httpx.Client:
         headers = {}
@@ -60,16 +61,27 @@ class Backend:
             headers["Authorization"] = f"Bearer {token}"
         return httpx.Client(base_url=self.server or "", headers=headers, timeout=30, trust_env=False)
 
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
+        """One call to the service; a connection problem is an error naming --server, not a traceback."""
+        try:
+            with self._client() as client:
+                return client.request(method, path, json=body)
+        except httpx.HTTPError as exc:
+            reason = str(exc).split("\n")[0] or type(exc).__name__
+            raise AutodeployerError(f"--server {self.server}: cannot {method} {path} ({reason})") from None
+
     def _get(self, path: str) -> Any:
-        with self._client() as client:
-            response = client.get(path)
+        response = self._request("GET", path)
         if response.status_code != 200:
-            raise AutodeployerError(f"GET {path}: {response.status_code} {response.text[:200]}")
-        return response.json()
+            raise AutodeployerError(f"--server {self.server}: GET {path}: {response.status_code} {response.text[:200]}")
+        try:
+            return response.json()
+        except ValueError:
+            raise AutodeployerError(f"--server {self.server}: GET {path} did not answer JSON; "
+                                    "is this an autodeployer service?") from None
 
     def post(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        with self._client() as client:
-            response = client.post(path, json=body)
+        response = self._request("POST", path, body)
         if response.status_code >= 300:
             try:
                 message = response.json().get("error", response.text)
@@ -117,6 +129,14 @@ class Backend:
             return [history_row(r) for r in store.history(app, limit)]
         finally:
             store.close()
+
+
+def _server_url(server: str) -> str:
+    """--server as given, checked: httpx's own complaint about a missing scheme names no flag."""
+    parts = urlsplit(server.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"--server: expected http(s)://HOST[:PORT] of a running service, got {server!r}")
+    return server.strip().rstrip("/")
 
 
 def _ownership(store: Any) -> tuple[dict[str, str], dict[str, float]]:
