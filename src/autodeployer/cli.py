@@ -301,46 +301,79 @@ def hooks() -> None:
     """Manage the GitHub webhook of each app's repository."""
 
 
-async def _hook_command(config: Config, action: str, dploy: bool = False) -> int:
-    import httpx
-
-    from .github import WEBHOOK_PATH, hook_targets
-    from .runner import webhook_secret
-    from .sources.github import GitHubError
+def _hook_url(config: Config, dploy: bool) -> str | None:
+    """PUBLIC_URL/webhook (or the dploy hook URL); None when PUBLIC_URL is not set."""
+    from .github import WEBHOOK_PATH
 
     public_url = config.service.public_url
     if not public_url:
-        _fail("PUBLIC_URL (or public_node in dploy.app) is required: the hook is registered for PUBLIC_URL/webhook")
-    url = public_url + WEBHOOK_PATH
+        return None
     if dploy:
         from .dploy import dploy_hook_url
 
-        url = dploy_hook_url(config) or url
-    secret = webhook_secret(config) if action == "register" else ""
+        return dploy_hook_url(config) or public_url + WEBHOOK_PATH
+    return public_url + WEBHOOK_PATH
+
+
+def _register_secret(config: Config) -> tuple[str, bool, str]:
+    """(secret, replace an existing hook's secret?, where the secret comes from).
+
+    Only an explicit WEBHOOK_SECRET may replace the secret of a hook that already exists: the
+    service verifies deliveries with its own secret, kept in *its* STATE_DIR, which this process may
+    not see. A generated secret is used only for a hook this command creates."""
+    from .runner import webhook_secret
+
+    if config.service.webhook_secret:
+        return config.service.webhook_secret.get_secret_value(), True, "WEBHOOK_SECRET"
+    return webhook_secret(config), False, f"STATE_DIR {config.service.state_dir}"
+
+
+async def _hook_command(config: Config, action: str, dploy: bool = False) -> int:
+    import httpx
+
+    from .github import hook_targets
+    from .sources.github import GitHubError
+
+    url = _hook_url(config, dploy)
+    if url is None and action != "list":
+        _fail("PUBLIC_URL (or public_node in dploy.app) is required: the hook is registered for PUBLIC_URL/webhook")
+    secret, set_secret, origin = _register_secret(config) if action == "register" else ("", False, "")
     code = EXIT_OK
     async with httpx.AsyncClient(timeout=20, trust_env=False) as http:
-        targets = hook_targets(config.apps, http, url, secret)
+        targets = hook_targets(config.apps, http, url or "", secret, set_secret=set_secret)
         if not targets:
             _fail("no app has a GitHub repository and GITHUB_TOKEN; nothing to manage")
         for target in targets:
             try:
                 if action == "register":
-                    result, hook = await target.client.ensure_hook(target.spec)
-                    click.echo(f"{target.repo}: hook {hook.get('id')} {result} -> {url}")
+                    outcome = await target.client.ensure_hook(target.spec)
+                    click.echo(f"{target.repo}: hook {outcome.hook.get('id')} {outcome.describe()} -> {url}")
+                    if outcome.created or outcome.secret_set:
+                        click.echo(f"  secret: from {origin}")
+                    else:
+                        click.echo("  secret: left as it was (WEBHOOK_SECRET is not set; the service sets its "
+                                   "own secret when it starts)")
                 elif action == "remove":
-                    removed = await target.client.remove_hook(url)
+                    removed = await target.client.remove_hook(url or "")
                     click.echo(f"{target.repo}: " + (f"removed hook {removed['id']}" if removed else f"no hook for {url}"))
                 else:
-                    for hook in await target.client.list_hooks():
-                        cfg = hook.get("config") or {}
-                        mark = "*" if cfg.get("url") == url else " "
-                        last = (hook.get("last_response") or {}).get("status", "?")
-                        click.echo(f"{mark} {target.repo} {hook.get('id')} {cfg.get('url')} "
-                                   f"events={','.join(hook.get('events', []))} active={hook.get('active')} last={last}")
+                    _list_hooks(target.repo, await target.client.list_hooks(), url)
             except GitHubError as exc:
                 click.echo(f"{target.repo}: {exc}", err=True)
                 code = EXIT_ERROR
     return code
+
+
+def _list_hooks(repo: str, hooks: list[dict[str, Any]], url: str | None) -> None:
+    """One line per hook; ours (when PUBLIC_URL says which it is) marked with *."""
+    if not hooks:
+        click.echo(f"  {repo}: no hooks")
+    for hook in hooks:
+        cfg = hook.get("config") or {}
+        mark = "*" if url and cfg.get("url") == url else " "
+        last = (hook.get("last_response") or {}).get("status", "?")
+        click.echo(f"{mark} {repo} {hook.get('id')} {cfg.get('url')} "
+                   f"events={','.join(hook.get('events', []))} active={hook.get('active')} last={last}")
 
 
 @hooks.command("register")
@@ -355,7 +388,7 @@ def hooks_register(ctx: click.Context) -> None:
 @_dploy_option
 @click.pass_context
 def hooks_list(ctx: click.Context) -> None:
-    """List the repositories' hooks; ours is marked with *."""
+    """List the repositories' hooks; ours (PUBLIC_URL/webhook) is marked with *."""
     sys.exit(asyncio.run(_hook_command(_prepare(ctx), "list", ctx.obj.dploy_dir is not None)))
 
 
