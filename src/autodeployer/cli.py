@@ -421,9 +421,17 @@ def main(argv: Sequence[str] | None = None) -> Any:
     Errors raised inside the event loop (a store that cannot open, a driver that cannot be imported, a
     busy PORT) reach this point; they carry the variable or flag that explains them."""
     try:
-        return cli.main(args=list(argv) if argv is not None else None, prog_name="autodeployer")
-    except KeyboardInterrupt:
+        return cli.main(args=list(argv) if argv is not None else None, prog_name="autodeployer",
+                        standalone_mode=False)
+    except (KeyboardInterrupt, click.exceptions.Abort):
         sys.exit(130)
+    except click.exceptions.Exit as exc:  # --help, --version
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:  # click's own form is four lines; keep to one, with where to look
+        where = exc.ctx.command_path if exc.ctx else "autodeployer"
+        _fail(f"{exc.format_message().rstrip('.')} (see '{where} --help')")
+    except click.ClickException as exc:
+        _fail(exc.format_message())
     except AutodeployerError as exc:
         _fail(str(exc))
     except OSError as exc:  # e.g. a file the command needs, named by the OS error

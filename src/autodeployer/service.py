@@ -87,7 +87,7 @@ def store_for(settings: ServiceSettings, *, memory_fallback: bool = False) -> St
         raise ConfigError(f"STATE_DIR {settings.state_dir}: cannot open the history store ({where}: {reason})") from None
 
 
-def bind_listener(host: str, port: int) -> socket.socket:
+def bind_listener(host: str, port: int, what: str = "PORT") -> socket.socket:
     """The service's listening socket, bound before anything else happens.
 
     uvicorn binds only after the app's start-up (which starts the first sync), so a busy PORT used
@@ -99,7 +99,7 @@ def bind_listener(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise ConfigError(f"PORT {port}: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        raise ConfigError(f"{what} {port}: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     sock.set_inheritable(True)
     return sock
 
