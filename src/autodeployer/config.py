@@ -285,6 +285,8 @@ def service_from_env(env: EnvReader, environ: Mapping[str, str]) -> dict[str, An
         raise ConfigError(f"LOG_FORMAT: expected text or json, got {fmt!r}")
     state = env.str("STATE_DIR")
     port = env.number("PORT", minimum=0)
+    if port is not None and (port != int(port) or port > 65535):  # pydantic's message would name service.port
+        raise ConfigError(f"PORT: expected a port number from 0 to 65535, got {env.str('PORT')}")
     public_url = env.str("PUBLIC_URL")
     if public_url and not public_url.startswith(("http://", "https://")):
         raise ConfigError(f"PUBLIC_URL: expected an http(s) URL, got {public_url!r}")
