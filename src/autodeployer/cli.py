@@ -7,6 +7,7 @@ failed, or the configuration is invalid.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,8 +50,38 @@ def _set_dploy(ctx: click.Context, _param: click.Parameter, value: str | None) -
 
 _dploy_option = click.option(
     "--dploy", metavar="[DIR]", is_flag=False, flag_value=".", default=None, expose_value=False,
-    callback=_set_dploy, help="Serve a dploy project (dploy.app and .pat in DIR, default: here).",
+    callback=_set_dploy, help="Use a dploy project (dploy.app and .pat in DIR, default: here) instead of JWT etc.",
 )
+
+
+def _set_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.ensure_object(_Obj).config_file = value
+
+
+_config_option = click.option(
+    "--config", "config_file", metavar="FILE", default=None, expose_value=False, callback=_set_config,
+    help="YAML file describing many apps (also accepted before the verb).",
+)
+
+
+def _app_options(command: Any) -> Any:
+    """--config and --dploy on every verb that reads the configuration, in either position."""
+    return _config_option(_dploy_option(command))
+
+
+class _Group(click.Group):
+    """Lists each verb with its whole first sentence: click cuts summaries at 45 characters."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=1000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
 
 def _fail(message: str) -> None:
@@ -62,7 +93,7 @@ def _selected(config: Config, app: str | None) -> list[AppConfig]:
     return [config.app(app)] if app else list(config.apps)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="autodeployer")
 @click.option("--config", "config_file", metavar="FILE", envvar="AUTODEPLOYER_CONFIG",
               help="YAML file describing many apps (default: one app from the environment).")
@@ -143,23 +174,30 @@ async def _diff_all(config: Config, apps: Sequence[AppConfig], color: bool) -> i
     return code
 
 
-def _prepare(ctx: click.Context) -> Config:
+def _prepare(ctx: click.Context, *, service: bool = False) -> Config:
+    """The configuration, and logging set up for it.
+
+    The human verbs (everything but `run`) print their own lines; log lines would repeat them on
+    stderr ("sync finished" after the verb's own line), so they log nothing unless LOG_LEVEL is set."""
     try:
         config: Config = ctx.obj.config()
     except ConfigError as exc:
         _fail(str(exc))
         raise  # unreachable; keeps type checkers happy
-    setup_logging(config, make_redactor(config))
-    if ctx.obj.warnings:
-        from .logs import get_logger
+    quiet = not service and not os.environ.get("LOG_LEVEL")
+    setup_logging(config, make_redactor(config), level="critical" if quiet else None)
+    for warning in ctx.obj.warnings:
+        if quiet:
+            click.echo(f"warning: {warning}", err=True)
+        else:
+            from .logs import get_logger
 
-        for warning in ctx.obj.warnings:
             get_logger().warning("dploy project", warning=warning)
     return config
 
 
 @cli.command()
-@_dploy_option
+@_app_options
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @click.option("--app", "app_name", metavar="NAME", help="Only this app.")
 @click.pass_context
@@ -174,6 +212,7 @@ def sync(ctx: click.Context, dry_run: bool, app_name: str | None) -> None:
 
 
 @cli.command()
+@_app_options
 @click.option("--app", "app_name", metavar="NAME", help="Only this app.")
 @click.pass_context
 def diff(ctx: click.Context, app_name: str | None) -> None:
@@ -187,14 +226,14 @@ def diff(ctx: click.Context, app_name: str | None) -> None:
 
 
 @cli.command()
-@_dploy_option
+@_app_options
 @click.pass_context
 def run(ctx: click.Context) -> None:
     """Run the service: poll, serve webhooks and the status page, until SIGTERM."""
     from .github import WEBHOOK_PATH
     from .runner import serve
 
-    config = _prepare(ctx)
+    config = _prepare(ctx, service=True)
     if ctx.obj.dploy_dir is not None:
         from .dploy import DPLOY_HOOK_PATH
 
@@ -224,6 +263,7 @@ def _backend(ctx: click.Context, server: str | None) -> "Any":
 
 
 @cli.command()
+@_app_options
 @_server_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
@@ -245,9 +285,10 @@ def status(ctx: click.Context, server: str | None, as_json: bool) -> None:
 
 
 @cli.command()
+@_app_options
 @_server_option
 @click.option("--app", "app_name", metavar="NAME", help="Only this app.")
-@click.option("--limit", default=20, show_default=True, help="How many attempts to show.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1), help="How many attempts to show.")
 @click.option("--diff/--no-diff", "diffs", default=True, help="Show each sync's diff.")
 @click.pass_context
 def history(ctx: click.Context, server: str | None, app_name: str | None, limit: int, diffs: bool) -> None:
@@ -262,6 +303,7 @@ def history(ctx: click.Context, server: str | None, app_name: str | None, limit:
 
 
 @cli.command()
+@_app_options
 @_server_option
 @click.option("--app", "app_name", metavar="NAME", required=True)
 @click.option("--to", "revision", metavar="SHA", required=True, help="Commit to deploy (full or short sha).")
@@ -274,6 +316,7 @@ def rollback(ctx: click.Context, server: str | None, app_name: str, revision: st
 
 
 @cli.command()
+@_app_options
 @_server_option
 @click.option("--app", "app_name", metavar="NAME", required=True)
 @click.pass_context
@@ -285,6 +328,7 @@ def suspend(ctx: click.Context, server: str | None, app_name: str) -> None:
 
 
 @cli.command()
+@_app_options
 @_server_option
 @click.option("--app", "app_name", metavar="NAME", required=True)
 @click.pass_context
@@ -377,7 +421,7 @@ def _list_hooks(repo: str, hooks: list[dict[str, Any]], url: str | None) -> None
 
 
 @hooks.command("register")
-@_dploy_option
+@_app_options
 @click.pass_context
 def hooks_register(ctx: click.Context) -> None:
     """Create or update the hook for PUBLIC_URL/webhook (idempotent)."""
@@ -385,7 +429,7 @@ def hooks_register(ctx: click.Context) -> None:
 
 
 @hooks.command("list")
-@_dploy_option
+@_app_options
 @click.pass_context
 def hooks_list(ctx: click.Context) -> None:
     """List the repositories' hooks; ours (PUBLIC_URL/webhook) is marked with *."""
@@ -393,7 +437,7 @@ def hooks_list(ctx: click.Context) -> None:
 
 
 @hooks.command("remove")
-@_dploy_option
+@_app_options
 @click.pass_context
 def hooks_remove(ctx: click.Context) -> None:
     """Delete exactly our hook, leaving every other hook alone."""
@@ -412,7 +456,8 @@ def demo(port: int, interval: float, workdir: str | None) -> None:
 
 
 def _color() -> bool:
-    return sys.stdout.isatty()
+    """Colour on a terminal, unless NO_COLOR is set to anything (https://no-color.org)."""
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 
 
 def main(argv: Sequence[str] | None = None) -> Any:

@@ -54,8 +54,9 @@ def make_redactor(config: Config) -> Redactor:
     return Redactor(config.secrets())
 
 
-def setup_logging(config: Config, redactor: Redactor) -> None:
-    configure_logging(config.service.log_level, config.service.log_format, redactor)
+def setup_logging(config: Config, redactor: Redactor, *, level: str | None = None) -> None:
+    """`level` overrides LOG_LEVEL (the CLI's human verbs log warnings and errors only)."""
+    configure_logging(level or config.service.log_level, config.service.log_format, redactor)
 
 
 def _http_client(verify: bool) -> httpx.AsyncClient:

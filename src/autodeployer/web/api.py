@@ -99,9 +99,12 @@ class Api:
         if app is None:
             return _error(404, f"no app named {request.path_params['app']!r}")
         try:
-            limit = min(MAX_HISTORY, max(1, int(request.query_params.get("limit", "20"))))
+            limit = int(request.query_params.get("limit", "20"))
         except ValueError:
-            return _error(400, "limit must be a whole number")
+            limit = 0
+        if limit < 1:  # -1 used to mean 1, silently
+            return _error(400, "limit must be a whole number of at least 1")
+        limit = min(MAX_HISTORY, limit)
         try:
             rows = self.store.history(app.name, limit)
         except StoreUnavailable as exc:
