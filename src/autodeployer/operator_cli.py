@@ -91,8 +91,12 @@ class Backend:
                 message = response.json().get("error", response.text)
             except ValueError:
                 message = response.text
-            raise AutodeployerError(f"POST {path}: {response.status_code} {message}")
-        return response.json()
+            raise AutodeployerError(f"--server {self.server}: POST {path}: {response.status_code} {message}")
+        try:
+            answer: dict[str, Any] = response.json()
+        except ValueError:
+            raise AutodeployerError(f"--server {self.server}: POST {path} did not answer JSON") from None
+        return answer
 
     def apps(self) -> list[dict[str, Any]]:
         """Every app's row; a refused or failed one also carries `problems`, from its last attempt,
