@@ -1,7 +1,8 @@
 """The `autodeployer` command line.
 
 Exit codes: 0 in sync (or nothing to do), 1 a dry run/diff found changes, 2 an app was refused or
-failed, or the configuration is invalid.
+failed, a sync applied nothing (its store was unreachable), or the input is invalid (one line naming
+the flag or variable, never a traceback).
 """
 
 from __future__ import annotations
