@@ -73,6 +73,9 @@ def test_every_verb_with_bad_input_fails_in_one_line(app_env: dict[str, str], tm
         "status --server unreachable": (["status", "--server", closed], {}, "--server"),
         "history --server without scheme": (["history", "--server", "localhost"], {}, "--server"),
         "suspend --server without scheme": (["suspend", "--app", "node", "--server", "localhost:1"], {}, "--server"),
+        "status --server with a bad port": (["status", "--server", "http://127.0.0.1:50x"], {}, "--server"),
+        "demo --port out of range": (["demo", "--port", "99999", "--dir", str(tmp_path / "demo")], {}, "--port"),
+        "run with HOST that is not an address": (["run"], {"HOST": "256.1.1.1"}, "PORT"),
     }
     for what, (args, extra, named) in more.items():
         result = run_cli({**app_env, **extra}, *args)

@@ -446,7 +446,8 @@ def hooks_remove(ctx: click.Context) -> None:
 
 
 @cli.command()
-@click.option("--port", default=5000, show_default=True, help="Port of the deployer's status page.")
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(0, 65535),
+              help="Port of the deployer's status page.")
 @click.option("--interval", default=2.0, show_default=True, help="Poll interval of the demo app, seconds.")
 @click.option("--dir", "workdir", type=click.Path(file_okay=False), help="Where to put the demo repository.")
 def demo(port: int, interval: float, workdir: str | None) -> None:

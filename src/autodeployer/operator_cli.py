@@ -70,7 +70,7 @@ class Backend:
         try:
             with self._client() as client:
                 return client.request(method, path, json=body)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             reason = str(exc).split("\n")[0] or type(exc).__name__
             raise AutodeployerError(f"--server {self.server}: cannot {method} {path} ({reason})") from None
 
@@ -154,6 +154,10 @@ class Backend:
 def _server_url(server: str) -> str:
     """--server as given, checked: httpx's own complaint about a missing scheme names no flag."""
     parts = urlsplit(server.strip())
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise ConfigError(f"--server: the port in {server!r} is not a number from 0 to 65535") from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"--server: expected http(s)://HOST[:PORT] of a running service, got {server!r}")
     return server.strip().rstrip("/")

@@ -98,9 +98,10 @@ def bind_listener(host: str, port: int, what: str = "PORT") -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
-    except OSError as exc:
+    except (OSError, OverflowError) as exc:
         sock.close()
-        raise ConfigError(f"{what} {port}: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(f"{what} {port}: cannot listen on {host}:{port}: {reason}") from None
     sock.set_inheritable(True)
     return sock
 
