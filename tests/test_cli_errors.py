@@ -107,5 +107,6 @@ def test_sync_that_cannot_reach_its_store_applies_nothing_and_exits_2(app_env: d
     result = run_cli({**app_env, "STORE_URL": f"postgresql://deployer@127.0.0.1:{free_port()}/autodeployer"}, "sync")
     assert "Traceback" not in result.stdout + result.stderr
     assert "cannot prove ownership" in result.stdout, result.stdout + result.stderr
+    assert ": not applied at " in result.stdout and "no-change" not in result.stdout
     assert result.returncode == 2
     assert sesam.put_count == 0

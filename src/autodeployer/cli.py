@@ -121,8 +121,11 @@ def _print_plan(plan: Plan, color: bool) -> None:
 def _print_result(result: SyncResult, color: bool) -> None:
     colors = {Result.SYNCED: "green", Result.NO_CHANGE: "green", Result.PLANNED: "yellow"}
     label = result.result.value
+    if result.details.get("not_applied"):  # recorded as no-change, but nothing is known to be in sync
+        label = "not applied"
     if color:
-        label = click.style(label, fg=colors.get(result.result, "red"), bold=True)
+        label = click.style(label, fg="red" if result.details.get("not_applied") else colors.get(result.result, "red"),
+                            bold=True)
     rev = (result.revision or "")[:12] or "-"
     line = f"{result.app}: {label} at {rev}"
     if result.summary and result.result is not Result.FAILED:
