@@ -201,4 +201,49 @@ def test_yaml_shape_errors_name_the_key(tmp_path: Path, body: str, message: str)
     config_file.write_text(body)
     with pytest.raises(ConfigError) as error:
         load_config({}, config_file)
-    assert str(error.value) == message
+    assert str(error.value) == f"{config_file}: {message}"
+
+
+@pytest.mark.parametrize("body, message", [
+    ("apps: [{name: a, source: {url: 'http://h/a/b.git', brnch: main}, target: {jwt: jjjjjjjj}}]",
+     "apps[a].source.brnch: unknown key (expected one of: url, branch, sync_root, "),
+    ("apps: [{name: a, source: {url: 'http://h/a/b.git'}, target: {jwt: jjjjjjjj, api_ulr: x}}]",
+     "apps[a].target.api_ulr: unknown key (expected one of: kind, "),
+    (f"service: {{prot: 5}}\napps: [{APP}}}]", "service.prot: unknown key (expected one of: state_dir, "),
+    (f"apps: [{APP}, policy: {{intervl: 5}}}}]", "apps[a].policy.intervl: unknown key (expected one of: interval, "),
+])
+def test_yaml_errors_in_one_style(tmp_path: Path, body: str, message: str):
+    """The file, the key path and the allowed keys; never pydantic's own wording."""
+    config_file = tmp_path / "apps.yaml"
+    config_file.write_text(body)
+    with pytest.raises(ConfigError) as error:
+        load_config({}, config_file)
+    assert str(error.value).startswith(f"{config_file}: {message}"), str(error.value)
+    assert "Extra inputs" not in str(error.value)
+
+
+@pytest.mark.parametrize("value", ["99999", "70000", "80.5"])
+def test_port_out_of_range_names_port(value: str):
+    with pytest.raises(ConfigError, match=f"^PORT: expected a port number from 0 to 65535, got {value}$"):
+        load_config({**ENV, "PORT": value})
+
+
+def test_local_git_url_that_does_not_exist_names_git_url(tmp_path: Path):
+    for url in (str(tmp_path / "missing"), f"file://{tmp_path}/missing", "./no-such-repo"):
+        with pytest.raises(ConfigError, match="^GIT_URL: the local repository .* does not exist$"):
+            load_config({**ENV, "GIT_URL": url})
+    (tmp_path / "a file").write_text("")
+    with pytest.raises(ConfigError, match="^GIT_URL: .* is not a directory$"):
+        load_config({**ENV, "GIT_URL": str(tmp_path / "a file")})
+
+
+def test_local_git_url_gives_a_valid_app_name_and_an_absolute_path(tmp_path: Path, monkeypatch):
+    (tmp_path / "my config").mkdir()
+    (tmp_path / ".hidden").mkdir()
+    app = load_config({**ENV, "GIT_URL": str(tmp_path / "my config")}).apps[0]
+    assert app.name == "my-config"
+    assert load_config({**ENV, "GIT_URL": str(tmp_path / ".hidden")}).apps[0].name == "hidden"
+    monkeypatch.chdir(tmp_path)
+    assert load_config({**ENV, "GIT_URL": "my config"}).apps[0].source.url == str(tmp_path / "my config")
+    with pytest.raises(ConfigError, match="^APP_NAME: "):  # an explicit bad name is still named
+        load_config({**ENV, "GIT_URL": str(tmp_path / "my config"), "APP_NAME": "bad name"})

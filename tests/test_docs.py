@@ -44,6 +44,8 @@ NOT_SETTINGS = {
     "LANG": "passed on to DEPLOY_COMMAND",
     "XDG_STATE_HOME": "the XDG standard base of the default STATE_DIR",
     "HOSTNAME": "part of the default REPLICA_ID",
+    "NO_COLOR": "the terminal convention (no-color.org): the CLI prints no colour",
+    "COLUMNS": "the terminal's width, for the CLI's tables",
     "SESAM_EMULATOR_JWT": "the Sesam emulator's own command line (tests and demo), not autodeployer",
     "MARATHON_EMULATOR_TOKEN": "the Marathon emulator's own command line, not autodeployer",
     "GITHUB_EMULATOR_TOKEN": "the GitHub emulator's own command line, not autodeployer",

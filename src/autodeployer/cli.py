@@ -1,12 +1,14 @@
 """The `autodeployer` command line.
 
 Exit codes: 0 in sync (or nothing to do), 1 a dry run/diff found changes, 2 an app was refused or
-failed, or the configuration is invalid.
+failed, a sync applied nothing (its store was unreachable), or the input is invalid (one line naming
+the flag or variable, never a traceback).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,8 +51,38 @@ def _set_dploy(ctx: click.Context, _param: click.Parameter, value: str | None) -
 
 _dploy_option = click.option(
     "--dploy", metavar="[DIR]", is_flag=False, flag_value=".", default=None, expose_value=False,
-    callback=_set_dploy, help="Serve a dploy project (dploy.app and .pat in DIR, default: here).",
+    callback=_set_dploy, help="Use a dploy project (dploy.app and .pat in DIR, default: here) instead of JWT etc.",
 )
+
+
+def _set_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.ensure_object(_Obj).config_file = value
+
+
+_config_option = click.option(
+    "--config", "config_file", metavar="FILE", default=None, expose_value=False, callback=_set_config,
+    help="YAML file describing many apps (also accepted before the verb).",
+)
+
+
+def _app_options(command: Any) -> Any:
+    """--config and --dploy on every verb that reads the configuration, in either position."""
+    return _config_option(_dploy_option(command))
+
+
+class _Group(click.Group):
+    """Lists each verb with its whole first sentence: click cuts summaries at 45 characters."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=1000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
 
 def _fail(message: str) -> None:
@@ -62,7 +94,7 @@ def _selected(config: Config, app: str | None) -> list[AppConfig]:
     return [config.app(app)] if app else list(config.apps)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="autodeployer")
 @click.option("--config", "config_file", metavar="FILE", envvar="AUTODEPLOYER_CONFIG",
               help="YAML file describing many apps (default: one app from the environment).")
@@ -89,8 +121,11 @@ def _print_plan(plan: Plan, color: bool) -> None:
 def _print_result(result: SyncResult, color: bool) -> None:
     colors = {Result.SYNCED: "green", Result.NO_CHANGE: "green", Result.PLANNED: "yellow"}
     label = result.result.value
+    if result.details.get("not_applied"):  # recorded as no-change, but nothing is known to be in sync
+        label = "not applied"
     if color:
-        label = click.style(label, fg=colors.get(result.result, "red"), bold=True)
+        label = click.style(label, fg="red" if result.details.get("not_applied") else colors.get(result.result, "red"),
+                            bold=True)
     rev = (result.revision or "")[:12] or "-"
     line = f"{result.app}: {label} at {rev}"
     if result.summary and result.result is not Result.FAILED:
@@ -116,8 +151,8 @@ async def _sync_all(config: Config, apps: Sequence[AppConfig], dry_run: bool, co
                 code = max(code, EXIT_CHANGES)
             else:
                 _print_result(result, color)
-            if not result.ok:
-                code = EXIT_ERROR
+            if not result.ok or result.details.get("not_applied"):
+                code = EXIT_ERROR  # exit 0 means "in sync": nothing applied because the store was away is not
     finally:
         await runtime.aclose()
     return code
@@ -143,23 +178,30 @@ async def _diff_all(config: Config, apps: Sequence[AppConfig], color: bool) -> i
     return code
 
 
-def _prepare(ctx: click.Context) -> Config:
+def _prepare(ctx: click.Context, *, service: bool = False) -> Config:
+    """The configuration, and logging set up for it.
+
+    The human verbs (everything but `run`) print their own lines; log lines would repeat them on
+    stderr ("sync finished" after the verb's own line), so they log nothing unless LOG_LEVEL is set."""
     try:
         config: Config = ctx.obj.config()
     except ConfigError as exc:
         _fail(str(exc))
         raise  # unreachable; keeps type checkers happy
-    setup_logging(config, make_redactor(config))
-    if ctx.obj.warnings:
-        from .logs import get_logger
+    quiet = not service and not os.environ.get("LOG_LEVEL")
+    setup_logging(config, make_redactor(config), level="critical" if quiet else None)
+    for warning in ctx.obj.warnings:
+        if quiet:
+            click.echo(f"warning: {warning}", err=True)
+        else:
+            from .logs import get_logger
 
-        for warning in ctx.obj.warnings:
             get_logger().warning("dploy project", warning=warning)
     return config
 
 
 @cli.command()
-@_dploy_option
+@_app_options
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @click.option("--app", "app_name", metavar="NAME", help="Only this app.")
 @click.pass_context
@@ -174,6 +216,7 @@ def sync(ctx: click.Context, dry_run: bool, app_name: str | None) -> None:
 
 
 @cli.command()
+@_app_options
 @click.option("--app", "app_name", metavar="NAME", help="Only this app.")
 @click.pass_context
 def diff(ctx: click.Context, app_name: str | None) -> None:
@@ -187,14 +230,14 @@ def diff(ctx: click.Context, app_name: str | None) -> None:
 
 
 @cli.command()
-@_dploy_option
+@_app_options
 @click.pass_context
 def run(ctx: click.Context) -> None:
     """Run the service: poll, serve webhooks and the status page, until SIGTERM."""
     from .github import WEBHOOK_PATH
     from .runner import serve
 
-    config = _prepare(ctx)
+    config = _prepare(ctx, service=True)
     if ctx.obj.dploy_dir is not None:
         from .dploy import DPLOY_HOOK_PATH
 
@@ -224,6 +267,7 @@ def _backend(ctx: click.Context, server: str | None) -> "Any":
 
 
 @cli.command()
+@_app_options
 @_server_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
@@ -245,9 +289,10 @@ def status(ctx: click.Context, server: str | None, as_json: bool) -> None:
 
 
 @cli.command()
+@_app_options
 @_server_option
 @click.option("--app", "app_name", metavar="NAME", help="Only this app.")
-@click.option("--limit", default=20, show_default=True, help="How many attempts to show.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1), help="How many attempts to show.")
 @click.option("--diff/--no-diff", "diffs", default=True, help="Show each sync's diff.")
 @click.pass_context
 def history(ctx: click.Context, server: str | None, app_name: str | None, limit: int, diffs: bool) -> None:
@@ -262,6 +307,7 @@ def history(ctx: click.Context, server: str | None, app_name: str | None, limit:
 
 
 @cli.command()
+@_app_options
 @_server_option
 @click.option("--app", "app_name", metavar="NAME", required=True)
 @click.option("--to", "revision", metavar="SHA", required=True, help="Commit to deploy (full or short sha).")
@@ -274,6 +320,7 @@ def rollback(ctx: click.Context, server: str | None, app_name: str, revision: st
 
 
 @cli.command()
+@_app_options
 @_server_option
 @click.option("--app", "app_name", metavar="NAME", required=True)
 @click.pass_context
@@ -285,6 +332,7 @@ def suspend(ctx: click.Context, server: str | None, app_name: str) -> None:
 
 
 @cli.command()
+@_app_options
 @_server_option
 @click.option("--app", "app_name", metavar="NAME", required=True)
 @click.pass_context
@@ -301,50 +349,83 @@ def hooks() -> None:
     """Manage the GitHub webhook of each app's repository."""
 
 
-async def _hook_command(config: Config, action: str, dploy: bool = False) -> int:
-    import httpx
-
-    from .github import WEBHOOK_PATH, hook_targets
-    from .runner import webhook_secret
-    from .sources.github import GitHubError
+def _hook_url(config: Config, dploy: bool) -> str | None:
+    """PUBLIC_URL/webhook (or the dploy hook URL); None when PUBLIC_URL is not set."""
+    from .github import WEBHOOK_PATH
 
     public_url = config.service.public_url
     if not public_url:
-        _fail("PUBLIC_URL (or public_node in dploy.app) is required: the hook is registered for PUBLIC_URL/webhook")
-    url = public_url + WEBHOOK_PATH
+        return None
     if dploy:
         from .dploy import dploy_hook_url
 
-        url = dploy_hook_url(config) or url
-    secret = webhook_secret(config) if action == "register" else ""
+        return dploy_hook_url(config) or public_url + WEBHOOK_PATH
+    return public_url + WEBHOOK_PATH
+
+
+def _register_secret(config: Config) -> tuple[str, bool, str]:
+    """(secret, replace an existing hook's secret?, where the secret comes from).
+
+    Only an explicit WEBHOOK_SECRET may replace the secret of a hook that already exists: the
+    service verifies deliveries with its own secret, kept in *its* STATE_DIR, which this process may
+    not see. A generated secret is used only for a hook this command creates."""
+    from .runner import webhook_secret
+
+    if config.service.webhook_secret:
+        return config.service.webhook_secret.get_secret_value(), True, "WEBHOOK_SECRET"
+    return webhook_secret(config), False, f"STATE_DIR {config.service.state_dir}"
+
+
+async def _hook_command(config: Config, action: str, dploy: bool = False) -> int:
+    import httpx
+
+    from .github import hook_targets
+    from .sources.github import GitHubError
+
+    url = _hook_url(config, dploy)
+    if url is None and action != "list":
+        _fail("PUBLIC_URL (or public_node in dploy.app) is required: the hook is registered for PUBLIC_URL/webhook")
+    secret, set_secret, origin = _register_secret(config) if action == "register" else ("", False, "")
     code = EXIT_OK
     async with httpx.AsyncClient(timeout=20, trust_env=False) as http:
-        targets = hook_targets(config.apps, http, url, secret)
+        targets = hook_targets(config.apps, http, url or "", secret, set_secret=set_secret)
         if not targets:
             _fail("no app has a GitHub repository and GITHUB_TOKEN; nothing to manage")
         for target in targets:
             try:
                 if action == "register":
-                    result, hook = await target.client.ensure_hook(target.spec)
-                    click.echo(f"{target.repo}: hook {hook.get('id')} {result} -> {url}")
+                    outcome = await target.client.ensure_hook(target.spec)
+                    click.echo(f"{target.repo}: hook {outcome.hook.get('id')} {outcome.describe()} -> {url}")
+                    if outcome.created or outcome.secret_set:
+                        click.echo(f"  secret: from {origin}")
+                    else:
+                        click.echo("  secret: left as it was (WEBHOOK_SECRET is not set; the service sets its "
+                                   "own secret when it starts)")
                 elif action == "remove":
-                    removed = await target.client.remove_hook(url)
+                    removed = await target.client.remove_hook(url or "")
                     click.echo(f"{target.repo}: " + (f"removed hook {removed['id']}" if removed else f"no hook for {url}"))
                 else:
-                    for hook in await target.client.list_hooks():
-                        cfg = hook.get("config") or {}
-                        mark = "*" if cfg.get("url") == url else " "
-                        last = (hook.get("last_response") or {}).get("status", "?")
-                        click.echo(f"{mark} {target.repo} {hook.get('id')} {cfg.get('url')} "
-                                   f"events={','.join(hook.get('events', []))} active={hook.get('active')} last={last}")
+                    _list_hooks(target.repo, await target.client.list_hooks(), url)
             except GitHubError as exc:
                 click.echo(f"{target.repo}: {exc}", err=True)
                 code = EXIT_ERROR
     return code
 
 
+def _list_hooks(repo: str, hooks: list[dict[str, Any]], url: str | None) -> None:
+    """One line per hook; ours (when PUBLIC_URL says which it is) marked with *."""
+    if not hooks:
+        click.echo(f"  {repo}: no hooks")
+    for hook in hooks:
+        cfg = hook.get("config") or {}
+        mark = "*" if url and cfg.get("url") == url else " "
+        last = (hook.get("last_response") or {}).get("status", "?")
+        click.echo(f"{mark} {repo} {hook.get('id')} {cfg.get('url')} "
+                   f"events={','.join(hook.get('events', []))} active={hook.get('active')} last={last}")
+
+
 @hooks.command("register")
-@_dploy_option
+@_app_options
 @click.pass_context
 def hooks_register(ctx: click.Context) -> None:
     """Create or update the hook for PUBLIC_URL/webhook (idempotent)."""
@@ -352,15 +433,15 @@ def hooks_register(ctx: click.Context) -> None:
 
 
 @hooks.command("list")
-@_dploy_option
+@_app_options
 @click.pass_context
 def hooks_list(ctx: click.Context) -> None:
-    """List the repositories' hooks; ours is marked with *."""
+    """List the repositories' hooks; ours (PUBLIC_URL/webhook) is marked with *."""
     sys.exit(asyncio.run(_hook_command(_prepare(ctx), "list", ctx.obj.dploy_dir is not None)))
 
 
 @hooks.command("remove")
-@_dploy_option
+@_app_options
 @click.pass_context
 def hooks_remove(ctx: click.Context) -> None:
     """Delete exactly our hook, leaving every other hook alone."""
@@ -368,7 +449,8 @@ def hooks_remove(ctx: click.Context) -> None:
 
 
 @cli.command()
-@click.option("--port", default=5000, show_default=True, help="Port of the deployer's status page.")
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(0, 65535),
+              help="Port of the deployer's status page.")
 @click.option("--interval", default=2.0, show_default=True, help="Poll interval of the demo app, seconds.")
 @click.option("--dir", "workdir", type=click.Path(file_okay=False), help="Where to put the demo repository.")
 def demo(port: int, interval: float, workdir: str | None) -> None:
@@ -379,14 +461,32 @@ def demo(port: int, interval: float, workdir: str | None) -> None:
 
 
 def _color() -> bool:
-    return sys.stdout.isatty()
+    """Colour on a terminal, unless NO_COLOR is set to anything (https://no-color.org)."""
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 
 
 def main(argv: Sequence[str] | None = None) -> Any:
+    """The entry point: every operational error ends as one line and exit code 2, never a traceback.
+
+    Errors raised inside the event loop (a store that cannot open, a driver that cannot be imported, a
+    busy PORT) reach this point; they carry the variable or flag that explains them."""
     try:
-        return cli.main(args=list(argv) if argv is not None else None, prog_name="autodeployer")
-    except KeyboardInterrupt:
+        return cli.main(args=list(argv) if argv is not None else None, prog_name="autodeployer",
+                        standalone_mode=False)
+    except (KeyboardInterrupt, click.exceptions.Abort):
         sys.exit(130)
+    except click.exceptions.Exit as exc:  # --help, --version
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:  # click's own form is four lines; keep to one, with where to look
+        where = exc.ctx.command_path if exc.ctx else "autodeployer"
+        _fail(f"{exc.format_message().rstrip('.')} (see '{where} --help')")
+    except click.ClickException as exc:
+        _fail(exc.format_message())
+    except AutodeployerError as exc:
+        _fail(str(exc))
+    except OSError as exc:  # e.g. a file the command needs, named by the OS error
+        where = f"{exc.filename}: " if exc.filename else ""
+        _fail(f"{where}{exc.strerror or exc}")
 
 
 if __name__ == "__main__":

@@ -229,6 +229,7 @@ def source_from_env(env: EnvReader) -> SourceSpec:
     github_url = env.str("GITHUB_URL") or "https://github.com"
     git_url = env.str("GIT_URL")
     if git_url:
+        git_url = check_local_repository(git_url, "GIT_URL")
         url, embedded = split_credentials(git_url)
         if embedded and token is None:
             token = SecretStr(embedded)
@@ -285,6 +286,8 @@ def service_from_env(env: EnvReader, environ: Mapping[str, str]) -> dict[str, An
         raise ConfigError(f"LOG_FORMAT: expected text or json, got {fmt!r}")
     state = env.str("STATE_DIR")
     port = env.number("PORT", minimum=0)
+    if port is not None and (port != int(port) or port > 65535):  # pydantic's message would name service.port
+        raise ConfigError(f"PORT: expected a port number from 0 to 65535, got {env.str('PORT')}")
     public_url = env.str("PUBLIC_URL")
     if public_url and not public_url.startswith(("http://", "https://")):
         raise ConfigError(f"PUBLIC_URL: expected an http(s) URL, got {public_url!r}")
@@ -321,10 +324,39 @@ def _secret_file(env: EnvReader, name: str) -> SecretStr | None:
     return SecretStr(value) if value else None
 
 
+def local_path(url: str) -> Path | None:
+    """The directory a repository URL names on this machine (a path or file://), else None.
+
+    As git reads it: `host:path` without a slash before the colon is ssh, not a path."""
+    if url.startswith("file://"):
+        return Path(urlsplit(url).path)
+    if "://" in url or re.match(r"^[^/]*:", url):
+        return None
+    return Path(url).expanduser()
+
+
+def check_local_repository(url: str, where: str) -> str:
+    """A local repository must exist; the URL comes back absolute, since git runs in STATE_DIR."""
+    path = local_path(url)
+    if path is None:
+        return url
+    if not path.is_dir():
+        problem = "does not exist" if not path.exists() else "is not a directory"
+        raise ConfigError(f"{where}: the local repository {str(path)!r} {problem}")
+    return url if url.startswith("file://") else str(path.resolve())
+
+
+def _derived_name(source: SourceSpec) -> str:
+    """APP_NAME's default: the repository's name, made into a valid app name (`my repo` -> `my-repo`)."""
+    raw = (source.repo_full_name or "").split("/")[-1] or Path(source.url.rstrip("/")).name
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", raw).lstrip("._-")[:63]
+    return name or "app"
+
+
 def app_from_env(env: EnvReader) -> AppConfig:
     source = source_from_env(env)
     module = _target_module(env.str("TARGET") or "sesam", "TARGET")
-    name = env.str("APP_NAME") or (source.repo_full_name or "app").split("/")[-1]
+    name = env.str("APP_NAME") or _derived_name(source)
     check_app_name(name, "APP_NAME")
     return AppConfig(name=name, source=source, target=module.spec_from_env(env, name), policy=policy_from_env(env))
 
@@ -439,21 +471,30 @@ def load_config(
     config_file = config_file or env.str("AUTODEPLOYER_CONFIG")
     service = service_from_env(env, environ)
     if config_file:
-        doc = _read_yaml(Path(config_file))
-        overrides = _mapping(doc.get("service") or {}, "service")
-        overrides = resolve_secret_refs(overrides, "service", environ, ("webhook_secret", "admin_token", "notify_url",
-                                                                     "store_password"))
-        for key, value in overrides.items():
-            if env.variables.get(key.upper()) is None or env.raw(key.upper()) is None:
-                if key == "state_dir":
-                    if not isinstance(value, str) or not value.strip():
-                        got = "an empty string" if isinstance(value, str) else _yaml_kind(value)
-                        raise ConfigError(f"service.state_dir: expected a directory path, got {got}")
-                    value = Path(value).expanduser()
-                service[key] = value
-        apps = apps_from_yaml(doc, environ)
-    else:
-        apps = [app_from_env(env)]
+        try:
+            return _load_yaml(Path(config_file), env, environ, service)
+        except ConfigError as exc:
+            if str(exc).startswith(f"{config_file}: "):
+                raise
+            raise ConfigError(f"{config_file}: {exc}") from None  # every YAML error names its file
+    return Config(service=validate_model(ServiceSettings, service, "service"), apps=[app_from_env(env)])
+
+
+def _load_yaml(path: Path, env: EnvReader, environ: Mapping[str, str], service: dict[str, Any]) -> Config:
+    """The YAML form; the environment's settings (already in `service`) beat the file's."""
+    doc = _read_yaml(path)
+    overrides = _mapping(doc.get("service") or {}, "service")
+    overrides = resolve_secret_refs(overrides, "service", environ, ("webhook_secret", "admin_token", "notify_url",
+                                                                 "store_password"))
+    for key, value in overrides.items():
+        if env.variables.get(key.upper()) is None or env.raw(key.upper()) is None:
+            if key == "state_dir":
+                if not isinstance(value, str) or not value.strip():
+                    got = "an empty string" if isinstance(value, str) else _yaml_kind(value)
+                    raise ConfigError(f"service.state_dir: expected a directory path, got {got}")
+                value = Path(value).expanduser()
+            service[key] = value
+    apps = apps_from_yaml(doc, environ)
     return Config(service=validate_model(ServiceSettings, service, "service"), apps=apps)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import shlex
 import tempfile
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from .config import AppConfig, Config, Policy, ServiceSettings, SourceSpec, repo
 from .emulators.gitserver import GitHttpServer, WorkRepo
 from .emulators.sesam import SesamEmulator
 from .runner import serve
-from .service import make_redactor, setup_logging
+from .service import bind_listener, make_redactor, setup_logging
 from .targets import sesam
 
 DEMO_CONFIG: dict[str, object] = {
@@ -44,13 +45,18 @@ DEMO_CONFIG: dict[str, object] = {
 }
 
 
+DEMO_AUTHOR = {"GIT_AUTHOR_NAME": "autodeployer demo", "GIT_AUTHOR_EMAIL": "demo@example.invalid",
+               "GIT_COMMITTER_NAME": "autodeployer demo", "GIT_COMMITTER_EMAIL": "demo@example.invalid"}
+
+
 def _seed(repo: WorkRepo) -> None:
     files = {
         path: (json.dumps(value, indent=2) + "\n") if isinstance(value, dict) else str(value)
         for path, value in DEMO_CONFIG.items()
     }
     repo.write(files)
-    repo.commit("Initial Sesam configuration")
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", "Initial Sesam configuration", env=DEMO_AUTHOR)  # not the emulators' test author
     repo.push()
     # a plain `git push` in the working copy must work for the person trying the demo
     repo.git("branch", "--set-upstream-to=origin/master", "master")
@@ -58,13 +64,24 @@ def _seed(repo: WorkRepo) -> None:
     repo.git("config", "user.email", "demo@example.invalid")
 
 
+def _repository(base: Path) -> WorkRepo:
+    """The demo repository; a `--dir` used before keeps its repository and history."""
+    bare, work = base / "git" / "demo" / "sesam-config.git", base / "work"
+    if (work / ".git").is_dir() and bare.is_dir():
+        return WorkRepo(bare, work, branch="master")
+    repo = WorkRepo.create(bare, work, branch="master")
+    _seed(repo)
+    return repo
+
+
 def run_demo(port: int = 5000, interval: float = 2.0, workdir: str | None = None) -> int:
+    sock = bind_listener("127.0.0.1", port, what="--port")  # a busy port fails here, before any banner
     base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="autodeployer-demo-"))
     base.mkdir(parents=True, exist_ok=True)
     git_token = "demo-" + secrets.token_hex(16)
     jwt = "demo-" + secrets.token_hex(16)
-    repo = WorkRepo.create(base / "git" / "demo" / "sesam-config.git", base / "work", branch="master")
-    _seed(repo)
+    admin_token = "demo-admin-" + secrets.token_hex(8)
+    _repository(base)
     git_server = GitHttpServer(base / "git", token=git_token)
     node = SesamEmulator(jwt=jwt)
     with git_server.serve(), node.serve() as node_server:
@@ -76,21 +93,28 @@ def run_demo(port: int = 5000, interval: float = 2.0, workdir: str | None = None
             policy=Policy(interval=interval),
         )
         config = Config(
-            service=ServiceSettings(state_dir=base / "state", host="127.0.0.1", port=port),
+            service=ServiceSettings(state_dir=base / "state", host="127.0.0.1", port=port,
+                                    admin_token=SecretStr(admin_token)),
             apps=[app],
         )
         setup_logging(config, make_redactor(config))
-        print(_instructions(base, node_server.url, port, interval), flush=True)
+        env = {"GIT_URL": url, "GITHUB_TOKEN": git_token, "JWT": jwt, "SESAM_API_URL": node_server.url + "/api",
+               "STATE_DIR": str(base / "state"), "APP_NAME": "demo", "ADMIN_TOKEN": admin_token}
+        print(_instructions(base, node_server.url, port, interval, env), flush=True)
         try:
-            return asyncio.run(serve(config))
+            return asyncio.run(serve(config, sock=sock))
         except KeyboardInterrupt:
             return 0
         finally:
             print(f"\nDemo stopped. Its files are in {base}" + ("" if workdir else " (delete them at will)."))
 
 
-def _instructions(base: Path, node_url: str, port: int, interval: float) -> str:
+def _instructions(base: Path, node_url: str, port: int, interval: float, env: dict[str, str]) -> str:
+    """The banner. It shows the demo's tokens on purpose: they exist only for this demo on loopback,
+    and with them every command of the README can be tried against it."""
     work = base / "work"
+    exports = " ".join(f"{name}={shlex.quote(value)}" for name, value in env.items())
+    server = f"http://127.0.0.1:{port}"
     return f"""
 autodeployer demo
 =================
@@ -106,5 +130,14 @@ Try it, in another terminal:
 and watch the log below (or the status page) report the change within {interval:g} s. Break the config on purpose
 (e.g. remove a closing brace, commit, push) and see it refused with the file named, while the node
 keeps its last good configuration. Ctrl-C stops the demo.
+
+Every command of the README works against the demo once these are set (demo-only tokens):
+  export {exports}
+  autodeployer diff                                  # the plan, from Git and the emulated node
+  autodeployer status --server {server}
+  autodeployer history --server {server} --limit 5
+  autodeployer suspend --app demo --server {server}   # actions use ADMIN_TOKEN
+  autodeployer resume --app demo --server {server}
+  curl -s -H "Authorization: Bearer $JWT" $SESAM_API_URL/config   # the node itself
 """
 

@@ -40,15 +40,16 @@ class HookTarget:
 
 
 def hook_targets(
-    apps: Iterable[AppConfig], http: httpx.AsyncClient, hook_url: str, secret: str
+    apps: Iterable[AppConfig], http: httpx.AsyncClient, hook_url: str, secret: str, *, set_secret: bool = True
 ) -> list[HookTarget]:
+    """`set_secret`: replace an existing hook's secret (the service does; the CLI only with WEBHOOK_SECRET)."""
     found: dict[tuple[str, str], HookTarget] = {}
     for app in apps:
         client = client_for(app, http)
         if client is None:
             continue
         key = (client.api_url, client.repo.lower())
-        found.setdefault(key, HookTarget(client, HookSpec(url=hook_url, secret=secret)))
+        found.setdefault(key, HookTarget(client, HookSpec(url=hook_url, secret=secret, set_secret=set_secret)))
     return list(found.values())
 
 
@@ -65,9 +66,9 @@ async def register_with_backoff(
         still: list[HookTarget] = []
         for target in pending:
             try:
-                action, hook = await target.client.ensure_hook(target.spec)
-                log.info("webhook registered", repo=target.repo, action=action, hook_id=hook.get("id"),
-                         url=target.spec.url)
+                outcome = await target.client.ensure_hook(target.spec)
+                log.info("webhook registered", repo=target.repo, action=outcome.describe(),
+                         hook_id=outcome.hook.get("id"), url=target.spec.url)
             except GitHubError as exc:
                 wait = exc.retry_after
                 log.warning("webhook registration failed; will retry", repo=target.repo, error=str(exc),

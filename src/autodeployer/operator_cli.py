@@ -12,26 +12,31 @@ import sys
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 import httpx
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from .config import Config
-from .errors import AutodeployerError
+from .errors import AutodeployerError, ConfigError
 from .model import Result, Trigger
 from .service import build_runtime, store_for
 from .web.status import app_row, history_row
 
 EXIT_OK, EXIT_ERROR = 0, 2
+_TROUBLE = ("refused", "failed")
 _STYLE = {"synced": "green", "out-of-sync": "yellow", "failed": "red", "refused": "red",
           "suspended": "magenta", "pending": "cyan"}
 
 
 def console() -> Console:
-    """A terminal gets its own width; a pipe gets lines long enough not to break words."""
-    return Console() if sys.stdout.isatty() else Console(width=200)
+    """A terminal (or COLUMNS) sets the width; a pipe gets lines long enough not to break words.
+
+    rich itself honours NO_COLOR."""
+    return Console() if sys.stdout.isatty() or os.environ.get("COLUMNS") else Console(width=200)
 
 
 def _when(ts: float | None) -> str:
@@ -51,7 +56,7 @@ class Backend:
 
     def __init__(self, config_loader: Callable[[], Config], server: str | None) -> None:
         self._load = config_loader
-        self.server = server.rstrip("/") if server else None
+        self.server = _server_url(server) if server else None
 
     def _client(self) -> httpx.Client:
         headers = {}
@@ -60,33 +65,60 @@ class Backend:
             headers["Authorization"] = f"Bearer {token}"
         return httpx.Client(base_url=self.server or "", headers=headers, timeout=30, trust_env=False)
 
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
+        """One call to the service; a connection problem is an error naming --server, not a traceback."""
+        try:
+            with self._client() as client:
+                return client.request(method, path, json=body)
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            reason = str(exc).split("\n")[0] or type(exc).__name__
+            raise AutodeployerError(f"--server {self.server}: cannot {method} {path} ({reason})") from None
+
     def _get(self, path: str) -> Any:
-        with self._client() as client:
-            response = client.get(path)
+        response = self._request("GET", path)
         if response.status_code != 200:
-            raise AutodeployerError(f"GET {path}: {response.status_code} {response.text[:200]}")
-        return response.json()
+            raise AutodeployerError(f"--server {self.server}: GET {path}: {response.status_code} {response.text[:200]}")
+        try:
+            return response.json()
+        except ValueError:
+            raise AutodeployerError(f"--server {self.server}: GET {path} did not answer JSON; "
+                                    "is this an autodeployer service?") from None
 
     def post(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        with self._client() as client:
-            response = client.post(path, json=body)
+        response = self._request("POST", path, body)
         if response.status_code >= 300:
             try:
                 message = response.json().get("error", response.text)
             except ValueError:
                 message = response.text
-            raise AutodeployerError(f"POST {path}: {response.status_code} {message}")
-        return response.json()
+            raise AutodeployerError(f"--server {self.server}: POST {path}: {response.status_code} {message}")
+        try:
+            answer: dict[str, Any] = response.json()
+        except ValueError:
+            raise AutodeployerError(f"--server {self.server}: POST {path} did not answer JSON") from None
+        return answer
 
     def apps(self) -> list[dict[str, Any]]:
+        """Every app's row; a refused or failed one also carries `problems`, from its last attempt,
+        because its `last_error` only says "not deployable" and the operator needs the file."""
         if self.server:
-            return list(self._get("/api/apps")["apps"])
+            rows = list(self._get("/api/apps")["apps"])
+            for row in rows:
+                if row["status"] in _TROUBLE:
+                    last = self._get(f"/api/apps/{row['name']}/history?limit=1")["history"]
+                    row["problems"] = last[0].get("problems") or [] if last else []
+            return rows
         config = self._load()
         store = store_for(config.service)
         try:
             owners, beats = _ownership(store)
-            return [app_row(app, store, None, owner=owners.get(app.name), owner_heartbeat_at=beats.get(
+            rows = [app_row(app, store, None, owner=owners.get(app.name), owner_heartbeat_at=beats.get(
                 owners.get(app.name, ""))) for app in config.apps]
+            for row in rows:
+                if row["status"] in _TROUBLE:
+                    last = store.history(row["name"], 1)
+                    row["problems"] = list(last[0].problems) if last else []
+            return rows
         finally:
             store.close()
 
@@ -119,6 +151,18 @@ class Backend:
             store.close()
 
 
+def _server_url(server: str) -> str:
+    """--server as given, checked: httpx's own complaint about a missing scheme names no flag."""
+    parts = urlsplit(server.strip())
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise ConfigError(f"--server: the port in {server!r} is not a number from 0 to 65535") from None
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"--server: expected http(s)://HOST[:PORT] of a running service, got {server!r}")
+    return server.strip().rstrip("/")
+
+
 def _ownership(store: Any) -> tuple[dict[str, str], dict[str, float]]:
     """With a shared store: app -> owning replica, and replica -> last heartbeat (empty otherwise)."""
     if not hasattr(store, "owners"):
@@ -127,25 +171,43 @@ def _ownership(store: Any) -> tuple[dict[str, str], dict[str, float]]:
 
 
 # --------------------------------------------------------------------------- rendering
+WIDE = 120  # below this, the note (the longest column) goes under the table instead of being squeezed
+
+
+def _note(row: dict[str, Any]) -> str:
+    """Why an app is where it is: the suspension reason, the error naming the file, or the live commit."""
+    message = (row.get("live_commit") or {}).get("message") or ""
+    problems = row.get("problems") or []
+    if problems and not row.get("suspended_reason"):  # the first problem names the file
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        return str(problems[0]).split("\n")[0] + more
+    return (row.get("suspended_reason") or row.get("last_error") or message or "").split("\n")[0]
+
+
 def print_status(rows: list[dict[str, Any]], console: Console) -> None:
-    table = Table(show_lines=False, header_style="bold")
+    wide = console.width >= WIDE
+    table = Table(show_lines=False, header_style="bold", box=box.HEAVY_HEAD if wide else None,
+                  pad_edge=wide)
     owners = any(row.get("owner") for row in rows)  # several replicas share the apps
     for column in ("APP", "TARGET", "BRANCH", "STATUS", "LIVE", "LAST SYNC", "NEXT POLL") + (("OWNER",) if owners else ()):
-        table.add_column(column, no_wrap=True)
-    table.add_column("NOTE", overflow="fold")
+        table.add_column(column, no_wrap=column != "APP", overflow="fold")
+    if wide:
+        table.add_column("NOTE", overflow="fold")
     for row in rows:
-        live = (row.get("live_revision") or "")[:12] or "-"
-        message = (row.get("live_commit") or {}).get("message") or ""
-        note = row.get("suspended_reason") or row.get("last_error") or message
+        live = (row.get("live_revision") or "")[:12 if wide else 7] or "-"
         status = row["status"]
         owner = ((f"{row['owner']} (heartbeat {_when(row.get('owner_heartbeat_at'))})",) if row.get("owner")
                  else ("-",)) if owners else ()
+        note = (_note(row)[:80],) if wide else ()
         table.add_row(
             row["name"], row["target"], row["branch"], f"[{_STYLE.get(status, 'white')}]{status}[/]",
-            live, _when(row.get("last_attempt_at")), _when(row.get("next_poll_at")), *owner,
-            (note or "").split("\n")[0][:80],
+            live, _when(row.get("last_attempt_at")), _when(row.get("next_poll_at")), *owner, *note,
         )
     console.print(table)
+    if not wide:
+        for row in rows:
+            if _note(row):
+                console.print(f"{row['name']}: {_note(row)}", highlight=False, markup=False)
     if owners:
         print_replicas(rows, console)
 
@@ -176,8 +238,9 @@ def print_history(rows: list[dict[str, Any]], console: Console, diffs: bool) -> 
                 f"{row['trigger']}{' (drift)' if row.get('drift') else ''} {_when(row['started_at'])} "
                 f"{(row.get('duration') or 0) * 1000:.0f} ms: {row.get('summary') or ''}")
         console.print(head, highlight=False)
-        if row.get("error") and row["result"] != "synced":
-            console.print(f"    reason: {row['error'].splitlines()[0]}", highlight=False, markup=False)
+        reason = (row.get("error") or "").split("\n")[0]
+        if reason and row["result"] != "synced" and reason != (row.get("summary") or "").split("\n")[0]:
+            console.print(f"    reason: {reason}", highlight=False, markup=False)  # only when it adds something
         for problem in row.get("problems") or []:
             console.print(f"    - {problem}", highlight=False, markup=False)
         if diffs and row.get("diff"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 
@@ -16,7 +17,7 @@ from .github import WEBHOOK_PATH, hook_targets, register_with_backoff
 from .logs import get_logger
 from .metrics import Metrics, MetricsReporter
 from .scheduling import Scheduler
-from .service import Runtime, build_runtime, store_for
+from .service import Runtime, bind_listener, build_runtime, store_for
 from .web.app import BackgroundJob, create_app
 from .web.webhook import WebhookReceiver, load_or_create_secret
 
@@ -65,7 +66,16 @@ def _registration_job(runtime: Runtime, secret: str, hook_url: str) -> Backgroun
     return job
 
 
-async def serve(config: Config, *, hook_path: str = WEBHOOK_PATH) -> int:
+async def serve(config: Config, *, hook_path: str = WEBHOOK_PATH, sock: socket.socket | None = None) -> int:
+    """Serve until SIGTERM. `sock`: a listener bound by the caller (the demo checks its port early)."""
+    sock = sock or bind_listener(config.service.host, config.service.port)  # before the first sync
+    try:
+        return await _serve(config, hook_path, sock)
+    finally:
+        sock.close()
+
+
+async def _serve(config: Config, hook_path: str, sock: socket.socket) -> int:
     metrics = Metrics()
     runtime = build_runtime(config, store=store_for(config.service, memory_fallback=True),
                             reporters=[MetricsReporter(metrics)], git_observer=metrics.observe_git)
@@ -111,6 +121,6 @@ async def serve(config: Config, *, hook_path: str = WEBHOOK_PATH) -> int:
             timeout_graceful_shutdown=5,
         )
     )
-    await server.serve()
+    await server.serve(sockets=[sock])
     log.info("autodeployer stopped")
     return 0

@@ -5,6 +5,8 @@ Everything is constructed here and passed down; no module reaches for global sta
 
 from __future__ import annotations
 
+import socket
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -13,6 +15,7 @@ import httpx
 from . import __version__
 from .config import AppConfig, Config, ServiceSettings
 from .coordination import default_replica_id
+from .errors import ConfigError
 from .github import CommitStatusReporter, client_for
 from .logs import Redactor, configure_logging
 from .notify import NotifyReporter
@@ -51,8 +54,9 @@ def make_redactor(config: Config) -> Redactor:
     return Redactor(config.secrets())
 
 
-def setup_logging(config: Config, redactor: Redactor) -> None:
-    configure_logging(config.service.log_level, config.service.log_format, redactor)
+def setup_logging(config: Config, redactor: Redactor, *, level: str | None = None) -> None:
+    """`level` overrides LOG_LEVEL (the CLI's human verbs log warnings and errors only)."""
+    configure_logging(level or config.service.log_level, config.service.log_format, redactor)
 
 
 def _http_client(verify: bool) -> httpx.AsyncClient:
@@ -73,8 +77,33 @@ def store_for(settings: ServiceSettings, *, memory_fallback: bool = False) -> St
     logged and replaced by an in-memory store instead of stopping the process; one-shot commands
     keep failing loudly."""
     password = settings.store_password.get_secret_value() if settings.store_password else None
-    return open_store(settings.state_dir, settings.store_url, password=password,
-                      replica_id=settings.replica_id or default_replica_id(), memory_fallback=memory_fallback)
+    try:
+        return open_store(settings.state_dir, settings.store_url, password=password,
+                          replica_id=settings.replica_id or default_replica_id(), memory_fallback=memory_fallback)
+    except ImportError as exc:  # a broken driver install: the one-line error names the variable that needs it
+        raise ConfigError(f"STORE_URL: the PostgreSQL driver cannot be imported ({exc})") from None
+    except (OSError, sqlite3.Error) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        where = getattr(exc, "filename", None) or settings.state_dir
+        raise ConfigError(f"STATE_DIR {settings.state_dir}: cannot open the history store ({where}: {reason})") from None
+
+
+def bind_listener(host: str, port: int, what: str = "PORT") -> socket.socket:
+    """The service's listening socket, bound before anything else happens.
+
+    uvicorn binds only after the app's start-up (which starts the first sync), so a busy PORT used
+    to apply a pending change and then die; binding first makes it a clean start-up error."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except (OSError, OverflowError) as exc:
+        sock.close()
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(f"{what} {port}: cannot listen on {host}:{port}: {reason}") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def build_runtime(

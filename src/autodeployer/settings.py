@@ -112,6 +112,9 @@ def validate_model(model: type[BaseModel], data: dict[str, Any], where: str) -> 
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
         msg = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":  # pydantic's "Extra inputs are not permitted" names nothing useful
+            msg = "unknown key" + (f" (expected one of: {', '.join(model.model_fields)})" if len(first["loc"]) == 1
+                                   else "")
         raise ConfigError(f"{where}.{loc}: {msg}" if loc else f"{where}: {msg}") from None
 
 

@@ -26,11 +26,14 @@ class GitHubError(AutodeployerError):
 
 @dataclass(frozen=True)
 class HookSpec:
+    """The hook we want. `set_secret` False: a hook that exists keeps its secret (see ensure_hook)."""
+
     url: str
     secret: str
     events: tuple[str, ...] = ("push",)
     content_type: str = "json"
     insecure_ssl: str = "0"
+    set_secret: bool = True
 
     def config(self) -> dict[str, str]:
         return {
@@ -39,6 +42,22 @@ class HookSpec:
             "secret": self.secret,
             "insecure_ssl": self.insecure_ssl,
         }
+
+
+@dataclass(frozen=True)
+class HookOutcome:
+    """What ensure_hook did, truthfully: created, the parts it updated, or nothing."""
+
+    hook: dict[str, Any]
+    created: bool = False
+    updated: tuple[str, ...] = ()
+    secret_set: bool = False  # sent again: GitHub never shows it, so "changed" cannot be known
+
+    def describe(self) -> str:
+        if self.created:
+            return "created"
+        done = f"updated: {', '.join(self.updated)}" if self.updated else "unchanged"
+        return done + ("; secret set" if self.secret_set else "")
 
 
 def rate_limit_wait(response: httpx.Response, now: float | None = None) -> float | None:
@@ -115,28 +134,47 @@ class GitHubClient:
                 return hook
         return None
 
-    async def ensure_hook(self, spec: HookSpec) -> tuple[str, dict[str, Any]]:
-        """Create our hook, or bring it up to date; never a duplicate. Returns (action, hook)."""
+    async def ensure_hook(self, spec: HookSpec) -> HookOutcome:
+        """Create our hook, or bring it up to date; never a duplicate.
+
+        An existing hook's secret is replaced only when `spec.set_secret`: GitHub never shows it, so
+        a caller that does not know the secret the receiving service verifies with (the CLI without
+        WEBHOOK_SECRET, maybe with another STATE_DIR) would otherwise break every delivery. Other
+        config fields go through the `/config` endpoint, which merges, so the secret stays as it is."""
         hook = await self.find_hook(spec.url)
-        body = {"name": "web", "active": True, "events": list(spec.events), "config": spec.config()}
         if hook is None:
+            body = {"name": "web", "active": True, "events": list(spec.events), "config": spec.config()}
             response = await self._call("POST", f"/repos/{self.repo}/hooks", json=body)
             if response.status_code == 201:
-                return "created", response.json()
+                return HookOutcome(response.json(), created=True)
             if response.status_code == 422 and _is_duplicate(response):
                 hook = await self.find_hook(spec.url)  # someone created it meanwhile: adopt it
             if hook is None:
                 raise self._fail(response, f"creating the hook on {self.repo}")
-        # The secret cannot be read back, so a PATCH is the only way to be sure it matches.
-        response = await self._call("PATCH", f"/repos/{self.repo}/hooks/{hook['id']}", json=body)
+        updated: list[str] = []
+        patch: dict[str, Any] = {}
+        if sorted(hook.get("events", [])) != sorted(spec.events):
+            patch["events"], updated = list(spec.events), updated + ["events"]
+        if not hook.get("active", True):
+            patch["active"], updated = True, updated + ["active"]
+        if patch:
+            hook = await self._patch(f"/repos/{self.repo}/hooks/{hook['id']}", patch, hook)
+        config = hook.get("config") or {}
+        fields = {key: value for key, value in spec.config().items()
+                  if key != "secret" and config.get(key) != value}
+        updated += [key.replace("_", " ") for key in fields]
+        if spec.set_secret:  # it cannot be read back, so setting it is the only way to be sure it matches
+            fields["secret"] = spec.secret
+        if fields:
+            await self._patch(f"/repos/{self.repo}/hooks/{hook['id']}/config", fields, hook)
+        return HookOutcome(hook, updated=tuple(updated), secret_set=spec.set_secret)
+
+    async def _patch(self, path: str, body: dict[str, Any], hook: dict[str, Any]) -> dict[str, Any]:
+        response = await self._call("PATCH", path, json=body)
         if response.status_code != 200:
             raise self._fail(response, f"updating hook {hook['id']} on {self.repo}")
-        changed = (
-            sorted(hook.get("events", [])) != sorted(spec.events)
-            or not hook.get("active", True)
-            or (hook.get("config") or {}).get("content_type") != spec.content_type
-        )
-        return ("updated" if changed else "unchanged"), response.json()
+        answer: dict[str, Any] = response.json()
+        return answer if "id" in answer else hook  # `/config` answers the config only
 
     async def remove_hook(self, url: str) -> dict[str, Any] | None:
         hook = await self.find_hook(url)
