@@ -12,8 +12,8 @@ import time
 from collections.abc import Iterator
 
 import httpx
-import hvac
-import hvac.exceptions
+import hvac  # type: ignore[import-untyped]
+import hvac.exceptions  # type: ignore[import-untyped]
 import pytest
 import requests
 
