@@ -52,7 +52,7 @@ def source(server: LoopbackServer, **env: str) -> VaultSecretSource:
     environ = {"VAULT_URL": server.url, "VAULT_PATH_PREFIX": "sesam/prod/", **env}
     if "VAULT_GIT_TOKEN" not in env:
         environ.setdefault("VAULT_TOKEN", ROOT)
-    settings = VaultSettings.from_env(environ)
+    settings = VaultSettings.from_variables(environ)
     assert settings is not None
     return VaultSecretSource(settings)
 
@@ -159,14 +159,14 @@ def test_vault_names(vault: VaultEmulator, server: LoopbackServer) -> None:
 
 
 def test_vault_settings_from_env_errors() -> None:
-    assert VaultSettings.from_env({}) is None
+    assert VaultSettings.from_variables({}) is None
     with pytest.raises(ValueError, match="VAULT_TOKEN nor VAULT_GIT_TOKEN"):
-        VaultSettings.from_env({"VAULT_URL": "http://127.0.0.1:1"})
+        VaultSettings.from_variables({"VAULT_URL": "http://127.0.0.1:1"})
     with pytest.raises(ValueError, match="VAULT_URL"):
-        VaultSettings.from_env({"VAULT_URL": "ftp://x", "VAULT_TOKEN": "t"})
+        VaultSettings.from_variables({"VAULT_URL": "ftp://x", "VAULT_TOKEN": "t"})
     with pytest.raises(ValueError, match="VAULT_URL must not carry credentials"):
-        VaultSettings.from_env({"VAULT_URL": "http://u:p@127.0.0.1:1", "VAULT_TOKEN": "t"})
-    settings = VaultSettings.from_env(
+        VaultSettings.from_variables({"VAULT_URL": "http://u:p@127.0.0.1:1", "VAULT_TOKEN": "t"})
+    settings = VaultSettings.from_variables(
         {"VAULT_URL": "http://127.0.0.1:1/", "VAULT_TOKEN": "t", "VAULT_MOUNTING_POINT": "/kv/"}
     )
     assert settings is not None and settings.mount == "kv" and settings.url == "http://127.0.0.1:1"

@@ -40,15 +40,19 @@ class VaultSettings:
     verify: bool | str = True
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> VaultSettings | None:
+    def from_variables(cls, values: Mapping[str, str]) -> VaultSettings | None:
         """``VAULT_URL`` (+ ``VAULT_TOKEN`` or ``VAULT_GIT_TOKEN``, ``VAULT_MOUNTING_POINT``,
-        ``VAULT_PATH_PREFIX``); ``None`` without ``VAULT_URL``; ``ValueError`` naming the variable
-        when the set is incomplete."""
-        url = environ.get("VAULT_URL", "").strip()
+        ``VAULT_PATH_PREFIX``) from the settings the caller read; ``None`` without ``VAULT_URL``;
+        ``ValueError`` naming the variable when the set is incomplete.
+
+        The service's settings registry owns reading the environment (and documenting it); this
+        only interprets the values, so it takes a mapping rather than reading ``os.environ``.
+        """
+        url = values.get("VAULT_URL", "").strip()
         if not url:
             return None
-        token = environ.get("VAULT_TOKEN") or None
-        github_token = environ.get("VAULT_GIT_TOKEN") or None
+        token = values.get("VAULT_TOKEN") or None
+        github_token = values.get("VAULT_GIT_TOKEN") or None
         if token is None and github_token is None:
             raise ValueError("VAULT_URL is set but neither VAULT_TOKEN nor VAULT_GIT_TOKEN is")
         parsed = httpx.URL(url)
@@ -56,11 +60,11 @@ class VaultSettings:
             raise ValueError("VAULT_URL must be an http(s) URL")
         if parsed.userinfo:
             raise ValueError("VAULT_URL must not carry credentials; use VAULT_TOKEN")
-        mount = environ.get("VAULT_MOUNTING_POINT", "").strip().strip("/") or DEFAULT_MOUNT
+        mount = values.get("VAULT_MOUNTING_POINT", "").strip().strip("/") or DEFAULT_MOUNT
         return cls(
             url=url.rstrip("/"),
             mount=mount,
-            path_prefix=environ.get("VAULT_PATH_PREFIX", ""),
+            path_prefix=values.get("VAULT_PATH_PREFIX", ""),
             token=token,
             github_token=github_token,
         )
