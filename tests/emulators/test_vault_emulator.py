@@ -147,6 +147,9 @@ def test_injected_500_and_sealed(vault: VaultEmulator, server: LoopbackServer) -
         kv.read_secret_version(path="x", raise_on_deleted_version=True)
     assert caught.value.errors == ["Vault is sealed"]
     assert [r.status for r in vault.requests[-3:]] == [500, 200, 503]
+    assert client(server).sys.read_health_status(method="GET").status_code == 503
+    vault.sealed = False
+    assert client(server, token=None).sys.read_health_status(method="GET")["sealed"] is False
 
 
 def test_non_string_values_are_served_as_stored(
@@ -197,7 +200,7 @@ def test_standalone_entry_point(tmp_path: os.PathLike[str]) -> None:
 
         def up() -> bool:
             try:
-                return httpx.get(f"{url}/v1/sys/health").status_code > 0
+                return httpx.get(f"{url}/v1/sys/health").status_code == 200
             except httpx.TransportError:
                 return False
 

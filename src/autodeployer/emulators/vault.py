@@ -217,7 +217,7 @@ class VaultEmulator:
             await asyncio.sleep(0.02)
         if injected is not None:
             return record, errors(injected, "internal error" if injected == 500 else "injected")
-        if self.sealed:
+        if self.sealed and record.path != "/v1/sys/health":
             return record, errors(503, "Vault is sealed")
         return record, None
 
@@ -235,6 +235,8 @@ class VaultEmulator:
 
     async def _dispatch(self, request: Request) -> Response:
         rest: str = request.path_params["rest"]
+        if rest == "sys/health" and request.method == "GET":
+            return self._health()
         if rest == "auth/github/login" and request.method in ("POST", "PUT"):
             return await self._github_login(request)
         token = self._token(request)
@@ -284,6 +286,12 @@ class VaultEmulator:
             "renewable": True,
         }
         return JSONResponse(_envelope(auth=auth))
+
+    def _health(self) -> Response:
+        """Unauthenticated, as in Vault: 200 when unsealed, 503 with ``sealed: true`` otherwise."""
+        body = {"initialized": True, "sealed": self.sealed, "standby": False,
+                "version": "1.15.0+emulated"}
+        return JSONResponse(body, status_code=503 if self.sealed else 200)
 
     def _lookup_self(self, request: Request, token: Token) -> Response:
         data = {
