@@ -156,6 +156,10 @@ def test_vault_names(vault: VaultEmulator, server: LoopbackServer) -> None:
     vault.put("sesam/prod/nested/x", {"k": "v"})
     assert run(source(server).names()) == ["api-key", "db-password"]
     assert run(source(server, VAULT_PATH_PREFIX="sesam/prod-").names()) is None
+    vault.sealed = True
+    with pytest.raises(SecretSourceError) as caught:
+        run(source(server).names())
+    assert str(caught.value).startswith(f"Vault {server.url} path secret/sesam/prod/: Vault is sealed")
 
 
 def test_vault_settings_from_env_errors() -> None:

@@ -92,7 +92,7 @@ class VaultSecretSource:
 
     async def get(self, name: str) -> str:
         check_name(self.describe(), name)
-        data = await self._bounded(self._read, name)
+        data = await self._bounded(self._read, name, name)
         if not data:
             raise SecretSourceError(self._where(name), "the secret has no values", name)
         first = next(iter(data.values()))
@@ -103,7 +103,7 @@ class VaultSecretSource:
         prefix = self.settings.path_prefix
         if prefix and not prefix.endswith("/"):
             return None
-        keys = await self._bounded(self._list, prefix)
+        keys = await self._bounded(self._list, prefix, None)
         return sorted(k for k in keys if not k.endswith("/"))
 
     # ---- internals: run in a worker thread ---------------------------------------------------
@@ -112,14 +112,13 @@ class VaultSecretSource:
         path = self.settings.path_prefix + (name or "")
         return f"Vault {self.settings.url} path {self.settings.mount}/{path}"
 
-    async def _bounded(self, call: Any, name: str) -> Any:
+    async def _bounded(self, call: Any, argument: str, name: str | None) -> Any:
+        """Run ``call(argument)`` in a thread; ``name`` is the secret asked for, for messages."""
         limit = self.settings.timeout * 2 + 1  # login + read, each bounded by requests
         try:
-            return await asyncio.wait_for(asyncio.to_thread(call, name), limit)
+            return await asyncio.wait_for(asyncio.to_thread(call, argument), limit)
         except TimeoutError:
-            raise SecretSourceError(
-                self._where(name), f"no answer within {limit:g} s", name or None
-            ) from None
+            raise SecretSourceError(self._where(name), f"no answer within {limit:g} s", name) from None
 
     def _login(self, force: bool = False) -> None:
         with self._login_lock:
