@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import hvac  # type: ignore[import-untyped]  # no stubs ship with hvac
@@ -25,6 +25,7 @@ __all__ = ["DEFAULT_TIMEOUT", "VaultSecretSource", "VaultSettings"]
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_MOUNT = "secret"
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,9 @@ class VaultSecretSource:
         path = self.settings.path_prefix + (name or "")
         return f"Vault {self.settings.url} path {self.settings.mount}/{path}"
 
-    async def _bounded(self, call: Any, argument: str, name: str | None) -> Any:
+    async def _bounded(
+        self, call: Callable[[str], _T], argument: str, name: str | None
+    ) -> _T:
         """Run ``call(argument)`` in a thread; ``name`` is the secret asked for, for messages."""
         limit = self.settings.timeout * 2 + 1  # login + read, each bounded by requests
         try:
@@ -135,7 +138,7 @@ class VaultSecretSource:
                 raise self._transport_error(None, exc) from None
             self._logged_in = True
 
-    def _call(self, name: str | None, action: Any) -> Any:
+    def _call(self, name: str | None, action: Callable[[], Any]) -> Any:
         """Log in if needed, run ``action``; a 403 after a GitHub login logs in once more, since
         the client token from the login expires while the GitHub token stays valid."""
         self._login()
