@@ -49,6 +49,8 @@ NOT_SETTINGS = {
     "SESAM_EMULATOR_JWT": "the Sesam emulator's own command line (tests and demo), not autodeployer",
     "MARATHON_EMULATOR_TOKEN": "the Marathon emulator's own command line, not autodeployer",
     "GITHUB_EMULATOR_TOKEN": "the GitHub emulator's own command line, not autodeployer",
+    "VAULT_EMULATOR_TOKEN": "the Vault emulator's own command line, not autodeployer",
+    "VAULT_EMULATOR_GITHUB_TOKEN": "the Vault emulator's own command line, not autodeployer",
 }
 
 
