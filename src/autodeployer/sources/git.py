@@ -22,15 +22,14 @@ from pathlib import Path
 
 import httpx
 
-from ..config import SourceSpec
 from ..errors import SourceError
 from ..logs import Redactor, get_logger
 from ..model import CommitInfo, SourceFile, Tree
 from .github import GitHubClient, GitHubError
 from .smarthttp import ProtocolError, SmartHttpHead, Unreachable
+from .spec import SourceSpec
 
 MAX_FILE_BYTES = 10 * 1024 * 1024  # blobs larger than this are listed but not read
-ZERO_SHA = "0" * 40
 _SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 # How servers refuse a commit asked for by id: gone from the branch (force-push), or not allowed (old servers)
 _NOT_SERVED = re.compile(r"not our ref|unadvertised object|couldn't find remote ref|not a valid|no such remote ref", re.I)
