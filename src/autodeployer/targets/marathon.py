@@ -28,7 +28,7 @@ import httpx
 from pydantic import Field, SecretStr
 
 from ..errors import ConfigError, Refused, TargetError
-from ..http import error_detail, request
+from .transport import error_detail, request
 from ..jsondiff import JSONProblem, loads_strict, unified
 from ..logs import get_logger
 from ..model import Action, ApplyReport, Change, Plan, Problem, Tree

@@ -17,7 +17,7 @@ from pydantic import SecretStr
 
 from ..errors import ConfigError, Refused, TargetError
 from ..gcpause import gc_paused
-from ..http import error_detail, request
+from .transport import error_detail, request
 from ..jsondiff import JSONProblem, loads_strict, unified
 from ..model import Action, ApplyReport, Change, Plan, Problem, SourceFile, Tree
 from ..settings import EnvReader, Frozen, StrictBool, Variable, strip_bearer, validate_model
