@@ -28,7 +28,7 @@ from .base import SyncContext, TargetDeps
 
 KIND = "command"
 SECRET_KEYS: tuple[str, ...] = ()
-VARIABLES = (
+VARIABLES: tuple[Variable, ...] = (
     Variable("DEPLOY_COMMAND", None, "Command run by the command target in a copy of SYNC_ROOT at each new revision."),
     Variable("COMMAND_SHELL", "false", "Run DEPLOY_COMMAND through /bin/sh instead of splitting it into words."),
     Variable("COMMAND_TIMEOUT", "600", "Seconds DEPLOY_COMMAND may run before its process group is killed."),

@@ -38,8 +38,8 @@ from .base import SyncContext, TargetDeps
 KIND = "marathon"
 LABEL = "DPLOY"
 DEFAULT_APP_NAME = "autodeployer"
-SECRET_KEYS = ("token", "password")
-VARIABLES = (
+SECRET_KEYS: tuple[str, ...] = ("token", "password")
+VARIABLES: tuple[Variable, ...] = (
     Variable("MARATHON_URL", None, "Marathon base URL without /v2 (DC/OS: https://MASTER/service/marathon)."),
     Variable("MARATHON_TOKEN", None, "DC/OS auth token, sent as 'Authorization: token=<t>'.", True),
     Variable("MARATHON_USER", None, "User for HTTP basic auth to Marathon (with MARATHON_PASSWORD)."),

@@ -25,8 +25,8 @@ from .base import SyncContext, TargetDeps
 
 KIND = "sesam"
 DEFAULT_URL = "http://sesam-node:9042/api"
-SECRET_KEYS = ("jwt",)
-VARIABLES = (
+SECRET_KEYS: tuple[str, ...] = ("jwt",)
+VARIABLES: tuple[Variable, ...] = (
     Variable("SESAM_API_URL", DEFAULT_URL, "Sesam node API base URL."),
     Variable("JWT", None, "JSON Web Token for the Sesam node (required for the sesam target).", True),
     Variable("SESAM_FORCE", "false", "Upload with force=true (apply despite validation errors)."),
