@@ -17,11 +17,11 @@ from pydantic import SecretStr
 
 from ..errors import ConfigError, Refused, TargetError
 from ..gcpause import gc_paused
-from .transport import error_detail, request
 from ..jsondiff import JSONProblem, loads_strict, unified
 from ..model import Action, ApplyReport, Change, Plan, Problem, SourceFile, Tree
 from ..settings import EnvReader, Frozen, StrictBool, Variable, strip_bearer, validate_model
 from .base import SyncContext, TargetDeps
+from .transport import error_detail, request
 
 KIND = "sesam"
 DEFAULT_URL = "http://sesam-node:9042/api"
