@@ -141,10 +141,8 @@ def _kill_group(proc: asyncio.subprocess.Process, sig: int) -> None:
 async def _stop(proc: asyncio.subprocess.Process) -> None:
     """SIGTERM the whole process group, SIGKILL it if it lingers: children die with the command."""
     _kill_group(proc, signal.SIGTERM)
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(proc.wait(), KILL_GRACE)
-    except TimeoutError:
-        pass
     _kill_group(proc, signal.SIGKILL)
     await proc.wait()
 

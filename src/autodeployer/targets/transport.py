@@ -66,10 +66,7 @@ def error_detail(response: httpx.Response, limit: int = 300) -> str:
     """A short, single-line description of an error body."""
     try:
         body = response.json()
-        if isinstance(body, dict) and "message" in body:
-            text = str(body["message"])
-        else:
-            text = response.text
+        text = str(body["message"]) if isinstance(body, dict) and "message" in body else response.text
     except ValueError:
         text = response.text
     text = " ".join(text.split())

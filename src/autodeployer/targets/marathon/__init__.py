@@ -99,7 +99,7 @@ class MarathonTarget:
 
         fetched = await asyncio.gather(*(one(i) for i in missing))
         apps: dict[str, dict[str, Any] | None] = {i: managed.get(i) for i in desired.apps}
-        apps.update(zip(missing, fetched))
+        apps.update(zip(missing, fetched, strict=True))  # gather keeps the order
         previous_groups = (memory or {}).get("groups") or {}
         groups: dict[str, list[str] | None] = {}
         for group_id, group in desired.groups.items():
