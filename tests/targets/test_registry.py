@@ -16,7 +16,7 @@ def test_registry_holds_the_three_targets():
 def test_module_keeps_the_contract_under_its_kind(kind: str):
     module = TARGETS[kind]
     assert isinstance(module, TargetModule)
-    assert module.KIND == kind
+    assert kind == module.KIND
     assert module.Spec.model_fields["kind"].default == kind  # the config union is discriminated by it
     assert all(v.name.isupper() for v in module.VARIABLES)
     assert all(isinstance(key, str) for key in module.SECRET_KEYS)
