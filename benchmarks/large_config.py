@@ -25,13 +25,14 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
-from autodeployer.config import AppConfig, Config, Policy, ServiceSettings, SourceSpec
+from autodeployer.config import AppConfig, Config, Policy, ServiceSettings
 from autodeployer.emulators._server import LoopbackServer
 from autodeployer.emulators.gitserver import WorkRepo
 from autodeployer.emulators.sesam import SesamEmulator
 from autodeployer.logs import configure_logging
 from autodeployer.model import Result, Trigger
 from autodeployer.service import build_runtime
+from autodeployer.sources.spec import SourceSpec
 from autodeployer.targets import sesam
 from autodeployer.targets.sesam import diff, parse_desired
 

@@ -8,9 +8,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autodeployer.config import AppConfig, Policy, SourceSpec
+from autodeployer.config import AppConfig, Policy
 from autodeployer.model import Result, SyncResult, Trigger
 from autodeployer.scheduling import AppWorker, backoff_delay
+from autodeployer.sources.spec import SourceSpec
 from autodeployer.store import SQLiteStore
 from autodeployer.targets.sesam import Spec
 

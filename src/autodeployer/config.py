@@ -27,6 +27,7 @@ from .settings import (
     resolve_secret_refs,
     validate_model,
 )
+from .sources.spec import SourceSpec
 from .targets import TARGETS
 
 
@@ -48,23 +49,6 @@ def settings_table() -> str:
 
 
 # --------------------------------------------------------------------------- models
-class SourceSpec(Frozen):
-    url: str  # never carries credentials
-    branch: str = "master"
-    sync_root: str = ""  # normalised: "" for the repository root, else "a/b"
-    token: SecretStr | None = None
-    ssh_key: SecretStr | None = None
-    known_hosts: str | None = None
-    repo_full_name: str | None = None  # "owner/name", derived from the URL
-    github_api_url: str | None = None  # set when the repository lives on GitHub
-    git_timeout: float = 120.0
-    head_check: Literal["auto", "git", "api"] = "auto"
-
-    @property
-    def is_github(self) -> bool:
-        return self.github_api_url is not None
-
-
 TargetSpec = Annotated[
     Union[tuple(module.Spec for module in TARGETS.values())],  # type: ignore[valid-type]
     Field(discriminator="kind"),

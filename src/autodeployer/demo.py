@@ -16,11 +16,12 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from .config import AppConfig, Config, Policy, ServiceSettings, SourceSpec, repo_full_name
+from .config import AppConfig, Config, Policy, ServiceSettings, repo_full_name
 from .emulators.gitserver import GitHttpServer, WorkRepo
 from .emulators.sesam import SesamEmulator
 from .runner import serve
 from .service import bind_listener, make_redactor, setup_logging
+from .sources.spec import SourceSpec
 from .targets import sesam
 
 DEMO_CONFIG: dict[str, object] = {

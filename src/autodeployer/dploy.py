@@ -34,7 +34,7 @@ from .config import (
 from .errors import ConfigError
 from .logs import get_logger
 from .settings import EnvReader, validate_model
-from .targets import marathon
+from .targets.marathon import spec as marathon
 
 DESCRIPTOR = "dploy.app"
 PAT_FILE = ".pat"

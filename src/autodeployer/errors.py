@@ -18,11 +18,10 @@ class SourceError(AutodeployerError):
 
 
 class TargetError(AutodeployerError):
-    """The target failed to answer or to apply. `transient` errors are worth retrying."""
+    """The target failed to answer or to apply; `problems` name the entities at fault, if known."""
 
-    def __init__(self, message: str, *, transient: bool = False, problems: list[Problem] | None = None):
+    def __init__(self, message: str, *, problems: list[Problem] | None = None) -> None:
         super().__init__(message)
-        self.transient = transient
         self.problems = problems or []
 
 

@@ -84,7 +84,7 @@ class Outage:
     inject: Callable[[], None]
     clear: Callable[[], None]
     count: Callable[[], int] | None  # requests seen by the failing side, or None if it cannot see them
-    per_attempt: int  # requests one failing sync attempt sends (http.request retries transient errors twice)
+    per_attempt: int  # requests one failing sync attempt sends (transport.request retries transient errors twice)
     error: tuple[str, ...]  # one of these is expected in every recorded error
 
 
@@ -326,7 +326,7 @@ def test_reset_error_message_says_what_happened(sesam_proxy: FaultProxy):
     import asyncio
 
     from autodeployer.errors import TargetError
-    from autodeployer.http import request
+    from autodeployer.targets.transport import request
 
     async def call() -> str:
         async with httpx.AsyncClient() as client:

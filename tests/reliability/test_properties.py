@@ -25,6 +25,8 @@ from autodeployer.errors import ConfigError, Refused
 from autodeployer.model import SourceFile, Tree, Trigger
 from autodeployer.settings import parse_bool
 from autodeployer.targets import sesam as sesam_target
+from autodeployer.targets.marathon import desired as marathon_desired
+from autodeployer.targets.marathon import diff as marathon_diff
 from autodeployer.web.webhook import Verdict, WebhookReceiver, _decode, sign, signature_valid
 
 from ..helpers import WEBHOOK_SECRET
@@ -382,7 +384,6 @@ def test_sesam_diff_then_apply_converges(bodies, others):
 
 
 # --------------------------------------------------------------------------- Marathon
-marathon = pytest.importorskip("autodeployer.targets.marathon")
 marathon_ids = st.sampled_from(["web", "/web", "api", "db", "/shop", "shop/api", "../x", "Web_App!", "", "/", "a.b",
                                 "-x", "x-", 5, None])
 marathon_apps = st.fixed_dictionaries({"id": marathon_ids}, optional={
@@ -405,7 +406,7 @@ spec_paths = st.sampled_from(["specs/a.json", "specs/b.json", "specs/c.json", "s
 @given(files=st.dictionaries(spec_paths, spec_bodies, max_size=4))
 def test_marathon_parser_gives_a_desired_state_or_refused(files: dict[str, bytes]):
     try:
-        desired = marathon.parse_desired(tree_of(files), "specs", "shop")
+        desired = marathon_desired.parse_desired(tree_of(files), "specs", "shop")
     except Refused as exc:
         assert exc.problems and all(p.file or p.entity for p in exc.problems)
         return
@@ -431,14 +432,14 @@ valid_groups = st.fixed_dictionaries({"id": st.sampled_from(["/shop", "/shop/inn
        runtime=st.booleans())
 def test_marathon_diff_of_a_state_against_itself_is_empty(files: dict[str, bytes], runtime: bool):
     try:
-        desired = marathon.parse_desired(tree_of(files), "specs", "shop")
+        desired = marathon_desired.parse_desired(tree_of(files), "specs", "shop")
     except Refused:
         assume(False)  # ids clashing between files: the parser's business, not the diff's
     apps = {i: {**a.spec, **({"version": "2024", "tasksRunning": 1, "deployments": []} if runtime else {})}
             for i, a in desired.apps.items()}
     groups = {i: list(g.dependencies) for i, g in desired.groups.items() if g.dependencies is not None}
-    live = marathon.Live(managed=dict(apps), apps=dict(apps), groups=groups)
-    plan = marathon.diff(desired, live, None, prune=True, app_name="shop")
+    live = marathon_diff.Live(managed=dict(apps), apps=dict(apps), groups=groups)
+    plan = marathon_diff.diff(desired, live, None, prune=True, app_name="shop")
     assert plan.empty, plan.render()
     memory = plan.payload.memory()
-    assert marathon.diff(desired, live, memory, prune=True, app_name="shop").empty
+    assert marathon_diff.diff(desired, live, memory, prune=True, app_name="shop").empty

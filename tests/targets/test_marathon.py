@@ -22,7 +22,9 @@ from autodeployer.logs import Redactor
 from autodeployer.model import Result, SourceFile, Tree, Trigger
 from autodeployer.service import build_runtime
 from autodeployer.targets.base import SyncContext, TargetDeps
-from autodeployer.targets.marathon import Spec, compared_view, create, parse_desired, removed_paths
+from autodeployer.targets.marathon import Spec, create
+from autodeployer.targets.marathon.desired import parse_desired
+from autodeployer.targets.marathon.diff import compared_view, removed_paths
 
 from ..helpers import GIT_TOKEN, MARATHON_TOKEN, base_env, history_rows, run_cli, wait_for
 

@@ -16,24 +16,25 @@ import os
 import re
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-from ..config import SourceSpec
 from ..errors import SourceError
 from ..logs import Redactor, get_logger
 from ..model import CommitInfo, SourceFile, Tree
 from .github import GitHubClient, GitHubError
 from .smarthttp import ProtocolError, SmartHttpHead, Unreachable
+from .spec import SourceSpec
 
 MAX_FILE_BYTES = 10 * 1024 * 1024  # blobs larger than this are listed but not read
-ZERO_SHA = "0" * 40
 _SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 # How servers refuse a commit asked for by id: gone from the branch (force-push), or not allowed (old servers)
-_NOT_SERVED = re.compile(r"not our ref|unadvertised object|couldn't find remote ref|not a valid|no such remote ref", re.I)
+_NOT_SERVED = re.compile(
+    r"not our ref|unadvertised object|couldn't find remote ref|not a valid|no such remote ref", re.I
+)
 # Lock files older than this process were left by a git that was killed (kill -9, OOM, power loss),
 # unless another live process of ours uses the mirror too (a CLI run next to the service): each user
 # holds a shared flock on PRESENCE_FILE, so the first one can tell it is alone. Clock of import, which
@@ -99,7 +100,8 @@ class GitSource:
         self._api_sha: str | None = None
         self._blobs: dict[str, bytes] = {}  # oid -> content, of the last tree read (objects never change)
         self._locks_checked = False  # stale lock files are cleared on this process's first use
-        self._presence: weakref.finalize | None = None  # releases this source's flock on PRESENCE_FILE
+        # releases this source's flock on PRESENCE_FILE
+        self._presence: weakref.finalize[[int], GitSource] | None = None
 
     # ------------------------------------------------------------------ environment
     @staticmethod
@@ -170,7 +172,7 @@ class GitSource:
             raise SourceError(f"cannot run git: {exc.strerror}") from None
         try:
             out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proc.kill()
             await proc.wait()
             raise SourceError(f"git {args[0]} timed out after {timeout:g} s ({self.spec.url})") from None
@@ -184,7 +186,7 @@ class GitSource:
             raise SourceError(f"git {args[0]} failed for {self.spec.url}: {git_error(result.stderr)}")
         return result
 
-    async def _timed(self, kind: str, coro) -> GitResult:  # type: ignore[no-untyped-def]
+    async def _timed(self, kind: str, coro: Awaitable[GitResult]) -> GitResult:
         start = time.perf_counter()
         try:
             result = await coro

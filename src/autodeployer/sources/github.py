@@ -98,11 +98,11 @@ class GitHubClient:
             response = await self._http.request(method, url, headers=headers, timeout=20, **kwargs)
         except httpx.HTTPError as exc:
             raise GitHubError(f"{shown}: {type(exc).__name__}") from None
-        wait = rate_limit_wait(response)
-        if wait is not None:
-            self._blocked_until = time.time() + wait
-            raise GitHubError(f"{shown}: rate limited ({response.status_code}); retry in {wait:.0f} s",
-                              response.status_code, wait)
+        retry = rate_limit_wait(response)
+        if retry is not None:
+            self._blocked_until = time.time() + retry
+            raise GitHubError(f"{shown}: rate limited ({response.status_code}); retry in {retry:.0f} s",
+                              response.status_code, retry)
         return response
 
     @staticmethod

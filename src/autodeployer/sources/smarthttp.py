@@ -8,6 +8,8 @@ and the caller falls back to the real `git ls-remote`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import httpx
 
 AGENT = "git/autodeployer"
@@ -57,7 +59,7 @@ def ls_refs_request(ref: str) -> bytes:
     )
 
 
-def find_ref(lines: list[bytes | None], ref: str) -> str | None:
+def find_ref(lines: Sequence[bytes | None], ref: str) -> str | None:
     """The sha of `ref` in an ls-refs answer or a v0 advertisement; None if absent."""
     for line in lines:
         if not line or line.startswith(b"#"):
@@ -86,7 +88,7 @@ class SmartHttpHead:
                 return find_ref(advertised, ref)  # v0: the advertisement lists every ref
         return await self._ls_refs(ref)
 
-    async def _advertisement(self) -> list[bytes | None]:
+    async def _advertisement(self) -> list[bytes]:
         response = await self._send("GET", f"{self.url}/info/refs?service=git-upload-pack")
         if response.headers.get("content-type", "") != f"{UPLOAD_PACK}-advertisement":
             raise ProtocolError("not a smart HTTP server")

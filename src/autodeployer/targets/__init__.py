@@ -1,12 +1,15 @@
-"""Deploy targets. Each module implements :class:`~autodeployer.targets.base.Target`.
+"""Deploy targets. Each module satisfies :class:`~autodeployer.targets.base.TargetModule` and
+creates a :class:`~autodeployer.targets.base.Target`.
 
 Adding a target: write its module (see ``base.py`` for what it provides) and list it here.
 """
 
 from __future__ import annotations
 
-from types import ModuleType
+from typing import Any
 
 from . import command, marathon, sesam
+from .base import TargetModule
 
-TARGETS: dict[str, ModuleType] = {module.KIND: module for module in (sesam, marathon, command)}
+_MODULES: tuple[TargetModule[Any], ...] = (sesam, marathon, command)
+TARGETS: dict[str, TargetModule[Any]] = {module.KIND: module for module in _MODULES}

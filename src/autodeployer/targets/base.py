@@ -1,8 +1,9 @@
-"""The Target protocol: what every deploy target implements.
+"""The target contract: what a deploy target module provides (:class:`TargetModule`) and what the
+target it creates implements (:class:`Target`).
 
-A target module provides ``KIND``, its settings model ``Spec``, the environment ``VARIABLES`` it reads,
-``SECRET_KEYS`` (YAML keys that may come from ``<key>_env`` / ``<key>_file``),
-``spec_from_env(env, app_name)``, ``spec_from_yaml(data, where, app_name)`` and ``create(spec, deps)``. Registering it in ``targets/__init__.py`` is the only other change.
+Registering a module in ``targets/__init__.py`` is the only other change a new target needs; the
+registry is typed by :class:`TargetModule`, so a module that misses part of the contract fails the
+type check instead of a sync.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 import httpx
 
 from ..logs import Redactor
 from ..model import ApplyReport, Plan, Tree
+from ..settings import EnvReader, Frozen, Variable
 
 if TYPE_CHECKING:
     from ..config import AppConfig
@@ -26,11 +28,11 @@ if TYPE_CHECKING:
 class SyncContext:
     """What a target may look at during one sync."""
 
-    app: "AppConfig"
+    app: AppConfig
     tree: Tree
     memory: dict[str, Any] = field(default_factory=dict)  # kept from the last successful apply
     log: Any = None
-    prefetched: "asyncio.Task[Any] | None" = None  # what the target's prefetch() started for plan()
+    prefetched: asyncio.Task[Any] | None = None  # what the target's prefetch() started for plan()
 
 
 @dataclass
@@ -40,13 +42,13 @@ class TargetDeps:
     http: httpx.AsyncClient
     redactor: Redactor
     state_dir: Path
-    source: "GitSource | None" = None
+    source: GitSource | None = None
 
 
 class Target(Protocol):
     kind: str
 
-    def prefetch(self) -> "asyncio.Task[Any] | None":
+    def prefetch(self) -> asyncio.Task[Any] | None:
         """Start reading the live state that does not depend on Git, so it overlaps the fetch.
 
         Called when a sync needs a new commit; the task reaches :meth:`plan` as ``ctx.prefetched``.
@@ -71,3 +73,46 @@ class Target(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+SpecT = TypeVar("SpecT", bound=Frozen)
+
+
+@runtime_checkable
+class TargetModule(Protocol[SpecT]):
+    """What a target module provides at module level; ``SpecT`` is the module's settings model.
+
+    Members are read-only properties so that a module's plain constants and functions satisfy them.
+    """
+
+    @property
+    def KIND(self) -> str:
+        """The ``kind`` of the app's target (``TARGET`` / ``target.kind``) that selects this module."""
+        ...
+
+    @property
+    def Spec(self) -> type[SpecT]:
+        """The settings model, a member of the configuration's union discriminated by ``kind``."""
+        ...
+
+    @property
+    def VARIABLES(self) -> tuple[Variable, ...]:
+        """The environment variables the module reads (``autodeployer settings``, the docs table)."""
+        ...
+
+    @property
+    def SECRET_KEYS(self) -> tuple[str, ...]:
+        """YAML keys whose value may come from ``<key>_env`` / ``<key>_file`` instead."""
+        ...
+
+    def spec_from_env(self, env: EnvReader, app_name: str | None = None) -> SpecT:
+        """The settings of the one app configured by environment variables."""
+        ...
+
+    def spec_from_yaml(self, data: dict[str, Any], where: str, app_name: str | None = None) -> SpecT:
+        """The settings of one app of a YAML file; `where` names its place in errors."""
+        ...
+
+    def create(self, spec: SpecT, deps: TargetDeps) -> Target:
+        """The target of one app, built on the shared services."""
+        ...

@@ -28,7 +28,7 @@ from .base import SyncContext, TargetDeps
 
 KIND = "command"
 SECRET_KEYS: tuple[str, ...] = ()
-VARIABLES = (
+VARIABLES: tuple[Variable, ...] = (
     Variable("DEPLOY_COMMAND", None, "Command run by the command target in a copy of SYNC_ROOT at each new revision."),
     Variable("COMMAND_SHELL", "false", "Run DEPLOY_COMMAND through /bin/sh instead of splitting it into words."),
     Variable("COMMAND_TIMEOUT", "600", "Seconds DEPLOY_COMMAND may run before its process group is killed."),
@@ -141,10 +141,8 @@ def _kill_group(proc: asyncio.subprocess.Process, sig: int) -> None:
 async def _stop(proc: asyncio.subprocess.Process) -> None:
     """SIGTERM the whole process group, SIGKILL it if it lingers: children die with the command."""
     _kill_group(proc, signal.SIGTERM)
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(proc.wait(), KILL_GRACE)
-    except TimeoutError:
-        pass
     _kill_group(proc, signal.SIGKILL)
     await proc.wait()
 

@@ -17,16 +17,16 @@ from pydantic import SecretStr
 
 from ..errors import ConfigError, Refused, TargetError
 from ..gcpause import gc_paused
-from ..http import error_detail, request
 from ..jsondiff import JSONProblem, loads_strict, unified
 from ..model import Action, ApplyReport, Change, Plan, Problem, SourceFile, Tree
 from ..settings import EnvReader, Frozen, StrictBool, Variable, strip_bearer, validate_model
 from .base import SyncContext, TargetDeps
+from .transport import error_detail, request
 
 KIND = "sesam"
 DEFAULT_URL = "http://sesam-node:9042/api"
-SECRET_KEYS = ("jwt",)
-VARIABLES = (
+SECRET_KEYS: tuple[str, ...] = ("jwt",)
+VARIABLES: tuple[Variable, ...] = (
     Variable("SESAM_API_URL", DEFAULT_URL, "Sesam node API base URL."),
     Variable("JWT", None, "JSON Web Token for the Sesam node (required for the sesam target).", True),
     Variable("SESAM_FORCE", "false", "Upload with force=true (apply despite validation errors)."),
@@ -82,7 +82,8 @@ def spec_from_yaml(data: dict[str, Any], where: str, app_name: str | None = None
     data["api_url"] = normalise_url(str(data.get("api_url", DEFAULT_URL)))
     if data.get("jwt"):
         data["jwt"] = strip_bearer(str(data["jwt"]))
-    return validate_model(Spec, data, where)
+    spec: Spec = validate_model(Spec, data, where)
+    return spec
 
 
 # --------------------------------------------------------------------------- desired state
@@ -160,7 +161,8 @@ def parse_file(path: str, file: SourceFile, shown: str) -> ParsedFile:
     if file.is_symlink:
         return ParsedFile((), (Problem("is a symbolic link; links are not followed", file=shown),))
     if file.oversize or file.size > MAX_ENTITY_FILE_BYTES:
-        return ParsedFile((), (Problem(f"is {file.size} bytes; the limit is {MAX_ENTITY_FILE_BYTES} bytes", file=shown),))
+        too_big = Problem(f"is {file.size} bytes; the limit is {MAX_ENTITY_FILE_BYTES} bytes", file=shown)
+        return ParsedFile((), (too_big,))
     try:
         doc = loads_strict(file.data)
     except JSONProblem as exc:

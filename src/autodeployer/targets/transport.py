@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from .errors import TargetError
+from ..errors import TargetError
 
 TRANSIENT_STATUS = frozenset({502, 503, 504})
 
@@ -36,13 +36,13 @@ async def request(
         try:
             response = await client.request(method, url, **kwargs)
         except httpx.TimeoutException:
-            error = TargetError(f"{what}: timed out", transient=True)
+            error = TargetError(f"{what}: timed out")
         except httpx.TransportError as exc:
-            error = TargetError(f"{what}: {_transport_problem(exc)}", transient=True)
+            error = TargetError(f"{what}: {_transport_problem(exc)}")
         else:
             if response.status_code not in TRANSIENT_STATUS:
                 return response
-            error = TargetError(f"{what}: {response.status_code} {response.reason_phrase}", transient=True)
+            error = TargetError(f"{what}: {response.status_code} {response.reason_phrase}")
         if attempt < retries:
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_backoff)
@@ -66,10 +66,7 @@ def error_detail(response: httpx.Response, limit: int = 300) -> str:
     """A short, single-line description of an error body."""
     try:
         body = response.json()
-        if isinstance(body, dict) and "message" in body:
-            text = str(body["message"])
-        else:
-            text = response.text
+        text = str(body["message"]) if isinstance(body, dict) and "message" in body else response.text
     except ValueError:
         text = response.text
     text = " ".join(text.split())
