@@ -23,15 +23,16 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from . import __version__
+from .coordination import AppLock
 from .errors import ConfigError, OwnershipLost, StoreUnavailable
 from .logs import get_logger
 from .model import Result, SyncResult
-from .store import MAX_DIFF_CHARS, AppState, HistoryRow, row_from_columns
+from .store import MAX_DIFF_CHARS, AppState, HistoryRow, StateChange, row_from_columns
 
 try:
     import psycopg
@@ -471,6 +472,34 @@ class PostgresStore:
             (state.app, data, self.replica_id),
         ))
         self._cache[state.app] = data
+
+    def update_state(self, app: str, change: StateChange) -> AppState:
+        """Change only the fields `change` returns, reading the row FOR UPDATE in the same transaction as
+        the write: a suspend or rollback written meanwhile by another replica, a CLI run or the API is
+        kept, never overwritten by a sync's stale copy. Raises StoreUnavailable like put_state()."""
+        def work(conn: Any) -> tuple[AppState, str]:
+            with conn.transaction():
+                conn.execute(
+                    "INSERT INTO app_state (app, data, updated_by) VALUES (%s, %s, %s) ON CONFLICT (app) DO NOTHING",
+                    (app, json.dumps(asdict(AppState(app=app))), self.replica_id),
+                )
+                row = conn.execute("SELECT data FROM app_state WHERE app = %s FOR UPDATE", (app,)).fetchone()
+                current = _state(app, row[0])
+                new = replace(current, **change(_state(app, row[0])))
+                data = json.dumps(asdict(new))
+                conn.execute("UPDATE app_state SET data = %s, updated_by = %s, updated_ts = now() WHERE app = %s",
+                             (data, self.replica_id, app))
+            return new, data
+
+        new, data = self._run(work)
+        self._cache[app] = data
+        return new
+
+    @staticmethod
+    def app_lock(app: str) -> AppLock:
+        """No file lock: begin() proves, in PostgreSQL, that this process may apply the app (its owner
+        replica holds the app's advisory lock; a CLI run takes it for its attempt or is refused)."""
+        return AppLock(None)
 
     def mark_interrupted(self) -> int:
         """This replica's attempts still 'running' (a previous run with the same REPLICA_ID died)."""
