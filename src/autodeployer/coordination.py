@@ -411,9 +411,12 @@ class PostgresCoordinator:
                RETURNING num""",
             (self.replica_id, pid, socket.gethostname(), __version__, self.heartbeat, self._registered_once),
         )
-        num = (await cur.fetchone())[0]
+        row = await cur.fetchone()
+        assert row is not None  # RETURNING of an upsert always yields its row
+        num = row[0]
         cur = await conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (_ns("NS_REPLICA"), num))
-        if not (await cur.fetchone())[0]:
+        locked = await cur.fetchone()
+        if not (locked and locked[0]):
             await conn.close()
             raise _Conflict(f"another live replica is registered as {self.replica_id!r}: give each replica "
                             "its own REPLICA_ID; not applying")

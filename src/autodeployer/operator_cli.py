@@ -204,9 +204,10 @@ async def _local(config: Config, app: str, action: str, revision: str | None) ->
                 assert revision is not None
                 revision = await reconciler.pin(revision)
                 trigger = Trigger.ROLLBACK
+            pinned = f" (pinned {revision[:12]}; auto-sync suspended)" if revision else ""
             runtime.store.notify({"action": "trigger", "app": app, "trigger": trigger.value})  # type: ignore[attr-defined]
             return EXIT_OK, (f"{app}: {action} queued on replica {owner}; `autodeployer status` shows when it is live"
-                             + (f" (pinned {revision[:12]}; auto-sync suspended)" if action == "rollback" else ""))
+                             + pinned)
         # One apply at a time per app: hold the app's lock across the whole action (the pin and the sync
         # that deploys it), so a service running on the same STATE_DIR neither races it nor is raced.
         if not await reconciler.lock.acquire(LOCK_WAIT):

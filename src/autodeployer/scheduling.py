@@ -33,7 +33,7 @@ def backoff_delay(interval: float, failures: int, cap: float = MAX_BACKOFF) -> f
     """Poll interval after `failures` consecutive failures: doubled each time, capped."""
     if failures <= 0:
         return interval
-    return min(interval * (2 ** (failures - 1)), max(cap, interval))
+    return min(interval * 2.0 ** (failures - 1), max(cap, interval))
 
 
 @dataclass

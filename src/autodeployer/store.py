@@ -242,7 +242,8 @@ class SQLiteStore:
                     self._failed(exc)
             # Kept in memory until it can be written: the row begun in memory, or the outcome of one the DB has.
             if kept is not None:
-                base, inserted = kept
+                base: HistoryRow | None = kept[0]
+                inserted = kept[1]
             else:
                 found = self._db_rows("SELECT * FROM history WHERE id = ?", (attempt_id,))
                 base, inserted = (found[0] if found else None), True

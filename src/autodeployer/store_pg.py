@@ -504,11 +504,11 @@ class PostgresStore:
     def mark_interrupted(self) -> int:
         """This replica's attempts still 'running' (a previous run with the same REPLICA_ID died)."""
         try:
-            return self._run(lambda conn: conn.execute(
+            return int(self._run(lambda conn: conn.execute(
                 """UPDATE history SET result = %s, error = %s, finished_at = %s, finished_ts = now()
                    WHERE result = 'running' AND replica = %s""",
                 (Result.INTERRUPTED.value, "the process stopped during this attempt", time.time(), self.replica_id),
-            ).rowcount)
+            ).rowcount))
         except StoreUnavailable:
             return 0  # checked again by begin() of whichever replica next applies the app
 
@@ -516,12 +516,12 @@ class PostgresStore:
         """This replica's 'running' attempts whose outcome could not be recorded (PostgreSQL was away):
         mark them interrupted, so they stop blocking the app for whichever replica owns it next."""
         open_ids = sorted(self._open)
-        return self._run(lambda conn: conn.execute(
+        return int(self._run(lambda conn: conn.execute(
             """UPDATE history SET result = %s, error = %s, finished_at = %s, finished_ts = now()
                WHERE result = 'running' AND replica = %s AND NOT (id = ANY(%s))""",
             (Result.INTERRUPTED.value, "the outcome of this attempt could not be recorded (PostgreSQL was unreachable)",
              time.time(), self.replica_id, open_ids),
-        ).rowcount)
+        ).rowcount))
 
     def close(self) -> None:
         with self._lock:
@@ -564,7 +564,7 @@ def migrate(conn: Any) -> int:
         for number, script in enumerate(MIGRATIONS[current:], start=current + 1):
             conn.execute(script)
             conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (number,))
-    return max(current, len(MIGRATIONS))
+    return max(int(current), len(MIGRATIONS))
 
 
 def _state(app: str, data: str | None) -> AppState:
