@@ -19,7 +19,6 @@ from autodeployer.emulators.sesam import SesamEmulator
 
 from .conftest import Service, ServiceFactory
 from .helpers import ADMIN_TOKEN, entity_json, pipe, stripped, wait_for
-from .scale.conftest import pg_server, pg_url  # noqa: F401  (fixtures, for the PostgreSQL runs)
 from .scale.pgserver import PASSWORD
 
 DELAY = 2.0  # seconds per /api/config request: a sync takes about three of them
