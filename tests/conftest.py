@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from autodeployer.emulators.gitserver import GitDaemon, GitHttpServer, WorkRepo
 from autodeployer.emulators.sesam import SesamEmulator
 
 from .helpers import GIT_TOKEN, SESAM_JWT, base_env, base_files, free_port, wait_for
+from .scale.pgserver import PgServer
 
 
 @pytest.fixture
@@ -65,6 +67,30 @@ def github(tmp_path: Path) -> Iterator[GitHubEmulator]:
     with gh.serve() as server:
         gh.url = server.url  # type: ignore[attr-defined]
         yield gh
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A real PostgreSQL server for the session (initdb + pg_ctl in a temporary directory, see
+    scale/pgserver.py). Without ``initdb`` its tests are skipped on a developer machine and fail in CI
+    (``CI`` set), where ``.ci/run`` installs Debian's ``postgresql`` package."""
+    try:
+        server = PgServer()
+    except FileNotFoundError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required in CI: {exc}")
+        pytest.skip(str(exc))
+    try:
+        server.init().start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> str:
+    """A fresh database on the shared server; the URL carries no password."""
+    return pg_server.create_database("t_" + uuid.uuid4().hex[:12])
 
 
 @pytest.fixture

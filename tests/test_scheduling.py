@@ -33,7 +33,7 @@ class RecordingReconciler:
     active: int = 0
     max_active: int = 0
 
-    async def sync(self, trigger: Trigger, force: bool = False) -> SyncResult:
+    async def sync(self, trigger: Trigger, force: bool = False, lock_wait: float = 0.0) -> SyncResult:
         self.calls.append((time.monotonic(), trigger))
         self.active += 1
         self.max_active = max(self.max_active, self.active)

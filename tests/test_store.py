@@ -173,3 +173,18 @@ def test_memory_fallback_moves_to_state_dir_once_it_can_be_used(tmp_path: Path, 
     assert [(r.trigger, r.result) for r in on_disk.history("a")] == [("webhook", "failed"), ("poll", "synced"),
                                                                       ("startup", "no-change")]
     assert on_disk.get_state("a").failures == 2 and on_disk.get_state("a").suspended
+
+
+def test_update_state_changes_only_the_fields_it_returns(tmp_path: Path):
+    """A sync's bookkeeping written by one process keeps a suspend that another process (a CLI run, the
+    API) wrote after the sync read the state: the read and the write are one transaction."""
+    service, cli = SQLiteStore.in_state_dir(tmp_path), SQLiteStore.in_state_dir(tmp_path)
+    service.put_state(AppState(app="a", last_result="synced", failures=2))
+    seen = service.get_state("a")  # a sync starts with this copy
+    cli.update_state("a", lambda _: {"suspended": True, "suspended_reason": "by hand", "pinned_revision": "c" * 40})
+    after = service.update_state("a", lambda now: {"last_result": "failed", "failures": now.failures + 1})
+    assert not seen.suspended
+    for state in (after, cli.get_state("a"), SQLiteStore.in_state_dir(tmp_path).get_state("a")):
+        assert state.suspended and state.suspended_reason == "by hand" and state.pinned_revision == "c" * 40
+        assert state.last_result == "failed" and state.failures == 3
+    assert service.update_state("new", lambda _: {"failures": 1}) == AppState(app="new", failures=1)

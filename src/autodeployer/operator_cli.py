@@ -22,7 +22,8 @@ from rich.table import Table
 
 from .config import Config
 from .errors import AutodeployerError, ConfigError
-from .model import Result, Trigger
+from .model import Result, SyncResult, Trigger
+from .reconcile import LOCK_WAIT, Reconciler
 from .service import build_runtime, store_for
 from .web.status import app_row, history_row
 
@@ -266,23 +267,48 @@ async def _local(config: Config, app: str, action: str, revision: str | None) ->
                 assert revision is not None
                 revision = await reconciler.pin(revision)
                 trigger = Trigger.ROLLBACK
+            pinned = f" (pinned {revision[:12]}; auto-sync suspended)" if revision else ""
             runtime.store.notify({"action": "trigger", "app": app, "trigger": trigger.value})  # type: ignore[attr-defined]
             return EXIT_OK, (f"{app}: {action} queued on replica {owner}; `autodeployer status` shows when it is live"
-                             + (f" (pinned {revision[:12]}; auto-sync suspended)" if action == "rollback" else ""))
-        if action == "resume":
-            reconciler.resume()
-            result = await reconciler.sync(Trigger.MANUAL, force=True)
-            return (EXIT_OK if result.ok else EXIT_ERROR,
-                    f"{app}: auto-sync resumed; {result.result.value} at {(result.revision or '')[:12]}")
-        assert revision is not None
-        result = await reconciler.rollback(revision)
-        message = (f"{app}: rolled back to {(result.revision or '')[:12]}: {result.result.value}"
-                   + (f" ({result.error})" if result.error else "")
-                   + f"\nauto-sync is suspended so the next poll does not undo it; "
-                     f"`autodeployer resume --app {app}` follows the branch again")
-        return (EXIT_OK if result.result in (Result.SYNCED, Result.NO_CHANGE) else EXIT_ERROR), message
+                             + pinned)
+        # One apply at a time per app: hold the app's lock across the whole action (the pin and the sync
+        # that deploys it), so a service running on the same STATE_DIR neither races it nor is raced.
+        if not await reconciler.lock.acquire(LOCK_WAIT):
+            return EXIT_ERROR, f"{app}: {reconciler.lock.busy_message(app)} (nothing was changed)"
+        try:
+            if action == "resume":
+                return await _resume(reconciler, app)
+            assert revision is not None
+            return _rollback_outcome(app, await reconciler.rollback(revision))
+        finally:
+            reconciler.lock.release()
     finally:
         await runtime.aclose()
+
+
+async def _resume(reconciler: Reconciler, app: str) -> tuple[int, str]:
+    reconciler.resume()
+    result = await reconciler.sync(Trigger.MANUAL, force=True)
+    return (EXIT_OK if _applied(result) else EXIT_ERROR,
+            f"{app}: auto-sync resumed; {result.result.value} at {(result.revision or '')[:12]}"
+            + (f" ({result.error or result.summary})" if not _applied(result) else ""))
+
+
+def _applied(result: SyncResult) -> bool:
+    """The target is at the result's revision (a sync that could not run is no success)."""
+    return result.result in (Result.SYNCED, Result.NO_CHANGE) and "not_applied" not in result.details
+
+
+def _rollback_outcome(app: str, result: SyncResult) -> tuple[int, str]:
+    """Say what happened: "rolled back to X" only when X is live, else why not (exit 2)."""
+    sha = (result.revision or "")[:12]
+    if _applied(result):
+        return EXIT_OK, (f"{app}: rolled back to {sha} ({result.result.value})\nauto-sync is suspended so the next "
+                         f"poll does not undo it; `autodeployer resume --app {app}` follows the branch again")
+    reason = (result.error or result.summary or result.result.value).split("\n")[0]
+    return EXIT_ERROR, (f"{app}: rollback to {sha} failed: {reason}\nthe app stays pinned to {sha} with auto-sync "
+                        f"suspended; roll back again to retry, or `autodeployer resume --app {app}` to follow the "
+                        "branch again")
 
 
 def _remote(backend: Backend, app: str, action: str, revision: str | None, console: Console) -> tuple[int, str]:

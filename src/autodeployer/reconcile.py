@@ -17,8 +17,11 @@ from .errors import AutodeployerError, OwnershipLost, Refused, SourceError, Targ
 from .logs import Redactor, get_logger
 from .model import Action, CommitInfo, Plan, Problem, Result, SyncResult, Tree, Trigger
 from .sources.git import GitSource
-from .store import AppState, Store
+from .store import AppState, StateChange, Store
 from .targets.base import SyncContext, Target
+
+LOCK_WAIT = 30.0  # seconds a sync waits for another process's sync of the app (the worker passes 0)
+LOCK_RETRY = 1.0  # seconds after which the worker tries again when the app was locked elsewhere
 
 
 class Reporter(Protocol):
@@ -67,6 +70,7 @@ class Reconciler:
         self._tree: Tree | None = None  # the last tree read: commits are immutable, so it stays valid
         self._started: asyncio.Task[None] | None = None  # reporters being told that a sync started
         self._drift_checked_at: float | None = None  # the last quiet drift check (kept in memory only)
+        self.lock = store.app_lock(app.name)  # one apply at a time per app, across processes
 
     # ------------------------------------------------------------------ public
     async def sync(
@@ -77,16 +81,34 @@ class Reconciler:
         revision: str | None = None,
         force: bool = False,
         record: bool = True,
+        lock_wait: float = LOCK_WAIT,
     ) -> SyncResult:
-        """Reconcile once. `force` skips the idle fast path; `revision` pins a commit (rollback)."""
+        """Reconcile once. `force` skips the idle fast path; `revision` pins a commit (rollback).
+
+        Holds the app's apply lock for the whole sync (a dry run applies nothing and takes none). Held
+        elsewhere for `lock_wait` seconds more: nothing is done, and the result says "not applied" and
+        who holds it, with a `retry_after` the worker honours.
+        """
         dry_run = self.app.policy.dry_run if dry_run is None else dry_run
+        if dry_run:
+            return await self._sync(trigger, True, revision, force, record)
+        if not await self.lock.acquire(lock_wait):
+            busy = OwnershipLost(self.lock.busy_message(self.app.name), retry_after=LOCK_RETRY)
+            return self._not_applied(trigger, revision or "", busy, time.time(), time.perf_counter())
+        try:
+            return await self._sync(trigger, False, revision, force, record)
+        finally:
+            self.lock.release()
+
+    async def _sync(self, trigger: Trigger, dry_run: bool, revision: str | None, force: bool,
+                    record: bool) -> SyncResult:
         started, clock = time.time(), time.perf_counter()
         self.last_check_at = started
         state = self.store.get_state(self.app.name)
         try:
             head = revision or state.pinned_revision or await self.source.head()
         except SourceError as exc:
-            return await self._finish(state, trigger, None, Outcome(Result.FAILED, error=str(exc)), started, clock, record)
+            return await self._finish(trigger, None, Outcome(Result.FAILED, error=str(exc)), started, clock, record)
 
         if not force and trigger is Trigger.POLL and self._idle(state, head, started):
             return SyncResult(self.app.name, trigger, Result.NO_CHANGE, revision=head, started_at=started,
@@ -102,17 +124,19 @@ class Reconciler:
             self._drift_checked_at = started
             return SyncResult(self.app.name, trigger, Result.NO_CHANGE, revision=sha, started_at=started,
                               duration=time.perf_counter() - clock, summary="no drift")
-        result = await self._finish(state, trigger, sha, outcome, started, clock, record, drift=drift_check)
+        result = await self._finish(trigger, sha, outcome, started, clock, record, drift=drift_check)
         return result
 
     async def pin(self, revision: str) -> str:
-        """Rollback, step one: pin an earlier commit and suspend auto-sync so polls leave it alone."""
+        """Rollback, step one: pin an earlier commit and suspend auto-sync so polls leave it alone.
+
+        Only the fields a rollback owns are written: a sync in flight keeps its own bookkeeping, and the
+        pinned revision is what the next sync deploys (the worker runs it once the current one ends).
+        """
         sha = await self.source.resolve(revision)
-        state = self.store.get_state(self.app.name)
-        state.pinned_revision = sha
-        state.suspended = True
-        state.suspended_reason = f"rolled back to {sha[:12]}; resume to follow {self.app.source.branch} again"
-        self._save_state(state)
+        reason = f"rollback to {sha[:12]} requested; resume to follow {self.app.source.branch} again"
+        self.store.update_state(self.app.name, lambda _: {"pinned_revision": sha, "suspended": True,
+                                                          "suspended_reason": reason})
         self.log.warning("rollback: auto-sync suspended", revision=sha[:12])
         return sha
 
@@ -121,17 +145,15 @@ class Reconciler:
         sha = await self.pin(revision)
         return await self.sync(Trigger.ROLLBACK, revision=sha, force=True)
 
+    # The admin actions raise when their write fails: an operator must not be told "suspended" when it is not.
     def suspend(self, reason: str = "suspended by an operator") -> None:
-        state = self.store.get_state(self.app.name)
-        state.suspended, state.suspended_reason = True, reason
-        self._save_state(state)
+        self.store.update_state(self.app.name, lambda _: {"suspended": True, "suspended_reason": reason})
         self.log.warning("auto-sync suspended", reason=reason)
 
     def resume(self) -> None:
         """Follow the branch again; the caller triggers the sync that returns to its head."""
-        state = self.store.get_state(self.app.name)
-        state.suspended, state.suspended_reason, state.pinned_revision = False, None, None
-        self._save_state(state)
+        self.store.update_state(self.app.name, lambda _: {"suspended": False, "suspended_reason": None,
+                                                          "pinned_revision": None})
         self.log.info("auto-sync resumed")
 
     async def plan_only(self) -> tuple[str, Plan]:
@@ -256,7 +278,7 @@ class Reconciler:
 
     # ------------------------------------------------------------------ recording
     async def _finish(
-        self, state: AppState, trigger: Trigger, sha: str | None, outcome: Outcome,
+        self, trigger: Trigger, sha: str | None, outcome: Outcome,
         started: float, clock: float, record: bool, drift: bool = False,
     ) -> SyncResult:
         plan = outcome.plan
@@ -281,37 +303,47 @@ class Reconciler:
             result.details["notices"] = plan.notices
         if outcome.details:
             result.details.update(self.redact.value(outcome.details))
-        self._update_state(state, result, outcome)
+        self._update_state(result, outcome)
         if record:
             self._record(result, outcome.attempt_id)
         self._log(result)
         await self._report_finished(result, commit)
         return result
 
-    def _update_state(self, state: AppState, result: SyncResult, outcome: Outcome) -> None:
-        state.last_attempt_at = result.started_at
-        state.last_result = result.result.value
-        state.last_revision = result.revision
-        if result.result in (Result.SYNCED, Result.NO_CHANGE):
-            state.last_synced_revision = result.revision
-            state.last_synced_tree = outcome.tree_id
-            state.last_success_at = result.started_at + result.duration
-            state.last_drift_check_at = result.started_at
-            state.last_error = None
-            state.failures = 0
-            if "commit" in result.details:
-                state.live_commit = dict(result.details["commit"])
-            if outcome.memory is not None:
-                state.memory = outcome.memory
-        elif result.result in (Result.FAILED, Result.REFUSED):
-            state.failures += 1
-            state.last_error = result.error
-        self._save_state(state)
+    def _update_state(self, result: SyncResult, outcome: Outcome) -> None:
+        """Record the sync's own bookkeeping, never the operator's fields (suspended, its reason, the pin):
+        an admin action may have changed those while this sync ran, and they must survive its end."""
+        def change(state: AppState) -> dict[str, Any]:
+            fields: dict[str, Any] = {"last_attempt_at": result.started_at, "last_result": result.result.value,
+                                      "last_revision": result.revision}
+            if result.result in (Result.SYNCED, Result.NO_CHANGE):
+                fields.update(last_synced_revision=result.revision, last_synced_tree=outcome.tree_id,
+                              last_success_at=result.started_at + result.duration,
+                              last_drift_check_at=result.started_at, last_error=None, failures=0)
+                if "commit" in result.details:
+                    fields["live_commit"] = dict(result.details["commit"])
+                if outcome.memory is not None:
+                    fields["memory"] = outcome.memory
+            elif result.result in (Result.FAILED, Result.REFUSED):
+                fields.update(failures=state.failures + 1, last_error=result.error)
+            if state.suspended and state.pinned_revision and state.pinned_revision == result.revision:
+                # This sync deployed (or failed to deploy) the rollback still asked for: say which.
+                fields["suspended_reason"] = self._rollback_reason(result)
+            return fields
 
-    def _save_state(self, state: AppState) -> None:
+        self._change_state(change)
+
+    def _rollback_reason(self, result: SyncResult) -> str:
+        sha, branch = (result.revision or "")[:12], self.app.source.branch
+        if result.result in (Result.SYNCED, Result.NO_CHANGE):
+            return f"rolled back to {sha}; resume to follow {branch} again"
+        reason = (result.error or result.summary or result.result.value).split("\n")[0]
+        return f"rollback to {sha} failed: {reason}; roll back again, or resume to follow {branch} again"
+
+    def _change_state(self, change: StateChange) -> None:
         try:
-            self.store.put_state(state)
-        except Exception as exc:  # disk full, read-only STATE_DIR: report, keep serving
+            self.store.update_state(self.app.name, change)
+        except Exception as exc:  # disk full, read-only STATE_DIR, PostgreSQL away: report, keep serving
             self.log.error("cannot save app state", error=str(exc))
 
     def _record(self, result: SyncResult, attempt_id: int | None) -> None:

@@ -33,7 +33,7 @@ def backoff_delay(interval: float, failures: int, cap: float = MAX_BACKOFF) -> f
     """Poll interval after `failures` consecutive failures: doubled each time, capped."""
     if failures <= 0:
         return interval
-    return min(interval * (2 ** (failures - 1)), max(cap, interval))
+    return min(interval * 2.0 ** (failures - 1), max(cap, interval))
 
 
 @dataclass
@@ -107,7 +107,7 @@ class AppWorker:
                 self.next_poll_at = time.time() + backoff_delay(interval, self._unreadable)
                 continue
             self._unreadable = 0
-            result = await self._run_once(trigger, state.suspended)
+            result = await self._run_once(trigger, state)
             # Only failures back off: a refused head costs one head check per poll, and its fix must
             # be deployed at the poll interval, not minutes later.
             failed = result is not None and result.result is Result.FAILED
@@ -148,13 +148,16 @@ class AppWorker:
                             error=f"{type(exc).__name__}: {exc}", attempt=self._unreadable + 1)
             return None
 
-    async def _run_once(self, trigger: Trigger, suspended: bool) -> SyncResult | None:
-        self.suspended = suspended
-        if self.suspended and trigger is not Trigger.ROLLBACK:
+    async def _run_once(self, trigger: Trigger, state: AppState) -> SyncResult | None:
+        self.suspended = state.suspended
+        # A suspended app runs only the rollback it is pinned to (a resume may have cleared the pin and a
+        # suspend followed since the rollback was queued: then nothing runs).
+        if self.suspended and not (trigger is Trigger.ROLLBACK and state.pinned_revision):
             return None
         self.running = trigger
         try:
-            result = await self.reconciler.sync(trigger, force=trigger is not Trigger.POLL)
+            # Never wait for the app's lock here: a CLI run holds it; the retry below comes back in a second.
+            result = await self.reconciler.sync(trigger, force=trigger is not Trigger.POLL, lock_wait=0.0)
         except Exception:  # the reconciler records its own errors; this is a last line of defence
             self._log.exception("sync crashed")
             return None

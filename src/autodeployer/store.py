@@ -14,10 +14,12 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from .coordination import AppLock
 from .logs import get_logger
 from .model import Result, SyncResult
 
@@ -65,12 +67,20 @@ class HistoryRow:
         return asdict(self)
 
 
+#: What an update of an app's state changes: given the state as it is now (read in the same
+#: transaction as the write), the fields this step owns and their new values. It must be quick and pure:
+#: a store may call it again when it retries the transaction.
+StateChange = Callable[[AppState], Mapping[str, Any]]
+
+
 class Store(Protocol):
     def begin(self, app: str, trigger: str, revision: str | None, started_at: float) -> int: ...
     def finish(self, attempt_id: int, result: SyncResult) -> None: ...
     def history(self, app: str | None = None, limit: int = 50) -> list[HistoryRow]: ...
     def get_state(self, app: str) -> AppState: ...
     def put_state(self, state: AppState) -> None: ...
+    def update_state(self, app: str, change: StateChange) -> AppState: ...
+    def app_lock(self, app: str) -> AppLock: ...
     def mark_interrupted(self) -> int: ...
     def close(self) -> None: ...
 
@@ -232,7 +242,8 @@ class SQLiteStore:
                     self._failed(exc)
             # Kept in memory until it can be written: the row begun in memory, or the outcome of one the DB has.
             if kept is not None:
-                base, inserted = kept
+                base: HistoryRow | None = kept[0]
+                inserted = kept[1]
             else:
                 found = self._db_rows("SELECT * FROM history WHERE id = ?", (attempt_id,))
                 base, inserted = (found[0] if found else None), True
@@ -253,6 +264,57 @@ class SQLiteStore:
             self._reopen_if_due()
             self._states[state.app] = AppState(**asdict(state))  # a copy: the caller goes on changing its own
             self._flush()
+
+    def update_state(self, app: str, change: StateChange) -> AppState:
+        """Change only the fields `change` returns, in one transaction with the read it is given, and
+        return the new state. A sync records its result this way, so a suspend or a rollback that another
+        request or process wrote while the sync ran is kept, never overwritten by a stale copy.
+
+        When STATE_DIR refuses the write, the new state is kept in memory like put_state()'s, and written
+        whole once it can be (until then this process is the only writer that can reach the file anyway).
+        """
+        with self._lock:
+            self._reopen_if_due()
+            if self._flush():
+                try:
+                    return self._update_in_db(app, change)
+                except Exception as exc:
+                    if not _write_failure(exc):
+                        raise
+                    self._failed(exc)
+            # A read that fails raises here: a state made up from nothing would resume a suspended app.
+            base = self._states.get(app) or self._read_state(app)
+            new = replace(base, **change(AppState(**asdict(base))))
+            self._states[app] = new
+            return AppState(**asdict(new))
+
+    def app_lock(self, app: str) -> AppLock:
+        """The app's apply lock, shared by every process using this STATE_DIR (see AppLock)."""
+        path = self.path or self._reopen  # an in-memory fallback still locks where its file will be
+        return AppLock.in_state_dir(path.parent, app) if path is not None else AppLock(None)
+
+    def _update_in_db(self, app: str, change: StateChange) -> AppState:
+        """Read, change and write one app's state under SQLite's write lock (BEGIN IMMEDIATE), so a
+        change made by another process (a CLI run) between the read and the write cannot be lost."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            current = self._read_state(app)
+            new = replace(current, **change(AppState(**asdict(current))))
+            self._db.execute(
+                "INSERT INTO app_state (app, data) VALUES (?, ?) ON CONFLICT(app) DO UPDATE SET data = excluded.data",
+                (app, json.dumps(asdict(new))),
+            )
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+            raise
+        return new
+
+    def _read_state(self, app: str) -> AppState:
+        row = self._db.execute("SELECT data FROM app_state WHERE app = ?", (app,)).fetchone()
+        return _state_from_json(row["data"]) if row is not None else AppState(app=app)
 
     def mark_interrupted(self) -> int:
         """Attempts still 'running' belong to a process that died; say so."""

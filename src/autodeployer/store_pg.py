@@ -23,15 +23,16 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from . import __version__
+from .coordination import AppLock
 from .errors import ConfigError, OwnershipLost, StoreUnavailable
 from .logs import get_logger
 from .model import Result, SyncResult
-from .store import MAX_DIFF_CHARS, AppState, HistoryRow, row_from_columns
+from .store import MAX_DIFF_CHARS, AppState, HistoryRow, StateChange, row_from_columns
 
 try:
     import psycopg
@@ -472,14 +473,42 @@ class PostgresStore:
         ))
         self._cache[state.app] = data
 
+    def update_state(self, app: str, change: StateChange) -> AppState:
+        """Change only the fields `change` returns, reading the row FOR UPDATE in the same transaction as
+        the write: a suspend or rollback written meanwhile by another replica, a CLI run or the API is
+        kept, never overwritten by a sync's stale copy. Raises StoreUnavailable like put_state()."""
+        def work(conn: Any) -> tuple[AppState, str]:
+            with conn.transaction():
+                conn.execute(
+                    "INSERT INTO app_state (app, data, updated_by) VALUES (%s, %s, %s) ON CONFLICT (app) DO NOTHING",
+                    (app, json.dumps(asdict(AppState(app=app))), self.replica_id),
+                )
+                row = conn.execute("SELECT data FROM app_state WHERE app = %s FOR UPDATE", (app,)).fetchone()
+                current = _state(app, row[0])
+                new = replace(current, **change(_state(app, row[0])))
+                data = json.dumps(asdict(new))
+                conn.execute("UPDATE app_state SET data = %s, updated_by = %s, updated_ts = now() WHERE app = %s",
+                             (data, self.replica_id, app))
+            return new, data
+
+        new, data = self._run(work)
+        self._cache[app] = data
+        return new
+
+    @staticmethod
+    def app_lock(app: str) -> AppLock:
+        """No file lock: begin() proves, in PostgreSQL, that this process may apply the app (its owner
+        replica holds the app's advisory lock; a CLI run takes it for its attempt or is refused)."""
+        return AppLock(None)
+
     def mark_interrupted(self) -> int:
         """This replica's attempts still 'running' (a previous run with the same REPLICA_ID died)."""
         try:
-            return self._run(lambda conn: conn.execute(
+            return int(self._run(lambda conn: conn.execute(
                 """UPDATE history SET result = %s, error = %s, finished_at = %s, finished_ts = now()
                    WHERE result = 'running' AND replica = %s""",
                 (Result.INTERRUPTED.value, "the process stopped during this attempt", time.time(), self.replica_id),
-            ).rowcount)
+            ).rowcount))
         except StoreUnavailable:
             return 0  # checked again by begin() of whichever replica next applies the app
 
@@ -487,12 +516,12 @@ class PostgresStore:
         """This replica's 'running' attempts whose outcome could not be recorded (PostgreSQL was away):
         mark them interrupted, so they stop blocking the app for whichever replica owns it next."""
         open_ids = sorted(self._open)
-        return self._run(lambda conn: conn.execute(
+        return int(self._run(lambda conn: conn.execute(
             """UPDATE history SET result = %s, error = %s, finished_at = %s, finished_ts = now()
                WHERE result = 'running' AND replica = %s AND NOT (id = ANY(%s))""",
             (Result.INTERRUPTED.value, "the outcome of this attempt could not be recorded (PostgreSQL was unreachable)",
              time.time(), self.replica_id, open_ids),
-        ).rowcount)
+        ).rowcount))
 
     def close(self) -> None:
         with self._lock:
@@ -535,7 +564,7 @@ def migrate(conn: Any) -> int:
         for number, script in enumerate(MIGRATIONS[current:], start=current + 1):
             conn.execute(script)
             conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (number,))
-    return max(current, len(MIGRATIONS))
+    return max(int(current), len(MIGRATIONS))
 
 
 def _state(app: str, data: str | None) -> AppState:

@@ -1,8 +1,6 @@
-"""Scale-out fixtures: a real PostgreSQL server, many Sesam nodes on loopback, replicas as processes.
+"""Scale-out fixtures: many Sesam nodes on loopback, replicas as processes.
 
-The PostgreSQL server is session-scoped (initdb + pg_ctl in a temporary directory, see pgserver.py);
-each test gets its own database. Without ``initdb`` the tests are skipped on a developer machine and
-fail in CI (``CI`` set), where ``.ci/run`` installs Debian's ``postgresql`` package.
+The PostgreSQL server (``pg_server``, ``pg_url``) is a shared fixture in tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -45,27 +43,6 @@ from .pgserver import PASSWORD, PgServer
 APPS = 30
 HEARTBEAT = 1.0
 BOUND = max(5.0, 2 * HEARTBEAT)  # the take-over bound the issue sets
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PgServer]:
-    try:
-        server = PgServer()
-    except FileNotFoundError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL is required in CI: {exc}")
-        pytest.skip(str(exc))
-    try:
-        server.init().start()
-        yield server
-    finally:
-        server.cleanup()
-
-
-@pytest.fixture
-def pg_url(pg_server: PgServer) -> str:
-    """A fresh database on the shared server; the URL carries no password."""
-    return pg_server.create_database("t_" + uuid.uuid4().hex[:12])
 
 
 class SesamNodes:

@@ -209,3 +209,21 @@ def test_a_sql_ascii_database_still_gives_text(pg_server):
     store.finish(store.begin("b", "poll", "1" * 40, time.time()), result("b", Result.SYNCED, "1" * 40))
     assert store.history("b")[0].app == "b"
     lock_conn.close()
+
+
+def test_update_state_changes_only_the_fields_it_returns(pg_url: str, pg_server):
+    """A sync's bookkeeping keeps a suspend another replica or a CLI run wrote after the sync read the
+    state (the row is read FOR UPDATE in the transaction that writes it)."""
+    replica = PostgresStore(pg_url, password=PASSWORD, replica_id="r1")
+    cli = PostgresStore(pg_url, password=PASSWORD, replica_id="cli")
+    replica.put_state(AppState(app="a", last_result="synced", failures=2))
+    seen = replica.get_state("a")
+    cli.update_state("a", lambda _: {"suspended": True, "suspended_reason": "by hand", "pinned_revision": "c" * 40})
+    after = replica.update_state("a", lambda now: {"last_result": "failed", "failures": now.failures + 1})
+    assert not seen.suspended
+    for state in (after, cli.get_state("a"), replica.get_state("a")):
+        assert state.suspended and state.suspended_reason == "by hand" and state.pinned_revision == "c" * 40
+        assert state.last_result == "failed" and state.failures == 3
+    assert replica.update_state("new", lambda _: {"failures": 1}) == AppState(app="new", failures=1)
+    replica.close()
+    cli.close()

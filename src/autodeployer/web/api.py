@@ -143,12 +143,15 @@ class Api:
         if action == "sync":
             self.scheduler.trigger(name, Trigger.MANUAL)
             return JSONResponse({"app": name, "queued": "sync"}, status_code=202)
-        if action == "suspend":
-            self.scheduler.suspend(name, "suspended through the API")
-            return JSONResponse(self._row(app))
-        if action == "resume":
-            self.scheduler.resume(name)
-            return JSONResponse(self._row(app), status_code=202)
+        try:  # the action's own write: an operator is never told "suspended" when it was not saved
+            if action == "suspend":
+                self.scheduler.suspend(name, "suspended through the API")
+                return JSONResponse(self._row(app))
+            if action == "resume":
+                self.scheduler.resume(name)
+                return JSONResponse(self._row(app), status_code=202)
+        except StoreUnavailable as exc:
+            return _error(503, f"{action} not saved: {exc}")
         if action == "rollback":
             try:
                 body = await request.json()
@@ -159,7 +162,9 @@ class Api:
                 return _error(400, 'body must be JSON: {"revision": "<sha>"}')
             try:
                 sha = await self.scheduler.rollback(name, revision)
-            except AutodeployerError as exc:
+            except StoreUnavailable as exc:
+                return _error(503, f"rollback not saved: {exc}")
+            except AutodeployerError as exc:  # the revision does not resolve
                 return _error(422, str(exc))
             return JSONResponse(
                 {"app": name, "queued": "rollback", "revision": sha,
