@@ -328,10 +328,12 @@ def _remote(backend: Backend, app: str, action: str, revision: str | None, conso
                 continue
             if row.get("last_attempt_at") and (not target or row.get("last_revision") == target):
                 ok = row["status"] in ("synced", "suspended") and not row.get("last_error")
+                live = (row.get("live_revision") or "")[:12]
+                if not ok:  # never "done" when it was not: say what failed and what is live
+                    to = f" to {target[:12]}" if target else ""
+                    return EXIT_ERROR, f"{app}: {action}{to} failed: {row.get('last_error') or row['status']}; live {live}"
                 note = " (auto-sync suspended; resume to follow the branch again)" if action == "rollback" else ""
-                return (EXIT_OK if ok else EXIT_ERROR,
-                        f"{app}: {action} done, live {(row.get('live_revision') or '')[:12]}{note}"
-                        + (f"; error: {row['last_error']}" if row.get("last_error") else ""))
+                return EXIT_OK, f"{app}: {action} done, live {live}{note}"
     return EXIT_ERROR, f"{app}: {action} still running after 10 minutes; see `autodeployer status`"
 
 

@@ -175,3 +175,18 @@ def test_openapi_describes_dploy_and_the_history_rows(running, config_repo: Work
         assert row["trigger"] in schema["properties"]["trigger"]["enum"]
     app = httpx.get(running.url + "/api/apps/node").json()
     assert set(app) == set(spec["components"]["schemas"]["App"]["properties"])
+
+
+def test_a_failed_rollback_through_the_service_says_so(running, app_env, config_repo: WorkRepo,
+                                                       sesam: SesamEmulator):
+    first = add_pipe(config_repo, "fr-one")
+    wait_for(lambda: "fr-one" in stripped(sesam.entities()), what="fr-one")
+    add_pipe(config_repo, "fr-two")
+    wait_for(lambda: "fr-two" in stripped(sesam.entities()), what="fr-two")
+    sesam.set_token("rotated-elsewhere")  # the node now refuses the deployer's token
+    env = {**app_env, "ADMIN_TOKEN": ADMIN_TOKEN}
+    rolled = run_cli(env, "rollback", "--server", running.url, "--app", "node", "--to", first[:12])
+    assert rolled.returncode == 2, rolled.stdout + rolled.stderr
+    assert f"node: rollback to {first[:12]} failed: " in rolled.stdout
+    assert "done" not in rolled.stdout
+    assert "fr-two" in stripped(sesam.entities())  # nothing changed on the node
