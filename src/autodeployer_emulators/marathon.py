@@ -5,7 +5,7 @@ Marathon cannot run in tests, so the deployer talks real HTTP to this emulator i
 both kinds of 409, 400/404/422 error shapes, id rules, server-side defaults, DC/OS token auth and a
 login endpoint. Tests keep an in-process handle (:class:`MarathonEmulator`) to seed state, inject
 failures and read the request log; the same controls exist over HTTP under ``/_emulator/`` for the
-stand-alone server (``python -m autodeployer.emulators.marathon --port N``). Beyond the reference
+stand-alone server (``python -m autodeployer_emulators.marathon --port N``). Beyond the reference
 it serves what marathon-python 0.13 reads: ``/v2/tasks``, task kills, ``PUT /v2/apps``, health-check
 results and ``lastTaskFailure``, with health switches in the app spec's ``env``
 (``docs/emulators.md``).
@@ -41,7 +41,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from autodeployer.emulators._server import (
+from autodeployer_emulators._server import (
     LoopbackServer,
     serve_forever,
     standalone_parser,

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autodeployer.emulators._server import LoopbackServer
+from autodeployer_emulators._server import LoopbackServer
 
 __all__ = [
     "GitDaemon",

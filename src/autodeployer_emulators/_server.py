@@ -86,13 +86,13 @@ class LoopbackServer:
 
 
 def standalone_parser(name: str, default_port: int, token_variable: str) -> argparse.ArgumentParser:
-    """The flags every emulator's ``python -m autodeployer.emulators.<name>`` shares.
+    """The flags every emulator's ``python -m autodeployer_emulators.<name>`` shares.
 
     The token is read from ``token_variable`` only: a flag would put it in argv, where ``ps``
     shows it to every user of the machine.
     """
     parser = argparse.ArgumentParser(
-        prog=f"python -m autodeployer.emulators.{name}",
+        prog=f"python -m autodeployer_emulators.{name}",
         description=f"Serve the {name} emulator until Ctrl-C. Set {token_variable} to require "
                     "a token; without it, authentication is off.",
     )

@@ -45,7 +45,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from autodeployer.emulators._server import (
+from autodeployer_emulators._server import (
     LoopbackServer,
     serve_forever,
     standalone_parser,

@@ -16,7 +16,7 @@ runs in another thread while the test inspects and steers it in-process (``entit
 
 Run by hand::
 
-    SESAM_EMULATOR_TOKEN=secret python -m autodeployer.emulators.sesam --host 127.0.0.1 --port 9042
+    SESAM_EMULATOR_TOKEN=secret python -m autodeployer_emulators.sesam --host 127.0.0.1 --port 9042
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from autodeployer.emulators._server import (
+from autodeployer_emulators._server import (
     LoopbackServer,
     serve_forever,
     standalone_parser,
