@@ -14,7 +14,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Self
 
 import uvicorn
 
@@ -49,7 +49,7 @@ class LoopbackServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> "LoopbackServer":
+    def start(self) -> Self:
         """Start serving; starting a running server does nothing (so `serve()` can hand out a
         started server and `with emulator.serve() as server:` still works)."""
         if self._thread is not None:
@@ -78,7 +78,7 @@ class LoopbackServer:
         self._thread = None
         self._sock.close()
 
-    def __enter__(self) -> "LoopbackServer":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
