@@ -22,8 +22,8 @@ from typing import Any
 
 import httpx
 
-from autodeployer.emulators.github import GitHubEmulator, encode_body, sign_sha1, sign_sha256
-from autodeployer.emulators.gitserver import WorkRepo
+from autodeployer_emulators.github import GitHubEmulator, encode_body, sign_sha1, sign_sha256
+from autodeployer_emulators.gitserver import WorkRepo
 
 from . import ROOT
 from .core import proc_cpu_seconds, wait_until

@@ -21,7 +21,7 @@ import httpx
 from pydantic import SecretStr
 
 from autodeployer.config import AppConfig, Config, Policy, ServiceSettings
-from autodeployer.emulators.gitserver import WorkRepo, basic_auth_header, extra_header_env, git_env
+from autodeployer_emulators.gitserver import WorkRepo, basic_auth_header, extra_header_env, git_env
 from autodeployer.logs import configure_logging
 from autodeployer.model import Result, Trigger
 from autodeployer.service import Runtime, build_runtime

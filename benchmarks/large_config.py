@@ -26,9 +26,9 @@ import httpx
 from pydantic import SecretStr
 
 from autodeployer.config import AppConfig, Config, Policy, ServiceSettings
-from autodeployer.emulators._server import LoopbackServer
-from autodeployer.emulators.gitserver import WorkRepo
-from autodeployer.emulators.sesam import SesamEmulator
+from autodeployer_emulators._server import LoopbackServer
+from autodeployer_emulators.gitserver import WorkRepo
+from autodeployer_emulators.sesam import SesamEmulator
 from autodeployer.logs import configure_logging
 from autodeployer.model import Result, Trigger
 from autodeployer.service import build_runtime

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autodeployer.emulators.sesam import SesamEmulator
+from autodeployer_emulators.sesam import SesamEmulator
 from autodeployer.scheduling import SETTLE
 
 from .core import Options, ScenarioResult, Summary, Table, fmt_summary, ms, percentile, wait_until

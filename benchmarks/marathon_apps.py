@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autodeployer.emulators.github import GitHubEmulator
-from autodeployer.emulators.gitserver import WorkRepo
-from autodeployer.emulators.marathon import MarathonEmulator
+from autodeployer_emulators.github import GitHubEmulator
+from autodeployer_emulators.gitserver import WorkRepo
+from autodeployer_emulators.marathon import MarathonEmulator
 
 from .core import Options, ScenarioResult, Summary, Table, count, fmt_summary, wait_until
 from .fixtures import Hookshot, ServerProcess, webhook_service

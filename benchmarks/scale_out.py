@@ -45,9 +45,9 @@ from typing import Any
 import httpx
 import yaml
 
-from autodeployer.emulators._server import LoopbackServer
-from autodeployer.emulators.gitserver import WorkRepo
-from autodeployer.emulators.sesam import SesamEmulator
+from autodeployer_emulators._server import LoopbackServer
+from autodeployer_emulators.gitserver import WorkRepo
+from autodeployer_emulators.sesam import SesamEmulator
 
 from .core import (
     Options,

@@ -20,9 +20,9 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
-from autodeployer.emulators._server import LoopbackServer
-from autodeployer.emulators.gitserver import GitHttpServer
-from autodeployer.emulators.sesam import SesamEmulator
+from autodeployer_emulators._server import LoopbackServer
+from autodeployer_emulators.gitserver import GitHttpServer
+from autodeployer_emulators.sesam import SesamEmulator
 
 Message = MutableMapping[str, Any]
 ASGI = Callable[[MutableMapping[str, Any], Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from autodeployer.emulators.github import GitHubEmulator
-from autodeployer.emulators.gitserver import GitDaemon, GitHttpServer, WorkRepo
-from autodeployer.emulators.sesam import SesamEmulator
+from autodeployer_emulators.github import GitHubEmulator
+from autodeployer_emulators.gitserver import GitDaemon, GitHttpServer, WorkRepo
+from autodeployer_emulators.sesam import SesamEmulator
 
 from .helpers import GIT_TOKEN, SESAM_JWT, base_env, base_files, free_port, wait_for
 from .scale.pgserver import PgServer

@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from autodeployer.emulators.gitserver import WorkRepo
-from autodeployer.emulators.sesam import SesamEmulator
+from autodeployer_emulators.gitserver import WorkRepo
+from autodeployer_emulators.sesam import SesamEmulator
 
 from .conftest import Service, ServiceFactory
 from .helpers import ADMIN_TOKEN, entity_json, pipe, stripped, wait_for

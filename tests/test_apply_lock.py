@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from autodeployer.coordination import AppLock
-from autodeployer.emulators._server import LoopbackServer
-from autodeployer.emulators.gitserver import WorkRepo
-from autodeployer.emulators.sesam import SesamEmulator
+from autodeployer_emulators._server import LoopbackServer
+from autodeployer_emulators.gitserver import WorkRepo
+from autodeployer_emulators.sesam import SesamEmulator
 from autodeployer.store import SQLiteStore
 
 from .conftest import ServiceFactory

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from autodeployer.emulators.sesam import SesamEmulator
+from autodeployer_emulators.sesam import SesamEmulator
 
 from .helpers import free_port, run_cli
 

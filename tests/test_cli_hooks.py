@@ -7,8 +7,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from autodeployer.emulators.github import GitHubEmulator
-from autodeployer.emulators.gitserver import WorkRepo
+from autodeployer_emulators.github import GitHubEmulator
+from autodeployer_emulators.gitserver import WorkRepo
 
 from .helpers import WEBHOOK_SECRET, entity_json, free_port, pipe, run_cli, wait_for
 

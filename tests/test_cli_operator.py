@@ -11,8 +11,8 @@ from pathlib import Path
 
 import httpx
 
-from autodeployer.emulators.gitserver import WorkRepo
-from autodeployer.emulators.marathon import MarathonEmulator
+from autodeployer_emulators.gitserver import WorkRepo
+from autodeployer_emulators.marathon import MarathonEmulator
 
 from .helpers import GIT_TOKEN, MARATHON_TOKEN, base_env, run_cli
 

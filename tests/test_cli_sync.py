@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from autodeployer.emulators.gitserver import GitDaemon, GitHttpServer, WorkRepo
-from autodeployer.emulators.sesam import SesamEmulator
+from autodeployer_emulators.gitserver import GitDaemon, GitHttpServer, WorkRepo
+from autodeployer_emulators.sesam import SesamEmulator
 
 from .helpers import (
     BASE_METADATA,

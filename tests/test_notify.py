@@ -15,8 +15,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from autodeployer.emulators._server import LoopbackServer
-from autodeployer.emulators.gitserver import WorkRepo
+from autodeployer_emulators._server import LoopbackServer
+from autodeployer_emulators.gitserver import WorkRepo
 from autodeployer.model import Result
 from autodeployer.notify import event_for, is_slack
 

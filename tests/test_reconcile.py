@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from autodeployer.emulators.gitserver import GitHttpServer, WorkRepo
-from autodeployer.emulators.sesam import SesamEmulator
+from autodeployer_emulators.gitserver import GitHttpServer, WorkRepo
+from autodeployer_emulators.sesam import SesamEmulator
 from autodeployer.model import SourceFile, Tree
 from autodeployer.targets.sesam import ParseMemo, parse_desired
 

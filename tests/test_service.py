@@ -10,8 +10,8 @@ from pathlib import Path
 
 import httpx
 
-from autodeployer.emulators.gitserver import GitHttpServer, WorkRepo
-from autodeployer.emulators.sesam import SesamEmulator
+from autodeployer_emulators.gitserver import GitHttpServer, WorkRepo
+from autodeployer_emulators.sesam import SesamEmulator
 
 from .helpers import ALL_SECRETS, SESAM_JWT, entity_json, history_rows, pipe, stripped, wait_for
 

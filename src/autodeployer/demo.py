@@ -17,8 +17,8 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from .config import AppConfig, Config, Policy, ServiceSettings, repo_full_name
-from .emulators.gitserver import GitHttpServer, WorkRepo
-from .emulators.sesam import SesamEmulator
+from autodeployer_emulators.gitserver import GitHttpServer, WorkRepo
+from autodeployer_emulators.sesam import SesamEmulator
 from .runner import serve
 from .service import bind_listener, make_redactor, setup_logging
 from .sources.spec import SourceSpec

@@ -22,8 +22,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from autodeployer.emulators._server import LoopbackServer
-from autodeployer.emulators.github import GitHubEmulator, sign_sha256
+from autodeployer_emulators._server import LoopbackServer
+from autodeployer_emulators.github import GitHubEmulator, sign_sha256
 
 TOKEN = "ghp_secret"
 SECRET = "s3cr3t-for-tests"

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from github import Auth, Github, GithubException
 
-from autodeployer.emulators.github import GitHubEmulator
-from autodeployer.emulators.gitserver import WorkRepo
+from autodeployer_emulators.github import GitHubEmulator
+from autodeployer_emulators.gitserver import WorkRepo
 
 TOKEN = "ghp_official-client-SECRET"
 HOOK_URL = "http://127.0.0.1:9/webhook"

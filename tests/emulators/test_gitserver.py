@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from autodeployer.emulators.gitserver import (
+from autodeployer_emulators.gitserver import (
     GitDaemon,
     GitError,
     GitHttpServer,

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from autodeployer.emulators.marathon import MarathonEmulator, canonical_id, parse_label_selector
+from autodeployer_emulators.marathon import MarathonEmulator, canonical_id, parse_label_selector
 
 DURATION = 0.1
 

@@ -20,7 +20,7 @@ from marathon import MarathonClient  # noqa: E402
 from marathon.exceptions import ConflictError, MarathonHttpError, NotFoundError  # noqa: E402
 from marathon.models import MarathonApp, MarathonHealthCheck  # noqa: E402
 
-from autodeployer.emulators.marathon import FAIL_ENV, UNHEALTHY_ENV, MarathonEmulator  # noqa: E402
+from autodeployer_emulators.marathon import FAIL_ENV, UNHEALTHY_ENV, MarathonEmulator  # noqa: E402
 
 from ..helpers import MARATHON_TOKEN, wait_for  # noqa: E402
 

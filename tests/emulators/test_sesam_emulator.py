@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autodeployer.emulators.sesam import (
+from autodeployer_emulators.sesam import (
     CheckContext,
     Posted,
     SesamEmulator,
@@ -814,7 +814,7 @@ def test_command_line_serves_with_token_from_environment() -> None:
         port = probe.getsockname()[1]
     env = {**os.environ, "SESAM_EMULATOR_JWT": "cli-token"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "autodeployer.emulators.sesam", "--port", str(port)],
+        [sys.executable, "-m", "autodeployer_emulators.sesam", "--port", str(port)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from autodeployer.emulators.gitserver import WorkRepo
-from autodeployer.emulators.sesam import SesamEmulator
+from autodeployer_emulators.gitserver import WorkRepo
+from autodeployer_emulators.sesam import SesamEmulator
 
 from ..helpers import entity_json, pipe, run_cli, stripped
 

@@ -21,7 +21,7 @@ from sesamclient.exceptions import (
     PumpDoesNotSupportTheOperation,
 )
 
-from autodeployer.emulators.sesam import SesamEmulator
+from autodeployer_emulators.sesam import SesamEmulator
 
 from ..helpers import SESAM_JWT, pipe, system
 

@@ -1,6 +1,6 @@
 """Each emulator as a stand-alone server: the same flags and the same token-variable naming.
 
-``python -m autodeployer.emulators.<name> --host H --port P`` with the token in
+``python -m autodeployer_emulators.<name> --host H --port P`` with the token in
 ``<NAME>_EMULATOR_TOKEN`` (never in argv), as docs/emulators.md describes.
 """
 
@@ -45,7 +45,7 @@ def test_standalone_flags_and_token_variable(name: str, variable: str, path: str
     port = free_port()
     env = {**os.environ, variable: TOKEN}
     process = subprocess.Popen(
-        [sys.executable, "-m", f"autodeployer.emulators.{name}", "--host", "127.0.0.1",
+        [sys.executable, "-m", f"autodeployer_emulators.{name}", "--host", "127.0.0.1",
          "--port", str(port)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from autodeployer.emulators.github import GitHubEmulator
-from autodeployer.emulators.gitserver import WorkRepo
-from autodeployer.emulators.sesam import SesamEmulator
+from autodeployer_emulators.github import GitHubEmulator
+from autodeployer_emulators.gitserver import WorkRepo
+from autodeployer_emulators.sesam import SesamEmulator
 
 from ..helpers import ALL_SECRETS, GIT_TOKEN, run_cli
 

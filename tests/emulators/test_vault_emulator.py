@@ -17,8 +17,8 @@ import hvac.exceptions  # type: ignore[import-untyped]
 import pytest
 import requests
 
-from autodeployer.emulators._server import LoopbackServer
-from autodeployer.emulators.vault import VaultEmulator
+from autodeployer_emulators._server import LoopbackServer
+from autodeployer_emulators.vault import VaultEmulator
 from tests.helpers import free_port, wait_for
 
 ROOT = "root-token"
@@ -190,7 +190,7 @@ def test_standalone_entry_point(tmp_path: os.PathLike[str]) -> None:
         handle.write('{"sesam/db": {"password": "p"}}')
     env = {**os.environ, "VAULT_EMULATOR_TOKEN": "cli-root"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "autodeployer.emulators.vault", "--port", str(port), "--seed", seed],
+        [sys.executable, "-m", "autodeployer_emulators.vault", "--port", str(port), "--seed", seed],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from autodeployer.emulators.sesam import SesamEmulator
+from autodeployer_emulators.sesam import SesamEmulator
 
 from ..helpers import ADMIN_TOKEN, WEBHOOK_SECRET
 from . import support

@@ -20,9 +20,9 @@ from typing import Any
 import httpx
 import pytest
 
-from autodeployer.emulators.gitserver import GitHttpServer, WorkRepo
-from autodeployer.emulators.marathon import MarathonEmulator
-from autodeployer.emulators.sesam import SesamEmulator
+from autodeployer_emulators.gitserver import GitHttpServer, WorkRepo
+from autodeployer_emulators.marathon import MarathonEmulator
+from autodeployer_emulators.sesam import SesamEmulator
 
 from ..helpers import (
     ADMIN_TOKEN,

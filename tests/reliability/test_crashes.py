@@ -22,8 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from autodeployer.emulators.gitserver import GitHttpServer, WorkRepo
-from autodeployer.emulators.sesam import SesamEmulator
+from autodeployer_emulators.gitserver import GitHttpServer, WorkRepo
+from autodeployer_emulators.sesam import SesamEmulator
 
 from ..helpers import entity_json, history_rows, pipe, stripped, wait_for
 from .faultproxy import FaultProxy

@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from autodeployer.emulators.gitserver import GitHttpServer, WorkRepo
-from autodeployer.emulators.sesam import SesamEmulator
+from autodeployer_emulators.gitserver import GitHttpServer, WorkRepo
+from autodeployer_emulators.sesam import SesamEmulator
 
 from ..helpers import entity_json, free_port, history_rows, pipe, stripped, wait_for
 from .faultproxy import FaultProxy

@@ -18,9 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from autodeployer.emulators.github import GitHubEmulator
-from autodeployer.emulators.gitserver import WorkRepo
-from autodeployer.emulators.sesam import SesamEmulator
+from autodeployer_emulators.github import GitHubEmulator
+from autodeployer_emulators.gitserver import WorkRepo
+from autodeployer_emulators.sesam import SesamEmulator
 
 from ..helpers import (
     ADMIN_TOKEN,

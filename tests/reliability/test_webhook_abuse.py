@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
-from autodeployer.emulators.gitserver import WorkRepo
-from autodeployer.emulators.sesam import SesamEmulator
+from autodeployer_emulators.gitserver import WorkRepo
+from autodeployer_emulators.sesam import SesamEmulator
 from autodeployer.web.webhook import sign
 
 from ..helpers import WEBHOOK_SECRET, entity_json, history_rows, pipe, stripped, wait_for

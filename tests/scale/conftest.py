@@ -21,9 +21,9 @@ from typing import Any
 import httpx
 import pytest
 
-from autodeployer.emulators._server import LoopbackServer
-from autodeployer.emulators.gitserver import GitHttpServer, WorkRepo
-from autodeployer.emulators.sesam import SesamEmulator
+from autodeployer_emulators._server import LoopbackServer
+from autodeployer_emulators.gitserver import GitHttpServer, WorkRepo
+from autodeployer_emulators.sesam import SesamEmulator
 from autodeployer.web.webhook import sign
 
 from ..conftest import Service, ServiceFactory

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from autodeployer.emulators._server import LoopbackServer
-from autodeployer.emulators.vault import VaultEmulator
+from autodeployer_emulators._server import LoopbackServer
+from autodeployer_emulators.vault import VaultEmulator
 from autodeployer.secret_sources import (
     EnvSecretSource,
     FileSecretSource,

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from autodeployer.emulators.gitserver import GitDaemon, GitHttpServer, WorkRepo
+from autodeployer_emulators.gitserver import GitDaemon, GitHttpServer, WorkRepo
 from autodeployer.errors import SourceError
 from autodeployer.sources.git import GitSource
 from autodeployer.sources.smarthttp import find_ref, ls_refs_request, parse_pkt_lines
@@ -116,7 +116,7 @@ def test_non_smart_server_falls_back_to_git(tmp_path: Path):
     from starlette.responses import HTMLResponse
     from starlette.routing import Route
 
-    from autodeployer.emulators._server import LoopbackServer
+    from autodeployer_emulators._server import LoopbackServer
 
     app = Starlette(routes=[Route("/{path:path}", lambda r: HTMLResponse("<html>login</html>"))])
     with LoopbackServer(app) as server:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from autodeployer.emulators.gitserver import GitHttpServer, WorkRepo
+from autodeployer_emulators.gitserver import GitHttpServer, WorkRepo
 from autodeployer.logs import Redactor
 from autodeployer.model import Tree
 from autodeployer.targets.base import SyncContext, TargetDeps

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from autodeployer.dploy import dploy_hook_url, load_dploy
-from autodeployer.emulators.gitserver import GitHttpServer, WorkRepo
-from autodeployer.emulators.marathon import MarathonEmulator
+from autodeployer_emulators.gitserver import GitHttpServer, WorkRepo
+from autodeployer_emulators.marathon import MarathonEmulator
 from autodeployer.errors import Refused, TargetError
 from autodeployer.logs import Redactor
 from autodeployer.model import Result, SourceFile, Tree, Trigger

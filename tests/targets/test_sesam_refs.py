@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from autodeployer.emulators.sesam import ENV_REF
+from autodeployer_emulators.sesam import ENV_REF
 from autodeployer.secret_sources import Fingerprinter
 from autodeployer.targets.sesam_refs import (
     Ref,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from autodeployer.emulators.gitserver import WorkRepo
-from autodeployer.emulators.sesam import SesamEmulator
+from autodeployer_emulators.gitserver import WorkRepo
+from autodeployer_emulators.sesam import SesamEmulator
 
 from ..helpers import ADMIN_TOKEN, ALL_SECRETS, entity_json, pipe, run_cli, stripped, wait_for
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from autodeployer.emulators._server import LoopbackServer
-from autodeployer.emulators.gitserver import WorkRepo
+from autodeployer_emulators._server import LoopbackServer
+from autodeployer_emulators.gitserver import WorkRepo
 from autodeployer.web.pages import diff_class, relative_time
 
 from ..helpers import (
@@ -289,7 +289,7 @@ def test_overview_names_the_problem_shows_prune_warnings_and_uses_the_width(
     """Two apps in one service: a refused Sesam commit's card leads with its first problem (file and line,
     not only "not deployable"); a Marathon app in sync that would prune an app shows that warning; and on
     a desktop the two cards share the width instead of sitting in two of three columns."""
-    from autodeployer.emulators.marathon import MarathonEmulator
+    from autodeployer_emulators.marathon import MarathonEmulator
 
     from ..helpers import GIT_TOKEN, MARATHON_TOKEN, SESAM_JWT, base_env
 

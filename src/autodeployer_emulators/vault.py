@@ -11,7 +11,7 @@ thread while the test steers it in-process (``put()``, ``add_token()``, ``fail_n
 
 Run by hand::
 
-    VAULT_EMULATOR_TOKEN=root python -m autodeployer.emulators.vault --host 127.0.0.1 --port 8200
+    VAULT_EMULATOR_TOKEN=root python -m autodeployer_emulators.vault --host 127.0.0.1 --port 8200
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from autodeployer.emulators._server import LoopbackServer
+from autodeployer_emulators._server import LoopbackServer
 
 __all__ = ["RequestRecord", "VaultEmulator", "main"]
 
@@ -391,7 +391,7 @@ def _envelope(*, data: Any = None, auth: Any = None) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve until Ctrl-C; tokens come from the environment only, never from argv."""
     parser = argparse.ArgumentParser(
-        prog="python -m autodeployer.emulators.vault",
+        prog="python -m autodeployer_emulators.vault",
         description=(
             "HashiCorp Vault emulator (KV v2, token and GitHub login). The root token comes from "
             "VAULT_EMULATOR_TOKEN; a GitHub token accepted by the login from "

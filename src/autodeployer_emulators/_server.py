@@ -14,7 +14,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Self
 
 import uvicorn
 
@@ -49,7 +49,7 @@ class LoopbackServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> "LoopbackServer":
+    def start(self) -> Self:
         """Start serving; starting a running server does nothing (so `serve()` can hand out a
         started server and `with emulator.serve() as server:` still works)."""
         if self._thread is not None:
@@ -78,7 +78,7 @@ class LoopbackServer:
         self._thread = None
         self._sock.close()
 
-    def __enter__(self) -> "LoopbackServer":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -86,13 +86,13 @@ class LoopbackServer:
 
 
 def standalone_parser(name: str, default_port: int, token_variable: str) -> argparse.ArgumentParser:
-    """The flags every emulator's ``python -m autodeployer.emulators.<name>`` shares.
+    """The flags every emulator's ``python -m autodeployer_emulators.<name>`` shares.
 
     The token is read from ``token_variable`` only: a flag would put it in argv, where ``ps``
     shows it to every user of the machine.
     """
     parser = argparse.ArgumentParser(
-        prog=f"python -m autodeployer.emulators.{name}",
+        prog=f"python -m autodeployer_emulators.{name}",
         description=f"Serve the {name} emulator until Ctrl-C. Set {token_variable} to require "
                     "a token; without it, authentication is off.",
     )

@@ -33,9 +33,9 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
-from autodeployer.emulators._server import LoopbackServer
+from autodeployer_emulators._server import LoopbackServer
 
 __all__ = [
     "GitDaemon",
@@ -118,6 +118,7 @@ def run_git(
         stdin=None if input is not None else subprocess.DEVNULL,
         capture_output=True,
         timeout=timeout,
+        check=False,  # the caller's ``check`` raises GitError, with git's stderr, below
     )
     if check and proc.returncode != 0:
         raise GitError(argv, proc.returncode, proc.stderr.decode(errors="replace"))
@@ -642,7 +643,7 @@ class GitDaemon:
         self._requested_port = port
         self.port = port
         self._proc: subprocess.Popen[bytes] | None = None
-        self._finalizer: weakref.finalize | None = None
+        self._finalizer: weakref.finalize[[subprocess.Popen[bytes]], GitDaemon] | None = None
         # Outlives start/stop so log_text() works after a failed start; closed on GC.
         self._log = tempfile.TemporaryFile()  # noqa: SIM115
 
@@ -660,7 +661,7 @@ class GitDaemon:
             str(self.root),
         ]
 
-    def start(self, timeout: float = 10) -> GitDaemon:
+    def start(self, timeout: float = 10) -> Self:
         if self._proc is not None:
             raise RuntimeError("already started")
         attempts = 1 if self._requested_port else 5  # a free port can be taken before we bind it
@@ -716,7 +717,7 @@ class GitDaemon:
     def url_for(self, repo: str) -> str:
         return f"{self.url}/{repo.lstrip('/')}"
 
-    def __enter__(self) -> GitDaemon:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
