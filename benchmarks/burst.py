@@ -15,9 +15,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from autodeployer.scheduling import BURST_MAX_WAIT, SETTLE
 from autodeployer_emulators.gitserver import git_env
 from autodeployer_emulators.sesam import SesamEmulator
-from autodeployer.scheduling import BURST_MAX_WAIT, SETTLE
 
 from .core import Options, ScenarioResult, Summary, Table, count, fmt_summary, ms, wait_until
 from .fixtures import (

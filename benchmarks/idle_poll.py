@@ -20,13 +20,13 @@ from pathlib import Path
 import httpx
 from pydantic import SecretStr
 
-from autodeployer.config import AppConfig, Config, Policy, ServiceSettings
-from autodeployer_emulators.gitserver import WorkRepo, basic_auth_header, extra_header_env, git_env
+from autodeployer.config.loader import AppConfig, Config, Policy, ServiceSettings
 from autodeployer.logs import configure_logging
 from autodeployer.model import Result, Trigger
-from autodeployer.service import Runtime, build_runtime
+from autodeployer.runtime import Runtime, build_runtime
 from autodeployer.sources.spec import SourceSpec
 from autodeployer.targets import sesam
+from autodeployer_emulators.gitserver import WorkRepo, basic_auth_header, extra_header_env, git_env
 
 from .core import (
     CpuSample,

@@ -25,16 +25,16 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
-from autodeployer.config import AppConfig, Config, Policy, ServiceSettings
-from autodeployer_emulators._server import LoopbackServer
-from autodeployer_emulators.gitserver import WorkRepo
-from autodeployer_emulators.sesam import SesamEmulator
+from autodeployer.config.loader import AppConfig, Config, Policy, ServiceSettings
 from autodeployer.logs import configure_logging
 from autodeployer.model import Result, Trigger
-from autodeployer.service import build_runtime
+from autodeployer.runtime import build_runtime
 from autodeployer.sources.spec import SourceSpec
 from autodeployer.targets import sesam
 from autodeployer.targets.sesam import diff, parse_desired
+from autodeployer_emulators._server import LoopbackServer
+from autodeployer_emulators.gitserver import WorkRepo
+from autodeployer_emulators.sesam import SesamEmulator
 
 from . import ROOT
 from .core import CpuSample, Options, ScenarioResult, Summary, Table, fmt_summary, mb, ms

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autodeployer_emulators.sesam import SesamEmulator
 from autodeployer.scheduling import SETTLE
+from autodeployer_emulators.sesam import SesamEmulator
 
 from .core import Options, ScenarioResult, Summary, Table, fmt_summary, ms, percentile, wait_until
 from .fixtures import (

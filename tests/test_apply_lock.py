@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 
 from autodeployer.coordination import AppLock
+from autodeployer.store import SQLiteStore
 from autodeployer_emulators._server import LoopbackServer
 from autodeployer_emulators.gitserver import WorkRepo
 from autodeployer_emulators.sesam import SesamEmulator
-from autodeployer.store import SQLiteStore
 
 from .conftest import ServiceFactory
 from .helpers import SESAM_JWT, entity_json, history_rows, pipe, run_cli, stripped, wait_for

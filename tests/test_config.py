@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from autodeployer.config import load_config, normalise_sync_root, repo_full_name, split_credentials
+from autodeployer.config.loader import load_config, normalise_sync_root, repo_full_name, split_credentials
+from autodeployer.config.variables import parse_bool
 from autodeployer.errors import ConfigError
-from autodeployer.settings import parse_bool
 
 BASE = {"GITHUB_USER": "acme", "GITHUB_PROJECT": "cfg", "JWT": "jwt-value-123456"}
 

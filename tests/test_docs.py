@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from autodeployer.config import all_variables, load_config, settings_table
+from autodeployer.config.loader import all_variables, load_config, settings_table
 
 from .helpers import base_env, run_cli
 
@@ -275,7 +275,7 @@ def test_marathon_example_of_scale_out_runs_autodeployer():
 
 def test_dploy_example_loads(tmp_path: Path):
     """examples/dploy is a dploy project: its descriptor and its spec are read by the real code."""
-    from autodeployer.dploy import dploy_hook_url, read_dploy
+    from autodeployer.config.dploy import dploy_hook_url, read_dploy
     from autodeployer.model import SourceFile, Tree
     from autodeployer.targets.marathon import parse_desired
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from autodeployer.dploy import (
+from autodeployer.config.dploy import (
     DPLOY_HOOK_PATH,
     dploy_hook_url,
     parse_descriptor,

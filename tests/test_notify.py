@@ -15,10 +15,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from autodeployer.model import Result
+from autodeployer.reporters.notify import event_for, is_slack
 from autodeployer_emulators._server import LoopbackServer
 from autodeployer_emulators.gitserver import WorkRepo
-from autodeployer.model import Result
-from autodeployer.notify import event_for, is_slack
 
 from .helpers import ADMIN_TOKEN, GIT_TOKEN, base_env, entity_json, free_port, history_rows, pipe, wait_for
 

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from autodeployer_emulators.gitserver import GitHttpServer, WorkRepo
-from autodeployer_emulators.sesam import SesamEmulator
 from autodeployer.model import SourceFile, Tree
 from autodeployer.targets.sesam import ParseMemo, parse_desired
+from autodeployer_emulators.gitserver import GitHttpServer, WorkRepo
+from autodeployer_emulators.sesam import SesamEmulator
 
 from .helpers import entity_json, history_rows, pipe, run_cli, stripped, wait_for
 

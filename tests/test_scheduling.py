@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autodeployer.config import AppConfig, Policy
+from autodeployer.config.loader import AppConfig, Policy
 from autodeployer.model import Result, SyncResult, Trigger
 from autodeployer.scheduling import AppWorker, backoff_delay
 from autodeployer.sources.spec import SourceSpec

@@ -16,11 +16,12 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from .config import AppConfig, Config, Policy, ServiceSettings, repo_full_name
 from autodeployer_emulators.gitserver import GitHttpServer, WorkRepo
 from autodeployer_emulators.sesam import SesamEmulator
-from .runner import serve
-from .service import bind_listener, make_redactor, setup_logging
+
+from .config.loader import AppConfig, Config, Policy, ServiceSettings, repo_full_name
+from .runtime import bind_listener, make_redactor, setup_logging
+from .serve import serve
 from .sources.spec import SourceSpec
 from .targets import sesam
 

@@ -10,26 +10,19 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from .config import AppConfig
+from .config.loader import AppConfig
 from .errors import AutodeployerError, OwnershipLost, Refused, SourceError, TargetError
 from .logs import Redactor, get_logger
 from .model import Action, CommitInfo, Plan, Problem, Result, SyncResult, Tree, Trigger
+from .reporters.base import Reporter
 from .sources.git import GitSource
 from .store import AppState, StateChange, Store
 from .targets.base import SyncContext, Target
 
 LOCK_WAIT = 30.0  # seconds a sync waits for another process's sync of the app (the worker passes 0)
 LOCK_RETRY = 1.0  # seconds after which the worker tries again when the app was locked elsewhere
-
-
-class Reporter(Protocol):
-    """Told about syncs: logs, metrics, commit statuses, notifications."""
-
-    async def started(self, app: AppConfig, revision: str, trigger: Trigger) -> None: ...
-
-    async def finished(self, app: AppConfig, result: SyncResult, commit: CommitInfo | None) -> None: ...
 
 
 @dataclass

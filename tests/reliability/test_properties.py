@@ -20,10 +20,10 @@ from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from autodeployer.config import Config, apps_from_yaml, load_config
+from autodeployer.config.loader import Config, apps_from_yaml, load_config
+from autodeployer.config.variables import parse_bool
 from autodeployer.errors import ConfigError, Refused
 from autodeployer.model import SourceFile, Tree, Trigger
-from autodeployer.settings import parse_bool
 from autodeployer.targets import sesam as sesam_target
 from autodeployer.targets.marathon import desired as marathon_desired
 from autodeployer.targets.marathon import diff as marathon_diff

@@ -22,9 +22,9 @@ from typing import Any
 import httpx
 import pytest
 
+from autodeployer.web.webhook import sign
 from autodeployer_emulators.gitserver import WorkRepo
 from autodeployer_emulators.sesam import SesamEmulator
-from autodeployer.web.webhook import sign
 
 from ..helpers import WEBHOOK_SECRET, entity_json, history_rows, pipe, stripped, wait_for
 from .support import check_no_leaks, latency_summary, proc_status, reset_peak

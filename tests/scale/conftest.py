@@ -21,10 +21,10 @@ from typing import Any
 import httpx
 import pytest
 
+from autodeployer.web.webhook import sign
 from autodeployer_emulators._server import LoopbackServer
 from autodeployer_emulators.gitserver import GitHttpServer, WorkRepo
 from autodeployer_emulators.sesam import SesamEmulator
-from autodeployer.web.webhook import sign
 
 from ..conftest import Service, ServiceFactory
 from ..helpers import (

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from autodeployer import store_pg
-from autodeployer.config import load_config
+from autodeployer.config.loader import load_config
 from autodeployer.errors import ConfigError, OwnershipLost, StoreUnavailable
 from autodeployer.model import Result, SyncResult, Trigger
 from autodeployer.store import AppState

@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from autodeployer_emulators._server import LoopbackServer
-from autodeployer_emulators.vault import VaultEmulator
 from autodeployer.secret_sources import (
     EnvSecretSource,
     FileSecretSource,
@@ -24,6 +22,8 @@ from autodeployer.secret_sources import (
     VaultSettings,
 )
 from autodeployer.secret_sources.fingerprint import KEY_FILE, FingerprintKeyError
+from autodeployer_emulators._server import LoopbackServer
+from autodeployer_emulators.vault import VaultEmulator
 from tests.helpers import free_port
 
 ROOT = "vault-root-token"

@@ -9,11 +9,11 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from autodeployer_emulators.gitserver import GitDaemon, GitHttpServer, WorkRepo
 from autodeployer.errors import SourceError
 from autodeployer.sources.git import GitSource
 from autodeployer.sources.smarthttp import find_ref, ls_refs_request, parse_pkt_lines
 from autodeployer.sources.spec import SourceSpec
+from autodeployer_emulators.gitserver import GitDaemon, GitHttpServer, WorkRepo
 
 from ..helpers import GIT_TOKEN
 

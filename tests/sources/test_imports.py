@@ -17,4 +17,4 @@ def test_git_source_imports_no_target_and_no_config_model():
     loaded = loaded_after("import autodeployer.sources.git")
     assert "autodeployer.sources.spec" in loaded
     assert [m for m in loaded if m.startswith("autodeployer.targets")] == []
-    assert "autodeployer.config" not in loaded
+    assert "autodeployer.config.loader" not in loaded

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from autodeployer_emulators.gitserver import GitHttpServer, WorkRepo
 from autodeployer.logs import Redactor
 from autodeployer.model import Tree
 from autodeployer.targets.base import SyncContext, TargetDeps
 from autodeployer.targets.command import Output, Spec, create
+from autodeployer_emulators.gitserver import GitHttpServer, WorkRepo
 
 from ..helpers import GIT_TOKEN, MARATHON_TOKEN, base_env, history_rows, run_cli
 

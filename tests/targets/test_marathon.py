@@ -14,17 +14,17 @@ from typing import Any
 import httpx
 import pytest
 
-from autodeployer.dploy import dploy_hook_url, load_dploy
-from autodeployer_emulators.gitserver import GitHttpServer, WorkRepo
-from autodeployer_emulators.marathon import MarathonEmulator
+from autodeployer.config.dploy import dploy_hook_url, load_dploy
 from autodeployer.errors import Refused, TargetError
 from autodeployer.logs import Redactor
 from autodeployer.model import Result, SourceFile, Tree, Trigger
-from autodeployer.service import build_runtime
+from autodeployer.runtime import build_runtime
 from autodeployer.targets.base import SyncContext, TargetDeps
 from autodeployer.targets.marathon import Spec, create
 from autodeployer.targets.marathon.desired import parse_desired
 from autodeployer.targets.marathon.diff import compared_view, removed_paths
+from autodeployer_emulators.gitserver import GitHttpServer, WorkRepo
+from autodeployer_emulators.marathon import MarathonEmulator
 
 from ..helpers import GIT_TOKEN, MARATHON_TOKEN, base_env, history_rows, run_cli, wait_for
 

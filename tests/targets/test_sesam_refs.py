@@ -11,7 +11,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from autodeployer_emulators.sesam import ENV_REF
 from autodeployer.secret_sources import Fingerprinter
 from autodeployer.targets.sesam_refs import (
     Ref,
@@ -28,6 +27,7 @@ from autodeployer.targets.sesam_refs import (
     same_value,
     variables_location,
 )
+from autodeployer_emulators.sesam import ENV_REF
 
 PIPE = {
     "_id": "orders",

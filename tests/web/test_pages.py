@@ -19,9 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from autodeployer.web.pages import diff_class, relative_time
 from autodeployer_emulators._server import LoopbackServer
 from autodeployer_emulators.gitserver import WorkRepo
-from autodeployer.web.pages import diff_class, relative_time
 
 from ..helpers import (
     ADMIN_TOKEN,

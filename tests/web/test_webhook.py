@@ -10,10 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from autodeployer.web.webhook import sign, signature_valid
 from autodeployer_emulators.github import GitHubEmulator
 from autodeployer_emulators.gitserver import WorkRepo
 from autodeployer_emulators.sesam import SesamEmulator
-from autodeployer.web.webhook import sign, signature_valid
 
 from ..helpers import WEBHOOK_SECRET, entity_json, history_rows, pipe, run_cli, stripped, wait_for
 

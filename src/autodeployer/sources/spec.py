@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import SecretStr
 
-from ..settings import Frozen
+from ..config.variables import Frozen
 
 
 class SourceSpec(Frozen):

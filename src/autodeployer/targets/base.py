@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 import httpx
 
+from ..config.variables import EnvReader, Frozen, Variable
 from ..logs import Redactor
 from ..model import ApplyReport, Plan, Tree
-from ..settings import EnvReader, Frozen, Variable
 
 if TYPE_CHECKING:
-    from ..config import AppConfig
+    from ..config.loader import AppConfig
     from ..sources.git import GitSource
 
 

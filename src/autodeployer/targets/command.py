@@ -20,10 +20,10 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from ..config.variables import EnvReader, Frozen, StrictBool, Variable, validate_model
 from ..errors import ConfigError, TargetError
 from ..logs import get_logger
 from ..model import Action, ApplyReport, Change, Plan
-from ..settings import EnvReader, Frozen, StrictBool, Variable, validate_model
 from .base import SyncContext, TargetDeps
 
 KIND = "command"

@@ -15,11 +15,11 @@ from typing import Any, Literal
 
 from pydantic import SecretStr
 
+from ..config.variables import EnvReader, Frozen, StrictBool, Variable, strip_bearer, validate_model
 from ..errors import ConfigError, Refused, TargetError
 from ..gcpause import gc_paused
 from ..jsondiff import JSONProblem, loads_strict, unified
 from ..model import Action, ApplyReport, Change, Plan, Problem, SourceFile, Tree
-from ..settings import EnvReader, Frozen, StrictBool, Variable, strip_bearer, validate_model
 from .base import SyncContext, TargetDeps
 from .transport import error_detail, request
 

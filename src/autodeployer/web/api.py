@@ -15,10 +15,10 @@ from starlette.routing import Route
 
 from ..errors import AutodeployerError, StoreUnavailable
 from ..model import Result, Trigger
+from ..runtime import Runtime
 from ..scheduling import Scheduler
-from ..service import Runtime
+from ..status import app_row, history_row
 from ..store import Store
-from .status import app_row, history_row
 
 MAX_HISTORY = 500
 

@@ -11,9 +11,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..metrics import CONTENT_TYPE, Metrics, StateCollector
+from ..reporters.metrics import CONTENT_TYPE, Metrics, StateCollector
+from ..runtime import Runtime
 from ..scheduling import Scheduler
-from ..service import Runtime
 from .api import Api
 from .pages import page_routes
 from .webhook import WebhookReceiver

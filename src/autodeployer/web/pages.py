@@ -18,9 +18,9 @@ from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
 from ..errors import StoreUnavailable
-from .api import Api
+from ..status import history_row
 from ..store import HistoryRow
-from .status import history_row
+from .api import Api
 
 REFRESH_SECONDS = 5
 PAGE_HISTORY = 30  # syncs shown on an app page (the API serves more)

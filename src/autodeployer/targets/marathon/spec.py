@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 
+from ...config.variables import EnvReader, Frozen, StrictBool, Variable, validate_model
 from ...errors import ConfigError
-from ...settings import EnvReader, Frozen, StrictBool, Variable, validate_model
 
 KIND = "marathon"
 DEFAULT_APP_NAME = "autodeployer"

@@ -21,7 +21,10 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from .config import (
+from ..errors import ConfigError
+from ..logs import get_logger
+from ..targets.marathon import spec as marathon
+from .loader import (
     AppConfig,
     Config,
     ServiceSettings,
@@ -31,10 +34,7 @@ from .config import (
     service_from_env,
     source_from_env,
 )
-from .errors import ConfigError
-from .logs import get_logger
-from .settings import EnvReader, validate_model
-from .targets.marathon import spec as marathon
+from .variables import EnvReader, validate_model
 
 DESCRIPTOR = "dploy.app"
 PAT_FILE = ".pat"

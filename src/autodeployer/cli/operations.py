@@ -20,12 +20,12 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from .config import Config
-from .errors import AutodeployerError, ConfigError
-from .model import Result, SyncResult, Trigger
-from .reconcile import LOCK_WAIT, Reconciler
-from .service import build_runtime, store_for
-from .web.status import app_row, history_row
+from ..config.loader import Config
+from ..errors import AutodeployerError, ConfigError
+from ..model import Result, SyncResult, Trigger
+from ..reconcile import LOCK_WAIT, Reconciler
+from ..runtime import build_runtime, store_for
+from ..status import app_row, history_row
 
 EXIT_OK, EXIT_ERROR = 0, 2
 _TROUBLE = ("refused", "failed")

@@ -31,9 +31,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .config import AppConfig, ServiceSettings
-from .logs import get_logger
-from .model import CommitInfo, Result, SyncResult, Trigger
+from ..config.loader import AppConfig, ServiceSettings
+from ..logs import get_logger
+from ..model import CommitInfo, Result, SyncResult, Trigger
 
 TIMEOUT = 5.0
 MAX_PROBLEMS = 20  # listed in one notification; the rest are counted

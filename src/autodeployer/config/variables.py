@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, SecretStr, ValidationError
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 # --------------------------------------------------------------------------- variables registry

@@ -16,11 +16,11 @@ from typing import Any
 
 import click
 
-from . import __version__
-from .config import AppConfig, Config, load_config
-from .errors import AutodeployerError, ConfigError
-from .model import Plan, Result, SyncResult, Trigger
-from .service import build_runtime, make_redactor, setup_logging
+from .. import __version__
+from ..config.loader import AppConfig, Config, load_config
+from ..errors import AutodeployerError, ConfigError
+from ..model import Plan, Result, SyncResult, Trigger
+from ..runtime import build_runtime, make_redactor, setup_logging
 
 EXIT_OK, EXIT_CHANGES, EXIT_ERROR = 0, 1, 2
 
@@ -35,7 +35,7 @@ class _Obj:
     def config(self) -> Config:
         if self._config is None:
             if self.dploy_dir is not None:
-                from .dploy import read_dploy
+                from ..config.dploy import read_dploy
 
                 project = read_dploy(Path(self.dploy_dir))
                 self._config, self.warnings = project.config, list(project.warnings)
@@ -194,7 +194,7 @@ def _prepare(ctx: click.Context, *, service: bool = False) -> Config:
         if quiet:
             click.echo(f"warning: {warning}", err=True)
         else:
-            from .logs import get_logger
+            from ..logs import get_logger
 
             get_logger().warning("dploy project", warning=warning)
     return config
@@ -234,12 +234,12 @@ def diff(ctx: click.Context, app_name: str | None) -> None:
 @click.pass_context
 def run(ctx: click.Context) -> None:
     """Run the service: poll, serve webhooks and the status page, until SIGTERM."""
-    from .github import WEBHOOK_PATH
-    from .runner import serve
+    from ..hooks import WEBHOOK_PATH
+    from ..serve import serve
 
     config = _prepare(ctx, service=True)
     if ctx.obj.dploy_dir is not None:
-        from .dploy import DPLOY_HOOK_PATH
+        from ..config.dploy import DPLOY_HOOK_PATH
 
         sys.exit(asyncio.run(serve(config, hook_path=DPLOY_HOOK_PATH)))
     sys.exit(asyncio.run(serve(config, hook_path=WEBHOOK_PATH)))
@@ -248,7 +248,7 @@ def run(ctx: click.Context) -> None:
 @cli.command()
 def settings() -> None:
     """List every environment variable with its default and meaning (Markdown)."""
-    from .config import settings_table
+    from ..config.loader import settings_table
 
     click.echo(settings_table())
 
@@ -258,7 +258,7 @@ _server_option = click.option("--server", metavar="URL", help="Ask a running ser
 
 
 def _backend(ctx: click.Context, server: str | None) -> "Any":
-    from .operator_cli import Backend
+    from .operations import Backend
 
     def load() -> Config:
         return _prepare(ctx)
@@ -275,7 +275,7 @@ def status(ctx: click.Context, server: str | None, as_json: bool) -> None:
     """Where every app stands: status, live revision, last sync, next poll."""
     import json
 
-    from .operator_cli import console, print_status
+    from .operations import console, print_status
 
     try:
         rows = _backend(ctx, server).apps()
@@ -297,7 +297,7 @@ def status(ctx: click.Context, server: str | None, as_json: bool) -> None:
 @click.pass_context
 def history(ctx: click.Context, server: str | None, app_name: str | None, limit: int, diffs: bool) -> None:
     """Recent sync attempts, newest first, with their diffs."""
-    from .operator_cli import console, print_history
+    from .operations import console, print_history
 
     try:
         rows = _backend(ctx, server).history(app_name, limit)
@@ -314,7 +314,7 @@ def history(ctx: click.Context, server: str | None, app_name: str | None, limit:
 @click.pass_context
 def rollback(ctx: click.Context, server: str | None, app_name: str, revision: str) -> None:
     """Deploy an earlier commit and suspend auto-sync for the app."""
-    from .operator_cli import run_action
+    from .operations import run_action
 
     run_action(_backend(ctx, server), app_name, "rollback", revision)
 
@@ -326,7 +326,7 @@ def rollback(ctx: click.Context, server: str | None, app_name: str, revision: st
 @click.pass_context
 def suspend(ctx: click.Context, server: str | None, app_name: str) -> None:
     """Stop syncing an app automatically (webhooks and polls are ignored)."""
-    from .operator_cli import run_action
+    from .operations import run_action
 
     run_action(_backend(ctx, server), app_name, "suspend")
 
@@ -338,7 +338,7 @@ def suspend(ctx: click.Context, server: str | None, app_name: str) -> None:
 @click.pass_context
 def resume(ctx: click.Context, server: str | None, app_name: str) -> None:
     """Follow the branch again and sync now."""
-    from .operator_cli import run_action
+    from .operations import run_action
 
     run_action(_backend(ctx, server), app_name, "resume")
 
@@ -351,13 +351,13 @@ def hooks() -> None:
 
 def _hook_url(config: Config, dploy: bool) -> str | None:
     """PUBLIC_URL/webhook (or the dploy hook URL); None when PUBLIC_URL is not set."""
-    from .github import WEBHOOK_PATH
+    from ..hooks import WEBHOOK_PATH
 
     public_url = config.service.public_url
     if not public_url:
         return None
     if dploy:
-        from .dploy import dploy_hook_url
+        from ..config.dploy import dploy_hook_url
 
         return dploy_hook_url(config) or public_url + WEBHOOK_PATH
     return public_url + WEBHOOK_PATH
@@ -369,7 +369,7 @@ def _register_secret(config: Config) -> tuple[str, bool, str]:
     Only an explicit WEBHOOK_SECRET may replace the secret of a hook that already exists: the
     service verifies deliveries with its own secret, kept in *its* STATE_DIR, which this process may
     not see. A generated secret is used only for a hook this command creates."""
-    from .runner import webhook_secret
+    from ..serve import webhook_secret
 
     if config.service.webhook_secret:
         return config.service.webhook_secret.get_secret_value(), True, "WEBHOOK_SECRET"
@@ -379,8 +379,8 @@ def _register_secret(config: Config) -> tuple[str, bool, str]:
 async def _hook_command(config: Config, action: str, dploy: bool = False) -> int:
     import httpx
 
-    from .github import hook_targets
-    from .sources.github import GitHubError
+    from ..hooks import hook_targets
+    from ..sources.github import GitHubError
 
     url = _hook_url(config, dploy)
     if url is None and action != "list":
@@ -455,7 +455,7 @@ def hooks_remove(ctx: click.Context) -> None:
 @click.option("--dir", "workdir", type=click.Path(file_okay=False), help="Where to put the demo repository.")
 def demo(port: int, interval: float, workdir: str | None) -> None:
     """Run against a local demo: a Git repository and an emulated Sesam node on loopback."""
-    from .demo import run_demo
+    from ..demo import run_demo
 
     sys.exit(run_demo(port=port, interval=interval, workdir=workdir))
 

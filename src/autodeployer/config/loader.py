@@ -17,8 +17,10 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 from pydantic import BaseModel, Field, SecretStr, model_validator
 
-from .errors import ConfigError
-from .settings import (
+from ..errors import ConfigError
+from ..sources.spec import SourceSpec
+from ..targets import TARGETS
+from .variables import (
     CORE_VARIABLES,
     EnvReader,
     Frozen,
@@ -27,8 +29,6 @@ from .settings import (
     resolve_secret_refs,
     validate_model,
 )
-from .sources.spec import SourceSpec
-from .targets import TARGETS
 
 
 def all_variables() -> list[Variable]:

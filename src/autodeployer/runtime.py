@@ -13,13 +13,15 @@ from dataclasses import dataclass, field
 import httpx
 
 from . import __version__
-from .config import AppConfig, Config, ServiceSettings
+from .config.loader import AppConfig, Config, ServiceSettings
 from .coordination import default_replica_id
 from .errors import ConfigError
-from .github import CommitStatusReporter, client_for
+from .hooks import client_for
 from .logs import Redactor, configure_logging
-from .notify import NotifyReporter
-from .reconcile import Reconciler, Reporter
+from .reconcile import Reconciler
+from .reporters.base import Reporter
+from .reporters.commit_status import CommitStatusReporter
+from .reporters.notify import NotifyReporter
 from .sources.git import GitObserver, GitSource, MirrorLocks
 from .store import SQLiteStore, Store, open_store
 from .targets import TARGETS

@@ -11,13 +11,13 @@ from collections.abc import Iterator
 
 import uvicorn
 
-from .config import Config
+from .config.loader import Config
 from .coordination import default_replica_id, make_coordinator
-from .github import WEBHOOK_PATH, hook_targets, register_with_backoff
+from .hooks import WEBHOOK_PATH, hook_targets, register_with_backoff
 from .logs import get_logger
-from .metrics import Metrics, MetricsReporter
+from .reporters.metrics import Metrics, MetricsReporter
+from .runtime import Runtime, bind_listener, build_runtime, store_for
 from .scheduling import Scheduler
-from .service import Runtime, bind_listener, build_runtime, store_for
 from .web.app import BackgroundJob, create_app
 from .web.webhook import WebhookReceiver, load_or_create_secret
 

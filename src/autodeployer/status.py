@@ -8,9 +8,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ..config import AppConfig
-from ..scheduling import AppWorker
-from ..store import AppState, HistoryRow, Store
+from .config.loader import AppConfig
+from .scheduling import AppWorker
+from .store import AppState, HistoryRow, Store
 
 STATUSES = ("synced", "out-of-sync", "failed", "refused", "suspended", "pending")
 

@@ -1,0 +1,1 @@
+"""Reporters: who is told about syncs (commit statuses, notifications, metrics), behind one protocol."""

@@ -1,0 +1,64 @@
+"""Commit statuses: `pending` when a sync of a commit starts; success, failure or error when it ends.
+
+Failures to post are logged and never fail a sync.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from ..config.loader import AppConfig, ServiceSettings
+from ..hooks import client_for
+from ..logs import get_logger
+from ..model import CommitInfo, Result, SyncResult, Trigger
+from ..sources.github import GitHubClient, GitHubError
+
+
+class CommitStatusReporter:
+    """pending when a sync of a commit starts; success, failure or error when it ends."""
+
+    def __init__(self, http: httpx.AsyncClient, settings: ServiceSettings) -> None:
+        self._http = http
+        self._public_url = settings.public_url
+        self._clients: dict[str, GitHubClient | None] = {}
+        self._log = get_logger(component="commit-status")
+
+    def _client(self, app: AppConfig) -> GitHubClient | None:
+        if app.name not in self._clients:
+            self._clients[app.name] = client_for(app, self._http)
+        return self._clients[app.name]
+
+    def _target_url(self, app: AppConfig) -> str | None:
+        return f"{self._public_url}/apps/{app.name}" if self._public_url else None
+
+    async def _post(self, app: AppConfig, sha: str, state: str, description: str) -> None:
+        client = self._client(app)
+        if client is None or len(sha) != 40:
+            return
+        try:
+            await client.create_status(sha, state, f"autodeployer/{app.name}", description, self._target_url(app))
+        except GitHubError as exc:
+            self._log.warning("commit status not posted", app=app.name, state=state, error=str(exc))
+
+    async def started(self, app: AppConfig, revision: str, trigger: Trigger) -> None:
+        await self._post(app, revision, "pending", f"deploying to {app.target.kind}")
+
+    async def finished(self, app: AppConfig, result: SyncResult, commit: CommitInfo | None) -> None:
+        if not result.revision or result.result is Result.PLANNED:
+            return
+        state, description = status_for(result)
+        await self._post(app, result.revision, state, description)
+
+
+def status_for(result: SyncResult) -> tuple[str, str]:
+    """GitHub state and a one-line description for a sync result."""
+    first_line = (result.error or "").split("\n")[0]
+    if result.result is Result.SYNCED:
+        return "success", f"deployed: {result.summary}"
+    if result.result is Result.NO_CHANGE:
+        return "success", "in sync (nothing to change)"
+    if result.result is Result.REFUSED:
+        return "failure", f"refused: {first_line}"
+    if result.problems:  # the target rejected the configuration
+        return "failure", f"rejected: {first_line}"
+    return "error", f"failed: {first_line}"
