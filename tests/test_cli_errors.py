@@ -110,3 +110,11 @@ def test_sync_that_cannot_reach_its_store_applies_nothing_and_exits_2(app_env: d
     assert ": not applied at " in result.stdout and "no-change" not in result.stdout
     assert result.returncode == 2
     assert sesam.put_count == 0
+
+
+def test_server_credentials_never_appear_in_errors(app_env: dict[str, str], busy_port: int):
+    """A --server URL with user:password in it (a proxy in front of the service) is shown without them."""
+    done = run_cli(app_env, "status", "--server", f"http://operator:hunter2-SECRET@127.0.0.1:{busy_port}")
+    assert done.returncode == 2
+    assert "hunter2-SECRET" not in done.stdout + done.stderr and "operator" not in done.stderr
+    assert f"***@127.0.0.1:{busy_port}" in done.stderr

@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import click
 import httpx
@@ -52,12 +52,23 @@ def _when(ts: float | None) -> str:
 
 
 # --------------------------------------------------------------------------- data access
+def _without_credentials(url: str) -> str:
+    """A --server URL as it may be shown: user and password in it are replaced by `***`."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 class Backend:
     """Local store or remote API, same answers."""
 
     def __init__(self, config_loader: Callable[[], Config], server: str | None) -> None:
         self._load = config_loader
         self.server = _server_url(server) if server else None
+        self.shown = _without_credentials(self.server) if self.server else None  # for messages
 
     def _client(self) -> httpx.Client:
         headers = {}
@@ -73,16 +84,16 @@ class Backend:
                 return client.request(method, path, json=body)
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             reason = str(exc).split("\n")[0] or type(exc).__name__
-            raise AutodeployerError(f"--server {self.server}: cannot {method} {path} ({reason})") from None
+            raise AutodeployerError(f"--server {self.shown}: cannot {method} {path} ({reason})") from None
 
     def _get(self, path: str) -> Any:
         response = self._request("GET", path)
         if response.status_code != 200:
-            raise AutodeployerError(f"--server {self.server}: GET {path}: {response.status_code} {response.text[:200]}")
+            raise AutodeployerError(f"--server {self.shown}: GET {path}: {response.status_code} {response.text[:200]}")
         try:
             return response.json()
         except ValueError:
-            raise AutodeployerError(f"--server {self.server}: GET {path} did not answer JSON; "
+            raise AutodeployerError(f"--server {self.shown}: GET {path} did not answer JSON; "
                                     "is this an autodeployer service?") from None
 
     def post(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -92,11 +103,11 @@ class Backend:
                 message = response.json().get("error", response.text)
             except ValueError:
                 message = response.text
-            raise AutodeployerError(f"--server {self.server}: POST {path}: {response.status_code} {message}")
+            raise AutodeployerError(f"--server {self.shown}: POST {path}: {response.status_code} {message}")
         try:
             answer: dict[str, Any] = response.json()
         except ValueError:
-            raise AutodeployerError(f"--server {self.server}: POST {path} did not answer JSON") from None
+            raise AutodeployerError(f"--server {self.shown}: POST {path} did not answer JSON") from None
         return answer
 
     def apps(self) -> list[dict[str, Any]]:
