@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 from autodeployer.config import load_config
 from autodeployer.errors import Refused, TargetError
-from autodeployer.model import Action, ApplyReport, Change, Plan, Problem, SyncResult
+from autodeployer.model import Action, ApplyReport, Change, Plan, Problem
 from autodeployer.reconcile import Reconciler
 from autodeployer.service import build_runtime
-from autodeployer.store import AppState, SQLiteStore
+from autodeployer.store import SQLiteStore
 from autodeployer.targets.base import SyncContext
 
 
@@ -86,8 +86,13 @@ class FakeTarget:
         return None
 
 
+#: The methods of the ``Store`` protocol that write (``update_state`` is the field-level write of
+#: the protocol's next version): ``MemoryStore`` logs a call to whichever of them the store has.
+WRITES = ("begin", "finish", "put_state", "update_state")
+
+
 class MemoryStore(SQLiteStore):
-    """The SQLite store on an in-memory database, logging each write (``writes``).
+    """The SQLite store on an in-memory database, logging each write (``writes``: method names).
 
     The product's own store rather than a second implementation of the ``Store`` protocol, so it
     follows every change of that protocol; only the write log is added.
@@ -96,18 +101,15 @@ class MemoryStore(SQLiteStore):
     def __init__(self) -> None:
         super().__init__(None)
         self.writes: list[str] = []
+        for name in WRITES:
+            if hasattr(self, name):
+                setattr(self, name, self._logged(name, getattr(self, name)))
 
-    def begin(self, app: str, trigger: str, revision: str | None, started_at: float) -> int:
-        self.writes.append("begin")
-        return super().begin(app, trigger, revision, started_at)
-
-    def finish(self, attempt_id: int, result: SyncResult) -> None:
-        self.writes.append("finish")
-        super().finish(attempt_id, result)
-
-    def put_state(self, state: AppState) -> None:
-        self.writes.append("put_state")
-        super().put_state(state)
+    def _logged(self, name: str, write: Callable[..., Any]) -> Callable[..., Any]:
+        def logged(*args: Any, **kwargs: Any) -> Any:
+            self.writes.append(name)
+            return write(*args, **kwargs)
+        return logged
 
 
 @asynccontextmanager
