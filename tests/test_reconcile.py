@@ -1,9 +1,14 @@
 """The reconcile pipeline's overlap of steps: the target's live state is read while Git is fetched,
-and a file that did not change between commits is not parsed again."""
+and a file that did not change between commits is not parsed again; when it reads the target, when
+it writes history and state.
+
+The first test runs the CLI against the Sesam emulator: it is about the Sesam target's own prefetch.
+The others only need a target's behaviour: they drive the product's reconciler in-process against a
+real Git server with a `FakeTarget` and a `MemoryStore` (tests/fakes.py)."""
 
 from __future__ import annotations
 
-import sqlite3
+import asyncio
 import subprocess
 import sys
 import time
@@ -11,12 +16,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from autodeployer.model import SourceFile, Tree
+import pytest
+
+from autodeployer.model import Result, SourceFile, Tree, Trigger
 from autodeployer.targets.sesam import ParseMemo, parse_desired
+from autodeployer_emulators.github import GitHubEmulator
 from autodeployer_emulators.gitserver import GitHttpServer, WorkRepo
 from autodeployer_emulators.sesam import SesamEmulator
 
-from .helpers import entity_json, history_rows, pipe, run_cli, stripped, wait_for
+from .fakes import FakeTarget, MemoryStore, reconciler
+from .helpers import GIT_TOKEN, SESAM_JWT, base_env, entity_json, pipe, run_cli, stripped, wait_for
 
 
 @contextmanager
@@ -91,53 +100,100 @@ def test_the_memo_keeps_refusing_a_bad_file_that_did_not_change():
         files["pipes/a.conf.json"] = entity_json(pipe("a", dataset="changed"))
 
 
-def test_pending_status_does_not_hold_the_sync_back(app_env, config_repo: WorkRepo, sesam: SesamEmulator, github):
+@pytest.fixture
+def fake_env(git_server: GitHttpServer, config_repo: WorkRepo, state_dir: Path) -> dict[str, str]:
+    """One app on the config repository; its Sesam target is replaced by a FakeTarget, so the node
+    address is never contacted."""
+    return base_env(GIT_URL=git_server.url_for("acme/config.git"), GITHUB_TOKEN=GIT_TOKEN, JWT=SESAM_JWT,
+                    SESAM_API_URL="http://127.0.0.1:9/api", STATE_DIR=str(state_dir), APP_NAME="node",
+                    COMMIT_STATUS="false")
+
+
+def test_pending_status_does_not_hold_the_sync_back(fake_env, config_repo: WorkRepo, github: GitHubEmulator):
     """GitHub answering slowly delays only the statuses, and `pending` still lands before `success`."""
-    env = {**app_env, "GITHUB_API_URL": github.url, "GITHUB_USER": "acme", "GITHUB_PROJECT": "config"}
+    env = {**fake_env, "COMMIT_STATUS": "true", "GITHUB_API_URL": github.url,  # type: ignore[attr-defined]
+           "GITHUB_USER": "acme", "GITHUB_PROJECT": "config"}
     github.set_delay(2.0, "/repos/acme/config/statuses")
-    head = config_repo.head
-    with sync_process(env) as proc:
-        wait_for(lambda: github.statuses("acme", "config", head), what="pending status", timeout=30, interval=0.01)
-        posted = time.monotonic()
-        wait_for(lambda: sesam.put_count >= 1, what="upload", timeout=30, interval=0.01)
-        uploaded = time.monotonic()
-        output, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0, output
-    assert uploaded - posted < 1.5, f"the upload waited {uploaded - posted:.2f} s for GitHub's answer"
-    states = [s["state"] for s in github.statuses("acme", "config", head)]
+    target = FakeTarget()
+
+    async def sync() -> tuple[float, Result]:
+        async with reconciler(env, target) as rec:
+            started = time.monotonic()
+            result = await rec.sync(Trigger.MANUAL)
+            return started, result.result
+
+    started, result = asyncio.run(sync())
+    assert result is Result.SYNCED
+    assert len(target.applied) == 1
+    assert target.applied_at[0] - started < 1.5, f"the apply waited {target.applied_at[0] - started:.2f} s for GitHub"
+    states = [s["state"] for s in github.statuses("acme", "config", config_repo.head)]
     assert states == ["pending", "success"], states
 
 
-def app_state_rows(state_dir: Path) -> list[tuple[str, str]]:
-    db = sqlite3.connect(state_dir / "history.sqlite3")
-    try:
-        return db.execute("SELECT app, data FROM app_state ORDER BY app").fetchall()
-    finally:
-        db.close()
-
-
-def test_quiet_drift_checks_write_nothing(service, app_env, sesam: SesamEmulator, state_dir: Path):
+def test_quiet_drift_checks_write_nothing(fake_env):
     """A drift check that finds none must not cost a disk write."""
-    service({**app_env, "SYNC_INTERVAL": "0.2", "DRIFT_INTERVAL": "0.2"})
-    wait_for(lambda: "orders" in stripped(sesam.entities()), what="first sync")
-    wait_for(lambda: app_state_rows(state_dir), what="state saved")
-    before = app_state_rows(state_dir)
-    gets = sesam.count("GET", "/api/config")
-    wait_for(lambda: sesam.count("GET", "/api/config") >= gets + 5, what="five drift checks", timeout=30)
-    assert app_state_rows(state_dir) == before
-    assert sesam.put_count == 1  # and nothing was uploaded again
+    env = {**fake_env, "SYNC_INTERVAL": "0.2", "DRIFT_INTERVAL": "0.01"}  # a drift check at every poll
+    target, store = FakeTarget(), MemoryStore()
+
+    async def polls() -> list[Result]:
+        async with reconciler(env, target, store) as rec:
+            first = await rec.sync(Trigger.POLL)
+            assert first.result is Result.SYNCED, first.error
+            store.writes.clear()
+            reads = target.reads
+            results = []
+            for _ in range(5):
+                await asyncio.sleep(0.02)
+                results.append((await rec.sync(Trigger.POLL)).result)
+            assert target.reads == reads + 5  # five drift checks read the target
+            return results
+
+    assert asyncio.run(polls()) == [Result.NO_CHANGE] * 5
+    assert store.writes == []
+    assert len(target.applied) == 1  # and nothing was applied again
 
 
-def test_fast_polls_check_for_drift_at_most_once_a_minute_by_default(service, app_env, config_repo: WorkRepo,
-                                                                      sesam: SesamEmulator, git_server: GitHttpServer,
-                                                                      state_dir: Path):
+def test_fast_polls_check_for_drift_at_most_once_a_minute_by_default(fake_env, config_repo: WorkRepo,
+                                                                      git_server: GitHttpServer):
     """SYNC_INTERVAL is about picking up commits quickly; reading the whole target is spaced out."""
-    service({**app_env, "SYNC_INTERVAL": "0.2"})
-    wait_for(lambda: [r for r in history_rows(state_dir) if r["result"] == "synced"], what="first sync verified")
-    gets, polls = sesam.count("GET", "/api/config"), upload_pack_posts(git_server)
-    wait_for(lambda: upload_pack_posts(git_server) >= polls + 10, what="ten polls", timeout=30)
-    assert sesam.count("GET", "/api/config") == gets  # ten head checks, no drift check
-    config_repo.write({"pipes/fresh.conf.json": entity_json(pipe("fresh"))})
-    config_repo.commit("fresh")
-    config_repo.push()
-    wait_for(lambda: "fresh" in stripped(sesam.entities()), what="the new commit, picked up by a poll")
+    target = FakeTarget()
+
+    async def polls() -> None:
+        async with reconciler({**fake_env, "SYNC_INTERVAL": "0.2"}, target) as rec:
+            assert (await rec.sync(Trigger.POLL)).result is Result.SYNCED
+            reads, head_checks = target.reads, upload_pack_posts(git_server)
+            for _ in range(10):
+                assert (await rec.sync(Trigger.POLL)).summary == "head unchanged"
+            assert upload_pack_posts(git_server) == head_checks + 10  # ten head checks ...
+            assert target.reads == reads  # ... and no drift check
+            config_repo.write({"pipes/fresh.conf.json": entity_json(pipe("fresh"))})
+            config_repo.commit("fresh")
+            config_repo.push()
+            assert (await rec.sync(Trigger.POLL)).result is Result.SYNCED  # the new commit, picked up by a poll
+
+    asyncio.run(polls())
+    assert "pipes/fresh.conf.json" in target.live
+
+
+def test_refused_plans_and_failed_applies_are_recorded_and_retried(fake_env):
+    """A refusal leaves the target untouched and is not retried by polls of the same commit; a failed
+    apply is recorded with the history row opened before the write, and retried."""
+    target, store = FakeTarget(), MemoryStore()
+    target.refuse_with = "pipes/x.conf.json: no"
+
+    async def syncs() -> None:
+        async with reconciler(fake_env, target, store) as rec:
+            refused = await rec.sync(Trigger.POLL)
+            assert refused.result is Result.REFUSED and "pipes/x.conf.json: no" in (refused.error or "")
+            assert (await rec.sync(Trigger.POLL)).summary == "head unchanged"  # the same commit stays refused
+            target.refuse_with, target.fail_with = None, "node answered 503"
+            store.writes.clear()
+            failed = await rec.sync(Trigger.MANUAL)
+            assert failed.result is Result.FAILED and failed.error == "node answered 503"
+            assert store.writes[0] == "begin"  # the history row was opened before the apply
+            target.fail_with = None
+            assert (await rec.sync(Trigger.POLL)).result is Result.SYNCED  # a failure is retried by the next poll
+            assert [r.result for r in store.history("node")] == ["synced", "failed", "refused"]
+
+    asyncio.run(syncs())
+    assert len(target.applied) == 1

@@ -6,7 +6,6 @@ import asyncio
 import sqlite3
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from autodeployer.config.loader import AppConfig, Policy
 from autodeployer.model import Result, SyncResult, Trigger
@@ -14,6 +13,8 @@ from autodeployer.scheduling import AppWorker, backoff_delay
 from autodeployer.sources.spec import SourceSpec
 from autodeployer.store import SQLiteStore
 from autodeployer.targets.sesam import Spec
+
+from .fakes import MemoryStore
 
 
 def test_backoff_doubles_and_caps():
@@ -42,10 +43,10 @@ class RecordingReconciler:
         return SyncResult(self.app.name, trigger, Result.NO_CHANGE)
 
 
-def make(tmp_path: Path, interval: float = 3600) -> RecordingReconciler:
+def make(interval: float = 3600) -> RecordingReconciler:
     app = AppConfig(name="a", source=SourceSpec(url="file:///x"), target=Spec(jwt="j" * 8),
                     policy=Policy(interval=interval))
-    return RecordingReconciler(app, SQLiteStore.in_state_dir(tmp_path))
+    return RecordingReconciler(app, MemoryStore())
 
 
 async def drive(worker: AppWorker, body, until: float) -> None:
@@ -57,8 +58,8 @@ async def drive(worker: AppWorker, body, until: float) -> None:
     await asyncio.wait_for(task, 5)
 
 
-def test_burst_of_triggers_gives_two_syncs_ending_after_the_last(tmp_path: Path):
-    rec = make(tmp_path)
+def test_burst_of_triggers_gives_two_syncs_ending_after_the_last():
+    rec = make()
     worker = AppWorker(rec)  # type: ignore[arg-type]
 
     async def burst() -> None:
@@ -79,8 +80,8 @@ class TestState:
     last = 0.0
 
 
-def test_isolated_trigger_runs_at_once_and_polls_follow_the_interval(tmp_path: Path):
-    rec = make(tmp_path, interval=0.2)
+def test_isolated_trigger_runs_at_once_and_polls_follow_the_interval():
+    rec = make(interval=0.2)
     worker = AppWorker(rec, jitter=0.0)  # type: ignore[arg-type]
 
     async def one() -> None:
@@ -95,8 +96,8 @@ def test_isolated_trigger_runs_at_once_and_polls_follow_the_interval(tmp_path: P
     assert len(polls) >= 2 and worker.stats.late_polls == 0
 
 
-def test_suspended_app_is_not_synced(tmp_path: Path):
-    rec = make(tmp_path, interval=0.05)
+def test_suspended_app_is_not_synced():
+    rec = make(interval=0.05)
     from autodeployer.store import AppState
 
     rec.store.put_state(AppState(app="a", suspended=True))
@@ -127,10 +128,10 @@ class UnreadableStore:
         return getattr(self._store, name)
 
 
-def test_unreadable_state_postpones_syncs_and_the_worker_survives(tmp_path: Path):
+def test_unreadable_state_postpones_syncs_and_the_worker_survives():
     """While the app's state cannot be read nothing syncs (it might be suspended), reads back off
     instead of hammering, and the webhook that arrived meanwhile runs once the store answers again."""
-    rec = make(tmp_path, interval=0.05)
+    rec = make(interval=0.05)
     from autodeployer.store import AppState
 
     rec.store.put_state(AppState(app="a", suspended=True))
