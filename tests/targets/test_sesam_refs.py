@@ -27,7 +27,7 @@ from autodeployer.targets.sesam_refs import (
     same_value,
     variables_location,
 )
-from autodeployer_emulators.sesam import ENV_REF
+from autodeployer_emulators.sesam.state import ENV_REF
 
 PIPE = {
     "_id": "orders",
