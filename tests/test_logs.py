@@ -46,7 +46,7 @@ def test_json_mode_writes_only_json_objects(service, app_env, git_server):
         events.append(doc)
     by_logger = {(d.get("logger"), d["event"].split(" (")[0]) for d in events}
     assert ("uvicorn.error", "Started server process [%d]" % svc.proc.pid) in by_logger
-    assert any(d.get("logger") == "uvicorn.error" and d["event"].startswith("Uvicorn running on") for d in events)
+    assert any(d["event"] == "listening" and d["url"] == svc.url for d in events)
     assert any(d.get("logger") == "uvicorn.error" and d["event"] == "Invalid HTTP request received."
                and d["level"] == "warning" for d in events)
     assert any(d.get("logger") == "uvicorn.error" and d["event"].startswith("Finished server process")
@@ -67,6 +67,7 @@ def test_text_mode_has_one_layout_for_every_line(service, app_env):
     assert len(lines) > 5
     odd = [line for line in lines if not TEXT_LINE.match(line)]
     assert not odd, f"lines in another layout: {odd}"
-    assert any("Uvicorn running on" in line and line.rstrip().endswith("[uvicorn.error]") for line in lines)
+    assert any("Started server process" in line and line.rstrip().endswith("[uvicorn.error]") for line in lines)
+    assert any("listening" in line and svc.url in line for line in lines)
     assert any("Finished server process" in line for line in lines)
     assert any("autodeployer starting" in line for line in lines)

@@ -121,6 +121,9 @@ async def _serve(config: Config, hook_path: str, sock: socket.socket) -> int:
             timeout_graceful_shutdown=5,
         )
     )
+    host, port = sock.getsockname()[:2]
+    # uvicorn says nothing about where it listens when it is handed a bound socket: say it ourselves
+    log.info("listening", url=f"http://{host}:{port}")
     await server.serve(sockets=[sock])
     log.info("autodeployer stopped")
     return 0

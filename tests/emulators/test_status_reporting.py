@@ -33,7 +33,8 @@ def test_a_refused_status_is_logged_and_the_sync_still_succeeds(
         app_env: dict[str, str], config_repo: WorkRepo, sesam: SesamEmulator,
         unrelated_github: GitHubEmulator) -> None:
     env = {**app_env, "GITHUB_API_URL": unrelated_github.url,  # type: ignore[attr-defined]
-           "GITHUB_USER": "acme", "GITHUB_PROJECT": "config"}
+           "GITHUB_USER": "acme", "GITHUB_PROJECT": "config",
+           "LOG_LEVEL": "warning"}  # the CLI shows log lines only when asked to
     result = run_cli(env, "sync")
     output = result.stdout + result.stderr
     assert result.returncode == 0, output

@@ -316,7 +316,7 @@ def test_yaml_service_shape_errors_are_config_errors(service: str, tmp_path: Pat
     path = tmp_path / "apps.yaml"
     path.write_text(f"service: {service}\napps: [{{name: a, source: {{url: 'http://h/a/b.git'}}, "
                     "target: {jwt: jjjjjjjj}}]\n")
-    with pytest.raises(ConfigError, match=r"^service(\.state_dir)?: "):
+    with pytest.raises(ConfigError, match=r"apps\.yaml: service(\.state_dir)?: "):
         load_config({}, config_file=path)  # no STATE_DIR variable: the YAML's service keys apply
 
 
