@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     options = Options(quick=args.quick)
     full = not args.quick and args.names == list(SCENARIOS)
     output: Path = args.output or (ROOT / "BENCHMARKS.md" if full else PARTIAL)
-    command = "python -m benchmarks" + (" --quick" if args.quick else "") + (f" --only {args.only}" if args.only else "")
+    command = ("python -m benchmarks" + (" --quick" if args.quick else "")
+               + (f" --only {args.only}" if args.only else ""))
     host = machine()
     print(f"{host.cpu}, {host.cores} cores, {host.ram_gb:.1f} GB, {host.python}, {host.git}", flush=True)
     results: list[ScenarioResult] = []

@@ -157,7 +157,8 @@ def report(result: ScenarioResult, bursts: list[Burst]) -> None:
     result.notes += [
         "Method: the 100 commits are authored first and pushed to a side ref; during the burst each step moves "
         "`refs/heads/master` to the next commit (a `git update-ref --stdin` transaction) and at once delivers "
-        "that push's signed webhook (payload from the GitHub emulator, hook registered by the service), paced to fit in one second. "
+        "that push's signed webhook (payload from the GitHub emulator, hook registered by the service), "
+        "paced to fit in one second. "
         "So the branch head really advances while the deliveries arrive.",
         f"Expected behaviour (scheduling.py): the first push syncs at once; pushes that arrive while it runs are "
         f"held until they have been quiet for {SETTLE:g} s (at most {BURST_MAX_WAIT:g} s), then one more sync "

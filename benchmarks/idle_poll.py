@@ -146,7 +146,8 @@ async def idle_cycles(runtime: Runtime, name: str, label: str, runs: int, git: S
     return Row(label, samples, server)
 
 
-async def run_autodeployer(work: Path, git: ServerProcess, node: ServerProcess, runs: int, drift_runs: int) -> list[Row]:
+async def run_autodeployer(work: Path, git: ServerProcess, node: ServerProcess, runs: int,
+                           drift_runs: int) -> list[Row]:
     git_url, api = git.url_for(REPO), node.url + "/api"
     config = Config(
         service=ServiceSettings(state_dir=work / "state", commit_status=False, log_level="warning"),
@@ -223,8 +224,9 @@ def report(result: ScenarioResult, rows: list[Row], old: Row) -> None:
     result.notes += [
         "The idle cycle is `Reconciler.sync(Trigger.POLL)` on an app whose head is already synced, built "
         "in-process with `build_runtime`; it is one protocol-v2 `ls-refs` POST on a kept-alive connection. "
-        f"With a drift check (by default at most once a minute) it also reads the live configuration (`GET /config`, 5,000 "
-        f"entities) from the Sesam emulator and diffs it with the desired state: {ms(drift_wall)}, "
+        "With a drift check (by default at most once a minute) it also reads the live configuration "
+        "(`GET /config`, 5,000 entities) from the Sesam emulator and diffs it with the desired state: "
+        f"{ms(drift_wall)}, "
         f"{ratio(old_wall / drift_wall)} cheaper (that includes the emulator's own time to render its answer).",
         "The old way is what the seed did every minute: `git clone --branch master` of the whole history over "
         "the same smart-HTTP server, then a recursive `filecmp.dircmp` + `cmpfiles(shallow=False)` against a "

@@ -185,7 +185,7 @@ def report(result: ScenarioResult, sizes: list[SizeResult]) -> None:
         result.check("10,000 entities: no-change cycle under 1 s (autodeployer's share)",
                      f"{ms(own)} (end to end with the emulator's answer: {ms(total)})", own < 1.0)
         result.check("10,000 entities: peak RSS under 200 MB", mb(at_10k.maxrss), at_10k.maxrss < 200e6)
-    time_check, rss_check = (result.checks + [None, None])[:2]
+    time_check, rss_check = [*result.checks, None, None][:2]
     if time_check is not None and not time_check.met:
         result.analysis += LARGE_ANALYSIS
     if rss_check is not None and not rss_check.met:
@@ -199,9 +199,10 @@ def report(result: ScenarioResult, sizes: list[SizeResult]) -> None:
         "'Of which the node' is the emulator's own time to start its answer (measured server-side): it renders "
         "the export with `json.dumps(indent=2)`, the pure-Python encoder, so it grows to seconds at 50,000 "
         "entities. 'Autodeployer's share' is end to end minus that time; it is what the target is judged on.",
-        "Peak RSS is the child's `VmHWM` (/proc/self/status) after the warm-up sync and the timed cycles (interpreter and "
-        "imports included, ~55 MB; git children not included). The tracemalloc peak is one more cold cycle "
-        "traced on its own, after the RSS was read (tracing itself costs memory).",
+        "Peak RSS is the child's `VmHWM` (/proc/self/status) after the warm-up sync and the timed cycles "
+        "(interpreter and imports included, ~55 MB; git children not included). "
+        "The tracemalloc peak is one more cold cycle traced on its own, after the RSS was read "
+        "(tracing itself costs memory).",
     ]
 
 

@@ -59,7 +59,8 @@ class Node:
         return self.server.url + "/api"
 
 
-def watch(node: SesamEmulator, entity_id: str, baseline: Any, want: dict[str, Any], start: float) -> tuple[float, float]:
+def watch(node: SesamEmulator, entity_id: str, baseline: Any, want: dict[str, Any],
+          start: float) -> tuple[float, float]:
     """Seconds from ``start`` until the entity changed on the node, and until the read-back answered."""
     deadline = start + TIMEOUT
     while node.audit(entity_id) == baseline:

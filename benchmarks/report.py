@@ -57,7 +57,8 @@ def _ram_bytes() -> int:
 
 def _git_version() -> str:
     try:
-        return subprocess.run(["git", "--version"], capture_output=True, text=True, timeout=10, check=False).stdout.strip()
+        done = subprocess.run(["git", "--version"], capture_output=True, text=True, timeout=10, check=False)
+        return done.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -118,9 +119,10 @@ def markdown(results: list[ScenarioResult], host: Machine, command: str, quick: 
         "python -m benchmarks --wait-quiet 5   # on a shared machine: wait up to 5 min for idle CPUs per scenario",
         "```",
         "",
-        "Scenarios: `idle`, `latency`, `large`, `burst`, `many`, `marathon`, `scaleout`. A run with `--quick` or `--only` "
-        "writes `benchmarks/results/BENCHMARKS-partial.md` instead of this file (or `--output FILE`). Each figure "
-        "is the median of repeated runs with min and max (`median (min–max)`); comparisons are measured side by "
+        "Scenarios: `idle`, `latency`, `large`, `burst`, `many`, `marathon`, `scaleout`. "
+        "A run with `--quick` or `--only` writes `benchmarks/results/BENCHMARKS-partial.md` "
+        "instead of this file (or `--output FILE`). Each figure is the median of repeated runs with min and max "
+        "(`median (min–max)`); comparisons are measured side by "
         "side in the same run.",
         "",
         "## Machine",

@@ -307,7 +307,8 @@ def measure_cost(label: str, fleet: Fleet, sizes: Sizes, pg: Postgres | None) ->
 
 
 def signed_push(client: httpx.Client, url: str, i: int, sha: str) -> int:
-    body = json.dumps({"ref": f"refs/heads/{branch(i)}", "after": sha, "repository": {"full_name": "acme/config"}}).encode()
+    push = {"ref": f"refs/heads/{branch(i)}", "after": sha, "repository": {"full_name": "acme/config"}}
+    body = json.dumps(push).encode()
     signature = "sha256=" + hmac.new(WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
     headers = {"X-GitHub-Event": "push", "X-GitHub-Delivery": f"bench-{i}-{sha[:12]}", "X-GitHub-Hook-ID": "1",
                "Content-Type": "application/json", "X-Hub-Signature-256": signature}
@@ -448,7 +449,8 @@ def report(result: ScenarioResult, sizes: Sizes, costs: list[Cost], latencies: l
                    ["Configuration", "All replicas CPU", "PostgreSQL CPU", "Sum"])
     for cost in costs:
         for name, owned, cpu, rss in zip(cost.replicas, cost.owned, cost.cpu, cost.rss, strict=True):
-            per_replica.add(cost.label, name, owned, fmt_summary(Summary.of(cpu), percent), fmt_summary(Summary.of(rss), mb))
+            per_replica.add(cost.label, name, owned,
+                            fmt_summary(Summary.of(cpu), percent), fmt_summary(Summary.of(rss), mb))
         both = [t + p for t, p in zip(cost.total, cost.pg_cpu, strict=True)] if cost.pg_cpu else cost.total
         totals.add(cost.label, fmt_summary(Summary.of(cost.total), percent),
                    fmt_summary(Summary.of(cost.pg_cpu), percent) if cost.pg_cpu else "-",
@@ -472,7 +474,8 @@ def report(result: ScenarioResult, sizes: Sizes, costs: list[Cost], latencies: l
     if three_cost:
         fair = -(-sizes.apps // len(three_cost.replicas)) + 1
         result.check(f"no replica owns more than ceil(apps / replicas) + 1 = {fair}",
-                     "owned: " + ", ".join(f"{n} {o}" for n, o in zip(three_cost.replicas, three_cost.owned, strict=True)),
+                     "owned: " + ", ".join(f"{n} {o}"
+                                          for n, o in zip(three_cost.replicas, three_cost.owned, strict=True)),
                      max(three_cost.owned) <= fair and sum(three_cost.owned) == sizes.apps)
     by_label = {(lat.label, lat.via): lat for lat in latencies}
     single = by_label.get((SINGLE, "the only replica"))

@@ -25,7 +25,9 @@ from autodeployer_emulators.gitserver import GitHttpServer
 from autodeployer_emulators.sesam import SesamEmulator
 
 Message = MutableMapping[str, Any]
-ASGI = Callable[[MutableMapping[str, Any], Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGI = Callable[[MutableMapping[str, Any], Receive, Send], Awaitable[None]]
 STATS_PATH = "/_bench/stats"
 
 
@@ -66,7 +68,8 @@ class RecordingGit:
             if message["type"] != "http.request" or not message.get("more_body"):
                 break
         with self._lock:
-            self._log.append((started, scope["method"], scope["path"], request_kind(scope["method"], scope["path"], body)))
+            kind = request_kind(scope["method"], scope["path"], body)
+            self._log.append((started, scope["method"], scope["path"], kind))
         replay = iter(messages)
 
         async def replay_receive() -> Message:

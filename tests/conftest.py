@@ -149,15 +149,14 @@ class ServiceFactory:
         port = int(env.get("PORT") or free_port())
         env = {**env, "PORT": str(port), "HOST": "127.0.0.1"}
         log_path = self.tmp_path / f"service-{len(self.started)}.log"
-        handle = open(log_path, "wb")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "autodeployer", *args, "run"],
-            env=env,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        handle.close()
+        with open(log_path, "wb") as handle:  # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "autodeployer", *args, "run"],
+                env=env,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         service = Service(proc, port, log_path, env)
         self.started.append(service)
 

@@ -9,6 +9,7 @@ and the app's state.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import subprocess
 import sys
 import threading
@@ -125,7 +126,7 @@ def test_service_and_cli_never_apply_the_same_app_at_once(service: ServiceFactor
     applied = [r for r in history_rows(state_dir) if r["result"] == "synced"]
     assert len(applied) >= 4 and later
     spans = sorted((r["started_at"], r["finished_at"]) for r in applied)
-    for (_, end), (start, _) in zip(spans, spans[1:]):
+    for (_, end), (start, _) in itertools.pairwise(spans):
         assert end <= start, f"two applies of the app overlapped: {spans}"
     assert "is being synced by pid" in svc.log()  # the service's worker met the CLI's lock and retried
 

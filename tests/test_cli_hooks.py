@@ -84,7 +84,8 @@ def test_list_needs_no_public_url_and_says_no_hooks(gh_env, github: GitHubEmulat
     assert "acme/config: no hooks" in empty.stdout
 
     api = httpx.Client(base_url=github.url, headers={"Authorization": f"Bearer {gh_env['GITHUB_TOKEN']}"})  # type: ignore[attr-defined]
-    assert api.post("/repos/acme/config/hooks", json={"config": {"url": "http://other.example/hook"}}).status_code == 201
+    created = api.post("/repos/acme/config/hooks", json={"config": {"url": "http://other.example/hook"}})
+    assert created.status_code == 201
     listed = run_cli(gh_env, "hooks", "list")
     assert listed.returncode == 0, listed.stderr
     assert "  acme/config" in listed.stdout and "http://other.example/hook" in listed.stdout

@@ -63,7 +63,8 @@ def test_trigger_branch_defaults_to_dcos_and_unknown_keys_warn():
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("app_name: CHANGEME\nmarathon_url: http://localhost:8080\n", "app_name is not set (still the CHANGEME placeholder?)"),
+        ("app_name: CHANGEME\nmarathon_url: http://localhost:8080\n",
+         "app_name is not set (still the CHANGEME placeholder?)"),
         ("marathon_url: http://localhost:8080\n", "app_name is not set"),
         ("app_name: 'has spaces'\n", "app_name: app names use letters"),
         ("- just\n- a list\n", "expected a mapping"),
@@ -148,8 +149,8 @@ def test_project_becomes_one_marathon_app(tmp_path: Path):
 
 def test_environment_overrides_and_defaults(tmp_path: Path):
     descriptor = "app_name: shop\nmarathon_url: http://localhost:8080\nrepo_url: git@github.com:acme/shop.git\n"
-    env = environ(tmp_path, MARATHON_URL="https://master.example.com/service/marathon/", GITHUB_TOKEN="ghp_fromenv123456",
-                  PUBLIC_URL="https://deploy.example.com", SPECS_DIR="elsewhere")
+    env = environ(tmp_path, MARATHON_URL="https://master.example.com/service/marathon/",
+                  GITHUB_TOKEN="ghp_fromenv123456", PUBLIC_URL="https://deploy.example.com", SPECS_DIR="elsewhere")
     built = read_dploy(project(tmp_path, descriptor), env)
     [app] = built.config.apps
     assert app.source.branch == "dcos"
@@ -162,7 +163,7 @@ def test_environment_overrides_and_defaults(tmp_path: Path):
 
 
 def test_missing_pieces_are_configuration_errors(tmp_path: Path):
-    with pytest.raises(ConfigError, match="not found; is .* a dploy project"):
+    with pytest.raises(ConfigError, match=r"not found; is .* a dploy project"):
         read_dploy(tmp_path, environ(tmp_path))
     with pytest.raises(ConfigError, match="repo_url is required"):
         read_dploy(project(tmp_path, "app_name: shop\nmarathon_url: http://m:8080\n"), environ(tmp_path))

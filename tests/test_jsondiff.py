@@ -21,7 +21,8 @@ def refused(text: str | bytes) -> str:
 
 @pytest.mark.parametrize("text, message", [
     ('{"x": 1e400}', "number 1e400 is out of range (not a finite double) at line 1 column 7"),
-    ('{"y": "1e400",\n "x": [1.5, -1E+400]}', "number -1E+400 is out of range (not a finite double) at line 2 column 13"),
+    ('{"y": "1e400",\n "x": [1.5, -1E+400]}',
+     "number -1E+400 is out of range (not a finite double) at line 2 column 13"),
     ("[" + "9" * 400 + ".0]", "is out of range (not a finite double) at line 1 column 2"),
     ('{"x": ' + "7" * 5000 + "}", f"integer of more than {sys.get_int_max_str_digits()} digits at line 1 column 7"),
     ('[1.' + "1" * 5000 + ", -" + "7" * 5000 + "]", "digits at line 1 column 5006"),
@@ -84,7 +85,7 @@ def test_whatever_is_accepted_can_be_uploaded():
     accepted = refused_ = 0
     for i in range(len(pieces) ** 3):
         a, b, c = pieces[i % 12], pieces[i // 12 % 12], pieces[i // 144 % 12]
-        text = '{"%s": ["%s", 1e300, 2]}' % (c + a, a + b + c)
+        text = f'{{"{c + a}": ["{a + b + c}", 1e300, 2]}}'
         try:
             value = loads_strict(text.encode())
         except JSONProblem:

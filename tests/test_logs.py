@@ -45,7 +45,7 @@ def test_json_mode_writes_only_json_objects(service, app_env, git_server):
         assert isinstance(doc, dict) and {"event", "level", "timestamp"} <= doc.keys(), line
         events.append(doc)
     by_logger = {(d.get("logger"), d["event"].split(" (")[0]) for d in events}
-    assert ("uvicorn.error", "Started server process [%d]" % svc.proc.pid) in by_logger
+    assert ("uvicorn.error", f"Started server process [{svc.proc.pid}]") in by_logger
     assert any(d["event"] == "listening" and d["url"] == svc.url for d in events)
     assert any(d.get("logger") == "uvicorn.error" and d["event"] == "Invalid HTTP request received."
                and d["level"] == "warning" for d in events)

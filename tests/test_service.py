@@ -43,7 +43,7 @@ def test_polling_applies_commits_and_reverts_drift(service, app_env, config_repo
     # the node is reverted by the PUT; the row is written after the verifying read-back
     drift_rows = wait_for(lambda: [r for r in history_rows(state_dir) if r["drift"]], what="drift row")
     assert drift_rows and drift_rows[-1]["result"] == "synced"
-    assert "1 changed, 1 removed" == drift_rows[-1]["summary"]
+    assert drift_rows[-1]["summary"] == "1 changed, 1 removed"
     assert "drift detected" in svc.log()
 
 
@@ -110,7 +110,7 @@ def test_unreachable_repository_is_reported_and_retried(service, app_env, git_se
     svc = service({**app_env, "SYNC_INTERVAL": "0.2"})
     wait_for(lambda: any(r["result"] == "failed" for r in history_rows(state_dir)), what="failure recorded")
     assert httpx.get(svc.url + "/healthz").status_code == 200
-    failed = [r for r in history_rows(state_dir) if r["result"] == "failed"][0]
+    failed = next(r for r in history_rows(state_dir) if r["result"] == "failed")
     assert "cannot reach" in failed["error"] and "503" in failed["error"]
     git_server.up()
     wait_for(lambda: "orders" in stripped(sesam.entities()), timeout=30, what="recovery after the outage")

@@ -103,7 +103,7 @@ def test_user_and_bad_token(gh: tuple[GitHubEmulator, str]) -> None:
     emulator, url = gh
     assert client(url).get_user().login == emulator.user_login
     with pytest.raises(GithubException) as bad:
-        client(url, "ghp_wrong").get_user().login
+        _ = client(url, "ghp_wrong").get_user().login  # the user is fetched lazily, on this first attribute read
     assert bad.value.status == 401
 
 

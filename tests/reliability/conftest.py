@@ -35,10 +35,9 @@ def _results_file() -> Iterator[None]:
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     """Keep every reliability test's outcome (xfail included) next to its figures."""
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        outcome = report.outcome
         if hasattr(report, "wasxfail"):
             outcome = "xpassed" if report.passed else "xfailed"
-        else:
-            outcome = report.outcome
         data = support.load_results()
         data["tests"][report.nodeid] = {
             "outcome": outcome,

@@ -10,6 +10,7 @@ after the PUT arrived". Everything else is relayed byte for byte.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 import threading
@@ -43,10 +44,8 @@ def _reset(writer: asyncio.StreamWriter) -> None:
     """Close with RST instead of FIN: the peer sees 'connection reset by peer'."""
     sock = writer.get_extra_info("socket")
     if sock is not None:
-        try:
+        with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
     writer.transport.abort()
 
 

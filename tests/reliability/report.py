@@ -109,7 +109,8 @@ def measured_abuse(f: dict[str, Any]) -> str:
     if "rss_before_mb" in f:
         parts.append(f"RSS {f['rss_before_mb']} -> {f['rss_after_mb']} MB (+{f['rss_growth_mb']})")
     if "rss_peak_growth_mb" in f:
-        parts.append(f"peak +{f['rss_peak_growth_mb']} MB (bound +{f.get('rss_peak_bound_mb', f.get('rss_bound_mb', 100))})")
+        bound = f.get("rss_peak_bound_mb", f.get("rss_bound_mb", 100))
+        parts.append(f"peak +{f['rss_peak_growth_mb']} MB (bound +{bound})")
     if "trickler_status" in f:
         parts.append(f"trickling sender answered {f['trickler_status']}; the genuine 20 MB delivery behind it "
                      f"{f['genuine_status']} after {fmt_s(f['genuine_answer_s'])}")

@@ -128,9 +128,11 @@ def corpus() -> list[Case]:
         Case("whitespace only", {f"{P}/blank.conf.json": "  \n\t\n"}, f"{P}/blank.conf.json"),
         Case("trailing garbage", {f"{P}/tg.conf.json": j(pipe("tg")) + ' {"x": 1}'}, f"{P}/tg.conf.json"),
         Case("JSON with comments", {f"{P}/c.conf.json": "// note\n" + j(pipe("c"))}, f"{P}/c.conf.json"),
-        Case("raw control character", {f"{P}/ctl.conf.json": '{"_id": "ctl\x01", "type": "pipe"}'}, f"{P}/ctl.conf.json"),
+        Case("raw control character", {f"{P}/ctl.conf.json": '{"_id": "ctl\x01", "type": "pipe"}'},
+             f"{P}/ctl.conf.json"),
         Case("duplicate ids across files", {f"{P}/orders-copy.conf.json": orders}, f"{P}/orders.conf.json"),
-        Case("duplicate ids in one file", {f"{P}/twins.conf.json": j([pipe("twin"), pipe("twin")])}, f"{P}/twins.conf.json"),
+        Case("duplicate ids in one file", {f"{P}/twins.conf.json": j([pipe("twin"), pipe("twin")])},
+             f"{P}/twins.conf.json"),
         Case("pipe id equal to a system id", {f"{P}/crm.conf.json": j(pipe("crm"))}, f"{S}/crm.conf.json"),
         Case("missing _id", {f"{P}/noid.conf.json": j({"type": "pipe"})}, f"{P}/noid.conf.json"),
         Case("empty _id", {f"{P}/e.conf.json": j({"_id": "", "type": "pipe"})}, f"{P}/e.conf.json"),
@@ -139,7 +141,8 @@ def corpus() -> list[Case]:
         Case("missing type", {f"{P}/nt.conf.json": j({"_id": "nt"})}, f"{P}/nt.conf.json"),
         Case("type not a string", {f"{P}/t5.conf.json": j({"_id": "t5", "type": 5})}, f"{P}/t5.conf.json"),
         Case("type table", {f"{P}/tbl.conf.json": j({"_id": "tbl", "type": "table"})}, f"{P}/tbl.conf.json"),
-        Case("type system without kind", {f"{S}/sys.conf.json": j({"_id": "sys", "type": "system"})}, f"{S}/sys.conf.json"),
+        Case("type system without kind", {f"{S}/sys.conf.json": j({"_id": "sys", "type": "system"})},
+             f"{S}/sys.conf.json"),
         Case("top-level number", {f"{P}/num.conf.json": "42"}, f"{P}/num.conf.json"),
         Case("top-level string", {f"{P}/str.conf.json": '"pipe"'}, f"{P}/str.conf.json"),
         Case("top-level null", {f"{P}/null.conf.json": "null"}, f"{P}/null.conf.json"),
@@ -150,13 +153,16 @@ def corpus() -> list[Case]:
              f"{P}/latin1.conf.json"),
         Case("UTF-16 file", {f"{P}/u16.conf.json": j(pipe("u16")).encode("utf-16")}, f"{P}/u16.conf.json"),
         Case("NaN", {f"{P}/nan.conf.json": '{"_id": "nan", "type": "pipe", "x": NaN}'}, f"{P}/nan.conf.json"),
-        Case("-Infinity", {f"{P}/inf.conf.json": '{"_id": "inf", "type": "pipe", "x": -Infinity}'}, f"{P}/inf.conf.json"),
-        Case("duplicate keys", {f"{P}/dk.conf.json": '{"_id": "dk", "type": "pipe", "type": "pipe"}'}, f"{P}/dk.conf.json"),
+        Case("-Infinity", {f"{P}/inf.conf.json": '{"_id": "inf", "type": "pipe", "x": -Infinity}'},
+             f"{P}/inf.conf.json"),
+        Case("duplicate keys", {f"{P}/dk.conf.json": '{"_id": "dk", "type": "pipe", "type": "pipe"}'},
+             f"{P}/dk.conf.json"),
         Case("deeply nested JSON (100,000 levels)",
              {f"{P}/deep.conf.json": '{"_id": "deep", "type": "pipe", "x": ' + "[" * 100_000 + "]" * 100_000 + "}"},
              f"{P}/deep.conf.json"),
         Case("$SECRET in a pipe",
-             {f"{P}/sec.conf.json": j(pipe("sec", source={"type": "http", "url": "$SECRET(token)"}))}, f"{P}/sec.conf.json"),
+             {f"{P}/sec.conf.json": j(pipe("sec", source={"type": "http", "url": "$SECRET(token)"}))},
+             f"{P}/sec.conf.json"),
         Case("id with /", {f"{P}/slash.conf.json": j(pipe("a/b"))}, f"{P}/slash.conf.json"),
         Case("pipe in the metadata file", {f"{ROOT}/node-metadata.conf.json": j(pipe("meta"))},
              f"{ROOT}/node-metadata.conf.json"),
@@ -399,7 +405,7 @@ def test_marathon_specs_with_invalid_ids_are_refused(tmp_path: Path, git_server:
         assert set(marathon.apps()) == set(apps)
         results("bad-input", name, via="autodeployer sync (TARGET=marathon)", result="refused",
                 exit_code=done.returncode,
-                reason=[line for line in done.stdout.splitlines() if path in line][0].strip()[:140])
+                reason=next(line for line in done.stdout.splitlines() if path in line).strip()[:140])
         repo.write({path: None})
 
 
@@ -409,7 +415,7 @@ def test_the_fix_after_refused_commits_deploys_at_the_poll_interval(service, rel
     svc = service(rel_env)  # SYNC_INTERVAL=0.2, polling only
     wait_for(lambda: "orders" in stripped(sesam.entities()), what="first sync")
     for i in range(5):
-        config_repo.write({"pipes/typo.conf.json": "{ typo %d" % i})
+        config_repo.write({"pipes/typo.conf.json": f"{{ typo {i}"})
         config_repo.commit(f"typo {i}")
         head = config_repo.push()
         wait_for(lambda head=head: (row_for(state_dir, head) or {"result": ""})["result"] == "refused",

@@ -150,7 +150,8 @@ def test_target_outages_back_off_and_recover(service, rel_env, config_repo: Work
     ]
     with PsSampler() as ps:
         for outage in outages:
-            figures = run_outage(outage, svc, config_repo, sesam, state_dir, window=8.0 if outage.name == "sesam-500" else WINDOW)
+            window = 8.0 if outage.name == "sesam-500" else WINDOW
+            figures = run_outage(outage, svc, config_repo, sesam, state_dir, window=window)
             results("faults", outage.name, **figures)
     assert svc.proc.poll() is None
     leaks = check_no_leaks(svc.url, svc.log(), state_dir)
@@ -281,7 +282,8 @@ def test_github_outages_never_stop_syncs(service, rel_env, github, config_repo: 
         head = commit(config_repo, "githubback")
         wait_for(lambda: any(s["state"] == "success" for s in github.statuses("acme", "config", head)),
                  timeout=30, what="commit statuses again")
-        hooked = wait_for(lambda: [h for h in github.hooks("acme", "config") if h["config"]["url"] == public + "/webhook"],
+        hooked = wait_for(lambda: [h for h in github.hooks("acme", "config")
+                                   if h["config"]["url"] == public + "/webhook"],
                           timeout=40, what="hook registered after the outage")
         registration_attempts = gh.count_path("/repos/acme/config/hooks", "GET")
         results("faults", "github-recovery", status_posted=True, hook_registered=bool(hooked),

@@ -37,14 +37,15 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
 DOCUMENTED_STATUSES = {200, 202, 204, 400, 401, 413, 415}
 
 # --------------------------------------------------------------------------- strategies
-json_scalars = st.none() | st.booleans() | st.integers(-(10**12), 10**12) | st.floats(allow_nan=False,
-                                                                                          allow_infinity=False) | st.text(max_size=20)
+json_scalars = (st.none() | st.booleans() | st.integers(-(10**12), 10**12)
+                | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20))
 json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4)
                            | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=20)
 ids = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_/ ", min_size=0, max_size=12)
 kinds = st.sampled_from(["pipe", "metadata", "system:url", "system:microservice", "system", "table", "", "Pipe"])
-entities = st.fixed_dictionaries({"_id": ids, "type": kinds}, optional={"source": json_values, "x": json_values,
-                                                                          "_updated": json_values, "$audit": json_values})
+entities = st.fixed_dictionaries({"_id": ids, "type": kinds},
+                                 optional={"source": json_values, "x": json_values,
+                                           "_updated": json_values, "$audit": json_values})
 config_paths = st.sampled_from(["node-metadata.conf.json", "pipes/a.conf.json", "pipes/b.conf.json",
                                 "pipes/deep/c.conf.json", "systems/s.conf.json", "systems/t.conf.json",
                                 "pipes/../x.conf.json", "pipes/readme.md", "other/z.conf.json"])
@@ -70,7 +71,8 @@ def test_genuine_signature_is_always_accepted(secret: str, body: bytes):
 
 
 @FUZZ
-@given(header=st.none() | st.text(max_size=80) | st.builds(lambda h: "sha256=" + h, st.text("0123456789abcdefABCDEF", min_size=60, max_size=68)),
+@given(header=st.none() | st.text(max_size=80)
+       | st.builds(lambda h: "sha256=" + h, st.text("0123456789abcdefABCDEF", min_size=60, max_size=68)),
        body=st.binary(max_size=200), secret=st.text(min_size=1, max_size=20))
 @example(header="sha256=" + "0" * 64, body=b"", secret="s")
 def test_any_other_signature_header_is_refused_without_error(header: str | None, body: bytes, secret: str):
@@ -93,7 +95,8 @@ content_types = st.sampled_from(["application/json", "application/json; charset=
 
 
 @FUZZ
-@given(content_type=content_types, body=st.binary(max_size=300) | st.builds(lambda v: json.dumps(v).encode(), json_values))
+@given(content_type=content_types,
+       body=st.binary(max_size=300) | st.builds(lambda v: json.dumps(v).encode(), json_values))
 def test_decode_returns_a_payload_or_a_verdict(content_type: str, body: bytes):
     decoded = _decode(content_type, body)
     assert isinstance(decoded, (dict, Verdict))
@@ -255,7 +258,8 @@ yaml_keys = st.text(max_size=10) | st.integers(-1, 2) | st.none() | st.booleans(
 yaml_values = st.recursive(yaml_scalars, lambda inner: st.lists(inner, max_size=3)
                            | st.dictionaries(yaml_keys, inner, max_size=4), max_leaves=12)
 sources = st.fixed_dictionaries({}, optional={
-    "url": st.sampled_from(["http://127.0.0.1:1/acme/config.git", "https://x:tok@github.com/a/b.git", ""]) | yaml_values,
+    "url": (st.sampled_from(["http://127.0.0.1:1/acme/config.git", "https://x:tok@github.com/a/b.git", ""])
+            | yaml_values),
     "branch": yaml_values, "sync_root": yaml_values, "token": yaml_values, "token_env": yaml_values,
     "github_user": yaml_values, "github_project": yaml_values, "head_check": yaml_values})
 targets = st.fixed_dictionaries({}, optional={
@@ -423,7 +427,8 @@ valid_apps = st.fixed_dictionaries({"id": valid_ids}, optional={
     "healthChecks": st.lists(st.fixed_dictionaries({"protocol": st.just("COMMAND")}), max_size=1)})
 valid_groups = st.fixed_dictionaries({"id": st.sampled_from(["/shop", "/shop/inner", "/data"]),
                                       "apps": st.lists(valid_apps, max_size=3)},
-                                     optional={"dependencies": st.lists(st.sampled_from(["/data", "/shop"]), max_size=2)})
+                                     optional={"dependencies": st.lists(st.sampled_from(["/data", "/shop"]),
+                                                                        max_size=2)})
 
 
 @FUZZ

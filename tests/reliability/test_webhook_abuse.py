@@ -140,8 +140,8 @@ def test_unsigned_malformed_and_foreign_deliveries_trigger_nothing(hook_service,
     case("md5=", 401, post(url, body, {**base, "X-Hub-Signature-256": "md5=" + hmac_hex("md5", body)}))
     case("signature in the query string", 401, post(url + "?signature=" + good, body, base))
     case("unsigned, wrong content type", 401, post(url, body, {**base, "Content-Type": "text/plain"}))
-    case("unsigned form delivery", 401, post(url, b"payload=" + body, {**base,
-                                                                        "Content-Type": "application/x-www-form-urlencoded"}))
+    case("unsigned form delivery", 401, post(url, b"payload=" + body,
+                                             {**base, "Content-Type": "application/x-www-form-urlencoded"}))
     case("25 MB + 1, declared", 413, post(url, huge, {**base, "X-Hub-Signature-256": sign(WEBHOOK_SECRET, huge)}))
     case("25 MB + 1, chunked, unsigned", (401, 413), httpx.post(url, content=chunked(), headers=base, timeout=60))
     case("signed, text/plain", 415, post(url, body, {**base, "Content-Type": "text/plain",
@@ -150,11 +150,13 @@ def test_unsigned_malformed_and_foreign_deliveries_trigger_nothing(hook_service,
                                               | {"X-Hub-Signature-256": good}))
     case("signed, multipart", 415, post(url, body, {**base, "Content-Type": "multipart/form-data; boundary=x",
                                                     "X-Hub-Signature-256": good}))
-    case("signed, form without payload", 400, post(url, b"x=1", {**base, "X-Hub-Signature-256": sign(WEBHOOK_SECRET, b"x=1"),
+    case("signed, form without payload", 400, post(url, b"x=1", {**base,
+                                                                "X-Hub-Signature-256": sign(WEBHOOK_SECRET, b"x=1"),
                                                                 "Content-Type": "application/x-www-form-urlencoded"}))
     case("signed, no event header", 400, post(url, body, {k: v for k, v in base.items() if k != "X-GitHub-Event"}
                                               | {"X-Hub-Signature-256": good}))
-    case("signed, malformed JSON", 400, post(url, b'{"ref": ', {**base, "X-Hub-Signature-256": sign(WEBHOOK_SECRET, b'{"ref": ')}))
+    case("signed, malformed JSON", 400, post(url, b'{"ref": ',
+                                             {**base, "X-Hub-Signature-256": sign(WEBHOOK_SECRET, b'{"ref": ')}))
     case("GET /webhook", 405, httpx.get(url))
     for name, expected, response in cases:
         allowed = expected if isinstance(expected, tuple) else (expected,)

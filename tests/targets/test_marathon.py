@@ -66,7 +66,8 @@ def tree_of(files: dict[str, str | bytes], root: str = "") -> Tree:
 
 def test_desired_state_groups_by_structure_absolute_ids_and_label():
     files = {
-        "specs/b-app.json": spec_json({"id": "mentions", "cmd": 'echo "groups" apps', "labels": {"DPLOY": "other", "team": "x"}}),
+        "specs/b-app.json": spec_json({"id": "mentions", "cmd": 'echo "groups" apps',
+                                       "labels": {"DPLOY": "other", "team": "x"}}),
         "specs/a-group.json": spec_json({"id": "shop", "apps": [{"id": "web", "cmd": "w"}],
                                          "groups": [{"id": "inner", "apps": [{"id": "/shop/inner/db", "cmd": "d"}]}]}),
         "specs/nested/ignored.json": spec_json({"id": "ignored", "cmd": "i"}),
@@ -155,7 +156,8 @@ def env(tmp_path: Path, git_server: GitHttpServer, shop_repo: WorkRepo, mara: Ma
 @pytest.fixture
 def deployed(shop_repo: WorkRepo, mara: MarathonEmulator) -> MarathonEmulator:
     """The project already deployed, as a first sync leaves it (saves a CLI run per test)."""
-    files = {p: (shop_repo.work_dir / p).read_text() for p in ("specs/web.json", "specs/worker.json", "specs/backend.json")}
+    paths = ("specs/web.json", "specs/worker.json", "specs/backend.json")
+    files = {p: (shop_repo.work_dir / p).read_text() for p in paths}
     for app in parse_desired(tree_of(files), "specs", "shop").apps.values():
         mara.load_app(app.spec)
     return mara
@@ -376,7 +378,8 @@ def test_field_removed_from_git_is_reset(env, shop_repo, mara: MarathonEmulator)
 
 
 def test_invalid_spec_is_refused_and_marathon_untouched(env, shop_repo, deployed):
-    push(shop_repo, {"specs/web.json": '{"id": "web", "cmd": ', "specs/z.json": spec_json({"id": "Bad_Id", "cmd": "x"})})
+    push(shop_repo, {"specs/web.json": '{"id": "web", "cmd": ',
+                     "specs/z.json": spec_json({"id": "Bad_Id", "cmd": "x"})})
     deployed.reset_log()
     result = sync(env)
     assert result.returncode == 2

@@ -93,7 +93,7 @@ def _unfilter(kind: int, line: bytes, prev: bytes, bpp: int) -> bytes:
     if kind == 0:
         return line
     if kind == 2:
-        return bytes((x + y) & 255 for x, y in zip(line, prev))
+        return bytes((x + y) & 255 for x, y in zip(line, prev, strict=True))
     out = bytearray(line)
     if kind == 1:
         for c in range(bpp):
@@ -142,7 +142,7 @@ def png_rows(data: bytes) -> tuple[int, int, list[list[tuple[int, int, int]]]]:
     for y in range(height):
         start = y * (stride + 1)
         row = _unfilter(raw[start], raw[start + 1:start + 1 + stride], prev, bpp)
-        rows.append(list(zip(row[0::bpp], row[1::bpp], row[2::bpp])))
+        rows.append(list(zip(row[0::bpp], row[1::bpp], row[2::bpp], strict=True)))
         prev = row
     return width, height, rows
 
@@ -159,7 +159,7 @@ def widest_run(rows: list[list[tuple[int, int, int]]], rgb: tuple[int, int, int]
 
 
 def pixels_near(colours: Counter[tuple[int, int, int]], rgb: tuple[int, int, int], tolerance: int = 6) -> int:
-    return sum(n for c, n in colours.items() if all(abs(a - b) <= tolerance for a, b in zip(c, rgb)))
+    return sum(n for c, n in colours.items() if all(abs(a - b) <= tolerance for a, b in zip(c, rgb, strict=True)))
 
 
 # --------------------------------------------------------------------------- the scenario

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import stat
 import time
@@ -199,7 +200,7 @@ def test_burst_of_pushes_coalesces(service, hook_env, github, config_repo, sesam
         shas.append(config_repo.head)
     config_repo.push()
     began = time.monotonic()
-    for before, after in zip(shas, shas[1:]):
+    for before, after in itertools.pairwise(shas):
         github.push("acme", "config", "refs/heads/master", before, after)
     spent = time.monotonic() - began
     wait_for(lambda: "burst-19" in stripped(sesam.entities()), timeout=30, what="last commit applied")
@@ -232,7 +233,7 @@ def test_hook_registration_is_idempotent_across_restarts_and_pages(service, hook
 
     listed = run_cli(env, "hooks", "list")
     assert listed.returncode == 0
-    assert listed.stdout.count("\n") == 131 and f"* acme/config" in listed.stdout
+    assert listed.stdout.count("\n") == 131 and "* acme/config" in listed.stdout
     again = run_cli(env, "hooks", "register")
     assert again.returncode == 0 and "unchanged" in again.stdout
     removed = run_cli(env, "hooks", "remove")
@@ -259,7 +260,7 @@ def test_generated_secret_persists_owner_only(service, hook_env, github, state_d
 
 def test_commit_statuses_posted_in_order(service, hook_env, github, config_repo, sesam):
     svc = start(service, {**hook_env, "SYNC_INTERVAL": "0.3"})
-    good_before, good = commit(config_repo, "statusgood")
+    _, good = commit(config_repo, "statusgood")
     wait_for(lambda: any(s["state"] == "success" for s in github.statuses("acme", "config", good)),
              what="success status")
     states = [s["state"] for s in github.statuses("acme", "config", good)]
@@ -305,7 +306,7 @@ def test_api_head_check_uses_etags(service, hook_env, github: GitHubEmulator, co
     heads = [r for r in github.requests if r.path.startswith("/repos/acme/config/commits/")]
     assert len(heads) >= 4
     assert sum(1 for r in heads if r.status == 304) >= len(heads) - 2  # idle polls are free 304s
-    before, after = commit(config_repo, "viaapi")
+    _, after = commit(config_repo, "viaapi")
     github.set_head("acme", "config", "master", after)
     wait_for(lambda: "viaapi" in stripped(sesam.entities()), what="change seen through the API head")
     assert svc.proc.poll() is None

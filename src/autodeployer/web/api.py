@@ -56,7 +56,7 @@ class Api:
         if owner and beats is None:
             beats = self._heartbeats()
         return app_row(app, self.store, self.scheduler.worker(app.name), owner=owner,
-                       owner_heartbeat_at=(beats or {}).get(owner), state=state)
+                       owner_heartbeat_at=(beats or {}).get(owner) if owner else None, state=state)
 
     def _unavailable(self) -> JSONResponse | None:
         """Admin actions need the shared store: refuse clearly while it is unreachable."""

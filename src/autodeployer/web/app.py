@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -18,7 +19,8 @@ from .api import Api
 from .pages import page_routes
 from .webhook import WebhookReceiver
 
-BackgroundJob = Callable[[], Awaitable[None]]
+# a coroutine function, not any awaitable: asyncio.create_task() runs each one as a task
+BackgroundJob = Callable[[], Coroutine[Any, Any, None]]
 
 
 def create_app(
