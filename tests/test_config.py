@@ -247,3 +247,124 @@ def test_local_git_url_gives_a_valid_app_name_and_an_absolute_path(tmp_path: Pat
     assert load_config({**ENV, "GIT_URL": "my config"}).apps[0].source.url == str(tmp_path / "my config")
     with pytest.raises(ConfigError, match="^APP_NAME: "):  # an explicit bad name is still named
         load_config({**ENV, "GIT_URL": str(tmp_path / "my config"), "APP_NAME": "bad name"})
+
+
+# --------------------------------------------------------------------------- the later generations' variables
+KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA-SECRET-KEY\n-----END OPENSSH PRIVATE KEY-----"
+
+
+def test_git_repo_is_git_url_and_both_differing_is_an_error_naming_both():
+    app = load_config({**BASE, "GIT_REPO": "git@github.com:acme/cfg.git", "DEPLOY_TOKEN": KEY}).apps[0]
+    assert app.source.url == "git@github.com:acme/cfg.git" and app.source.repo_full_name == "acme/cfg"
+    same = {**BASE, "GIT_REPO": "https://h.example/a/b.git", "GIT_URL": "https://h.example/a/b.git"}
+    assert load_config(same).apps[0].source.url == "https://h.example/a/b.git"
+    with pytest.raises(ConfigError, match="^GIT_URL and GIT_REPO are both set and differ"):
+        load_config({**same, "GIT_REPO": "https://h.example/a/c.git"})
+
+
+def test_deploy_token_is_the_ssh_key_and_never_in_an_error():
+    app = load_config({**BASE, "GIT_REPO": "git@github.com:acme/cfg.git", "DEPLOY_TOKEN": KEY}).apps[0]
+    assert app.source.ssh_key.get_secret_value() == KEY and app.source.token is None
+    escaped = KEY.replace("\n", "\\n")  # a key pasted into a one-line secret
+    app = load_config({**BASE, "GIT_REPO": "git@github.com:acme/cfg.git", "DEPLOY_TOKEN": escaped}).apps[0]
+    assert app.source.ssh_key.get_secret_value() == KEY
+    for env, message in [
+        ({"DEPLOY_TOKEN": "ghp_notakey-SECRET"}, "DEPLOY_TOKEN: expected the private SSH deploy key text"),
+        ({"DEPLOY_TOKEN": KEY, "GIT_SSH_KEY": KEY + "x"}, "DEPLOY_TOKEN and GIT_SSH_KEY are both set and differ"),
+        ({"DEPLOY_TOKEN": KEY, "GIT_REPO": "https://github.com/acme/cfg.git"},
+         "DEPLOY_TOKEN is an SSH deploy key, but the repository URL is https"),
+    ]:
+        with pytest.raises(ConfigError, match=message) as info:
+            load_config({**BASE, "GIT_REPO": "git@github.com:acme/cfg.git", **env})
+        assert "SECRET" not in str(info.value)
+
+
+def test_deploy_token_with_git_username_is_an_https_token_for_that_user():
+    config = load_config({**BASE, "GIT_REPO": "git@github.com:acme/cfg.git", "DEPLOY_TOKEN": "ghp_tok-SECRET",
+                          "GIT_USERNAME": "robot"})
+    source = config.apps[0].source
+    assert source.url == "https://github.com/acme/cfg.git"  # as upstream: ssh URLs are fetched over https
+    assert source.token.get_secret_value() == "ghp_tok-SECRET" and source.username == "robot"
+    assert source.ssh_key is None and "ghp_tok-SECRET" not in source.url
+    assert any("fetched as https://github.com/acme/cfg.git" in n for n in config.notices)
+    assert "ghp_tok-SECRET" in config.secrets()  # redacted wherever it could appear
+    schemeless = load_config({**BASE, "GIT_REPO": "github.com/acme/cfg.git", "DEPLOY_TOKEN": "t-SECRET",
+                              "GIT_USERNAME": "robot"}).apps[0].source
+    assert schemeless.url == "https://github.com/acme/cfg.git"
+    with pytest.raises(ConfigError, match="DEPLOY_TOKEN .* and GITHUB_TOKEN are both set and differ"):
+        load_config({**BASE, "DEPLOY_TOKEN": "a-SECRET", "GIT_USERNAME": "robot", "GITHUB_TOKEN": "b-SECRET"})
+    with pytest.raises(ConfigError, match="GIT_USERNAME is set but no token is"):
+        load_config({**BASE, "GIT_USERNAME": "robot"})
+    with pytest.raises(ConfigError, match="GIT_USERNAME: expected a user name"):
+        load_config({**BASE, "GIT_USERNAME": "a b", "DEPLOY_TOKEN": "t"})
+
+
+def test_tag_beats_branch_with_a_notice():
+    config = load_config({**BASE, "TAG": "v1.2", "BRANCH": "main"})
+    source = config.apps[0].source
+    assert source.tag == "v1.2" and source.ref == "refs/tags/v1.2"
+    assert config.notices == ("TAG is set: following tag 'v1.2', BRANCH=main is ignored",)
+    assert load_config({**BASE, "TAG": "v1.2"}).notices == ()
+    assert load_config(BASE).apps[0].source.ref == "refs/heads/master"
+    with pytest.raises(ConfigError, match="^TAG: not a valid tag name"):
+        load_config({**BASE, "TAG": "v1 ..2"})
+
+
+def test_sleep_interval_is_sync_interval():
+    assert load_config({**BASE, "SLEEP_INTERVAL": "30"}).apps[0].policy.interval == 30
+    assert load_config({**BASE, "SLEEP_INTERVAL": "30", "SYNC_INTERVAL": "30.0"}).apps[0].policy.interval == 30
+    with pytest.raises(ConfigError, match="^SYNC_INTERVAL and SLEEP_INTERVAL are both set and differ"):
+        load_config({**BASE, "SLEEP_INTERVAL": "30", "SYNC_INTERVAL": "5"})
+    with pytest.raises(ConfigError, match="^SLEEP_INTERVAL: expected a number"):
+        load_config({**BASE, "SLEEP_INTERVAL": "often"})
+
+
+@pytest.mark.parametrize("text, level", [("DEBUG", "debug"), ("Info", "info"), ("WARNING", "warning"),
+                                         ("WARN", "warning"), ("ERROR", "error"), ("CRITICAL", "error")])
+def test_log_level_in_any_case(text: str, level: str):
+    assert load_config({**BASE, "LOG_LEVEL": text}).service.log_level == level
+
+
+def test_verify_ssl_false_is_refused_naming_the_replacement():
+    with pytest.raises(ConfigError, match="^VERIFY_SSL is not supported: .*VERIFY_TLS=false"):
+        load_config({**BASE, "VERIFY_SSL": "false"})
+    with pytest.raises(ConfigError, match="^VERIFY_SSL is not supported"):
+        load_config({**BASE, "VERIFY_SSL": "maybe"})
+    assert load_config({**BASE, "VERIFY_SSL": "true"}).apps  # what autodeployer does anyway
+
+
+def test_off_is_a_strict_boolean():
+    from autodeployer.config.loader import turned_off
+
+    assert turned_off({"off": "true"}) and turned_off({"off": "TRUE"}) and not turned_off({})
+    assert not turned_off({"off": "false"})
+    with pytest.raises(ConfigError, match="^off: expected true/false"):
+        turned_off({"off": "yep"})
+
+
+def test_yaml_ref_tags_and_tag(tmp_path: Path):
+    def source(body: str):
+        path = tmp_path / "apps.yaml"
+        path.write_text(f"apps: [{{name: a, source: {{url: 'http://h/a/b.git', {body}}}, target: {{jwt: jjjjjjjj}}}}]")
+        return load_config({}, path).apps[0].source
+
+    assert source("ref: tags/v2").tag == "v2" and source("ref: refs/tags/v2").ref == "refs/tags/v2"
+    assert source("tag: v3").ref == "refs/tags/v3"
+    assert source("ref: heads/main").ref == "refs/heads/main"
+    for body, message in [("ref: v2", "source.ref: expected tags/NAME or heads/NAME"),
+                          ("ref: tags/v2, tag: v3", "source.ref: set ref or tag, not both"),
+                          ("tag: v2, branch: main", "source.tag: set tag or branch, not both"),
+                          ("tag: 'a b'", "source.tag: not a valid tag name")]:
+        with pytest.raises(ConfigError, match=message):
+            source(body)
+
+
+def test_off_stops_the_service_at_start_with_a_reason(tmp_path: Path):
+    from .helpers import base_env, run_cli
+
+    # nothing else configured: a switched-off service does not need a complete configuration
+    done = run_cli(base_env(off="true", STATE_DIR=str(tmp_path)), "run", timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert "not starting: the environment variable off is true" in done.stdout + done.stderr
+    bad = run_cli(base_env(off="ja", STATE_DIR=str(tmp_path)), "run", timeout=30)
+    assert bad.returncode == 2 and "off: expected true/false/1/0/yes/no" in bad.stderr

@@ -34,10 +34,21 @@ CORE_VARIABLES: tuple[Variable, ...] = (
     Variable("GIT_SSH_KEY", None, "Private SSH deploy key (the key text).", True),
     Variable("GIT_KNOWN_HOSTS", None, "known_hosts lines for SSH host-key checking."),
     Variable("GIT_TIMEOUT", "120", "Seconds a git command may take before it is abandoned."),
+    Variable("TAG", None, "Follow this tag instead of a branch (BRANCH is then ignored): a moved or a new tag "
+             "deploys."),
+    # the later github-autodeployer generations' names (docs/migrating.md)
+    Variable("GIT_REPO", None, "Clone URL, the later github-autodeployer's name for GIT_URL (both set and "
+             "different is an error)."),
+    Variable("DEPLOY_TOKEN", None, "The private SSH deploy key text (as GIT_SSH_KEY); with GIT_USERNAME set, "
+             "an HTTPS access token for that user instead.", True),
+    Variable("GIT_USERNAME", None, "User of the HTTPS access token in DEPLOY_TOKEN (an ssh GIT_REPO is then "
+             "fetched over https)."),
     # app and policy
     Variable("APP_NAME", None, "Name of the app (default: the repository name)."),
     Variable("TARGET", "sesam", "Target kind: sesam, marathon or command."),
     Variable("SYNC_INTERVAL", "60", "Poll interval in seconds; fractions allowed."),
+    Variable("SLEEP_INTERVAL", None, "The later github-autodeployer's name for SYNC_INTERVAL (both set and "
+             "different is an error)."),
     Variable("DRIFT_INTERVAL", None, "Seconds between drift checks of an unchanged head; 0 turns them off "
              "(default: every poll, at most once a minute: max(SYNC_INTERVAL, 60))."),
     Variable("ALLOW_EMPTY", "false", "Allow a sync that removes every pipe and system (or every app)."),
@@ -45,7 +56,10 @@ CORE_VARIABLES: tuple[Variable, ...] = (
     Variable("VERIFY_TLS", "true", "Verify TLS certificates of targets and GitHub."),
     # service
     Variable("STATE_DIR", None, "Directory for the Git mirror, history and generated secrets."),
-    Variable("LOG_LEVEL", "info", "debug, info, warning or error."),
+    Variable("LOG_LEVEL", "info", "debug, info, warning or error, in any letter case (warn, and critical as "
+             "error, too)."),
+    Variable("off", "false", "true stops `autodeployer run` at start, with a log line saying why (exit 0): the "
+             "github-autodeployer's switch."),
     Variable("LOG_FORMAT", "text", "text or json."),
     Variable("GITHUB_API_URL", None, "GitHub REST base (default https://api.github.com; Enterprise: https://HOST/api/v3)."),
     Variable("HEAD_CHECK", "auto", "How to read the branch head: git (ls-remote), api (GitHub sha media type), auto."),

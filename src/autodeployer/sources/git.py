@@ -107,7 +107,7 @@ class GitSource:
     # ------------------------------------------------------------------ environment
     def _basic(self, token: SecretStr) -> str:
         """user:token for HTTP Basic: GitHub takes any user with a token; others (GIT_USERNAME) want theirs."""
-        return base64.b64encode(f"{self.spec.token_user}:{token.get_secret_value()}".encode()).decode()
+        return base64.b64encode(f"{self.spec.username}:{token.get_secret_value()}".encode()).decode()
 
     def _git_env(self) -> dict[str, str]:
         if self._env is not None:

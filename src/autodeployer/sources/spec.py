@@ -14,16 +14,16 @@ from pydantic import SecretStr, field_validator
 from ..config.variables import Frozen
 
 # What git accepts in a ref name (check-ref-format), minus what would need quoting anywhere
-_REF_NAME = re.compile(r"(?!-)(?!.*\.\.)(?!.*//)(?!.*@\{)[^\s~^:?*\[\\\x00-\x1f\x7f]+(?<![./])(?<!\.lock)")
+REF_NAME = re.compile(r"(?!-)(?!.*\.\.)(?!.*//)(?!.*@\{)[^\s~^:?*\[\\\x00-\x1f\x7f]+(?<![./])(?<!\.lock)")
 
 
 class SourceSpec(Frozen):
     url: str  # never carries credentials
     branch: str = "master"
-    tag: str | None = None  # when set, the tag is followed and `branch` is ignored
     sync_root: str = ""  # normalised: "" for the repository root, else "a/b"
+    tag: str | None = None  # when set, the tag is followed and `branch` is ignored
     token: SecretStr | None = None
-    token_user: str = "x-access-token"  # the HTTPS user the token goes with (GIT_USERNAME)
+    username: str = "x-access-token"  # the HTTPS user the token goes with (GIT_USERNAME); GitHub takes any
     ssh_key: SecretStr | None = None
     known_hosts: str | None = None
     repo_full_name: str | None = None  # "owner/name", derived from the URL
@@ -34,7 +34,7 @@ class SourceSpec(Frozen):
     @field_validator("tag")
     @classmethod
     def _valid_tag(cls, value: str | None) -> str | None:
-        if value is not None and not _REF_NAME.fullmatch(value):
+        if value is not None and not REF_NAME.fullmatch(value):
             raise ValueError(f"not a valid tag name: {value!r}")
         return value
 
