@@ -117,3 +117,30 @@ def test_tag_beats_a_branch_of_the_same_name(tmp_path: Path, git_server: GitHttp
 def test_invalid_tag_names_are_refused(name: str):
     with pytest.raises(ValueError, match="tag"):
         SourceSpec(url="https://example.org/a/b.git", tag=name)
+
+
+@pytest.mark.parametrize("head_check", ["auto", "api"])
+def test_a_tag_is_checked_with_ls_refs_even_when_github_reads_heads(tmp_path: Path, git_server: GitHttpServer,
+                                                                  config_repo: WorkRepo, github, head_check: str):
+    """GitHub's sha media type reads branches; a tag falls back to the one ls-refs, never to a wrong sha."""
+    from autodeployer.sources.github import GitHubClient
+
+    tagged = config_repo.head
+    tag(config_repo, "v1", annotated=True)
+    config_repo.commit("master moves on")
+    config_repo.push()
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient() as client:
+            spec = SourceSpec(url=git_server.url_for("acme/config.git"), tag="v1", token=SecretStr(GIT_TOKEN),
+                              head_check=head_check)
+            src = GitSource(spec, tmp_path / "s", http=client)
+            src.github = GitHubClient(github.url, GIT_TOKEN, "acme/config", client)
+            assert await src.head() == tagged
+            assert github.count(path_prefix="/repos/acme/config/commits/") == 0
+            branch = GitSource(SourceSpec(url=spec.url, token=SecretStr(GIT_TOKEN)), tmp_path / "b", http=client)
+            branch.github = src.github
+            assert await branch.head() == config_repo.head  # branches still use the API
+            assert github.count(path_prefix="/repos/acme/config/commits/") == 1
+
+    asyncio.run(scenario())
