@@ -144,3 +144,24 @@ def test_a_tag_is_checked_with_ls_refs_even_when_github_reads_heads(tmp_path: Pa
             assert github.count(path_prefix="/repos/acme/config/commits/") == 1
 
     asyncio.run(scenario())
+
+
+def test_tag_env_deploys_the_tagged_commit_and_follows_the_tag(app_env: dict[str, str], config_repo: WorkRepo,
+                                                              sesam):
+    """The CLI as a real process with TAG and BRANCH both set: the tag wins, and says so."""
+    from ..helpers import run_cli
+
+    tag(config_repo, "prod", annotated=True)
+    config_repo.write({"pipes/untagged.conf.json": '{"_id": "untagged", "type": "pipe", "source": '
+                                                   '{"type": "dataset", "dataset": "x"}}\n'})
+    config_repo.commit("on master only")
+    config_repo.push()
+    env = {**app_env, "TAG": "prod", "BRANCH": "master", "LOG_LEVEL": "INFO"}
+    first = run_cli(env, "sync")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "TAG is set: following tag 'prod', BRANCH=master is ignored" in first.stderr
+    assert "untagged" not in {e["_id"] for e in sesam.entities()}
+    tag(config_repo, "prod", annotated=True, force=True)  # the release moves to master's head
+    second = run_cli(env, "sync")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "untagged" in {e["_id"] for e in sesam.entities()}
