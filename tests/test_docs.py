@@ -142,7 +142,8 @@ def test_apps_yaml_example_loads(tmp_path: Path):
     text = (ROOT / "examples" / "apps.yaml").read_text()
     refs = set(re.findall(r"_env: (\w+)", text))
     files = re.findall(r"_file: (\S+)", text)
-    assert refs and not re.search(r"^\s*(token|jwt|password|admin_token|notify_url|webhook_secret):", text, re.MULTILINE)
+    secret_key = r"^\s*(token|jwt|password|admin_token|notify_url|webhook_secret):"
+    assert refs and not re.search(secret_key, text, re.MULTILINE)
     for index, path in enumerate(files):
         secret = tmp_path / f"secret-{index}"
         secret.write_text("file-secret-value\n")

@@ -277,7 +277,7 @@ def settings() -> None:
 _server_option = click.option("--server", metavar="URL", help="Ask a running service instead of the local STATE_DIR.")
 
 
-def _backend(ctx: click.Context, server: str | None) -> "Any":
+def _backend(ctx: click.Context, server: str | None) -> Any:
     from .operations import Backend
 
     def load() -> Config:
@@ -423,7 +423,8 @@ async def _hook_command(config: Config, action: str, dploy: bool = False) -> int
                                    "own secret when it starts)")
                 elif action == "remove":
                     removed = await target.client.remove_hook(url or "")
-                    click.echo(f"{target.repo}: " + (f"removed hook {removed['id']}" if removed else f"no hook for {url}"))
+                    result = f"removed hook {removed['id']}" if removed else f"no hook for {url}"
+                    click.echo(f"{target.repo}: {result}")
                 else:
                     _list_hooks(target.repo, await target.client.list_hooks(), url)
             except GitHubError as exc:

@@ -7,11 +7,13 @@ Errors are :class:`ConfigError` naming the variable or YAML key, never a traceba
 
 from __future__ import annotations
 
+import operator
 import os
 import re
 from collections.abc import Callable, Mapping
+from functools import reduce
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
@@ -50,10 +52,11 @@ def settings_table() -> str:
 
 
 # --------------------------------------------------------------------------- models
-TargetSpec = Annotated[
-    Union[tuple(module.Spec for module in TARGETS.values())],  # type: ignore[valid-type]
-    Field(discriminator="kind"),
-]
+if TYPE_CHECKING:
+    TargetSpec = Any  # the union is built from the registry at import time, which a type checker cannot follow
+else:
+    TargetSpec = Annotated[reduce(operator.or_, (module.Spec for module in TARGETS.values())),
+                           Field(discriminator="kind")]
 
 
 class Policy(Frozen):
@@ -173,10 +176,8 @@ def split_store_url(url: str) -> tuple[str, str | None]:
 
 def repo_full_name(url: str) -> str | None:
     """owner/name from https, ssh, git, file and scp-like URLs; None if the path is too short."""
-    if re.match(r"^[\w.-]+@[\w.-]+:", url) and "://" not in url:  # scp-like git@host:owner/repo.git
-        path = url.split(":", 1)[1]
-    else:
-        path = urlsplit(url).path
+    scp_like = re.match(r"^[\w.-]+@[\w.-]+:", url) and "://" not in url  # git@host:owner/repo.git
+    path = url.split(":", 1)[1] if scp_like else urlsplit(url).path
     segments = [s for s in path.strip("/").split("/") if s]
     if len(segments) < 2:
         return None
@@ -480,7 +481,8 @@ def _yaml_source(raw: Any, where: str, environ: Mapping[str, str]) -> SourceSpec
         raise ConfigError(f"{where}.tag: set tag or branch, not both (a tag is followed instead of a branch)")
     data.setdefault("repo_full_name", repo_full_name(url))
     data["github_api_url"] = github_api_for(url, github_url, explicit_api)
-    return validate_model(SourceSpec, data, where)
+    spec: SourceSpec = validate_model(SourceSpec, data, where)
+    return spec
 
 
 def _yaml_ref(data: dict[str, Any], where: str) -> None:
