@@ -166,3 +166,32 @@ def test_tag_env_deploys_the_tagged_commit_and_follows_the_tag(app_env: dict[str
     assert second.returncode == 0, second.stdout + second.stderr
     assert "untagged" in {e["_id"] for e in sesam.entities()}
 
+
+
+def test_a_pushed_tag_wakes_the_apps_following_it(service, app_env: dict[str, str], github, config_repo: WorkRepo,
+                                                  sesam):
+    """A signed push of the tag deploys at once (polling is 1 h); a push to master does not wake it."""
+    import time
+
+    from ..helpers import WEBHOOK_SECRET, free_port, wait_for
+
+    tag(config_repo, "prod", annotated=True)
+    port = free_port()
+    env = {**app_env, "TAG": "prod", "SYNC_INTERVAL": "3600", "GITHUB_API_URL": github.url,
+           "WEBHOOK_SECRET": WEBHOOK_SECRET, "HEAD_CHECK": "git", "PORT": str(port),
+           "PUBLIC_URL": f"http://127.0.0.1:{port}"}
+    svc = service(env)
+    wait_for(lambda: httpx.get(svc.url + "/readyz").status_code == 200, what="first sync")
+    before = config_repo.head
+    config_repo.write({"pipes/tagged.conf.json": '{"_id": "tagged", "type": "pipe", "source": '
+                                                 '{"type": "dataset", "dataset": "x"}}\n'})
+    config_repo.commit("next release")
+    config_repo.push()
+    [on_master] = github.push("acme", "config", "refs/heads/master", before, config_repo.head)
+    assert on_master.status_code == 202 and b"no app follows" in on_master.response_body
+    time.sleep(0.5)
+    assert "tagged" not in {e["_id"] for e in sesam.entities()}  # master moved, the tag did not
+    tag(config_repo, "prod", annotated=True, force=True)
+    [on_tag] = github.push("acme", "config", "refs/tags/prod", before, config_repo.head)
+    assert on_tag.status_code == 202 and b"queued" in on_tag.response_body
+    wait_for(lambda: "tagged" in {e["_id"] for e in sesam.entities()}, what="the tagged release on the node")
