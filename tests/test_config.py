@@ -372,3 +372,10 @@ def test_off_stops_the_service_at_start_with_a_reason(tmp_path: Path):
     assert "not starting: the environment variable off is true" in done.stdout + done.stderr
     bad = run_cli(base_env(off="ja", STATE_DIR=str(tmp_path)), "run", timeout=30)
     assert bad.returncode == 2 and "off: expected true/false/1/0/yes/no" in bad.stderr
+
+
+def test_an_ssh_key_without_known_hosts_gets_a_start_up_notice():
+    env = {**BASE, "GIT_REPO": "git@github.com:acme/cfg.git", "DEPLOY_TOKEN": KEY}
+    [notice] = load_config(env).notices
+    assert notice.startswith("GIT_KNOWN_HOSTS is not set: the SSH host key of github.com must be in")
+    assert load_config({**env, "GIT_KNOWN_HOSTS": "github.com ssh-ed25519 AAAA"}).notices == ()

@@ -236,6 +236,10 @@ def source_from_env(env: EnvReader, notices: list[str] | None = None) -> SourceS
     if env.str("DEPLOY_TOKEN") and ssh_key is not None and url.startswith(("http://", "https://")):
         raise ConfigError("DEPLOY_TOKEN is an SSH deploy key, but the repository URL is https: use its ssh URL "
                           "(git@HOST:OWNER/REPO.git), or set GIT_USERNAME to use DEPLOY_TOKEN as an HTTPS access token")
+    known_hosts = env.str("GIT_KNOWN_HOSTS")
+    if ssh_key is not None and known_hosts is None and _is_ssh(url):
+        notices.append(f"GIT_KNOWN_HOSTS is not set: the SSH host key of {repo_host(url)} must be in "
+                       "/etc/ssh/ssh_known_hosts, else every fetch is refused (host keys are always checked)")
     tag = env.str("TAG")
     if tag is not None and not REF_NAME.fullmatch(tag):
         raise ConfigError(f"TAG: not a valid tag name: {tag!r}")
@@ -250,13 +254,18 @@ def source_from_env(env: EnvReader, notices: list[str] | None = None) -> SourceS
         "token": token,
         "username": token_user or "x-access-token",
         "ssh_key": ssh_key,
-        "known_hosts": env.str("GIT_KNOWN_HOSTS"),
+        "known_hosts": known_hosts,
         "repo_full_name": repo_full_name(url),
         "github_api_url": github_api_for(url, github_url, env.str("GITHUB_API_URL")),
         "git_timeout": env.number("GIT_TIMEOUT", minimum=1) or 120.0,
         "head_check": _choice(env, "HEAD_CHECK", ("auto", "git", "api")),
     }, "source")
     return spec
+
+
+def _is_ssh(url: str) -> bool:
+    """ssh://... or the scp-like [user@]host:path that git reads as ssh."""
+    return url.startswith("ssh://") or ("://" not in url and local_path(url) is None)
 
 
 def _one_of(current: tuple[str, str | None], older: tuple[str, str | None]) -> str | None:
