@@ -18,7 +18,7 @@ from autodeployer_emulators.gitserver import WorkRepo
 from autodeployer_emulators.sesam import SesamEmulator
 
 from ..helpers import SESAM_JWT, base_env
-from .conftest import SshServer
+from ..sshserver import SshServer
 
 BASE = {"JWT": SESAM_JWT, "SESAM_API_URL": "http://127.0.0.1:9/api"}
 

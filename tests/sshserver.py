@@ -1,10 +1,10 @@
-"""A real `sshd` (Debian's openssh-server) on 127.0.0.1 serving the test's Git repositories.
+"""A real `sshd` (Debian's openssh-server) on 127.0.0.1 serving the test's Git repositories
+(the `sshd` fixture of tests/conftest.py).
 
 It runs as the current user with its own host key and an AuthorizedKeysFile holding a generated
 deploy key's public half; git reaches the bare repository through the user's shell
 (git-upload-pack), with no ForceCommand. As root (CI, containers) sshd needs its privilege
-separation directory, which the fixture creates. Without sshd the tests are skipped on a developer
-machine and fail in CI (`CI` set), where `./dev setup` installs openssh-server.
+separation directory, which is created here.
 """
 
 from __future__ import annotations
@@ -16,12 +16,11 @@ import signal
 import socket
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
-from ..helpers import free_port, wait_for
+from .helpers import free_port, wait_for
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
@@ -54,14 +53,10 @@ def _accepts(port: int) -> bool:
         return False
 
 
-@pytest.fixture
-def sshd(tmp_path: Path) -> Iterator[SshServer]:
-    if not os.path.exists(SSHD):
-        if os.environ.get("CI"):
-            pytest.fail("sshd (Debian's openssh-server) is required in CI")
-        pytest.skip("sshd is not installed (apt-get install openssh-server)")
-    home = tmp_path / "sshd"
-    home.mkdir()
+@contextmanager
+def ssh_server(home: Path) -> Iterator[SshServer]:
+    """Start sshd with its keys and configuration in `home` (created); stop it on exit."""
+    home.mkdir(parents=True)
     _keygen(home / "host_key")
     _keygen(home / "deploy_key")
     shutil.copy(home / "deploy_key.pub", home / "authorized_keys")
