@@ -272,6 +272,8 @@ def test_deploy_token_is_the_ssh_key_and_never_in_an_error():
     escaped = KEY.replace("\n", "\\n")  # a key pasted into a one-line secret
     app = load_config({**BASE, "GIT_REPO": "git@github.com:acme/cfg.git", "DEPLOY_TOKEN": escaped}).apps[0]
     assert app.source.ssh_key.get_secret_value() == KEY
+    crlf = load_config({**BASE, "GIT_REPO": "git@github.com:acme/cfg.git", "DEPLOY_TOKEN": KEY.replace("\n", "\r\n")})
+    assert crlf.apps[0].source.ssh_key.get_secret_value() == KEY
     for env, message in [
         ({"DEPLOY_TOKEN": "ghp_notakey-SECRET"}, "DEPLOY_TOKEN: expected the private SSH deploy key text"),
         ({"DEPLOY_TOKEN": KEY, "GIT_SSH_KEY": KEY + "x"}, "DEPLOY_TOKEN and GIT_SSH_KEY are both set and differ"),

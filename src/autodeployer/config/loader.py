@@ -301,7 +301,7 @@ def _deploy_credentials(
 
 def _deploy_key(value: SecretStr) -> SecretStr:
     """DEPLOY_TOKEN as a private key; the error never shows the value (it could be a token)."""
-    text = value.get_secret_value().strip()
+    text = value.get_secret_value().strip().replace("\r\n", "\n")  # pasted on Windows: ssh refuses CRs
     if "\n" not in text and "\\n" in text:
         text = text.replace("\\n", "\n")  # a key pasted into a one-line secret, newlines escaped
     if not re.match(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----", text):
