@@ -19,6 +19,7 @@ from autodeployer_emulators.sesam import SesamEmulator
 
 from .helpers import GIT_TOKEN, SESAM_JWT, base_env, base_files, free_port, wait_for
 from .scale.pgserver import PgServer
+from .sshserver import SSHD, SshServer, ssh_server
 
 
 @pytest.fixture
@@ -67,6 +68,19 @@ def github(tmp_path: Path) -> Iterator[GitHubEmulator]:
     with gh.serve() as server:
         gh.url = server.url  # type: ignore[attr-defined]
         yield gh
+
+
+@pytest.fixture
+def sshd(tmp_path: Path) -> Iterator[SshServer]:
+    """A real sshd on 127.0.0.1 (see sshserver.py): `url_for(bare)`, `deploy_key` (for DEPLOY_TOKEN),
+    `known_hosts` (for GIT_KNOWN_HOSTS). Without sshd its tests are skipped on a developer machine and
+    fail in CI (`CI` set), where `./dev setup` installs openssh-server."""
+    if not os.path.exists(SSHD):
+        if os.environ.get("CI"):
+            pytest.fail("sshd (Debian's openssh-server) is required in CI")
+        pytest.skip("sshd is not installed (apt-get install openssh-server)")
+    with ssh_server(tmp_path / "sshd") as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -114,11 +114,13 @@ apps:
     "body, message",
     [
         ("apps: []", "apps: expected a non-empty list"),
-        ("apps: [{name: x, source: {url: u}, target: {kind: nope}}]", "apps[x].target.kind: unknown target kind 'nope'"),
+        ("apps: [{name: x, source: {url: u}, target: {kind: nope}}]",
+         "apps[x].target.kind: unknown target kind 'nope'"),
         ("apps: [{name: x, source: {url: u}, target: {jwt: abcdefgh, force: flase}}]", "apps[x].target.force"),
         ("apps: [{name: x, source: {url: u}, target: {jwt_env: MISSING}}]", "environment variable MISSING is not set"),
         ("apps: [{name: 'bad name', source: {url: u}}]", "app names use letters"),
-        ("apps: [{name: x, source: {url: u}, target: {jwt: abcdefgh}}, {name: x, source: {url: u}, target: {jwt: abcdefgh}}]",
+        ("apps: [{name: x, source: {url: u}, target: {jwt: abcdefgh}}, "
+         "{name: x, source: {url: u}, target: {jwt: abcdefgh}}]",
          "duplicate app names: x"),
         ("apps: [ {name: x", "invalid YAML"),
     ],
@@ -146,7 +148,7 @@ def test_finite_numbers_still_work():
     config = load_config({**ENV, "PORT": "8080", "SYNC_INTERVAL": "0.5", "GIT_TIMEOUT": "1e3"})
     assert config.service.port == 8080 and config.apps[0].policy.interval == 0.5
     assert config.apps[0].source.git_timeout == 1000.0
-    with pytest.raises(ConfigError, match="^SYNC_INTERVAL: must be at least 0.05"):
+    with pytest.raises(ConfigError, match=r"^SYNC_INTERVAL: must be at least 0.05"):
         load_config({**ENV, "SYNC_INTERVAL": "0.01"})
 
 
@@ -185,13 +187,15 @@ def test_numeric_yaml_app_name_is_a_name(tmp_path: Path):
     # misspelt keys were ignored (the default policy silently stayed in force)
     (f"apps: [{APP}, polcy: {{interval: 5}}}}]",
      "apps[0].polcy: unknown key (expected one of: name, source, target, policy)"),
-    (f"defaults: {{polcy: {{}}}}\napps: [{APP}}}]", "defaults.polcy: unknown key (expected one of: source, target, policy)"),
+    (f"defaults: {{polcy: {{}}}}\napps: [{APP}}}]",
+     "defaults.polcy: unknown key (expected one of: source, target, policy)"),
     (f"defaults: {{name: x}}\napps: [{APP}}}]", "defaults.name: unknown key (expected one of: source, target, policy)"),
     (f"servic: {{port: 1}}\napps: [{APP}}}]", "servic: unknown key (expected one of: service, defaults, apps)"),
     # `name: null` became an app named "None"
     ("apps: [{name: null, source: {url: 'http://h/a/b.git'}, target: {jwt: jjjjjjjj}}]",
      "apps[0].name: expected an app name, got null"),
-    ("apps: [{source: {url: 'http://h/a/b.git'}, target: {jwt: jjjjjjjj}}]", "apps[0].name: expected an app name, got null"),
+    ("apps: [{source: {url: 'http://h/a/b.git'}, target: {jwt: jjjjjjjj}}]",
+     "apps[0].name: expected an app name, got null"),
     ("apps: [{name: [a], source: {url: 'http://h/a/b.git'}, target: {jwt: jjjjjjjj}}]",
      "apps[0].name: expected an app name, got a list"),
 ])
@@ -230,10 +234,10 @@ def test_port_out_of_range_names_port(value: str):
 
 def test_local_git_url_that_does_not_exist_names_git_url(tmp_path: Path):
     for url in (str(tmp_path / "missing"), f"file://{tmp_path}/missing", "./no-such-repo"):
-        with pytest.raises(ConfigError, match="^GIT_URL: the local repository .* does not exist$"):
+        with pytest.raises(ConfigError, match=r"^GIT_URL: the local repository .* does not exist$"):
             load_config({**ENV, "GIT_URL": url})
     (tmp_path / "a file").write_text("")
-    with pytest.raises(ConfigError, match="^GIT_URL: .* is not a directory$"):
+    with pytest.raises(ConfigError, match=r"^GIT_URL: .* is not a directory$"):
         load_config({**ENV, "GIT_URL": str(tmp_path / "a file")})
 
 
@@ -245,5 +249,135 @@ def test_local_git_url_gives_a_valid_app_name_and_an_absolute_path(tmp_path: Pat
     assert load_config({**ENV, "GIT_URL": str(tmp_path / ".hidden")}).apps[0].name == "hidden"
     monkeypatch.chdir(tmp_path)
     assert load_config({**ENV, "GIT_URL": "my config"}).apps[0].source.url == str(tmp_path / "my config")
-    with pytest.raises(ConfigError, match="^APP_NAME: "):  # an explicit bad name is still named
+    with pytest.raises(ConfigError, match=r"^APP_NAME: "):  # an explicit bad name is still named
         load_config({**ENV, "GIT_URL": str(tmp_path / "my config"), "APP_NAME": "bad name"})
+
+
+# --------------------------------------------------------------------------- the later generations' variables
+KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA-SECRET-KEY\n-----END OPENSSH PRIVATE KEY-----"
+
+
+def test_git_repo_is_git_url_and_both_differing_is_an_error_naming_both():
+    app = load_config({**BASE, "GIT_REPO": "git@github.com:acme/cfg.git", "DEPLOY_TOKEN": KEY}).apps[0]
+    assert app.source.url == "git@github.com:acme/cfg.git" and app.source.repo_full_name == "acme/cfg"
+    same = {**BASE, "GIT_REPO": "https://h.example/a/b.git", "GIT_URL": "https://h.example/a/b.git"}
+    assert load_config(same).apps[0].source.url == "https://h.example/a/b.git"
+    with pytest.raises(ConfigError, match=r"^GIT_URL and GIT_REPO are both set and differ"):
+        load_config({**same, "GIT_REPO": "https://h.example/a/c.git"})
+
+
+def test_deploy_token_is_the_ssh_key_and_never_in_an_error():
+    app = load_config({**BASE, "GIT_REPO": "git@github.com:acme/cfg.git", "DEPLOY_TOKEN": KEY}).apps[0]
+    assert app.source.ssh_key.get_secret_value() == KEY and app.source.token is None
+    escaped = KEY.replace("\n", "\\n")  # a key pasted into a one-line secret
+    app = load_config({**BASE, "GIT_REPO": "git@github.com:acme/cfg.git", "DEPLOY_TOKEN": escaped}).apps[0]
+    assert app.source.ssh_key.get_secret_value() == KEY
+    crlf = load_config({**BASE, "GIT_REPO": "git@github.com:acme/cfg.git", "DEPLOY_TOKEN": KEY.replace("\n", "\r\n")})
+    assert crlf.apps[0].source.ssh_key.get_secret_value() == KEY
+    for env, message in [
+        ({"DEPLOY_TOKEN": "ghp_notakey-SECRET"}, "DEPLOY_TOKEN: expected the private SSH deploy key text"),
+        ({"DEPLOY_TOKEN": KEY, "GIT_SSH_KEY": KEY + "x"}, "DEPLOY_TOKEN and GIT_SSH_KEY are both set and differ"),
+        ({"DEPLOY_TOKEN": KEY, "GIT_REPO": "https://github.com/acme/cfg.git"},
+         "DEPLOY_TOKEN is an SSH deploy key, but the repository URL is https"),
+    ]:
+        with pytest.raises(ConfigError, match=message) as info:
+            load_config({**BASE, "GIT_REPO": "git@github.com:acme/cfg.git", **env})
+        assert "SECRET" not in str(info.value)
+
+
+def test_deploy_token_with_git_username_is_an_https_token_for_that_user():
+    config = load_config({**BASE, "GIT_REPO": "git@github.com:acme/cfg.git", "DEPLOY_TOKEN": "ghp_tok-SECRET",
+                          "GIT_USERNAME": "robot"})
+    source = config.apps[0].source
+    assert source.url == "https://github.com/acme/cfg.git"  # as upstream: ssh URLs are fetched over https
+    assert source.token.get_secret_value() == "ghp_tok-SECRET" and source.username == "robot"
+    assert source.ssh_key is None and "ghp_tok-SECRET" not in source.url
+    assert any("fetched as https://github.com/acme/cfg.git" in n for n in config.notices)
+    assert "ghp_tok-SECRET" in config.secrets()  # redacted wherever it could appear
+    schemeless = load_config({**BASE, "GIT_REPO": "github.com/acme/cfg.git", "DEPLOY_TOKEN": "t-SECRET",
+                              "GIT_USERNAME": "robot"}).apps[0].source
+    assert schemeless.url == "https://github.com/acme/cfg.git"
+    with pytest.raises(ConfigError, match=r"DEPLOY_TOKEN .* and GITHUB_TOKEN are both set and differ"):
+        load_config({**BASE, "DEPLOY_TOKEN": "a-SECRET", "GIT_USERNAME": "robot", "GITHUB_TOKEN": "b-SECRET"})
+    with pytest.raises(ConfigError, match="GIT_USERNAME is set but no token is"):
+        load_config({**BASE, "GIT_USERNAME": "robot"})
+    with pytest.raises(ConfigError, match="GIT_USERNAME: expected a user name"):
+        load_config({**BASE, "GIT_USERNAME": "a b", "DEPLOY_TOKEN": "t"})
+
+
+def test_tag_beats_branch_with_a_notice():
+    config = load_config({**BASE, "TAG": "v1.2", "BRANCH": "main"})
+    source = config.apps[0].source
+    assert source.tag == "v1.2" and source.ref == "refs/tags/v1.2"
+    assert config.notices == ("TAG is set: following tag 'v1.2', BRANCH=main is ignored",)
+    assert load_config({**BASE, "TAG": "v1.2"}).notices == ()
+    assert load_config(BASE).apps[0].source.ref == "refs/heads/master"
+    with pytest.raises(ConfigError, match=r"^TAG: not a valid tag name"):
+        load_config({**BASE, "TAG": "v1 ..2"})
+
+
+def test_sleep_interval_is_sync_interval():
+    assert load_config({**BASE, "SLEEP_INTERVAL": "30"}).apps[0].policy.interval == 30
+    assert load_config({**BASE, "SLEEP_INTERVAL": "30", "SYNC_INTERVAL": "30.0"}).apps[0].policy.interval == 30
+    with pytest.raises(ConfigError, match=r"^SYNC_INTERVAL and SLEEP_INTERVAL are both set and differ"):
+        load_config({**BASE, "SLEEP_INTERVAL": "30", "SYNC_INTERVAL": "5"})
+    with pytest.raises(ConfigError, match=r"^SLEEP_INTERVAL: expected a number"):
+        load_config({**BASE, "SLEEP_INTERVAL": "often"})
+
+
+@pytest.mark.parametrize("text, level", [("DEBUG", "debug"), ("Info", "info"), ("WARNING", "warning"),
+                                         ("WARN", "warning"), ("ERROR", "error"), ("CRITICAL", "error")])
+def test_log_level_in_any_case(text: str, level: str):
+    assert load_config({**BASE, "LOG_LEVEL": text}).service.log_level == level
+
+
+def test_verify_ssl_false_is_refused_naming_the_replacement():
+    with pytest.raises(ConfigError, match=r"^VERIFY_SSL is not supported: .*VERIFY_TLS=false"):
+        load_config({**BASE, "VERIFY_SSL": "false"})
+    with pytest.raises(ConfigError, match=r"^VERIFY_SSL is not supported"):
+        load_config({**BASE, "VERIFY_SSL": "maybe"})
+    assert load_config({**BASE, "VERIFY_SSL": "true"}).apps  # what autodeployer does anyway
+
+
+def test_off_is_a_strict_boolean():
+    from autodeployer.config.loader import turned_off
+
+    assert turned_off({"off": "true"}) and turned_off({"off": "TRUE"}) and not turned_off({})
+    assert not turned_off({"off": "false"})
+    with pytest.raises(ConfigError, match=r"^off: expected true/false"):
+        turned_off({"off": "yep"})
+
+
+def test_yaml_ref_tags_and_tag(tmp_path: Path):
+    def source(body: str):
+        path = tmp_path / "apps.yaml"
+        path.write_text(f"apps: [{{name: a, source: {{url: 'http://h/a/b.git', {body}}}, target: {{jwt: jjjjjjjj}}}}]")
+        return load_config({}, path).apps[0].source
+
+    assert source("ref: tags/v2").tag == "v2" and source("ref: refs/tags/v2").ref == "refs/tags/v2"
+    assert source("tag: v3").ref == "refs/tags/v3"
+    assert source("ref: heads/main").ref == "refs/heads/main"
+    for body, message in [("ref: v2", "source.ref: expected tags/NAME or heads/NAME"),
+                          ("ref: tags/v2, tag: v3", "source.ref: set ref or tag, not both"),
+                          ("tag: v2, branch: main", "source.tag: set tag or branch, not both"),
+                          ("tag: 'a b'", "source.tag: not a valid tag name")]:
+        with pytest.raises(ConfigError, match=message):
+            source(body)
+
+
+def test_off_stops_the_service_at_start_with_a_reason(tmp_path: Path):
+    from .helpers import base_env, run_cli
+
+    # nothing else configured: a switched-off service does not need a complete configuration
+    done = run_cli(base_env(off="true", STATE_DIR=str(tmp_path)), "run", timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert "not starting: the environment variable off is true" in done.stdout + done.stderr
+    bad = run_cli(base_env(off="ja", STATE_DIR=str(tmp_path)), "run", timeout=30)
+    assert bad.returncode == 2 and "off: expected true/false/1/0/yes/no" in bad.stderr
+
+
+def test_an_ssh_key_without_known_hosts_gets_a_start_up_notice():
+    env = {**BASE, "GIT_REPO": "git@github.com:acme/cfg.git", "DEPLOY_TOKEN": KEY}
+    [notice] = load_config(env).notices
+    assert notice.startswith("GIT_KNOWN_HOSTS is not set: the SSH host key of github.com must be in")
+    assert load_config({**env, "GIT_KNOWN_HOSTS": "github.com ssh-ed25519 AAAA"}).notices == ()

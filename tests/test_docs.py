@@ -32,7 +32,8 @@ SOURCES = sorted((ROOT / "src" / "autodeployer").rglob("*.py"))
 
 # Reads of a literal upper-case name: EnvReader methods, helpers taking (env, "NAME"), and os.environ.
 READS = [
-    re.compile(r'\benv\.(?:str|bool|number|secret|raw|required|get)\(\s*"([A-Z][A-Z0-9_]*)"'),
+    # `off` is the one lower-case name: the github-autodeployer's switch, kept as it was spelt
+    re.compile(r'\benv\.(?:str|bool|number|secret|raw|required|get)\(\s*"([A-Z][A-Z0-9_]*|off)"'),
     re.compile(r'\(\s*env\s*,\s*"([A-Z][A-Z0-9_]*)"'),
     re.compile(r'\b(?:os\.)?environ\.get\(\s*"([A-Z][A-Z0-9_]*)"'),
     re.compile(r'\bos\.getenv\(\s*"([A-Z][A-Z0-9_]*)"'),
@@ -61,7 +62,7 @@ def documented_table() -> str:
 
 
 def table_names(table: str) -> list[str]:
-    return re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \|", table, re.MULTILINE)
+    return re.findall(r"^\| `([A-Z][A-Z0-9_]*|off)` \|", table, re.MULTILINE)
 
 
 def code_reads() -> dict[str, set[str]]:
@@ -141,8 +142,8 @@ def test_apps_yaml_example_loads(tmp_path: Path):
     text = (ROOT / "examples" / "apps.yaml").read_text()
     refs = set(re.findall(r"_env: (\w+)", text))
     files = re.findall(r"_file: (\S+)", text)
-    inline_secret = r"^\s*(token|jwt|password|admin_token|notify_url|webhook_secret):"
-    assert refs and not re.search(inline_secret, text, re.MULTILINE)
+    secret_key = r"^\s*(token|jwt|password|admin_token|notify_url|webhook_secret):"
+    assert refs and not re.search(secret_key, text, re.MULTILINE)
     for index, path in enumerate(files):
         secret = tmp_path / f"secret-{index}"
         secret.write_text("file-secret-value\n")

@@ -210,7 +210,7 @@ class Scheduler:
             stop.set()
         tasks = [t for t in self._tasks.values() if not t.done()]
         if tasks:
-            done, pending = await asyncio.wait(tasks, timeout=timeout)
+            _done, pending = await asyncio.wait(tasks, timeout=timeout)
             for task in pending:
                 task.cancel()
             if pending:
@@ -274,12 +274,14 @@ class Scheduler:
         return True
 
     def apps_following(self, repo_full_name: str, branch: str) -> list[str]:
+        """Apps following `branch` of the repository; a tag is given as its full ref (`refs/tags/v1`)."""
         name = repo_full_name.lower()
+        ref = branch if branch.startswith("refs/tags/") else f"refs/heads/{branch}"
         return [
             w.name
             for w in self.workers.values()
             if (w.reconciler.app.source.repo_full_name or "").lower() == name
-            and w.reconciler.app.source.branch == branch
+            and w.reconciler.app.source.ref == ref
         ]
 
     def worker(self, app: str) -> AppWorker | None:

@@ -167,6 +167,7 @@ class RequestRecord:
     git_protocol: str = ""
     content_encoding: str = ""
     authenticated: bool = False
+    user: str = ""  # the Basic user name that came with a valid token (never the token)
 
 
 @dataclass
@@ -355,6 +356,7 @@ class _Exchange:
     status: int = 0
     body_bytes: int = 0
     authenticated: bool = False
+    user: str = ""
     recorded: bool = False
 
     async def __call__(self, message: Message) -> None:
@@ -382,6 +384,7 @@ class _Exchange:
                 git_protocol=self.headers.get("git-protocol", ""),
                 content_encoding=self.headers.get("content-encoding", ""),
                 authenticated=self.authenticated,
+                user=self.user,
             )
         )
 
@@ -427,6 +430,7 @@ class _GitHttpApp:
             await _plain(exchange, 401, "authentication required\n", challenge)
             return
         exchange.authenticated = self._owner.token is not None
+        exchange.user = user if exchange.authenticated else ""
         env = self._cgi_env(scope, headers, body, user)
         await _run_cgi(env, body, exchange)
 

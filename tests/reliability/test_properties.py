@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -320,7 +321,7 @@ def test_yaml_service_shape_errors_are_config_errors(service: str, tmp_path: Pat
     path = tmp_path / "apps.yaml"
     path.write_text(f"service: {service}\napps: [{{name: a, source: {{url: 'http://h/a/b.git'}}, "
                     "target: {jwt: jjjjjjjj}}]\n")
-    with pytest.raises(ConfigError, match=r"apps\.yaml: service(\.state_dir)?: "):
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: service(\.state_dir)?: "):  # file, then key
         load_config({}, config_file=path)  # no STATE_DIR variable: the YAML's service keys apply
 
 

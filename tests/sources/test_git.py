@@ -90,7 +90,7 @@ def test_wrong_token_missing_branch_and_down_server(tmp_path: Path, git_server: 
             await nobranch.head()
         git_server.down()
         down, c3 = source(git_server.url_for("acme/config.git"), tmp_path / "c")
-        with pytest.raises(SourceError, match="cannot reach .*503"):
+        with pytest.raises(SourceError, match=r"cannot reach .*503"):
             await down.head()
         git_server.up()
         assert await down.head() == config_repo.head
@@ -234,7 +234,8 @@ def test_git_error_is_gits_own_first_error_line():
     stderr = ("error: cannot lock ref 'refs/heads/master': Unable to create 'x/master.lock': File exists.\n\n"
               "Another git process seems to be running in this repository, e.g.\n"
               "remove the file manually to continue.\n")
-    assert git_error(stderr) == "error: cannot lock ref 'refs/heads/master': Unable to create 'x/master.lock': File exists."
+    assert git_error(stderr) == \
+        "error: cannot lock ref 'refs/heads/master': Unable to create 'x/master.lock': File exists."
     assert git_error("remote: Invalid credentials\nfatal: Authentication failed for 'u'\n") == \
         "fatal: Authentication failed for 'u'"
     assert git_error("warning: something\nlast words\n") == "last words"

@@ -41,6 +41,7 @@ class _Obj:
                 self._config, self.warnings = project.config, list(project.warnings)
             else:
                 self._config = load_config(config_file=self.config_file)
+                self.warnings.extend(self._config.notices)
         return self._config
 
 
@@ -196,7 +197,8 @@ def _prepare(ctx: click.Context, *, service: bool = False) -> Config:
         else:
             from ..logs import get_logger
 
-            get_logger().warning("dploy project", warning=warning)
+            get_logger().warning("dploy project" if ctx.obj.dploy_dir is not None else "configuration",
+                                 warning=warning)
     return config
 
 
@@ -237,12 +239,30 @@ def run(ctx: click.Context) -> None:
     from ..hooks import WEBHOOK_PATH
     from ..serve import serve
 
+    _stop_if_turned_off()
     config = _prepare(ctx, service=True)
     if ctx.obj.dploy_dir is not None:
         from ..config.dploy import DPLOY_HOOK_PATH
 
         sys.exit(asyncio.run(serve(config, hook_path=DPLOY_HOOK_PATH)))
     sys.exit(asyncio.run(serve(config, hook_path=WEBHOOK_PATH)))
+
+
+def _stop_if_turned_off() -> None:
+    """`off=true` (the github-autodeployer's switch) stops the service before anything else is read."""
+    from ..config.loader import turned_off
+    from ..logs import configure_logging, get_logger
+
+    try:
+        off = turned_off()
+    except ConfigError as exc:
+        _fail(str(exc))
+    if off:
+        fmt = (os.environ.get("LOG_FORMAT") or "text").strip().lower()
+        configure_logging("info", fmt if fmt in ("text", "json") else "text")
+        get_logger().warning("not starting: the environment variable off is true (the service is switched off); "
+                             "set off=false or remove it to run")
+        sys.exit(EXIT_OK)
 
 
 @cli.command()
@@ -257,7 +277,7 @@ def settings() -> None:
 _server_option = click.option("--server", metavar="URL", help="Ask a running service instead of the local STATE_DIR.")
 
 
-def _backend(ctx: click.Context, server: str | None) -> "Any":
+def _backend(ctx: click.Context, server: str | None) -> Any:
     from .operations import Backend
 
     def load() -> Config:
@@ -403,7 +423,8 @@ async def _hook_command(config: Config, action: str, dploy: bool = False) -> int
                                    "own secret when it starts)")
                 elif action == "remove":
                     removed = await target.client.remove_hook(url or "")
-                    click.echo(f"{target.repo}: " + (f"removed hook {removed['id']}" if removed else f"no hook for {url}"))
+                    result = f"removed hook {removed['id']}" if removed else f"no hook for {url}"
+                    click.echo(f"{target.repo}: {result}")
                 else:
                     _list_hooks(target.repo, await target.client.list_hooks(), url)
             except GitHubError as exc:

@@ -7,18 +7,20 @@ Errors are :class:`ConfigError` naming the variable or YAML key, never a traceba
 
 from __future__ import annotations
 
+import operator
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import reduce
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from pydantic import BaseModel, Field, SecretStr, model_validator
 
 from ..errors import ConfigError
-from ..sources.spec import SourceSpec
+from ..sources.spec import REF_NAME, SourceSpec
 from ..targets import TARGETS
 from .variables import (
     CORE_VARIABLES,
@@ -26,6 +28,7 @@ from .variables import (
     Frozen,
     StrictBool,
     Variable,
+    parse_bool,
     resolve_secret_refs,
     validate_model,
 )
@@ -49,10 +52,11 @@ def settings_table() -> str:
 
 
 # --------------------------------------------------------------------------- models
-TargetSpec = Annotated[
-    Union[tuple(module.Spec for module in TARGETS.values())],  # type: ignore[valid-type]
-    Field(discriminator="kind"),
-]
+if TYPE_CHECKING:
+    TargetSpec = Any  # the union is built from the registry at import time, which a type checker cannot follow
+else:
+    TargetSpec = Annotated[reduce(operator.or_, (module.Spec for module in TARGETS.values())),
+                           Field(discriminator="kind")]
 
 
 class Policy(Frozen):
@@ -103,6 +107,7 @@ class ServiceSettings(Frozen):
 class Config(Frozen):
     service: ServiceSettings
     apps: list[AppConfig]
+    notices: tuple[str, ...] = ()  # what start-up logs about how the settings were read (TAG beats BRANCH, ...)
 
     def app(self, name: str) -> AppConfig:
         for app in self.apps:
@@ -171,10 +176,8 @@ def split_store_url(url: str) -> tuple[str, str | None]:
 
 def repo_full_name(url: str) -> str | None:
     """owner/name from https, ssh, git, file and scp-like URLs; None if the path is too short."""
-    if re.match(r"^[\w.-]+@[\w.-]+:", url) and "://" not in url:  # scp-like git@host:owner/repo.git
-        path = url.split(":", 1)[1]
-    else:
-        path = urlsplit(url).path
+    scp_like = re.match(r"^[\w.-]+@[\w.-]+:", url) and "://" not in url  # git@host:owner/repo.git
+    path = url.split(":", 1)[1] if scp_like else urlsplit(url).path
     segments = [s for s in path.strip("/").split("/") if s]
     if len(segments) < 2:
         return None
@@ -208,12 +211,18 @@ def default_state_dir(env: Mapping[str, str]) -> Path:
 
 
 # --------------------------------------------------------------------------- environment form
-def source_from_env(env: EnvReader) -> SourceSpec:
+def source_from_env(env: EnvReader, notices: list[str] | None = None) -> SourceSpec:
+    """The source of the environment form; `notices` receives what start-up should log."""
+    notices = [] if notices is None else notices
     token = env.secret("GITHUB_TOKEN")
     github_url = env.str("GITHUB_URL") or "https://github.com"
-    git_url = env.str("GIT_URL")
+    git_url = _one_of(("GIT_URL", env.str("GIT_URL")), ("GIT_REPO", env.str("GIT_REPO")))
+    ssh_key, token, token_user = _deploy_credentials(env, token)
     if git_url:
-        git_url = check_local_repository(git_url, "GIT_URL")
+        where = "GIT_URL" if env.str("GIT_URL") else "GIT_REPO"
+        if token_user is not None:
+            git_url = _https_for_token(git_url, where, notices)
+        git_url = check_local_repository(git_url, where)
         url, embedded = split_credentials(git_url)
         if embedded and token is None:
             token = SecretStr(embedded)
@@ -221,21 +230,98 @@ def source_from_env(env: EnvReader) -> SourceSpec:
         user, project = env.str("GITHUB_USER"), env.str("GITHUB_PROJECT")
         if not (user and project):
             raise ConfigError(
-                "no repository configured: set GIT_URL, or GITHUB_USER and GITHUB_PROJECT"
+                "no repository configured: set GIT_URL (or GIT_REPO), or GITHUB_USER and GITHUB_PROJECT"
             )
         url = f"{github_url.rstrip('/')}/{user}/{project}.git"
-    return SourceSpec(
-        url=url,
-        branch=env.str("BRANCH") or "master",
-        sync_root=normalise_sync_root(env.str("SYNC_ROOT") or "/"),
-        token=token,
-        ssh_key=env.secret("GIT_SSH_KEY"),
-        known_hosts=env.str("GIT_KNOWN_HOSTS"),
-        repo_full_name=repo_full_name(url),
-        github_api_url=github_api_for(url, github_url, env.str("GITHUB_API_URL")),
-        git_timeout=env.number("GIT_TIMEOUT", minimum=1) or 120.0,
-        head_check=_choice(env, "HEAD_CHECK", ("auto", "git", "api")),
-    )
+    if env.str("DEPLOY_TOKEN") and ssh_key is not None and url.startswith(("http://", "https://")):
+        raise ConfigError("DEPLOY_TOKEN is an SSH deploy key, but the repository URL is https: use its ssh URL "
+                          "(git@HOST:OWNER/REPO.git), or set GIT_USERNAME to use DEPLOY_TOKEN as an HTTPS access token")
+    known_hosts = env.str("GIT_KNOWN_HOSTS")
+    if ssh_key is not None and known_hosts is None and _is_ssh(url):
+        notices.append(f"GIT_KNOWN_HOSTS is not set: the SSH host key of {repo_host(url)} must be in "
+                       "/etc/ssh/ssh_known_hosts, else every fetch is refused (host keys are always checked)")
+    tag = env.str("TAG")
+    if tag is not None and not REF_NAME.fullmatch(tag):
+        raise ConfigError(f"TAG: not a valid tag name: {tag!r}")
+    branch = env.str("BRANCH") or "master"
+    if tag and env.raw("BRANCH") is not None:
+        notices.append(f"TAG is set: following tag {tag!r}, BRANCH={branch} is ignored")
+    spec: SourceSpec = validate_model(SourceSpec, {
+        "url": url,
+        "branch": branch,
+        "tag": tag,
+        "sync_root": normalise_sync_root(env.str("SYNC_ROOT") or "/"),
+        "token": token,
+        "username": token_user or "x-access-token",
+        "ssh_key": ssh_key,
+        "known_hosts": known_hosts,
+        "repo_full_name": repo_full_name(url),
+        "github_api_url": github_api_for(url, github_url, env.str("GITHUB_API_URL")),
+        "git_timeout": env.number("GIT_TIMEOUT", minimum=1) or 120.0,
+        "head_check": _choice(env, "HEAD_CHECK", ("auto", "git", "api")),
+    }, "source")
+    return spec
+
+
+def _is_ssh(url: str) -> bool:
+    """ssh://... or the scp-like [user@]host:path that git reads as ssh."""
+    return url.startswith("ssh://") or ("://" not in url and local_path(url) is None)
+
+
+def _one_of(current: tuple[str, str | None], older: tuple[str, str | None]) -> str | None:
+    """A variable that has an older name too: either may be set, both only if they agree."""
+    (name, value), (alias, other) = current, older
+    if value is not None and other is not None and value != other:
+        raise ConfigError(f"{name} and {alias} are both set and differ: they mean the same, set one of them")
+    return value if value is not None else other
+
+
+def _deploy_credentials(
+    env: EnvReader, token: SecretStr | None
+) -> tuple[SecretStr | None, SecretStr | None, str | None]:
+    """(ssh key, https token, token user) from GIT_SSH_KEY, GITHUB_TOKEN and the later generations'
+    DEPLOY_TOKEN, which is an SSH deploy key, or with GIT_USERNAME an HTTPS access token."""
+    ssh_key, deploy, user = env.secret("GIT_SSH_KEY"), env.secret("DEPLOY_TOKEN"), env.str("GIT_USERNAME")
+    if user is not None and not re.fullmatch(r"[^\s:@/]+", user):
+        raise ConfigError("GIT_USERNAME: expected a user name (no spaces, ':', '@' or '/')")
+    if deploy is None:
+        if user is not None and token is None:
+            raise ConfigError("GIT_USERNAME is set but no token is: set DEPLOY_TOKEN to the HTTPS access token")
+        return ssh_key, token, user
+    if user is not None:
+        if token is not None and token.get_secret_value() != deploy.get_secret_value():
+            raise ConfigError("DEPLOY_TOKEN (an access token, as GIT_USERNAME is set) and GITHUB_TOKEN are both set "
+                              "and differ: set one of them")
+        return ssh_key, deploy, user
+    key = _deploy_key(deploy)
+    if ssh_key is not None and ssh_key.get_secret_value().strip() != key.get_secret_value().strip():
+        raise ConfigError("DEPLOY_TOKEN and GIT_SSH_KEY are both set and differ: they mean the same, set one of them")
+    return key, token, None
+
+
+def _deploy_key(value: SecretStr) -> SecretStr:
+    """DEPLOY_TOKEN as a private key; the error never shows the value (it could be a token)."""
+    text = value.get_secret_value().strip().replace("\r\n", "\n")  # pasted on Windows: ssh refuses CRs
+    if "\n" not in text and "\\n" in text:
+        text = text.replace("\\n", "\n")  # a key pasted into a one-line secret, newlines escaped
+    if not re.match(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----", text):
+        raise ConfigError("DEPLOY_TOKEN: expected the private SSH deploy key text (-----BEGIN ... PRIVATE KEY-----); "
+                          "to use an HTTPS access token instead, set GIT_USERNAME too")
+    return SecretStr(text)
+
+
+def _https_for_token(url: str, where: str, notices: list[str]) -> str:
+    """The https URL of an ssh or schemeless repository URL, as the github-autodeployer cloned with
+    GIT_USERNAME and an access token (git@github.com:acme/cfg.git -> https://github.com/acme/cfg.git)."""
+    scp = re.fullmatch(r"(?:[\w.-]+@)?([\w.-]+):(?!//)(.+)", url)
+    ssh = re.fullmatch(r"ssh://(?:[^@/]+@)?([^/:]+)(?::\d+)?/(.+)", url)
+    bare = re.fullmatch(r"([\w-]+(?:\.[\w-]+)+)/(.+)", url)
+    match = ssh or (scp if "://" not in url else None) or bare
+    if match is None:
+        return url
+    https = f"https://{match.group(1)}/{match.group(2).lstrip('/')}"
+    notices.append(f"GIT_USERNAME is set: {where} {url} is fetched as {https} with the access token")
+    return https
 
 
 def _choice(env: EnvReader, name: str, allowed: tuple[str, ...]) -> Any:
@@ -253,16 +339,26 @@ def _target_module(kind: str, where: str) -> Any:
 
 
 def policy_from_env(env: EnvReader) -> Policy:
+    interval = env.number("SYNC_INTERVAL", minimum=0.05) if env.raw("SYNC_INTERVAL") is not None else None
+    sleep = env.number("SLEEP_INTERVAL", minimum=0.05)
+    if interval is not None and sleep is not None and interval != sleep:
+        raise ConfigError("SYNC_INTERVAL and SLEEP_INTERVAL are both set and differ: "
+                          "they mean the same, set one of them")
     return Policy(
-        interval=env.number("SYNC_INTERVAL", minimum=0.05) or 60.0,
+        interval=interval or sleep or 60.0,
         drift_interval=env.number("DRIFT_INTERVAL", minimum=0),
         allow_empty=env.bool("ALLOW_EMPTY"),
         dry_run=env.bool("DRY_RUN"),
     )
 
 
+# Python's other level names, which the github-autodeployer accepted (logging.getLevelName)
+_LOG_LEVEL_ALIASES = {"warn": "warning", "critical": "error", "fatal": "error"}
+
+
 def service_from_env(env: EnvReader, environ: Mapping[str, str]) -> dict[str, Any]:
     level = (env.str("LOG_LEVEL") or "info").lower()
+    level = _LOG_LEVEL_ALIASES.get(level, level)
     if level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"LOG_LEVEL: expected debug, info, warning or error, got {level!r}")
     fmt = (env.str("LOG_FORMAT") or "text").lower()
@@ -337,8 +433,8 @@ def _derived_name(source: SourceSpec) -> str:
     return name or "app"
 
 
-def app_from_env(env: EnvReader) -> AppConfig:
-    source = source_from_env(env)
+def app_from_env(env: EnvReader, notices: list[str] | None = None) -> AppConfig:
+    source = source_from_env(env, notices)
     module = _target_module(env.str("TARGET") or "sesam", "TARGET")
     name = env.str("APP_NAME") or _derived_name(source)
     check_app_name(name, "APP_NAME")
@@ -388,9 +484,28 @@ def _yaml_source(raw: Any, where: str, environ: Mapping[str, str]) -> SourceSpec
     if embedded and not data.get("token"):
         data["token"] = embedded
     data["sync_root"] = normalise_sync_root(str(data.get("sync_root", "/")), f"{where}.sync_root")
+    if "ref" in data:
+        _yaml_ref(data, where)
+    if data.get("tag") is not None and "branch" in data:
+        raise ConfigError(f"{where}.tag: set tag or branch, not both (a tag is followed instead of a branch)")
     data.setdefault("repo_full_name", repo_full_name(url))
     data["github_api_url"] = github_api_for(url, github_url, explicit_api)
-    return validate_model(SourceSpec, data, where)
+    spec: SourceSpec = validate_model(SourceSpec, data, where)
+    return spec
+
+
+def _yaml_ref(data: dict[str, Any], where: str) -> None:
+    """`ref: tags/<name>` (or `heads/<name>`, `refs/...` in full) instead of `tag:` or `branch:`."""
+    ref = data.pop("ref")
+    if not isinstance(ref, str):
+        raise ConfigError(f"{where}.ref: expected tags/NAME or heads/NAME, got {_yaml_kind(ref)}")
+    kind, _, name = ref.strip().removeprefix("refs/").partition("/")
+    key = {"tags": "tag", "heads": "branch"}.get(kind)
+    if key is None or not name:
+        raise ConfigError(f"{where}.ref: expected tags/NAME or heads/NAME, got {ref!r}")
+    if key in data:
+        raise ConfigError(f"{where}.ref: set ref or {key}, not both")
+    data[key] = name
 
 
 def _yaml_target(raw: Any, where: str, environ: Mapping[str, str], app_name: str) -> Any:
@@ -444,6 +559,43 @@ def apps_from_yaml(doc: dict[str, Any], environ: Mapping[str, str]) -> list[AppC
     return apps
 
 
+# --------------------------------------------------------------------------- older generations
+# Variables of the github-autodeployer generations that are deliberately not supported: each is a
+# start-up error naming its replacement, never silently ignored (docs/migrating.md). `value` is the
+# variable's value; the check says why it cannot be honoured, or None when it can (VERIFY_SSL=true is
+# what autodeployer does anyway).
+def _verify_ssl(value: str) -> str | None:
+    try:
+        if parse_bool(value, "VERIFY_SSL"):
+            return None
+    except ConfigError:
+        pass
+    return ("VERIFY_SSL is not supported: autodeployer always verifies TLS certificates; remove VERIFY_SSL, or set "
+            "VERIFY_TLS=false to turn verification off on purpose")
+
+
+UNSUPPORTED: dict[str, Callable[[str], str | None]] = {
+    "VERIFY_SSL": _verify_ssl,
+}
+
+
+def check_unsupported(environ: Mapping[str, str]) -> None:
+    for name, check in UNSUPPORTED.items():
+        value = environ.get(name)
+        if value is not None and value.strip():
+            problem = check(value.strip())
+            if problem:
+                raise ConfigError(problem)
+
+
+def turned_off(environ: Mapping[str, str] | None = None) -> bool:
+    """The github-autodeployer's `off` switch: true stops the service at start. Read on its own, before
+    the rest of the configuration, so a service switched off while its settings are incomplete stops
+    cleanly; a value that is not a boolean is still an error naming `off`."""
+    env = EnvReader(os.environ if environ is None else environ, all_variables())
+    return env.bool("off")
+
+
 # --------------------------------------------------------------------------- entry point
 def load_config(
     environ: Mapping[str, str] | None = None,
@@ -451,6 +603,7 @@ def load_config(
 ) -> Config:
     """Build the configuration from a YAML file (if given) or from the environment."""
     environ = os.environ if environ is None else environ
+    check_unsupported(environ)
     env = EnvReader(environ, all_variables())
     config_file = config_file or env.str("AUTODEPLOYER_CONFIG")
     service = service_from_env(env, environ)
@@ -461,7 +614,9 @@ def load_config(
             if str(exc).startswith(f"{config_file}: "):
                 raise
             raise ConfigError(f"{config_file}: {exc}") from None  # every YAML error names its file
-    return Config(service=validate_model(ServiceSettings, service, "service"), apps=[app_from_env(env)])
+    notices: list[str] = []
+    app = app_from_env(env, notices)
+    return Config(service=validate_model(ServiceSettings, service, "service"), apps=[app], notices=tuple(notices))
 
 
 def _load_yaml(path: Path, env: EnvReader, environ: Mapping[str, str], service: dict[str, Any]) -> Config:

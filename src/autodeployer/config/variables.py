@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins  # EnvReader.str shadows the builtin inside the class
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -34,10 +35,21 @@ CORE_VARIABLES: tuple[Variable, ...] = (
     Variable("GIT_SSH_KEY", None, "Private SSH deploy key (the key text).", True),
     Variable("GIT_KNOWN_HOSTS", None, "known_hosts lines for SSH host-key checking."),
     Variable("GIT_TIMEOUT", "120", "Seconds a git command may take before it is abandoned."),
+    Variable("TAG", None, "Follow this tag instead of a branch (BRANCH is then ignored): a moved or a new tag "
+             "deploys."),
+    # the later github-autodeployer generations' names (docs/migrating.md)
+    Variable("GIT_REPO", None, "Clone URL, the later github-autodeployer's name for GIT_URL (both set and "
+             "different is an error)."),
+    Variable("DEPLOY_TOKEN", None, "The private SSH deploy key text (as GIT_SSH_KEY); with GIT_USERNAME set, "
+             "an HTTPS access token for that user instead.", True),
+    Variable("GIT_USERNAME", None, "User of the HTTPS access token in DEPLOY_TOKEN (an ssh GIT_REPO is then "
+             "fetched over https)."),
     # app and policy
     Variable("APP_NAME", None, "Name of the app (default: the repository name)."),
     Variable("TARGET", "sesam", "Target kind: sesam, marathon or command."),
     Variable("SYNC_INTERVAL", "60", "Poll interval in seconds; fractions allowed."),
+    Variable("SLEEP_INTERVAL", None, "The later github-autodeployer's name for SYNC_INTERVAL (both set and "
+             "different is an error)."),
     Variable("DRIFT_INTERVAL", None, "Seconds between drift checks of an unchanged head; 0 turns them off "
              "(default: every poll, at most once a minute: max(SYNC_INTERVAL, 60))."),
     Variable("ALLOW_EMPTY", "false", "Allow a sync that removes every pipe and system (or every app)."),
@@ -45,29 +57,38 @@ CORE_VARIABLES: tuple[Variable, ...] = (
     Variable("VERIFY_TLS", "true", "Verify TLS certificates of targets and GitHub."),
     # service
     Variable("STATE_DIR", None, "Directory for the Git mirror, history and generated secrets."),
-    Variable("LOG_LEVEL", "info", "debug, info, warning or error."),
+    Variable("LOG_LEVEL", "info", "debug, info, warning or error, in any letter case (warn, and critical as "
+             "error, too)."),
+    Variable("off", "false", "true stops `autodeployer run` at start, with a log line saying why (exit 0): the "
+             "github-autodeployer's switch."),
     Variable("LOG_FORMAT", "text", "text or json."),
-    Variable("GITHUB_API_URL", None, "GitHub REST base (default https://api.github.com; Enterprise: https://HOST/api/v3)."),
+    Variable("GITHUB_API_URL", None, "GitHub REST base (default https://api.github.com; Enterprise: "
+             "https://HOST/api/v3)."),
     Variable("HEAD_CHECK", "auto", "How to read the branch head: git (ls-remote), api (GitHub sha media type), auto."),
     Variable("WEBHOOK_SECRET", None, "Secret of the GitHub webhook (generated and kept in STATE_DIR if unset).", True),
-    Variable("WEBHOOK_READ_TIMEOUT", "30", "Seconds a webhook sender has to send its whole body; a slower one gets 408, so a "
-             "trickling sender cannot hold the memory reserved for reading large signed bodies."),
+    Variable("WEBHOOK_READ_TIMEOUT", "30", "Seconds a webhook sender has to send its whole body; a slower one gets "
+             "408, so a trickling sender cannot hold the memory reserved for reading large signed bodies."),
     Variable("PUBLIC_URL", None, "URL at which GitHub reaches this service; the hook goes to PUBLIC_URL/webhook."),
-    Variable("REGISTER_WEBHOOK", "true", "Register the repository webhook at start when PUBLIC_URL and GITHUB_TOKEN are set."),
+    Variable("REGISTER_WEBHOOK", "true", "Register the repository webhook at start when PUBLIC_URL and GITHUB_TOKEN "
+             "are set."),
     Variable("COMMIT_STATUS", "true", "Post a GitHub commit status for each sync (needs GITHUB_TOKEN)."),
-    Variable("ADMIN_TOKEN", None, "Bearer token for the API's write endpoints (sync, suspend, resume, rollback); unset disables them.", True),
-    Variable("NOTIFY_URL", None, "URL that receives a JSON POST on failed, refused and recovered syncs (Slack incoming-webhook URLs get Slack messages).", True),
+    Variable("ADMIN_TOKEN", None, "Bearer token for the API's write endpoints (sync, suspend, resume, rollback); "
+             "unset disables them.", True),
+    Variable("NOTIFY_URL", None, "URL that receives a JSON POST on failed, refused and recovered syncs (Slack "
+             "incoming-webhook URLs get Slack messages).", True),
     Variable("NOTIFY_ON", "failures", "failures (failed, refused, recovered) or all (also every applied sync)."),
     Variable("NOTIFY_REPEAT", "3600", "Seconds before an identical failure is notified again."),
     Variable("HOST", "0.0.0.0", "Address the HTTP server (webhooks, status, API) listens on."),
     Variable("PORT", "5000", "Port of the HTTP server."),
     Variable("AUTODEPLOYER_CONFIG", None, "YAML file describing many apps (same as --config)."),
     # scale-out
-    Variable("STORE_URL", None, "postgresql://USER@HOST:PORT/DB puts history, app state and coordination in PostgreSQL so several replicas share the apps (default: SQLite under STATE_DIR, one replica)."),
+    Variable("STORE_URL", None, "postgresql://USER@HOST:PORT/DB puts history, app state and coordination in "
+             "PostgreSQL so several replicas share the apps (default: SQLite under STATE_DIR, one replica)."),
     Variable("STORE_PASSWORD", None, "Password for STORE_URL (never put it in the URL).", True),
     Variable("STORE_PASSWORD_FILE", None, "File holding the password for STORE_URL (instead of STORE_PASSWORD)."),
     Variable("REPLICA_ID", None, "Name of this replica in status and history (default: HOSTNAME-PID)."),
-    Variable("HEARTBEAT_INTERVAL", "2", "Seconds between a replica's heartbeats; a dead replica's apps are taken over within max(5, 2 x this)."),
+    Variable("HEARTBEAT_INTERVAL", "2", "Seconds between a replica's heartbeats; a dead replica's apps are taken "
+             "over within max(5, 2 x this)."),
 )
 
 _TRUE = {"true", "1", "yes"}
@@ -179,16 +200,16 @@ class EnvReader:
             return default
         return value.strip()
 
-    def required(self, name: str, why: str) -> str:
+    def required(self, name: builtins.str, why: builtins.str) -> builtins.str:
         value = self.str(name)
         if value is None:
             raise ConfigError(f"{name} is required: {why}")
         return value
 
-    def bool(self, name: str) -> bool:
+    def bool(self, name: builtins.str) -> bool:
         return parse_bool(self.str(name), name)
 
-    def number(self, name: str, *, minimum: float | None = None) -> float | None:
+    def number(self, name: builtins.str, *, minimum: float | None = None) -> float | None:
         value = self.str(name)
         if value is None:
             return None
@@ -202,6 +223,6 @@ class EnvReader:
             raise ConfigError(f"{name}: must be at least {minimum}, got {value!r}")
         return number
 
-    def secret(self, name: str) -> SecretStr | None:
+    def secret(self, name: builtins.str) -> SecretStr | None:
         value = self.raw(name)
         return SecretStr(value.strip()) if value is not None else None

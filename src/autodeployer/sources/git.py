@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from pydantic import SecretStr
 
 from ..errors import SourceError
 from ..logs import Redactor, get_logger
 from ..model import CommitInfo, SourceFile, Tree
 from .github import GitHubClient, GitHubError
-from .smarthttp import ProtocolError, SmartHttpHead, Unreachable
+from .smarthttp import ProtocolError, SmartHttpHead, Unreachable, find_ref
 from .spec import SourceSpec
 
 MAX_FILE_BYTES = 10 * 1024 * 1024  # blobs larger than this are listed but not read
@@ -83,7 +84,7 @@ class GitSource:
         self._secrets_dir = state_dir / "secrets" / key
         self._redact = redactor or Redactor()
         if spec.token:
-            self._redact.add(spec.token.get_secret_value(), self._basic(spec.token.get_secret_value()))
+            self._redact.add(spec.token.get_secret_value(), self._basic(spec.token))
         if spec.ssh_key:
             self._redact.add(spec.ssh_key.get_secret_value())
         self._lock = (locks or MirrorLocks()).get(self.mirror)
@@ -94,7 +95,7 @@ class GitSource:
         if http is not None and spec.url.startswith(("http://", "https://")):
             headers = {}
             if spec.token:
-                headers["Authorization"] = f"Basic {self._basic(spec.token.get_secret_value())}"
+                headers["Authorization"] = f"Basic {self._basic(spec.token)}"
             self._smart = SmartHttpHead(spec.url, http, headers, timeout=min(spec.git_timeout, 30.0))
         self._etag: str | None = None
         self._api_sha: str | None = None
@@ -104,9 +105,9 @@ class GitSource:
         self._presence: weakref.finalize[[int], GitSource] | None = None
 
     # ------------------------------------------------------------------ environment
-    @staticmethod
-    def _basic(token: str) -> str:
-        return base64.b64encode(f"x-access-token:{token}".encode()).decode()
+    def _basic(self, token: SecretStr) -> str:
+        """user:token for HTTP Basic: GitHub takes any user with a token; others (GIT_USERNAME) want theirs."""
+        return base64.b64encode(f"{self.spec.username}:{token.get_secret_value()}".encode()).decode()
 
     def _git_env(self) -> dict[str, str]:
         if self._env is not None:
@@ -125,7 +126,7 @@ class GitSource:
         version = "0" if self.spec.url.startswith("git://") else "2"
         config: list[tuple[str, str]] = [("protocol.version", version), ("core.hooksPath", os.devnull)]
         if self.spec.token and self.spec.url.startswith(("http://", "https://")):
-            header = f"Authorization: Basic {self._basic(self.spec.token.get_secret_value())}"
+            header = f"Authorization: Basic {self._basic(self.spec.token)}"
             config.append((f"http.{self.spec.url}.extraHeader", header))
         if self.spec.ssh_key:
             env["GIT_SSH_COMMAND"] = self._ssh_command()
@@ -242,9 +243,10 @@ class GitSource:
 
     # ------------------------------------------------------------------ operations
     async def head(self) -> str:
-        """The branch head: GitHub's sha media type when enabled (idle polls are free 304s),
-        otherwise one `ls-remote`. Never a fetch."""
-        if self.github is not None and self.spec.head_check != "git":
+        """The commit the branch (or tag) points to: GitHub's sha media type when enabled (idle polls
+        are free 304s), otherwise one `ls-remote`. Never a fetch. A tag is always read with
+        `ls-remote` (one ls-refs that peels it), which answers for annotated and lightweight tags alike."""
+        if self.github is not None and self.spec.head_check != "git" and not self.spec.tag:
             try:
                 return await self._api_head(self.github)
             except GitHubError as exc:
@@ -270,9 +272,10 @@ class GitSource:
         return sha
 
     async def _ls_remote_head(self) -> str:
+        ref = self.spec.ref
+        missing = f"{self.spec.follows} not found in {self.spec.url}"
         if self._smart is not None:
             start = time.perf_counter()
-            ref = f"refs/heads/{self.spec.branch}"
             try:
                 sha = await self._smart.head(ref)
             except Unreachable as exc:
@@ -283,22 +286,23 @@ class GitSource:
             else:
                 self._observe("ls-remote", "ok", time.perf_counter() - start)
                 if sha is None:
-                    raise SourceError(f"branch {self.spec.branch!r} not found in {self.spec.url}")
+                    raise SourceError(missing)
                 return sha
         await self.ensure_mirror()
-        ref = f"refs/heads/{self.spec.branch}"
+        # `<tag>^{}` lists the commit an annotated tag points to (a lightweight tag has no such line)
+        patterns = (ref, f"{ref}^{{}}") if self.spec.tag else (ref,)
         result = await self._timed(
-            "ls-remote", self._git("ls-remote", "--exit-code", "origin", ref, check=False)
+            "ls-remote", self._git("ls-remote", "--exit-code", "origin", *patterns, check=False)
         )
         if result.returncode == 2:
-            raise SourceError(f"branch {self.spec.branch!r} not found in {self.spec.url}")
+            raise SourceError(missing)
         if result.returncode != 0:
             raise SourceError(f"cannot reach {self.spec.url}: {git_error(result.stderr)}")
-        for line in result.stdout.decode().splitlines():
-            sha, _, name = line.partition("\t")
-            if name == ref:
-                return sha
-        raise SourceError(f"branch {self.spec.branch!r} not found in {self.spec.url}")
+        lines = [line.encode().replace(b"\t", b" ") for line in result.stdout.decode().splitlines()]
+        sha = find_ref(lines, ref)
+        if sha is None:
+            raise SourceError(missing)
+        return sha
 
     def clear_stale_locks(self, before: float) -> list[str]:
         """Remove git lock files (`*.lock`) in the mirror last modified before `before`.
@@ -340,7 +344,7 @@ class GitSource:
             await self.ensure_mirror()
             if sha and await self.has_commit(sha):
                 return sha
-            ref = f"refs/heads/{self.spec.branch}"
+            ref = self.spec.ref
             if sha and await self._fetch_commit(sha, ref):
                 return sha
             args = ("fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "origin", f"+{ref}:{ref}")
@@ -356,7 +360,8 @@ class GitSource:
                 await self._timed("fetch", self._git(*args))
             if sha and await self.has_commit(sha):
                 return sha
-            # The branch moved on (or was force-pushed) between the head check and the fetch.
+            # The branch (or tag) moved on (or was force-pushed) between the head check and the fetch;
+            # ^{commit} peels an annotated tag.
             fetched = await self._git("rev-parse", "--verify", f"{ref}^{{commit}}")
             return fetched.stdout.decode().strip()
 
@@ -387,7 +392,7 @@ class GitSource:
                 return result.stdout.decode().strip()
             if attempt == 0:
                 await self.fetch(None)
-        raise SourceError(f"commit {revision} not found in {self.spec.url}@{self.spec.branch}")
+        raise SourceError(f"commit {revision} not found in {self.spec.url} ({self.spec.follows})")
 
     async def tree_id(self, sha: str) -> str:
         """Object id of SYNC_ROOT at `sha`; "" when the directory does not exist there."""
@@ -478,9 +483,23 @@ def _write_private(path: Path, text: str) -> None:
     os.chmod(path, 0o600)
 
 
+# ssh's own words for its two usual refusals, which git reports only as "Could not read from remote"
+_SSH_REFUSALS = (
+    ("Host key verification failed",
+     "SSH host key verification failed: the server's host key is not in GIT_KNOWN_HOSTS (known_hosts in YAML) "
+     "or does not match it; host keys are always checked"),
+    ("Permission denied (publickey",
+     "SSH authentication failed (Permission denied (publickey)): the deploy key (DEPLOY_TOKEN or GIT_SSH_KEY) "
+     "is not accepted for this repository"),
+)
+
+
 def git_error(text: str) -> str:
-    """git's own reason: its first `error:` or `fatal:` line (the lines after it are advice), else
-    the last line of its output."""
+    """git's own reason: ssh's refusal when ssh refused, else git's first `error:` or `fatal:` line
+    (the lines after it are advice), else the last line of its output."""
+    for needle, reason in _SSH_REFUSALS:
+        if needle in text:
+            return reason
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     for line in lines:
         if line.startswith(("error:", "fatal:")):

@@ -154,9 +154,9 @@ class GitHubClient:
         updated: list[str] = []
         patch: dict[str, Any] = {}
         if sorted(hook.get("events", [])) != sorted(spec.events):
-            patch["events"], updated = list(spec.events), updated + ["events"]
+            patch["events"], updated = list(spec.events), [*updated, "events"]
         if not hook.get("active", True):
-            patch["active"], updated = True, updated + ["active"]
+            patch["active"], updated = True, [*updated, "active"]
         if patch:
             hook = await self._patch(f"/repos/{self.repo}/hooks/{hook['id']}", patch, hook)
         config = hook.get("config") or {}

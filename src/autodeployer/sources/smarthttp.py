@@ -50,25 +50,37 @@ def parse_pkt_lines(body: bytes) -> list[bytes | None]:
 
 
 def ls_refs_request(ref: str) -> bytes:
+    """One ls-refs for `ref`; `peel` makes an annotated tag also name the commit it points to."""
     return (
         pkt("command=ls-refs\n")
         + pkt(f"agent={AGENT}\n")
         + b"0001"
+        + pkt("peel\n")
         + pkt(f"ref-prefix {ref}\n")
         + b"0000"
     )
 
 
 def find_ref(lines: Sequence[bytes | None], ref: str) -> str | None:
-    """The sha of `ref` in an ls-refs answer or a v0 advertisement; None if absent."""
+    """The commit of `ref` in an ls-refs answer or a v0 advertisement; None if absent.
+
+    An annotated tag names a tag object, not a commit: the commit is its peeled value, which v2
+    gives as a `peeled:<oid>` attribute and v0 as a separate `<ref>^{}` line."""
+    found: str | None = None
     for line in lines:
         if not line or line.startswith(b"#"):
             continue
         text = line.split(b"\0", 1)[0].decode("utf-8", "replace").rstrip("\n")
-        sha, _, name = text.partition(" ")
-        if name == ref and len(sha) == 40:
+        sha, _, rest = text.partition(" ")
+        name, *attributes = rest.split(" ")
+        if len(sha) != 40:
+            continue
+        if name == f"{ref}^{{}}":
             return sha
-    return None
+        if name == ref:
+            peeled = [a.removeprefix("peeled:") for a in attributes if a.startswith("peeled:")]
+            found = peeled[0] if peeled else sha
+    return found
 
 
 class SmartHttpHead:

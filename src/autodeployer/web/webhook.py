@@ -269,9 +269,12 @@ class WebhookReceiver:
             return Verdict(400, "bad-request", {"error": "push payload without ref or repository.full_name"})
         if payload.get("deleted"):
             return Verdict(202, "ignored", {"result": "ignored", "reason": "branch deleted"})
-        if not ref.startswith("refs/heads/"):
-            return Verdict(202, "ignored", {"result": "ignored", "reason": f"not a branch: {ref}"})
-        branch = ref.removeprefix("refs/heads/")
+        if ref.startswith("refs/tags/"):
+            branch = ref  # apps following a tag (TAG) are matched on the full ref
+        elif ref.startswith("refs/heads/"):
+            branch = ref.removeprefix("refs/heads/")
+        else:
+            return Verdict(202, "ignored", {"result": "ignored", "reason": f"not a branch or tag: {ref}"})
         apps = self._scheduler.apps_following(repo, branch)
         if not apps:
             return Verdict(202, "ignored", {"result": "ignored", "reason": f"no app follows {repo}@{branch}"})
