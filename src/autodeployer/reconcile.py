@@ -59,7 +59,6 @@ class Reconciler:
         self.reporters = list(reporters)
         self.redact = redactor or Redactor()
         self.log = get_logger(app=app.name)
-        self.last_check_at: float | None = None
         self._tree: Tree | None = None  # the last tree read: commits are immutable, so it stays valid
         self._started: asyncio.Task[None] | None = None  # reporters being told that a sync started
         self._drift_checked_at: float | None = None  # the last quiet drift check (kept in memory only)
@@ -73,7 +72,6 @@ class Reconciler:
         dry_run: bool | None = None,
         revision: str | None = None,
         force: bool = False,
-        record: bool = True,
         lock_wait: float = LOCK_WAIT,
     ) -> SyncResult:
         """Reconcile once. `force` skips the idle fast path; `revision` pins a commit (rollback).
@@ -84,31 +82,29 @@ class Reconciler:
         """
         dry_run = self.app.policy.dry_run if dry_run is None else dry_run
         if dry_run:
-            return await self._sync(trigger, True, revision, force, record)
+            return await self._sync(trigger, True, revision, force)
         if not await self.lock.acquire(lock_wait):
             busy = OwnershipLost(self.lock.busy_message(self.app.name), retry_after=LOCK_RETRY)
             return self._not_applied(trigger, revision or "", busy, time.time(), time.perf_counter())
         try:
-            return await self._sync(trigger, False, revision, force, record)
+            return await self._sync(trigger, False, revision, force)
         finally:
             self.lock.release()
 
-    async def _sync(self, trigger: Trigger, dry_run: bool, revision: str | None, force: bool,
-                    record: bool) -> SyncResult:
+    async def _sync(self, trigger: Trigger, dry_run: bool, revision: str | None, force: bool) -> SyncResult:
         started, clock = time.time(), time.perf_counter()
-        self.last_check_at = started
         state = self.store.get_state(self.app.name)
         try:
             head = revision or state.pinned_revision or await self.source.head()
         except SourceError as exc:
-            return await self._finish(trigger, None, Outcome(Result.FAILED, error=str(exc)), started, clock, record)
+            return await self._finish(trigger, None, Outcome(Result.FAILED, error=str(exc)), started, clock)
 
         if not force and trigger is Trigger.POLL and self._idle(state, head, started):
             return SyncResult(self.app.name, trigger, Result.NO_CHANGE, revision=head, started_at=started,
                               duration=time.perf_counter() - clock, summary="head unchanged")
 
         drift_check = head == state.last_synced_revision and state.last_result in _OK
-        outcome, sha = await self._pipeline(head, state, trigger, dry_run, drift_check, started, record)
+        outcome, sha = await self._pipeline(head, state, trigger, dry_run, drift_check, started)
         if outcome.not_applied is not None:
             return self._not_applied(trigger, sha, outcome.not_applied, started, clock)
         if drift_check and outcome.result is Result.NO_CHANGE and trigger is Trigger.POLL:
@@ -117,7 +113,7 @@ class Reconciler:
             self._drift_checked_at = started
             return SyncResult(self.app.name, trigger, Result.NO_CHANGE, revision=sha, started_at=started,
                               duration=time.perf_counter() - clock, summary="no drift")
-        result = await self._finish(trigger, sha, outcome, started, clock, record, drift=drift_check)
+        result = await self._finish(trigger, sha, outcome, started, clock, drift=drift_check)
         return result
 
     async def pin(self, revision: str) -> str:
@@ -179,7 +175,7 @@ class Reconciler:
 
     async def _pipeline(
         self, head: str, state: AppState, trigger: Trigger, dry_run: bool, drift_check: bool,
-        started: float, record: bool,
+        started: float,
     ) -> tuple[Outcome, str]:
         sha = head
         prefetched: asyncio.Task[Any] | None = None
@@ -207,7 +203,7 @@ class Reconciler:
                 self.log.warning("drift detected on the target; reverting to Git", revision=sha[:12],
                                  summary=plan.summary())
             # Open the history row before the write, so a crash mid-apply leaves a trace.
-            attempt = self._begin(trigger, sha, started) if record else None
+            attempt = self._begin(trigger, sha, started)
             try:
                 report = await self.target.apply(plan, ctx)
                 remaining = await self.target.verify(plan, ctx)
@@ -272,7 +268,7 @@ class Reconciler:
     # ------------------------------------------------------------------ recording
     async def _finish(
         self, trigger: Trigger, sha: str | None, outcome: Outcome,
-        started: float, clock: float, record: bool, drift: bool = False,
+        started: float, clock: float, drift: bool = False,
     ) -> SyncResult:
         plan = outcome.plan
         result = SyncResult(
@@ -297,8 +293,7 @@ class Reconciler:
         if outcome.details:
             result.details.update(self.redact.value(outcome.details))
         self._update_state(result, outcome)
-        if record:
-            self._record(result, outcome.attempt_id)
+        self._record(result, outcome.attempt_id)
         self._log(result)
         await self._report_finished(result, commit)
         return result

@@ -12,8 +12,6 @@ from .config.loader import AppConfig
 from .scheduling import AppWorker
 from .store import AppState, HistoryRow, Store
 
-STATUSES = ("synced", "out-of-sync", "failed", "refused", "suspended", "pending")
-
 
 def sync_status(state: AppState) -> str:
     if state.suspended:
