@@ -119,13 +119,11 @@ def _print_plan(plan: Plan, color: bool) -> None:
 
 
 def _print_result(result: SyncResult, color: bool) -> None:
-    colors = {Result.SYNCED: "green", Result.NO_CHANGE: "green", Result.PLANNED: "yellow"}
     label = result.result.value
-    if result.details.get("not_applied"):  # recorded as no-change, but nothing is known to be in sync
+    if result.not_applied:  # recorded as no-change, but nothing is known to be in sync
         label = "not applied"
     if color:
-        label = click.style(label, fg="red" if result.details.get("not_applied") else colors.get(result.result, "red"),
-                            bold=True)
+        label = click.style(label, fg="red" if result.not_applied else result.result.style, bold=True)
     rev = (result.revision or "")[:12] or "-"
     line = f"{result.app}: {label} at {rev}"
     if result.summary and result.result is not Result.FAILED:
@@ -151,7 +149,7 @@ async def _sync_all(config: Config, apps: Sequence[AppConfig], dry_run: bool, co
                 code = max(code, EXIT_CHANGES)
             else:
                 _print_result(result, color)
-            if not result.ok or result.details.get("not_applied"):
+            if not result.ok or result.not_applied:
                 code = EXIT_ERROR  # exit 0 means "in sync": nothing applied because the store was away is not
     finally:
         await runtime.aclose()

@@ -296,7 +296,7 @@ async def _resume(reconciler: Reconciler, app: str) -> tuple[int, str]:
 
 def _applied(result: SyncResult) -> bool:
     """The target is at the result's revision (a sync that could not run is no success)."""
-    return result.result in (Result.SYNCED, Result.NO_CHANGE) and "not_applied" not in result.details
+    return result.result in (Result.SYNCED, Result.NO_CHANGE) and not result.not_applied
 
 
 def _rollback_outcome(app: str, result: SyncResult) -> tuple[int, str]:
