@@ -19,7 +19,7 @@ import click
 from .. import __version__
 from ..config.loader import AppConfig, Config, load_config
 from ..errors import AutodeployerError, ConfigError
-from ..model import Plan, Result, SyncResult, Trigger
+from ..model import Plan, Result, Status, SyncResult, Trigger
 from ..runtime import build_runtime, make_redactor, setup_logging
 
 EXIT_OK, EXIT_CHANGES, EXIT_ERROR = 0, 1, 2
@@ -283,7 +283,7 @@ def status(ctx: click.Context, server: str | None, as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=2))
     else:
         print_status(rows, console())
-    sys.exit(EXIT_OK if all(r["status"] in ("synced", "suspended") for r in rows) else EXIT_CHANGES)
+    sys.exit(EXIT_OK if all(r["status"] in (Status.SYNCED, Status.SUSPENDED) for r in rows) else EXIT_CHANGES)
 
 
 @cli.command()
