@@ -362,3 +362,62 @@ def test_a_configuration_the_node_rejects_is_recorded_as_rejected(app_env, confi
     row, state = last_attempt(state_dir)
     assert (row["result"], row["reason"]) == ("failed", "rejected-by-target")
     assert (state["last_result"], state["last_reason"]) == ("failed", "rejected-by-target")
+
+
+# --------------------------------------------------------------------------- the reason column
+def test_a_database_of_the_previous_schema_gains_the_reason_column(tmp_path: Path):
+    path = tmp_path / "history.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript("""
+        CREATE TABLE history (id INTEGER PRIMARY KEY AUTOINCREMENT, app TEXT NOT NULL, trigger TEXT NOT NULL,
+            revision TEXT, started_at REAL NOT NULL, finished_at REAL, duration REAL, result TEXT NOT NULL,
+            summary TEXT NOT NULL DEFAULT '', diff TEXT NOT NULL DEFAULT '', error TEXT,
+            warnings TEXT NOT NULL DEFAULT '[]', problems TEXT NOT NULL DEFAULT '[]',
+            drift INTEGER NOT NULL DEFAULT 0, details TEXT NOT NULL DEFAULT '{}');
+        CREATE INDEX history_app ON history (app, id);
+        CREATE TABLE app_state (app TEXT PRIMARY KEY, data TEXT NOT NULL);
+        INSERT INTO history (app, trigger, started_at, result) VALUES ('a', 'poll', 1.0, 'synced');
+        INSERT INTO app_state (app, data) VALUES ('a', '{"app": "a", "last_result": "synced"}');
+        PRAGMA user_version = 1;
+    """)
+    old.close()
+    store = SQLiteStore(path)
+    try:
+        assert [(r.result, r.reason) for r in store.history("a")] == [("synced", None)]
+        assert store.get_state("a").last_result is Result.SYNCED and store.get_state("a").last_reason is None
+        attempt = store.begin("a", "manual", SHA, 2.0)
+        store.finish(attempt, SyncResult("a", Trigger.MANUAL, Result.FAILED, revision=SHA, started_at=2.0,
+                                         reason=Reason.TARGET_UNAVAILABLE))
+        assert store.history("a")[0].reason == "target-unavailable"
+    finally:
+        store.close()
+
+
+def test_an_attempt_cut_short_is_marked_with_reason_interrupted(tmp_path: Path):
+    first = SQLiteStore.in_state_dir(tmp_path)
+    first.begin("a", "poll", SHA, 1.0)  # the process dies here
+    first.close()
+    store = SQLiteStore.in_state_dir(tmp_path)
+    try:
+        assert store.mark_interrupted() == 1
+        assert [(r.result, r.reason) for r in store.history("a")] == [("interrupted", "interrupted")]
+    finally:
+        store.close()
+
+
+def test_postgresql_records_the_reason_with_history_and_state(pg_url: str):
+    from autodeployer.store_pg import PostgresStore
+
+    from .scale.pgserver import PASSWORD
+
+    store = PostgresStore(pg_url, password=PASSWORD, replica_id="r1")
+    try:
+        attempt = store.begin("a", "poll", SHA, 1.0)
+        store.finish(attempt, SyncResult("a", Trigger.POLL, Result.FAILED, revision=SHA, started_at=1.0,
+                                         reason=Reason.REJECTED))
+        store.update_state("a", lambda _: {"last_result": Result.FAILED, "last_reason": Reason.REJECTED})
+        assert [(r.result, r.reason) for r in store.history("a")] == [("failed", "rejected-by-target")]
+        state = store.get_state("a")
+        assert state.last_result is Result.FAILED and state.last_reason is Reason.REJECTED
+    finally:
+        store.close()
