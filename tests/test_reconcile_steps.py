@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from autodeployer.config.loader import AppConfig, Policy
@@ -36,7 +37,7 @@ from autodeployer.model import (
 )
 from autodeployer.reconcile import Reconciler
 from autodeployer.reporters.commit_status import COMMIT_STATES, status_for
-from autodeployer.reporters.notify import EVENTS, HEALTH, event_for
+from autodeployer.reporters.notify import EVENTS, HEALTH, event_for, payload
 from autodeployer.scheduling import AppWorker
 from autodeployer.sources.spec import SourceSpec
 from autodeployer.status import sync_status
@@ -47,7 +48,7 @@ from autodeployer.web.pages import BADGES
 from autodeployer_emulators.gitserver import WorkRepo
 from autodeployer_emulators.sesam import SesamEmulator
 
-from .helpers import SESAM_JWT, entity_json, free_port, history_rows, pipe, run_cli
+from .helpers import SESAM_JWT, entity_json, free_port, history_rows, pipe, run_cli, wait_for
 
 SHA = "a" * 40
 OTHER = "b" * 40
@@ -421,3 +422,29 @@ def test_postgresql_records_the_reason_with_history_and_state(pg_url: str):
         assert state.last_result is Result.FAILED and state.last_reason is Reason.REJECTED
     finally:
         store.close()
+
+
+# --------------------------------------------------------------------------- readers of the reason
+def test_the_service_shows_the_reason_in_the_api_and_on_the_page(service, app_env, config_repo: WorkRepo):
+    config_repo.write({"systems/svc.conf.json": entity_json({"_id": "svc", "type": "system:microservice"})})
+    config_repo.commit("microservice without docker settings")
+    config_repo.push()
+    svc = service({**app_env, "SYNC_INTERVAL": "0.3"})
+    app = wait_for(lambda: (a := httpx.get(svc.url + "/api/apps/node").json())["last_reason"] and a,
+                   what="a rejected sync", timeout=30)
+    assert (app["status"], app["last_result"], app["last_reason"]) == ("failed", "failed", "rejected-by-target")
+    history = httpx.get(svc.url + "/api/apps/node/history?limit=1").json()["history"]
+    assert history[0]["reason"] == "rejected-by-target"
+    page = httpx.get(svc.url + "/apps/node").text
+    assert "reason: rejected by target" in page
+
+
+def test_the_notification_says_the_reason():
+    app = app_config()
+    failed = SyncResult("a", Trigger.POLL, Result.FAILED, revision=SHA, error="GET x: timed out",
+                        reason=Reason.TARGET_UNAVAILABLE)
+    doc = payload(app, failed, event_for(failed.result, None, "failures") or "", None, None)
+    assert (doc["event"], doc["result"], doc["reason"]) == ("failed", "failed", "target-unavailable")
+    assert doc["text"] == f"a: sync failed at {SHA[:7]}"
+    synced = SyncResult("a", Trigger.POLL, Result.SYNCED, revision=SHA, summary="1 added")
+    assert payload(app, synced, "applied", None, None)["reason"] is None
