@@ -38,7 +38,7 @@ from autodeployer.model import (
 from autodeployer.reconcile import Reconciler
 from autodeployer.reporters.commit_status import COMMIT_STATES, status_for
 from autodeployer.reporters.notify import EVENTS, HEALTH, event_for, payload
-from autodeployer.scheduling import AppWorker
+from autodeployer.scheduling import _PRIORITY, AppWorker
 from autodeployer.sources.spec import SourceSpec
 from autodeployer.status import sync_status
 from autodeployer.store import AppState, SQLiteStore
@@ -69,6 +69,7 @@ def test_every_result_has_its_label_status_colour_notification_and_commit_state(
         assert status.label and BADGES[status.value] == status.label and status.style, status
         assert f".b-{status.value}" in css, f"no badge colour for {status}"
     assert all(reason.label for reason in Reason)
+    assert set(_PRIORITY) == set(Trigger), "every trigger needs its place in the worker's coalescing order"
 
 
 def test_the_api_enums_are_the_model_enums():
