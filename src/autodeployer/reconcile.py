@@ -284,6 +284,7 @@ class Reconciler:
 
     @staticmethod
     def _verified(planned: Planned, tree: Tree, applied: Applied, remaining: Plan) -> Outcome:
+        """Synced only when the read-back found nothing left to change; otherwise drift is the reason."""
         plan, report = planned.plan, applied.report
         warnings = plan.warnings + report.warnings
         if not remaining.empty:
