@@ -32,6 +32,109 @@ class Result(str, enum.Enum):
     def ok(self) -> bool:
         return self in (Result.SYNCED, Result.NO_CHANGE, Result.PLANNED)
 
+    @property
+    def label(self) -> str:
+        """How people read it: the status page's badge, the CLI."""
+        return _RESULT_LABELS[self]
+
+    @property
+    def status(self) -> Status:
+        """Where an app whose last attempt ended so stands (unless it is suspended)."""
+        return _RESULT_STATUS[self]
+
+    @property
+    def style(self) -> str:
+        """The colour the CLI prints it in (a rich/click colour name)."""
+        return "yellow" if self is Result.PLANNED else "green" if self.ok else "red"
+
+    @classmethod
+    def parse(cls, value: str | None) -> Result | None:
+        """A stored or received value; None for none and for one this version does not know."""
+        try:
+            return cls(value) if value is not None else None
+        except ValueError:
+            return None
+
+
+class Status(str, enum.Enum):
+    """Where an app stands: the API's `status`, the status page's badge, the CLI's colour."""
+
+    SYNCED = "synced"
+    OUT_OF_SYNC = "out-of-sync"
+    FAILED = "failed"
+    REFUSED = "refused"
+    SUSPENDED = "suspended"
+    PENDING = "pending"
+
+    @property
+    def label(self) -> str:
+        return _STATUS_LABELS[self]
+
+    @property
+    def style(self) -> str:
+        """The colour the CLI prints it in (a rich colour name)."""
+        return _STATUS_STYLES[self]
+
+    @property
+    def trouble(self) -> bool:
+        """An operator has something to look at: the page lists its error and problems."""
+        return self in (Status.FAILED, Status.REFUSED)
+
+
+class Reason(str, enum.Enum):
+    """Why an attempt did not end in sync; stored with its history row and the app's state.
+
+    A sync that ended well has none. The reason tells an operator where to look (Git, the guard,
+    the target's reachability, the configuration the target rejected, the read-back) without parsing
+    the error text.
+    """
+
+    SOURCE_UNAVAILABLE = "source-unavailable"  # Git could not be reached or read
+    REFUSED = "refused"  # a guard refused the commit (invalid file, empty plan, ...)
+    TARGET_UNAVAILABLE = "target-unavailable"  # the target did not answer, or not as expected
+    REJECTED = "rejected-by-target"  # the target refused the configuration, naming what is wrong
+    DRIFT = "verify-drift"  # applied, but reading back found the target still differing
+    NOT_OWNER = "not-owner"  # another process or replica holds the app: nothing applied
+    INTERRUPTED = "interrupted"  # the process stopped during the attempt
+    INTERNAL = "internal"  # a bug: the error names the exception
+
+    @property
+    def label(self) -> str:
+        return _REASON_LABELS[self]
+
+    @classmethod
+    def parse(cls, value: str | None) -> Reason | None:
+        try:
+            return cls(value) if value is not None else None
+        except ValueError:
+            return None
+
+
+# The one place these words are spelled; a test checks every member has each.
+_RESULT_LABELS = {
+    Result.RUNNING: "running", Result.SYNCED: "synced", Result.NO_CHANGE: "no change", Result.PLANNED: "planned",
+    Result.REFUSED: "refused", Result.FAILED: "failed", Result.INTERRUPTED: "interrupted",
+}
+_RESULT_STATUS = {
+    Result.RUNNING: Status.PENDING, Result.SYNCED: Status.SYNCED, Result.NO_CHANGE: Status.SYNCED,
+    Result.PLANNED: Status.OUT_OF_SYNC, Result.REFUSED: Status.REFUSED, Result.FAILED: Status.FAILED,
+    Result.INTERRUPTED: Status.FAILED,
+}
+_STATUS_LABELS = {
+    Status.SYNCED: "synced", Status.OUT_OF_SYNC: "out of sync", Status.FAILED: "failed", Status.REFUSED: "refused",
+    Status.SUSPENDED: "suspended", Status.PENDING: "pending",
+}
+_STATUS_STYLES = {
+    Status.SYNCED: "green", Status.OUT_OF_SYNC: "yellow", Status.FAILED: "red", Status.REFUSED: "red",
+    Status.SUSPENDED: "magenta", Status.PENDING: "cyan",
+}
+_REASON_LABELS = {
+    Reason.SOURCE_UNAVAILABLE: "source unavailable", Reason.REFUSED: "refused",
+    Reason.TARGET_UNAVAILABLE: "target unavailable", Reason.REJECTED: "rejected by target",
+    Reason.DRIFT: "verify found drift", Reason.NOT_OWNER: "not owner", Reason.INTERRUPTED: "interrupted",
+    Reason.INTERNAL: "internal error",
+}
+
 
 @dataclass(frozen=True)
 class SourceFile:
@@ -165,7 +268,15 @@ class SyncResult:
     duration: float = 0.0
     drift: bool = False
     details: dict[str, Any] = field(default_factory=dict)
+    reason: Reason | None = None  # why it did not end in sync; None when it did
+    retry_after: float | None = None  # seconds: not applied because the app was busy elsewhere; try again then
+    failures: int | None = None  # consecutive failed or refused attempts after this one (None: not recorded)
 
     @property
     def ok(self) -> bool:
         return self.result.ok
+
+    @property
+    def not_applied(self) -> bool:
+        """Nothing was applied because another process or replica holds the app (not a failure)."""
+        return self.reason is Reason.NOT_OWNER

@@ -1,7 +1,8 @@
-"""One sync of one app: resolve -> read -> plan -> guard -> apply -> verify -> record -> report.
+"""One sync of one app, as named steps: resolve -> fetch -> read -> plan -> guard -> apply -> verify -> record.
 
-Nothing is written to the target unless the plan is non-empty and every guard passed. Every error is
-caught here, turned into a recorded result, and never escapes to stop the service.
+Each step is a method returning a typed value (the way Flux's controllers read). Nothing is written to
+the target unless the plan is non-empty and every guard passed. Every error is caught here, turned
+into a recorded result with its `Reason`, and never escapes to stop the service.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 from .config.loader import AppConfig
 from .errors import AutodeployerError, OwnershipLost, Refused, SourceError, TargetError
 from .logs import Redactor, get_logger
-from .model import Action, CommitInfo, Plan, Problem, Result, SyncResult, Tree, Trigger
+from .model import Action, ApplyReport, CommitInfo, Plan, Problem, Reason, Result, SyncResult, Tree, Trigger
 from .reporters.base import Reporter
 from .sources.git import GitSource
 from .store import AppState, StateChange, Store
@@ -39,6 +40,31 @@ class Outcome:
     attempt_id: int | None = None  # history row opened before the apply
     not_applied: OwnershipLost | None = None  # another replica owns the app: nothing applied or recorded
     details: dict[str, Any] | None = None  # what the target reported (e.g. a command's output)
+    reason: Reason | None = None  # why it did not end in sync
+
+
+@dataclass
+class Fetched:
+    """The fetch step's value: the commit to deploy, and the target's live state being read meanwhile."""
+
+    sha: str
+    prefetched: asyncio.Task[Any] | None = None
+
+
+@dataclass
+class Planned:
+    """The plan step's value: what would change, and the context the apply and verify steps need."""
+
+    plan: Plan
+    ctx: SyncContext
+
+
+@dataclass
+class Applied:
+    """The apply step's value: what the target said, and the history row opened before the write."""
+
+    report: ApplyReport
+    attempt_id: int | None
 
 
 class Reconciler:
@@ -59,7 +85,6 @@ class Reconciler:
         self.reporters = list(reporters)
         self.redact = redactor or Redactor()
         self.log = get_logger(app=app.name)
-        self.last_check_at: float | None = None
         self._tree: Tree | None = None  # the last tree read: commits are immutable, so it stays valid
         self._started: asyncio.Task[None] | None = None  # reporters being told that a sync started
         self._drift_checked_at: float | None = None  # the last quiet drift check (kept in memory only)
@@ -73,7 +98,6 @@ class Reconciler:
         dry_run: bool | None = None,
         revision: str | None = None,
         force: bool = False,
-        record: bool = True,
         lock_wait: float = LOCK_WAIT,
     ) -> SyncResult:
         """Reconcile once. `force` skips the idle fast path; `revision` pins a commit (rollback).
@@ -84,31 +108,29 @@ class Reconciler:
         """
         dry_run = self.app.policy.dry_run if dry_run is None else dry_run
         if dry_run:
-            return await self._sync(trigger, True, revision, force, record)
+            return await self._sync(trigger, True, revision, force)
         if not await self.lock.acquire(lock_wait):
             busy = OwnershipLost(self.lock.busy_message(self.app.name), retry_after=LOCK_RETRY)
             return self._not_applied(trigger, revision or "", busy, time.time(), time.perf_counter())
         try:
-            return await self._sync(trigger, False, revision, force, record)
+            return await self._sync(trigger, False, revision, force)
         finally:
             self.lock.release()
 
-    async def _sync(self, trigger: Trigger, dry_run: bool, revision: str | None, force: bool,
-                    record: bool) -> SyncResult:
+    async def _sync(self, trigger: Trigger, dry_run: bool, revision: str | None, force: bool) -> SyncResult:
         started, clock = time.time(), time.perf_counter()
-        self.last_check_at = started
         state = self.store.get_state(self.app.name)
         try:
-            head = revision or state.pinned_revision or await self.source.head()
+            head = await self._resolve(state, revision)
         except SourceError as exc:
-            return await self._finish(trigger, None, Outcome(Result.FAILED, error=str(exc)), started, clock, record)
+            return await self._record(trigger, None, self._error_outcome(exc, None, None), started, clock)
 
         if not force and trigger is Trigger.POLL and self._idle(state, head, started):
             return SyncResult(self.app.name, trigger, Result.NO_CHANGE, revision=head, started_at=started,
                               duration=time.perf_counter() - clock, summary="head unchanged")
 
         drift_check = head == state.last_synced_revision and state.last_result in _OK
-        outcome, sha = await self._pipeline(head, state, trigger, dry_run, drift_check, started, record)
+        outcome, sha = await self._pipeline(head, state, trigger, dry_run, drift_check, started)
         if outcome.not_applied is not None:
             return self._not_applied(trigger, sha, outcome.not_applied, started, clock)
         if drift_check and outcome.result is Result.NO_CHANGE and trigger is Trigger.POLL:
@@ -117,8 +139,7 @@ class Reconciler:
             self._drift_checked_at = started
             return SyncResult(self.app.name, trigger, Result.NO_CHANGE, revision=sha, started_at=started,
                               duration=time.perf_counter() - clock, summary="no drift")
-        result = await self._finish(trigger, sha, outcome, started, clock, record, drift=drift_check)
-        return result
+        return await self._record(trigger, sha, outcome, started, clock, drift=drift_check)
 
     async def pin(self, revision: str) -> str:
         """Rollback, step one: pin an earlier commit and suspend auto-sync so polls leave it alone.
@@ -154,17 +175,14 @@ class Reconciler:
         head = await self.source.head()
         sha = await self.source.fetch(head)
         tree = await self.source.read(sha)
-        if not tree.tree_id:
-            raise Refused(self._missing_root(sha))
         state = self.store.get_state(self.app.name)
-        plan = await self.target.plan(SyncContext(self.app, tree, state.memory, self.log))
-        self._guard(plan)
-        return sha, plan
+        planned = await self._plan(tree, state, None)
+        return sha, self._guard(planned.plan)
 
     # ------------------------------------------------------------------ steps
     def _idle(self, state: AppState, head: str, now: float) -> bool:
         """Nothing to do: head already synced and no drift check due, or head already refused."""
-        if head == state.last_revision and state.last_result == Result.REFUSED.value:
+        if head == state.last_revision and state.last_result is Result.REFUSED:
             return True  # a refusal is about the commit; a new commit (or a manual sync) retries it
         if head != state.last_synced_revision or state.last_result not in _OK:
             return False
@@ -178,66 +196,116 @@ class Reconciler:
         return bool(checked) and now - checked < interval - DRIFT_SLACK * self.app.policy.interval
 
     async def _pipeline(
-        self, head: str, state: AppState, trigger: Trigger, dry_run: bool, drift_check: bool,
-        started: float, record: bool,
+        self, head: str, state: AppState, trigger: Trigger, dry_run: bool, drift_check: bool, started: float,
     ) -> tuple[Outcome, str]:
-        sha = head
-        prefetched: asyncio.Task[Any] | None = None
+        """The steps from fetch to verify; every failure becomes an Outcome with its Reason."""
+        fetched = Fetched(head)
         try:
-            cached = self._tree
-            if cached is not None and cached.revision == head:
-                tree = cached  # a drift check or retry of the same commit: Git has nothing new to say
-            else:
-                prefetched = self.target.prefetch()  # the target reads its live state meanwhile
-                sha = await self.source.fetch(head)
-                tree = await self.source.read(sha)
-                self._tree = tree
+            fetched = await self._fetch(head)
+            tree = await self._read(fetched.sha)
             if not drift_check and not dry_run:
-                self._report_started(sha, trigger)
-            if not tree.tree_id:
-                raise Refused(self._missing_root(sha))
-            ctx = SyncContext(self.app, tree, dict(state.memory), self.log, prefetched)
-            plan = await self.target.plan(ctx)
-            self._guard(plan)
+                self._report_started(fetched.sha, trigger)
+            planned = await self._plan(tree, state, fetched.prefetched)
+            plan = self._guard(planned.plan)
             if plan.empty:
-                return Outcome(Result.NO_CHANGE, plan=plan, tree_id=tree.tree_id), sha
+                return Outcome(Result.NO_CHANGE, plan=plan, tree_id=tree.tree_id), fetched.sha
             if dry_run:
-                return Outcome(Result.PLANNED, plan=plan, tree_id=tree.tree_id), sha
+                return Outcome(Result.PLANNED, plan=plan, tree_id=tree.tree_id), fetched.sha
             if drift_check:
-                self.log.warning("drift detected on the target; reverting to Git", revision=sha[:12],
+                self.log.warning("drift detected on the target; reverting to Git", revision=fetched.sha[:12],
                                  summary=plan.summary())
             # Open the history row before the write, so a crash mid-apply leaves a trace.
-            attempt = self._begin(trigger, sha, started) if record else None
+            attempt = self._begin(trigger, fetched.sha, started)
             try:
-                report = await self.target.apply(plan, ctx)
-                remaining = await self.target.verify(plan, ctx)
-            except (Refused, SourceError, TargetError) as exc:
-                return self._error_outcome(exc, plan, attempt), sha
-            warnings = plan.warnings + report.warnings
-            if not remaining.empty:
-                return Outcome(Result.FAILED, plan=plan, warnings=warnings, tree_id=tree.tree_id, attempt_id=attempt,
-                               error=f"verification failed: the target still differs ({remaining.summary()})",
-                               details=report.details), sha
-            return Outcome(Result.SYNCED, plan=plan, warnings=warnings, memory=report.memory,
-                           tree_id=tree.tree_id, attempt_id=attempt, details=report.details), sha
-        except (Refused, SourceError, TargetError) as exc:
-            return self._error_outcome(exc, None, None), sha
+                applied = await self._apply(planned, attempt)
+                remaining = await self._verify(planned)
+            except OwnershipLost:
+                raise
+            except Exception as exc:  # recorded on the row opened above, which must not stay "running"
+                return self._error_outcome(exc, plan, attempt), fetched.sha
+            return self._verified(planned, tree, applied, remaining), fetched.sha
         except OwnershipLost as exc:
-            return Outcome(Result.NO_CHANGE, error=str(exc), not_applied=exc), sha
+            return Outcome(Result.NO_CHANGE, error=str(exc), not_applied=exc, reason=Reason.NOT_OWNER), fetched.sha
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug must not stop the service
-            self.log.exception("internal error during sync")
-            return Outcome(Result.FAILED, error=f"internal error: {type(exc).__name__}: {exc}"), sha
+            return self._error_outcome(exc, None, None), fetched.sha
         finally:
+            _discard(fetched.prefetched)
+
+    async def _resolve(self, state: AppState, revision: str | None) -> str:
+        """The commit this sync is about: the one asked for, the rollback pinned, else the branch head."""
+        return revision or state.pinned_revision or await self.source.head()
+
+    async def _fetch(self, head: str) -> Fetched:
+        """Make the commit available locally; the target starts reading its live state meanwhile.
+
+        A commit whose tree is cached (a drift check, a retry) needs neither: commits are immutable."""
+        if self._tree is not None and self._tree.revision == head:
+            return Fetched(head)
+        prefetched = self.target.prefetch()
+        try:
+            return Fetched(await self.source.fetch(head), prefetched)
+        except BaseException:
             _discard(prefetched)
+            raise
+
+    async def _read(self, sha: str) -> Tree:
+        """The files under SYNC_ROOT at the commit (the cached tree when it is the same commit)."""
+        if self._tree is not None and self._tree.revision == sha:
+            return self._tree
+        self._tree = await self.source.read(sha)
+        return self._tree
+
+    async def _plan(self, tree: Tree, state: AppState, prefetched: asyncio.Task[Any] | None) -> Planned:
+        """Desired state from the tree against the live state: what would change (target-specific
+        refusals raise Refused here, naming file and entity)."""
+        if not tree.tree_id:
+            raise Refused(self._missing_root(tree.revision))
+        ctx = SyncContext(self.app, tree, dict(state.memory), self.log, prefetched)
+        return Planned(await self.target.plan(ctx), ctx)
+
+    def _guard(self, plan: Plan) -> Plan:
+        """The plan, if the app's policy lets it through; raises Refused otherwise."""
+        if plan.empties_target and not self.app.policy.allow_empty:
+            raise Refused(
+                f"the plan removes all {plan.count(Action.REMOVE)} managed entities from the target and adds none; "
+                "set ALLOW_EMPTY=true if that is intended"
+            )
+        return plan
+
+    async def _apply(self, planned: Planned, attempt_id: int | None) -> Applied:
+        """The one write to the target."""
+        return Applied(await self.target.apply(planned.plan, planned.ctx), attempt_id)
+
+    async def _verify(self, planned: Planned) -> Plan:
+        """Read the target back: what still differs from Git (empty when the apply took)."""
+        return await self.target.verify(planned.plan, planned.ctx)
 
     @staticmethod
-    def _error_outcome(exc: AutodeployerError, plan: Plan | None, attempt: int | None) -> Outcome:
-        problems = getattr(exc, "problems", [])
+    def _verified(planned: Planned, tree: Tree, applied: Applied, remaining: Plan) -> Outcome:
+        """Synced only when the read-back found nothing left to change; otherwise drift is the reason."""
+        plan, report = planned.plan, applied.report
+        warnings = plan.warnings + report.warnings
+        if not remaining.empty:
+            return Outcome(Result.FAILED, plan=plan, warnings=warnings, tree_id=tree.tree_id,
+                           attempt_id=applied.attempt_id, reason=Reason.DRIFT, details=report.details,
+                           error=f"verification failed: the target still differs ({remaining.summary()})")
+        return Outcome(Result.SYNCED, plan=plan, warnings=warnings, memory=report.memory, tree_id=tree.tree_id,
+                       attempt_id=applied.attempt_id, details=report.details)
+
+    def _error_outcome(self, exc: Exception, plan: Plan | None, attempt: int | None) -> Outcome:
+        """A failed step as a result: its Reason says which kind of failure it was."""
+        problems: list[Problem] = list(getattr(exc, "problems", []))
         if isinstance(exc, Refused):
-            return Outcome(Result.REFUSED, plan=plan, error=exc.args[0], problems=problems, attempt_id=attempt)
-        return Outcome(Result.FAILED, plan=plan, error=str(exc), problems=problems, attempt_id=attempt)
+            return Outcome(Result.REFUSED, plan=plan, error=exc.args[0], problems=problems, attempt_id=attempt,
+                           reason=Reason.REFUSED)
+        if isinstance(exc, (SourceError, TargetError)):
+            return Outcome(Result.FAILED, plan=plan, error=str(exc), problems=problems, attempt_id=attempt,
+                           reason=reason_for(exc))
+        self.log.exception("internal error during sync")
+        return Outcome(Result.FAILED, plan=plan, error=f"internal error: {type(exc).__name__}: {exc}",
+                       attempt_id=attempt, reason=Reason.INTERNAL)
 
     def _begin(self, trigger: Trigger, sha: str, started: float) -> int | None:
         try:
@@ -252,28 +320,20 @@ class Reconciler:
                      clock: float) -> SyncResult:
         """Another replica owns the app (or ownership cannot be proven): no apply, no failure recorded."""
         self.log.warning("not applied", reason=str(exc), revision=sha[:12], trigger=trigger.value)
-        details: dict[str, Any] = {"not_applied": str(exc)}
-        if exc.retry_after is not None:
-            details["retry_after"] = exc.retry_after
         return SyncResult(self.app.name, trigger, Result.NO_CHANGE, revision=sha, started_at=started,
-                          duration=time.perf_counter() - clock, summary=f"not applied: {exc}", details=details)
-
-    def _guard(self, plan: Plan) -> None:
-        if plan.empties_target and not self.app.policy.allow_empty:
-            raise Refused(
-                f"the plan removes all {plan.count(Action.REMOVE)} managed entities from the target and adds none; "
-                "set ALLOW_EMPTY=true if that is intended"
-            )
+                          duration=time.perf_counter() - clock, summary=f"not applied: {exc}",
+                          reason=Reason.NOT_OWNER, retry_after=exc.retry_after)
 
     def _missing_root(self, sha: str) -> str:
         root = self.app.source.sync_root or "/"
         return f"SYNC_ROOT {root!r} does not exist (or is not a directory) at {sha[:12]}"
 
     # ------------------------------------------------------------------ recording
-    async def _finish(
+    async def _record(
         self, trigger: Trigger, sha: str | None, outcome: Outcome,
-        started: float, clock: float, record: bool, drift: bool = False,
+        started: float, clock: float, drift: bool = False,
     ) -> SyncResult:
+        """The record step: the result into app state and history, the log, and every reporter."""
         plan = outcome.plan
         result = SyncResult(
             app=self.app.name,
@@ -288,6 +348,7 @@ class Reconciler:
             started_at=started,
             duration=time.perf_counter() - clock,
             drift=drift and outcome.result in (Result.SYNCED, Result.FAILED),
+            reason=outcome.reason,
         )
         commit = await self._commit_info(sha)
         if commit:
@@ -297,8 +358,7 @@ class Reconciler:
         if outcome.details:
             result.details.update(self.redact.value(outcome.details))
         self._update_state(result, outcome)
-        if record:
-            self._record(result, outcome.attempt_id)
+        self._write_history(result, outcome.attempt_id)
         self._log(result)
         await self._report_finished(result, commit)
         return result
@@ -307,8 +367,8 @@ class Reconciler:
         """Record the sync's own bookkeeping, never the operator's fields (suspended, its reason, the pin):
         an admin action may have changed those while this sync ran, and they must survive its end."""
         def change(state: AppState) -> dict[str, Any]:
-            fields: dict[str, Any] = {"last_attempt_at": result.started_at, "last_result": result.result.value,
-                                      "last_revision": result.revision}
+            fields: dict[str, Any] = {"last_attempt_at": result.started_at, "last_result": result.result,
+                                      "last_reason": result.reason, "last_revision": result.revision}
             if result.result in (Result.SYNCED, Result.NO_CHANGE):
                 fields.update(last_synced_revision=result.revision, last_synced_tree=outcome.tree_id,
                               last_success_at=result.started_at + result.duration,
@@ -324,7 +384,8 @@ class Reconciler:
                 fields["suspended_reason"] = self._rollback_reason(result)
             return fields
 
-        self._change_state(change)
+        new = self._change_state(change)
+        result.failures = new.failures if new is not None else None
 
     def _rollback_reason(self, result: SyncResult) -> str:
         sha, branch = (result.revision or "")[:12], self.app.source.branch
@@ -333,13 +394,14 @@ class Reconciler:
         reason = (result.error or result.summary or result.result.value).split("\n")[0]
         return f"rollback to {sha} failed: {reason}; roll back again, or resume to follow {branch} again"
 
-    def _change_state(self, change: StateChange) -> None:
+    def _change_state(self, change: StateChange) -> AppState | None:
         try:
-            self.store.update_state(self.app.name, change)
+            return self.store.update_state(self.app.name, change)
         except Exception as exc:  # disk full, read-only STATE_DIR, PostgreSQL away: report, keep serving
             self.log.error("cannot save app state", error=str(exc))
+            return None
 
-    def _record(self, result: SyncResult, attempt_id: int | None) -> None:
+    def _write_history(self, result: SyncResult, attempt_id: int | None) -> None:
         try:
             if attempt_id is None:
                 attempt_id = self.store.begin(self.app.name, result.trigger.value, result.revision, result.started_at)
@@ -357,6 +419,8 @@ class Reconciler:
             "summary": result.summary,
             "duration_ms": round(result.duration * 1000, 1),
         }
+        if result.reason is not None:
+            fields["reason"] = result.reason.value
         if result.result.ok:
             self.log.info("sync finished", **fields)
         else:
@@ -395,9 +459,23 @@ class Reconciler:
                 self.log.warning("reporter failed", reporter=type(reporter).__name__, error=str(exc))
 
 
-_OK = (Result.SYNCED.value, Result.NO_CHANGE.value)
+_OK = (Result.SYNCED, Result.NO_CHANGE)
 DEFAULT_DRIFT_INTERVAL = 60.0  # seconds; DRIFT_INTERVAL unset means max(SYNC_INTERVAL, this)
 DRIFT_SLACK = 0.15  # of SYNC_INTERVAL: more than the scheduler's ±10 % poll jitter
+
+
+def reason_for(exc: AutodeployerError) -> Reason:
+    """The kind of failure an error of a step is. A target that names what it rejects (problems) rejected
+    the configuration; one that names nothing did not answer as expected."""
+    if isinstance(exc, Refused):
+        return Reason.REFUSED
+    if isinstance(exc, SourceError):
+        return Reason.SOURCE_UNAVAILABLE
+    if isinstance(exc, TargetError):
+        return Reason.REJECTED if exc.problems else Reason.TARGET_UNAVAILABLE
+    if isinstance(exc, OwnershipLost):
+        return Reason.NOT_OWNER
+    return Reason.INTERNAL
 
 
 def _discard(task: asyncio.Task[Any] | None) -> None:

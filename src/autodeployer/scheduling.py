@@ -111,14 +111,12 @@ class AppWorker:
             # Only failures back off: a refused head costs one head check per poll, and its fix must
             # be deployed at the poll interval, not minutes later.
             failed = result is not None and result.result is Result.FAILED
-            after = self.read_state() if failed else None
-            failures = (after.failures if after else 1) if failed else 0
+            failures = ((result.failures if result and result.failures is not None else 1) if failed else 0)
             spread = 1 + self.rng.uniform(-self.jitter, self.jitter)
             self.next_poll_at = time.time() + backoff_delay(interval, failures) * spread
-            retry_after = result.details.get("retry_after") if result else None
-            if retry_after is not None:  # another replica's attempt was in flight: try again soon
+            if result is not None and result.retry_after is not None:  # busy elsewhere: try again soon
                 self._retry = trigger
-                self.next_poll_at = min(self.next_poll_at, time.time() + float(retry_after))
+                self.next_poll_at = min(self.next_poll_at, time.time() + result.retry_after)
 
     def _hot(self) -> bool:
         return self._busy_trigger or time.monotonic() - self._last_finished < self.settle

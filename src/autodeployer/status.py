@@ -9,25 +9,16 @@ import re
 from typing import Any
 
 from .config.loader import AppConfig
+from .model import Status
 from .scheduling import AppWorker
 from .store import AppState, HistoryRow, Store
 
-STATUSES = ("synced", "out-of-sync", "failed", "refused", "suspended", "pending")
 
-
-def sync_status(state: AppState) -> str:
+def sync_status(state: AppState) -> Status:
+    """Where the app stands: suspended, never attempted (pending), else what its last result says."""
     if state.suspended:
-        return "suspended"
-    result = state.last_result
-    if result is None or result == "running":
-        return "pending"
-    if result in ("synced", "no-change"):
-        return "synced"
-    if result == "planned":
-        return "out-of-sync"
-    if result == "refused":
-        return "refused"
-    return "failed"
+        return Status.SUSPENDED
+    return state.last_result.status if state.last_result is not None else Status.PENDING
 
 
 def web_url(app: AppConfig) -> str | None:
@@ -62,11 +53,12 @@ def app_row(app: AppConfig, store: Store, worker: AppWorker | None, *, owner: st
         "repository": app.source.url,
         "branch": app.source.branch,
         "sync_root": app.source.sync_root or "/",
-        "status": sync_status(state),
+        "status": sync_status(state).value,
         "live_revision": live,
         "live_commit": {**state.live_commit, "url": commit_url(app, live)} if live else None,
         "last_revision": state.last_revision,
-        "last_result": state.last_result,
+        "last_result": state.last_result.value if state.last_result else None,
+        "last_reason": state.last_reason.value if state.last_reason else None,
         "last_error": state.last_error,
         "last_attempt_at": state.last_attempt_at,
         "last_success_at": state.last_success_at,

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from .coordination import AppLock
 from .logs import get_logger
-from .model import Result, SyncResult
+from .model import Reason, Result, SyncResult
 
 MAX_DIFF_CHARS = 1_000_000
 
@@ -31,7 +31,8 @@ class AppState:
     app: str
     last_synced_revision: str | None = None  # last revision the target was verified equal to
     last_synced_tree: str | None = None
-    last_result: str | None = None
+    last_result: Result | None = None
+    last_reason: Reason | None = None  # why the last attempt did not end in sync (None when it did)
     last_revision: str | None = None  # revision of the last attempt, whatever its result
     last_attempt_at: float | None = None
     last_success_at: float | None = None
@@ -43,6 +44,11 @@ class AppState:
     pinned_revision: str | None = None  # set by rollback: sync this instead of the branch head
     live_commit: dict[str, Any] = field(default_factory=dict)  # message/author of last_synced_revision
     memory: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Stored as JSON text: the enums come back as their values (an unknown one, from a newer version, as None).
+        self.last_result = Result.parse(self.last_result)
+        self.last_reason = Reason.parse(self.last_reason)
 
 
 @dataclass
@@ -62,6 +68,7 @@ class HistoryRow:
     problems: list[str]
     drift: bool
     details: dict[str, Any]
+    reason: str | None = None  # a Reason's value: why the attempt did not end in sync
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,6 +118,8 @@ _SCHEMA = [
         data TEXT NOT NULL
     );
     """,
+    # version 2: why an attempt did not end in sync (model.Reason)
+    "ALTER TABLE history ADD COLUMN reason TEXT",
 ]
 
 
@@ -219,7 +228,8 @@ class SQLiteStore:
                 try:
                     self._db.execute(
                         """UPDATE history SET revision = ?, finished_at = ?, duration = ?, result = ?, summary = ?,
-                           diff = ?, error = ?, warnings = ?, problems = ?, drift = ?, details = ? WHERE id = ?""",
+                           diff = ?, error = ?, warnings = ?, problems = ?, drift = ?, details = ?, reason = ?
+                           WHERE id = ?""",
                         (
                             result.revision,
                             result.started_at + result.duration,
@@ -232,6 +242,7 @@ class SQLiteStore:
                             json.dumps([str(p) for p in result.problems]),
                             int(result.drift),
                             json.dumps(result.details, default=str),
+                            result.reason.value if result.reason else None,
                             attempt_id,
                         ),
                     )
@@ -253,7 +264,7 @@ class SQLiteStore:
                 attempt_id, app, trigger, result.revision, started_at,
                 result.started_at + result.duration, result.duration, result.result.value, result.summary, diff,
                 result.error, list(result.warnings), [str(p) for p in result.problems], bool(result.drift),
-                json.loads(json.dumps(result.details, default=str)),
+                json.loads(json.dumps(result.details, default=str)), result.reason.value if result.reason else None,
             )
             self._keep_row(row, inserted=inserted)
             if kept is not None:  # the DB was not tried yet in this call
@@ -321,9 +332,10 @@ class SQLiteStore:
         with self._lock:
             try:
                 cursor = self._db.execute(
-                    "UPDATE history SET result = ?, error = ?, finished_at = ? WHERE result = ?",
+                    "UPDATE history SET result = ?, reason = ?, error = ?, finished_at = ? WHERE result = ?",
                     (
                         Result.INTERRUPTED.value,
+                        Reason.INTERRUPTED.value,
                         "the process stopped during this attempt",
                         time.time(),
                         Result.RUNNING.value,
@@ -444,16 +456,18 @@ class SQLiteStore:
                     row, inserted = self._rows[row_id]
                     values = (row.app, row.trigger, row.revision, row.started_at, row.finished_at, row.duration,
                               row.result, row.summary, row.diff, row.error, json.dumps(row.warnings),
-                              json.dumps(row.problems), int(row.drift), json.dumps(row.details, default=str))
+                              json.dumps(row.problems), int(row.drift), json.dumps(row.details, default=str),
+                              row.reason)
                     if inserted:  # the outcome of a row the DB has
                         self._db.execute(
                             """UPDATE history SET revision = ?, finished_at = ?, duration = ?, result = ?, summary = ?,
-                               diff = ?, error = ?, warnings = ?, problems = ?, drift = ?, details = ? WHERE id = ?""",
+                               diff = ?, error = ?, warnings = ?, problems = ?, drift = ?, details = ?, reason = ?
+                               WHERE id = ?""",
                             (*values[2:3], *values[4:], row.id))
                     else:
                         insert = """INSERT INTO history (app, trigger, revision, started_at, finished_at, duration,
-                                    result, summary, diff, error, warnings, problems, drift, details{})
-                                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?{})"""
+                                    result, summary, diff, error, warnings, problems, drift, details, reason{})
+                                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?{})"""
                         try:
                             self._db.execute(insert.format(", id", ", ?"), (*values, row.id))
                         except sqlite3.IntegrityError:  # another process (a CLI run) took the id meanwhile
@@ -580,6 +594,7 @@ def row_from_columns(r: Any, details: dict[str, Any] | None = None) -> HistoryRo
         problems=json.loads(r["problems"]),
         drift=bool(r["drift"]),
         details=json.loads(r["details"]) if details is None else details,
+        reason=r["reason"] if "reason" in r.keys() else None,  # noqa: SIM118 (a sqlite3.Row has no __contains__ by key)
     )
 
 

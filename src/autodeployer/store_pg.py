@@ -101,6 +101,8 @@ MIGRATIONS: list[str] = [
         heartbeat_ts TIMESTAMPTZ NOT NULL DEFAULT now()
     );
     """,
+    # version 2: why an attempt did not end in sync (model.Reason)
+    "ALTER TABLE history ADD COLUMN reason TEXT",
 ]
 
 _THIS_DB = "(SELECT oid FROM pg_database WHERE datname = current_database())"
@@ -379,7 +381,8 @@ class PostgresStore:
                         f"{app}: replica {replica} is still applying {(revision or '')[:12]} "
                         f"(started {age:.0f} s ago); not applied", retry_after=RETRY_WHILE_BUSY)
                 conn.execute(
-                    """UPDATE history SET result = %s, error = %s, finished_at = %s, finished_ts = now()
+                    """UPDATE history SET result = %s, reason = 'interrupted', error = %s, finished_at = %s,
+                       finished_ts = now()
                        WHERE id = %s AND result = 'running'""",
                     (Result.INTERRUPTED.value, f"replica {replica} stopped during this attempt", time.time(), hid),
                 )
@@ -401,7 +404,7 @@ class PostgresStore:
         def work(conn: Any) -> None:
             conn.execute(
                 """UPDATE history SET revision = %s, finished_at = %s, duration = %s, result = %s, summary = %s,
-                   diff = %s, error = %s, warnings = %s, problems = %s, drift = %s, details = %s,
+                   diff = %s, error = %s, warnings = %s, problems = %s, drift = %s, details = %s, reason = %s,
                    finished_ts = now() WHERE id = %s""",
                 (
                     result.revision,
@@ -415,6 +418,7 @@ class PostgresStore:
                     json.dumps([str(p) for p in result.problems]),
                     bool(result.drift),
                     json.dumps(result.details, default=str),
+                    result.reason.value if result.reason else None,
                     attempt_id,
                 ),
             )
@@ -505,7 +509,8 @@ class PostgresStore:
         """This replica's attempts still 'running' (a previous run with the same REPLICA_ID died)."""
         try:
             return int(self._run(lambda conn: conn.execute(
-                """UPDATE history SET result = %s, error = %s, finished_at = %s, finished_ts = now()
+                """UPDATE history SET result = %s, reason = 'interrupted', error = %s, finished_at = %s,
+                       finished_ts = now()
                    WHERE result = 'running' AND replica = %s""",
                 (Result.INTERRUPTED.value, "the process stopped during this attempt", time.time(), self.replica_id),
             ).rowcount))
@@ -517,7 +522,8 @@ class PostgresStore:
         mark them interrupted, so they stop blocking the app for whichever replica owns it next."""
         open_ids = sorted(self._open)
         return int(self._run(lambda conn: conn.execute(
-            """UPDATE history SET result = %s, error = %s, finished_at = %s, finished_ts = now()
+            """UPDATE history SET result = %s, reason = 'interrupted', error = %s, finished_at = %s,
+                       finished_ts = now()
                WHERE result = 'running' AND replica = %s AND NOT (id = ANY(%s))""",
             (Result.INTERRUPTED.value, "the outcome of this attempt could not be recorded (PostgreSQL was unreachable)",
              time.time(), self.replica_id, open_ids),

@@ -19,7 +19,7 @@ import click
 from .. import __version__
 from ..config.loader import AppConfig, Config, load_config
 from ..errors import AutodeployerError, ConfigError
-from ..model import Plan, Result, SyncResult, Trigger
+from ..model import Plan, Result, Status, SyncResult, Trigger
 from ..runtime import build_runtime, make_redactor, setup_logging
 
 EXIT_OK, EXIT_CHANGES, EXIT_ERROR = 0, 1, 2
@@ -120,13 +120,11 @@ def _print_plan(plan: Plan, color: bool) -> None:
 
 
 def _print_result(result: SyncResult, color: bool) -> None:
-    colors = {Result.SYNCED: "green", Result.NO_CHANGE: "green", Result.PLANNED: "yellow"}
     label = result.result.value
-    if result.details.get("not_applied"):  # recorded as no-change, but nothing is known to be in sync
+    if result.not_applied:  # recorded as no-change, but nothing is known to be in sync
         label = "not applied"
     if color:
-        label = click.style(label, fg="red" if result.details.get("not_applied") else colors.get(result.result, "red"),
-                            bold=True)
+        label = click.style(label, fg="red" if result.not_applied else result.result.style, bold=True)
     rev = (result.revision or "")[:12] or "-"
     line = f"{result.app}: {label} at {rev}"
     if result.summary and result.result is not Result.FAILED:
@@ -152,7 +150,7 @@ async def _sync_all(config: Config, apps: Sequence[AppConfig], dry_run: bool, co
                 code = max(code, EXIT_CHANGES)
             else:
                 _print_result(result, color)
-            if not result.ok or result.details.get("not_applied"):
+            if not result.ok or result.not_applied:
                 code = EXIT_ERROR  # exit 0 means "in sync": nothing applied because the store was away is not
     finally:
         await runtime.aclose()
@@ -305,7 +303,7 @@ def status(ctx: click.Context, server: str | None, as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=2))
     else:
         print_status(rows, console())
-    sys.exit(EXIT_OK if all(r["status"] in ("synced", "suspended") for r in rows) else EXIT_CHANGES)
+    sys.exit(EXIT_OK if all(r["status"] in (Status.SYNCED, Status.SUSPENDED) for r in rows) else EXIT_CHANGES)
 
 
 @cli.command()

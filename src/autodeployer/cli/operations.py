@@ -22,15 +22,14 @@ from rich.table import Table
 
 from ..config.loader import Config
 from ..errors import AutodeployerError, ConfigError
-from ..model import Result, SyncResult, Trigger
+from ..model import Reason, Result, Status, SyncResult, Trigger
 from ..reconcile import LOCK_WAIT, Reconciler
 from ..runtime import build_runtime, store_for
 from ..status import app_row, history_row
 
 EXIT_OK, EXIT_ERROR = 0, 2
-_TROUBLE = ("refused", "failed")
-_STYLE = {"synced": "green", "out-of-sync": "yellow", "failed": "red", "refused": "red",
-          "suspended": "magenta", "pending": "cyan"}
+_TROUBLE = tuple(s.value for s in Status if s.trouble)
+_STYLE = {s.value: s.style for s in Status}
 
 
 def console() -> Console:
@@ -245,13 +244,15 @@ def print_replicas(rows: list[dict[str, Any]], console: Console) -> None:
 
 def print_history(rows: list[dict[str, Any]], console: Console, diffs: bool) -> None:
     for row in rows:
-        style = "green" if row["result"] in ("synced", "no-change", "planned") else "red"
-        head = (f"#{row['id']} {row['app']} [{style}]{row['result']}[/] {(row.get('revision') or '')[:12]} "
+        result, kind = Result.parse(row["result"]), Reason.parse(row.get("reason"))
+        style = result.style if result else "red"
+        why = f" ({kind.label})" if kind and kind.label != row["result"] else ""
+        head = (f"#{row['id']} {row['app']} [{style}]{row['result']}[/]{why} {(row.get('revision') or '')[:12]} "
                 f"{row['trigger']}{' (drift)' if row.get('drift') else ''} {_when(row['started_at'])} "
                 f"{(row.get('duration') or 0) * 1000:.0f} ms: {row.get('summary') or ''}")
         console.print(head, highlight=False)
         reason = (row.get("error") or "").split("\n")[0]
-        if reason and row["result"] != "synced" and reason != (row.get("summary") or "").split("\n")[0]:
+        if reason and row["result"] != Result.SYNCED and reason != (row.get("summary") or "").split("\n")[0]:
             console.print(f"    reason: {reason}", highlight=False, markup=False)  # only when it adds something
         for problem in row.get("problems") or []:
             console.print(f"    - {problem}", highlight=False, markup=False)
@@ -307,7 +308,7 @@ async def _resume(reconciler: Reconciler, app: str) -> tuple[int, str]:
 
 def _applied(result: SyncResult) -> bool:
     """The target is at the result's revision (a sync that could not run is no success)."""
-    return result.result in (Result.SYNCED, Result.NO_CHANGE) and "not_applied" not in result.details
+    return result.result in (Result.SYNCED, Result.NO_CHANGE) and not result.not_applied
 
 
 def _rollback_outcome(app: str, result: SyncResult) -> tuple[int, str]:
@@ -338,7 +339,7 @@ def _remote(backend: Backend, app: str, action: str, revision: str | None, conso
             if target and row.get("last_revision") != target:
                 continue
             if row.get("last_attempt_at") and (not target or row.get("last_revision") == target):
-                ok = row["status"] in ("synced", "suspended") and not row.get("last_error")
+                ok = row["status"] in (Status.SYNCED, Status.SUSPENDED) and not row.get("last_error")
                 live = (row.get("live_revision") or "")[:12]
                 if not ok:  # never "done" when it was not: say what failed and what is live
                     to = f" to {target[:12]}" if target else ""

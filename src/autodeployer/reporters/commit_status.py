@@ -10,7 +10,7 @@ import httpx
 from ..config.loader import AppConfig, ServiceSettings
 from ..hooks import client_for
 from ..logs import get_logger
-from ..model import CommitInfo, Result, SyncResult, Trigger
+from ..model import CommitInfo, Reason, Result, SyncResult, Trigger
 from ..sources.github import GitHubClient, GitHubError
 
 
@@ -44,21 +44,30 @@ class CommitStatusReporter:
         await self._post(app, revision, "pending", f"deploying to {app.target.kind}")
 
     async def finished(self, app: AppConfig, result: SyncResult, commit: CommitInfo | None) -> None:
-        if not result.revision or result.result is Result.PLANNED:
+        if not result.revision or COMMIT_STATES[result.result] is None:
             return
         state, description = status_for(result)
         await self._post(app, result.revision, state, description)
 
 
+#: The GitHub state each result posts (None: none is posted, e.g. a dry run changes nothing).
+COMMIT_STATES: dict[Result, str | None] = {
+    Result.RUNNING: "pending", Result.SYNCED: "success", Result.NO_CHANGE: "success", Result.PLANNED: None,
+    Result.REFUSED: "failure", Result.FAILED: "error", Result.INTERRUPTED: "error",
+}
+
+
 def status_for(result: SyncResult) -> tuple[str, str]:
-    """GitHub state and a one-line description for a sync result."""
+    """GitHub state and a one-line description for a sync result.
+
+    A configuration the target rejected is the commit's fault ("failure"), like a refusal; any other
+    failure (Git or the target out of reach, drift, a bug) is the deployment's ("error")."""
     first_line = (result.error or "").split("\n")[0]
+    state = COMMIT_STATES[result.result] or "error"
     if result.result is Result.SYNCED:
-        return "success", f"deployed: {result.summary}"
+        return state, f"deployed: {result.summary}"
     if result.result is Result.NO_CHANGE:
-        return "success", "in sync (nothing to change)"
-    if result.result is Result.REFUSED:
-        return "failure", f"refused: {first_line}"
-    if result.problems:  # the target rejected the configuration
+        return state, "in sync (nothing to change)"
+    if result.reason is Reason.REJECTED:
         return "failure", f"rejected: {first_line}"
-    return "error", f"failed: {first_line}"
+    return state, f"{result.result.value}: {first_line}"

@@ -38,9 +38,21 @@ from ..model import CommitInfo, Result, SyncResult, Trigger
 TIMEOUT = 5.0
 MAX_PROBLEMS = 20  # listed in one notification; the rest are counted
 _SLACK_PATH = re.compile(r"^/services/[^/]+/[^/]+/[^/]+/?$")
-_FAILURES = (Result.FAILED, Result.REFUSED)
-_SUCCESSES = (Result.SYNCED, Result.NO_CHANGE)
-_ICONS = {"failed": ":x:", "refused": ":no_entry:", "recovered": ":white_check_mark:", "applied": ":rocket:"}
+#: What each result is to notifications: a failure (announced, under the result's name), a success (may
+#: announce a recovery), or neither (a dry run, an attempt that has not ended): None.
+HEALTH: dict[Result, str | None] = {
+    Result.RUNNING: None, Result.SYNCED: "success", Result.NO_CHANGE: "success", Result.PLANNED: None,
+    Result.REFUSED: "failure", Result.FAILED: "failure", Result.INTERRUPTED: None,
+}
+_FAILURES = tuple(r for r, health in HEALTH.items() if health == "failure")
+_SUCCESSES = tuple(r for r, health in HEALTH.items() if health == "success")
+#: Every event: a failing result's own name, "recovered", "applied". Its icon (Slack) and headline.
+EVENTS: dict[str, tuple[str, str]] = {
+    Result.FAILED.value: (":x:", "sync failed"),
+    Result.REFUSED.value: (":no_entry:", "commit refused"),
+    "recovered": (":white_check_mark:", "recovered: in sync again"),
+    "applied": (":rocket:", "deployed: {summary}"),
+}
 
 
 def is_slack(url: str) -> bool:
@@ -51,10 +63,8 @@ def is_slack(url: str) -> bool:
 
 def event_for(result: Result, previous: Result | None, notify_on: str) -> str | None:
     """Which event a result is, given the app's previous result; None when nothing is to be said."""
-    if result is Result.FAILED:
-        return "failed"
-    if result is Result.REFUSED:
-        return "refused"
+    if result in _FAILURES:
+        return result.value
     if result in _SUCCESSES and previous in _FAILURES:
         return "recovered"
     if result is Result.SYNCED and notify_on == "all":
@@ -71,6 +81,7 @@ def payload(app: AppConfig, result: SyncResult, event: str, commit: CommitInfo |
         "app": app.name,
         "event": event,
         "result": result.result.value,
+        "reason": result.reason.value if result.reason else None,
         "revision": result.revision,
         "trigger": result.trigger.value,
         "summary": result.summary,
@@ -88,12 +99,7 @@ def payload(app: AppConfig, result: SyncResult, event: str, commit: CommitInfo |
 
 def headline(app: AppConfig, result: SyncResult, event: str, commit: CommitInfo | None) -> str:
     sha = (result.revision or "")[:7]
-    what = {
-        "failed": "sync failed",
-        "refused": "commit refused",
-        "recovered": "recovered: in sync again",
-        "applied": f"deployed: {result.summary}",
-    }[event]
+    what = EVENTS[event][1].format(summary=result.summary)
     at = f" at {sha}" if sha else ""
     message = f" ({commit.message})" if commit and commit.message else ""
     return f"{app.name}: {what}{at}{message}"
@@ -105,9 +111,10 @@ def _slack_escape(text: str) -> str:
 
 def slack_message(doc: dict[str, Any]) -> dict[str, Any]:
     """The same facts as Slack blocks; `text` is the fallback for notifications and old clients."""
-    text = f"{_ICONS[doc['event']]} {_slack_escape(doc['text'])}"
+    icon = EVENTS[doc["event"]][0]
+    text = f"{icon} {_slack_escape(doc['text'])}"
     title = f"<{doc['url']}|{_slack_escape(doc['app'])}>" if doc["url"] else f"*{_slack_escape(doc['app'])}*"
-    lines = [f"{_ICONS[doc['event']]} {title}: *{doc['event']}* ({_slack_escape(doc['result'])})"]
+    lines = [f"{icon} {title}: *{doc['event']}* ({_slack_escape(doc['result'])})"]
     if doc["error"]:
         lines.append(f"```{_slack_escape(doc['error'][:2500])}```")
     elif doc["summary"]:
@@ -194,12 +201,13 @@ class NotifyReporter:
         if event is None:
             return
         key: FailureKey = (event, result.revision, failure_reason(result))
-        if event in ("failed", "refused") and self._repeated(memory, key, app.name):
+        failure = result.result in _FAILURES
+        if failure and self._repeated(memory, key, app.name):
             return
         if event == "recovered":
             memory.sent.clear()  # the incident is over; the same failure later is news again
         delivered = await self._deliver(app, payload(app, result, event, commit, self._public_url))
-        if delivered and event in ("failed", "refused"):
+        if delivered and failure:
             memory.sent[key] = time.monotonic()  # an undelivered failure is tried again next time
 
     def _repeated(self, memory: _AppMemory, key: FailureKey, app: str) -> bool:

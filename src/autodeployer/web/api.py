@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from ..errors import AutodeployerError, StoreUnavailable
-from ..model import Result, Trigger
+from ..model import Reason, Result, Status, Trigger
 from ..runtime import Runtime
 from ..scheduling import Scheduler
 from ..status import app_row, history_row
@@ -264,11 +264,13 @@ OPENAPI: dict[str, Any] = {
                 "properties": {
                     "name": {"type": "string"}, "target": {"type": "string"}, "endpoint": {"type": "string", "nullable": True},
                     "repository": {"type": "string"}, "branch": {"type": "string"}, "sync_root": {"type": "string"},
-                    "status": {"type": "string", "enum": ["synced", "out-of-sync", "failed", "refused", "suspended", "pending"]},
+                    "status": {"type": "string", "enum": [st.value for st in Status]},
                     "live_revision": {"type": "string", "nullable": True},
                     "live_commit": {"type": "object", "nullable": True},
                     "last_revision": {"type": "string", "nullable": True},
-                    "last_result": {"type": "string", "nullable": True},
+                    "last_result": {"type": "string", "nullable": True, "enum": [r.value for r in Result]},
+                    "last_reason": {"type": "string", "nullable": True, "enum": [r.value for r in Reason],
+                                    "description": "Why the last attempt did not end in sync; null when it did"},
                     "last_error": {"type": "string", "nullable": True},
                     "last_attempt_at": {"type": "number", "nullable": True},
                     "last_success_at": {"type": "number", "nullable": True},
@@ -292,6 +294,8 @@ OPENAPI: dict[str, Any] = {
                     "started_at": {"type": "number"}, "finished_at": {"type": "number", "nullable": True},
                     "duration": {"type": "number", "nullable": True, "description": "Seconds"},
                     "result": {"type": "string", "enum": [r.value for r in Result]},
+                    "reason": {"type": "string", "nullable": True, "enum": [r.value for r in Reason],
+                               "description": "Why the attempt did not end in sync; null when it did"},
                     "summary": {"type": "string"},
                     "diff": {"type": "string", "description": "Readable unified diff of what was applied or planned"},
                     "error": {"type": "string", "nullable": True},

@@ -18,6 +18,7 @@ from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
 from ..errors import StoreUnavailable
+from ..model import Reason, Result, Status
 from ..status import history_row
 from ..store import HistoryRow
 from .api import Api
@@ -34,23 +35,21 @@ MAX_PROBLEMS = 5  # problems, and warnings, per app on the overview
 # apps costs no query per app.
 STANDING_WARNINGS = frozenset({"marathon"})
 
-BADGES = {
-    "synced": "synced",
-    "no-change": "no change",
-    "out-of-sync": "out of sync",
-    "planned": "planned",
-    "failed": "failed",
-    "refused": "refused",
-    "suspended": "suspended",
-    "pending": "pending",
-    "running": "running",
-    "interrupted": "interrupted",
-}
+# Badge texts of app statuses and of history results, both spelled once, in model.py.
+BADGES = {**{r.value: r.label for r in Result}, **{st.value: st.label for st in Status}}
+TROUBLE = frozenset(st.value for st in Status if st.trouble)  # statuses whose error and problems are shown
+_FAILED_RESULTS = (Result.FAILED.value, Result.REFUSED.value)
 
 
 # --------------------------------------------------------------------------- formatting
 def short_sha(sha: str | None) -> str:
     return sha[:7] if sha else ""
+
+
+def reason_label(value: str | None) -> str:
+    """A stored Reason as people read it (a value this version does not know, as it is)."""
+    reason = Reason.parse(value)
+    return reason.label if reason else value or ""
 
 
 def absolute_time(ts: float | None) -> str:
@@ -113,7 +112,11 @@ def make_environment() -> Environment:
     env.filters.update(
         short_sha=short_sha, absolute=absolute_time, iso=iso_time, duration=duration,
         badge=lambda status: BADGES.get(status or "pending", status),
+        reason=reason_label,
     )
+    # The templates ask these instead of spelling statuses and results themselves.
+    env.globals.update(trouble_statuses=TROUBLE, in_sync=(Result.SYNCED.value, Result.NO_CHANGE.value),
+                       synced=Status.SYNCED.value)
     return env
 
 
@@ -143,14 +146,14 @@ def trouble_notes(row: dict[str, Any], latest: HistoryRow | None) -> dict[str, A
 
     A refusal's error only says that the commit is not deployable; its first problem says where
     (file, entity, line), so that becomes the headline and the error is left out."""
-    problems = list(latest.problems) if latest is not None and row["status"] in ("failed", "refused") else []
+    problems = list(latest.problems) if latest is not None and row["status"] in TROUBLE else []
     warnings = list(latest.warnings) if latest is not None else []
-    headline = row.get("last_error") if row["status"] in ("failed", "refused") else None
-    if row["status"] == "refused" and problems:
+    headline = row.get("last_error") if row["status"] in TROUBLE else None
+    if row["status"] == Status.REFUSED and problems:
         headline = problems.pop(0)
     return {
         "headline": headline,
-        "refused": row["status"] == "refused" and headline is not None,
+        "refused": row["status"] == Status.REFUSED and headline is not None,
         "problems": problems[:MAX_PROBLEMS],
         "more_problems": max(0, len(problems) - MAX_PROBLEMS),
         "warnings": warnings[:MAX_PROBLEMS],
@@ -187,16 +190,16 @@ class Pages:
             rows = self.api.store.history(name, 2)
         except StoreUnavailable:  # a shared store out of reach: the overview still shows the last known state
             return None
-        return next((r for r in rows if r.result != "running"), None)
+        return next((r for r in rows if r.result != Result.RUNNING), None)
 
     def _notes(self, row: dict[str, Any]) -> dict[str, Any]:
         """What the overview says beyond the badge: why a failed or refused app is stuck, and the warnings
         of the last sync of a target whose warnings stand (e.g. apps that would be pruned)."""
-        trouble = row["status"] in ("failed", "refused")
+        trouble = row["status"] in TROUBLE
         if not trouble and row["target"] not in STANDING_WARNINGS:
             return trouble_notes(row, None)
         latest = self._latest(row["name"])
-        if latest is not None and trouble and latest.result not in ("failed", "refused"):
+        if latest is not None and trouble and latest.result not in _FAILED_RESULTS:
             latest = None  # the state and the newest row disagree (a newer attempt is being recorded)
         return trouble_notes(row, latest)
 
@@ -210,7 +213,7 @@ class Pages:
         except StoreUnavailable as exc:
             return self._render("app.html", app=row, history=[], history_error=str(exc),
                                 notes=trouble_notes(row, None))
-        latest = next((r for r in rows if r.result != "running"), None)
+        latest = next((r for r in rows if r.result != Result.RUNNING), None)
         history = [history_row(h) for h in rows]
         return self._render("app.html", app=row, history=[_history_view(h, i) for i, h in enumerate(history)],
                             notes=trouble_notes(row, latest))
