@@ -148,7 +148,7 @@ class Reconciler:
         pinned revision is what the next sync deploys (the worker runs it once the current one ends).
         """
         sha = await self.source.resolve(revision)
-        reason = f"rollback to {sha[:12]} requested; resume to follow {self.app.source.branch} again"
+        reason = f"rollback to {sha[:12]} requested; resume to follow {self.app.source.follows} again"
         self.store.update_state(self.app.name, lambda _: {"pinned_revision": sha, "suspended": True,
                                                           "suspended_reason": reason})
         self.log.warning("rollback: auto-sync suspended", revision=sha[:12])
@@ -388,7 +388,7 @@ class Reconciler:
         result.failures = new.failures if new is not None else None
 
     def _rollback_reason(self, result: SyncResult) -> str:
-        sha, branch = (result.revision or "")[:12], self.app.source.branch
+        sha, branch = (result.revision or "")[:12], self.app.source.follows
         if result.result in (Result.SYNCED, Result.NO_CHANGE):
             return f"rolled back to {sha}; resume to follow {branch} again"
         reason = (result.error or result.summary or result.result.value).split("\n")[0]

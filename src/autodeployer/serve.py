@@ -106,7 +106,7 @@ async def _serve(config: Config, hook_path: str, sock: socket.socket) -> int:
         log.warning("STORE_URL is set but WEBHOOK_SECRET is not: each replica generates its own secret, so "
                     "webhooks only verify on one of them; set the same WEBHOOK_SECRET on every replica")
     for a in config.apps:
-        log.info("app configured", app=a.name, repo=a.source.url, branch=a.source.branch,
+        log.info("app configured", app=a.name, repo=a.source.url, follows=a.source.follows,
                  sync_root=a.source.sync_root or "/", target=a.target.kind,
                  endpoint=getattr(a.target, "api_url", None) or getattr(a.target, "url", None),
                  interval=a.policy.interval)

@@ -52,6 +52,7 @@ def app_row(app: AppConfig, store: Store, worker: AppWorker | None, *, owner: st
         "endpoint": endpoint(app),
         "repository": app.source.url,
         "branch": app.source.branch,
+        "tag": app.source.tag,  # when set, the tag is followed and the branch is not
         "sync_root": app.source.sync_root or "/",
         "status": sync_status(state).value,
         "live_revision": live,

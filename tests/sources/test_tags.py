@@ -165,6 +165,9 @@ def test_tag_env_deploys_the_tagged_commit_and_follows_the_tag(app_env: dict[str
     second = run_cli(env, "sync")
     assert second.returncode == 0, second.stdout + second.stderr
     assert "untagged" in {e["_id"] for e in sesam.entities()}
+    status = run_cli(env, "status", "--json")
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert '"tag": "prod"' in status.stdout  # what is followed is shown, not only the ignored branch
 
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from autodeployer.logs import Redactor
 from autodeployer.model import Tree
+from autodeployer.sources.spec import SourceSpec
 from autodeployer.targets.base import SyncContext, TargetDeps
 from autodeployer.targets.command import Output, Spec, create
 from autodeployer_emulators.gitserver import GitHttpServer, WorkRepo
@@ -88,6 +89,7 @@ def test_runs_once_per_subtree_revision_with_revision_variables_and_no_secrets(
     [seen] = runs(runs_file)
     assert seen["env"]["AUTODEPLOYER_REVISION"] == deploy_repo.head
     assert seen["env"]["AUTODEPLOYER_BRANCH"] == "master"
+    assert seen["env"]["AUTODEPLOYER_REF"] == "refs/heads/master"
     assert seen["env"]["AUTODEPLOYER_REPO"] == git_server.url_for("acme/deploy.git")
     assert seen["env"]["AUTODEPLOYER_APP"] == "deployer"
     assert seen["env"]["EXTRA_SETTING"] == "passed-through"  # listed in COMMAND_PASS_ENV
@@ -161,10 +163,7 @@ class _Source:
 class _App:
     name = "unit"
 
-    class source:  # mimics AppConfig.source
-        branch = "main"
-        url = "https://git.example.org/acme/deploy.git"
-        sync_root = ""
+    source = SourceSpec(url="https://git.example.org/acme/deploy.git", branch="main")
 
 
 def _apply(tmp_path: Path, script: str, **spec: Any) -> Any:

@@ -91,6 +91,7 @@ def payload(app: AppConfig, result: SyncResult, event: str, commit: CommitInfo |
         "commit_author": commit.author if commit else None,
         "target": app.target.kind,
         "branch": app.source.branch,
+        "tag": app.source.tag,
         "url": f"{public_url}/apps/{app.name}" if public_url else None,
         "timestamp": datetime.fromtimestamp(finished or time.time(), UTC).isoformat(),
         "text": headline(app, result, event, commit),

@@ -126,6 +126,7 @@ def child_env(spec: Spec, ctx: SyncContext, environ: dict[str, str] | None = Non
     env.update(
         AUTODEPLOYER_REVISION=ctx.tree.revision,
         AUTODEPLOYER_BRANCH=ctx.app.source.branch,
+        AUTODEPLOYER_REF=ctx.app.source.ref,  # refs/tags/<TAG> when a tag is followed
         AUTODEPLOYER_REPO=ctx.app.source.url,  # SourceSpec.url never carries credentials
         AUTODEPLOYER_APP=ctx.app.name,
         AUTODEPLOYER_SYNC_ROOT=ctx.app.source.sync_root or "/",

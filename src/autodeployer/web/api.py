@@ -263,7 +263,8 @@ OPENAPI: dict[str, Any] = {
                 "type": "object",
                 "properties": {
                     "name": {"type": "string"}, "target": {"type": "string"}, "endpoint": {"type": "string", "nullable": True},
-                    "repository": {"type": "string"}, "branch": {"type": "string"}, "sync_root": {"type": "string"},
+                    "repository": {"type": "string"}, "branch": {"type": "string"},
+                    "tag": {"type": "string", "nullable": True}, "sync_root": {"type": "string"},
                     "status": {"type": "string", "enum": [st.value for st in Status]},
                     "live_revision": {"type": "string", "nullable": True},
                     "live_commit": {"type": "object", "nullable": True},
