@@ -145,7 +145,7 @@ def test_memory_fallback_moves_to_state_dir_once_it_can_be_used(tmp_path: Path, 
     """Started with an unusable STATE_DIR, the store keeps everything in memory; once STATE_DIR can be
     used, it all moves into the file, after the rows the file already had, and an attempt that was in
     flight across the move still gets its outcome."""
-    from autodeployer import store as store_module
+    from autodeployer.store import sqlite as store_module
     from autodeployer.store import open_store
 
     monkeypatch.setattr(store_module, "RETRY_EVERY", 0.0)
@@ -188,3 +188,24 @@ def test_update_state_changes_only_the_fields_it_returns(tmp_path: Path):
         assert state.suspended and state.suspended_reason == "by hand" and state.pinned_revision == "c" * 40
         assert state.last_result == "failed" and state.failures == 3
     assert service.update_state("new", lambda _: {"failures": 1}) == AppState(app="new", failures=1)
+
+
+def test_a_store_of_one_process_answers_what_a_shared_store_adds(tmp_path: Path):
+    """Callers never ask which kind of store they hold: SQLite answers the shared store's questions too."""
+    store = SQLiteStore.in_state_dir(tmp_path)
+    store.put_state(AppState(app="a", failures=3))
+    assert store.states(["a", "b"]) == {"a": AppState(app="a", failures=3), "b": AppState(app="b")}
+    assert store.ping() and store.warning is None
+    assert store.owners() == {} and store.replicas() == [] and store.heartbeats() == {}
+    store.close()
+
+
+def test_truncated_diffs_say_how_long_they_were(tmp_path: Path):
+    from autodeployer.store.base import MAX_DIFF_CHARS
+
+    store = SQLiteStore.in_state_dir(tmp_path)
+    store.finish(store.begin("a", "poll", None, time.time()), result("a", Result.SYNCED, diff="x" * (MAX_DIFF_CHARS + 5)))
+    [row] = store.history("a")
+    assert row.diff == "x" * MAX_DIFF_CHARS + f"\n... diff truncated ({MAX_DIFF_CHARS + 5} characters in all)"
+    store.close()
+
