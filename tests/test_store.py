@@ -209,3 +209,17 @@ def test_truncated_diffs_say_how_long_they_were(tmp_path: Path):
     assert row.diff == "x" * MAX_DIFF_CHARS + f"\n... diff truncated ({MAX_DIFF_CHARS + 5} characters in all)"
     store.close()
 
+
+def test_a_driver_that_cannot_be_imported_is_a_broken_install_not_a_missing_extra(app_env: dict[str, str],
+                                                                                   tmp_path: Path):
+    """psycopg is a dependency of autodeployer, so the error no longer asks for the `postgres` extra."""
+    from .helpers import run_cli
+
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text("import sys\nsys.modules['psycopg'] = None\n")
+    env = {**app_env, "PYTHONPATH": str(shim), "STORE_URL": "postgresql://deployer@127.0.0.1:1/autodeployer"}
+    done = run_cli(env, "status")
+    [line] = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and "STORE_URL" in line and "reinstall autodeployer" in line, done.stderr
+    assert "autodeployer[postgres]" not in done.stdout + done.stderr

@@ -83,8 +83,9 @@ def store_for(settings: ServiceSettings, *, memory_fallback: bool = False) -> St
     try:
         return open_store(settings.state_dir, settings.store_url, password=password,
                           replica_id=settings.replica_id or default_replica_id(), memory_fallback=memory_fallback)
-    except ImportError as exc:  # a broken driver install: the one-line error names the variable that needs it
-        raise ConfigError(f"STORE_URL: the PostgreSQL driver cannot be imported ({exc})") from None
+    except ImportError as exc:  # psycopg is a dependency: failing to import it means a broken installation
+        raise ConfigError(f"STORE_URL: the PostgreSQL driver psycopg, installed with autodeployer, cannot be imported "
+                          f"({exc}); reinstall autodeployer") from None
     except (OSError, sqlite3.Error) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         where = getattr(exc, "filename", None) or settings.state_dir
