@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from autodeployer.store.locks import AppLock
 from autodeployer.store import SQLiteStore
+from autodeployer.store.locks import AppLock
 from autodeployer_emulators._server import LoopbackServer
 from autodeployer_emulators.gitserver import WorkRepo
 from autodeployer_emulators.sesam import SesamEmulator

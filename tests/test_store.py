@@ -87,7 +87,8 @@ def test_full_disk_keeps_state_and_history_in_memory_then_writes_them(tmp_path: 
         store.finish(attempt, result("a", Result.FAILED))
         store.put_state(AppState(app="a", last_result="failed", failures=failures, last_error="boom", memory=big))
     state = store.get_state("a")
-    assert (state.failures, state.last_result, state.last_error) == (3, "failed", "boom")  # what the worker backs off on
+    # what the worker backs off on
+    assert (state.failures, state.last_result, state.last_error) == (3, "failed", "boom")
     rows = store.history("a")
     assert [r.result for r in rows] == ["failed"] * 3 + ["synced"]
     assert len({r.id for r in rows}) == 4
@@ -145,8 +146,8 @@ def test_memory_fallback_moves_to_state_dir_once_it_can_be_used(tmp_path: Path, 
     """Started with an unusable STATE_DIR, the store keeps everything in memory; once STATE_DIR can be
     used, it all moves into the file, after the rows the file already had, and an attempt that was in
     flight across the move still gets its outcome."""
-    from autodeployer.store import sqlite as store_module
     from autodeployer.store import open_store
+    from autodeployer.store import sqlite as store_module
 
     monkeypatch.setattr(store_module, "RETRY_EVERY", 0.0)
     state_dir = tmp_path / "state"
@@ -204,7 +205,8 @@ def test_truncated_diffs_say_how_long_they_were(tmp_path: Path):
     from autodeployer.store.base import MAX_DIFF_CHARS
 
     store = SQLiteStore.in_state_dir(tmp_path)
-    store.finish(store.begin("a", "poll", None, time.time()), result("a", Result.SYNCED, diff="x" * (MAX_DIFF_CHARS + 5)))
+    long_diff = "x" * (MAX_DIFF_CHARS + 5)
+    store.finish(store.begin("a", "poll", None, time.time()), result("a", Result.SYNCED, diff=long_diff))
     [row] = store.history("a")
     assert row.diff == "x" * MAX_DIFF_CHARS + f"\n... diff truncated ({MAX_DIFF_CHARS + 5} characters in all)"
     store.close()

@@ -252,8 +252,9 @@ def test_begin_writes_only_under_a_valid_lease(pg_url: str, pg_server):
     with pytest.raises(OwnershipLost, match="no longer owns"):
         store.begin("a", "poll", "2" * 40, time.time())
     store.grant(lease("a", "r1", lock_conn, generation=2, valid_for=-1.0))
-    with pytest.raises(OwnershipLost, match="lease has expired"):
+    with pytest.raises(OwnershipLost, match="lease has expired") as expired:
         store.begin("a", "poll", "2" * 40, time.time())
+    assert expired.value.retry_after == store_pg.RETRY_WHILE_BUSY  # a late renewal must not lose the trigger
     other_conn = replica_session(pg_server, pg_url, "r2")  # a session that does not hold the app's lock
     store.grant(lease("a", "r1", other_conn, generation=3))
     with pytest.raises(OwnershipLost, match="no longer owns"):

@@ -376,8 +376,10 @@ class PostgresStore:
             raise OwnershipLost(f"{app}: this replica no longer owns the app (another replica does, "
                                 "or the coordination connection was lost); not applied")
         if lease.expired():
+            # The coordinator renews leases every tick; one it has not renewed in time is not proof enough.
+            # Retried soon rather than dropped: a late tick renews it, a lost app revokes it meanwhile.
             raise OwnershipLost(f"{app}: this replica's lease has expired (its coordinator has not confirmed "
-                                "ownership in time); not applied")
+                                "ownership in time); not applied", retry_after=RETRY_WHILE_BUSY)
         return lease
 
     def _check_lease(self, conn: Any, lease: Lease, key: int) -> None:
