@@ -249,7 +249,7 @@ class Fleet:
         self.replicas.clear()
 
     def owners(self, pg: Postgres) -> dict[str, str]:
-        from autodeployer.store_pg import SQL_OWNERS
+        from autodeployer.store.postgres import SQL_OWNERS
 
         with pg.connect(self.store_url.rsplit("/", 1)[1]) as conn:  # type: ignore[union-attr]
             return dict(conn.execute(SQL_OWNERS).fetchall())
@@ -353,7 +353,7 @@ def measure_latency(label: str, fleet: Fleet, repo: Repo, pushes: int, pg: Postg
 def measure_takeovers(fleet: Fleet, pg: Postgres, rounds: int) -> list[float]:
     """Seconds from kill -9 until every app of the victim is locked by a survivor, polled every ~2 ms
     on one open connection."""
-    from autodeployer.store_pg import SQL_OWNERS
+    from autodeployer.store.postgres import SQL_OWNERS
 
     times: list[float] = []
     with pg.connect(fleet.store_url.rsplit("/", 1)[1]) as conn:  # type: ignore[union-attr]

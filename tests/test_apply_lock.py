@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from autodeployer.coordination import AppLock
 from autodeployer.store import SQLiteStore
+from autodeployer.store.locks import AppLock
 from autodeployer_emulators._server import LoopbackServer
 from autodeployer_emulators.gitserver import WorkRepo
 from autodeployer_emulators.sesam import SesamEmulator
@@ -134,7 +134,7 @@ def test_service_and_cli_never_apply_the_same_app_at_once(service: ServiceFactor
 def test_a_held_lock_names_its_holder_and_is_freed_when_it_dies(tmp_path: Path):
     holder = subprocess.Popen(
         [sys.executable, "-c", "import asyncio, sys; from pathlib import Path; "
-         "from autodeployer.coordination import AppLock; lock = AppLock.in_state_dir(Path(sys.argv[1]), 'a/b'); "
+         "from autodeployer.store.locks import AppLock; lock = AppLock.in_state_dir(Path(sys.argv[1]), 'a/b'); "
          "assert asyncio.run(lock.acquire(5)); print('held', flush=True); sys.stdin.read()", str(tmp_path)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:

@@ -408,7 +408,7 @@ def test_an_attempt_cut_short_is_marked_with_reason_interrupted(tmp_path: Path):
 
 
 def test_postgresql_records_the_reason_with_history_and_state(pg_url: str):
-    from autodeployer.store_pg import PostgresStore
+    from autodeployer.store.postgres import PostgresStore
 
     from .scale.pgserver import PASSWORD
 

@@ -87,7 +87,8 @@ def test_full_disk_keeps_state_and_history_in_memory_then_writes_them(tmp_path: 
         store.finish(attempt, result("a", Result.FAILED))
         store.put_state(AppState(app="a", last_result="failed", failures=failures, last_error="boom", memory=big))
     state = store.get_state("a")
-    assert (state.failures, state.last_result, state.last_error) == (3, "failed", "boom")  # what the worker backs off on
+    # what the worker backs off on
+    assert (state.failures, state.last_result, state.last_error) == (3, "failed", "boom")
     rows = store.history("a")
     assert [r.result for r in rows] == ["failed"] * 3 + ["synced"]
     assert len({r.id for r in rows}) == 4
@@ -145,8 +146,8 @@ def test_memory_fallback_moves_to_state_dir_once_it_can_be_used(tmp_path: Path, 
     """Started with an unusable STATE_DIR, the store keeps everything in memory; once STATE_DIR can be
     used, it all moves into the file, after the rows the file already had, and an attempt that was in
     flight across the move still gets its outcome."""
-    from autodeployer import store as store_module
     from autodeployer.store import open_store
+    from autodeployer.store import sqlite as store_module
 
     monkeypatch.setattr(store_module, "RETRY_EVERY", 0.0)
     state_dir = tmp_path / "state"
@@ -188,3 +189,39 @@ def test_update_state_changes_only_the_fields_it_returns(tmp_path: Path):
         assert state.suspended and state.suspended_reason == "by hand" and state.pinned_revision == "c" * 40
         assert state.last_result == "failed" and state.failures == 3
     assert service.update_state("new", lambda _: {"failures": 1}) == AppState(app="new", failures=1)
+
+
+def test_a_store_of_one_process_answers_what_a_shared_store_adds(tmp_path: Path):
+    """Callers never ask which kind of store they hold: SQLite answers the shared store's questions too."""
+    store = SQLiteStore.in_state_dir(tmp_path)
+    store.put_state(AppState(app="a", failures=3))
+    assert store.states(["a", "b"]) == {"a": AppState(app="a", failures=3), "b": AppState(app="b")}
+    assert store.ping() and store.warning is None
+    assert store.owners() == {} and store.replicas() == [] and store.heartbeats() == {}
+    store.close()
+
+
+def test_truncated_diffs_say_how_long_they_were(tmp_path: Path):
+    from autodeployer.store.base import MAX_DIFF_CHARS
+
+    store = SQLiteStore.in_state_dir(tmp_path)
+    long_diff = "x" * (MAX_DIFF_CHARS + 5)
+    store.finish(store.begin("a", "poll", None, time.time()), result("a", Result.SYNCED, diff=long_diff))
+    [row] = store.history("a")
+    assert row.diff == "x" * MAX_DIFF_CHARS + f"\n... diff truncated ({MAX_DIFF_CHARS + 5} characters in all)"
+    store.close()
+
+
+def test_a_driver_that_cannot_be_imported_is_a_broken_install_not_a_missing_extra(app_env: dict[str, str],
+                                                                                   tmp_path: Path):
+    """psycopg is a dependency of autodeployer, so the error no longer asks for the `postgres` extra."""
+    from .helpers import run_cli
+
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text("import sys\nsys.modules['psycopg'] = None\n")
+    env = {**app_env, "PYTHONPATH": str(shim), "STORE_URL": "postgresql://deployer@127.0.0.1:1/autodeployer"}
+    done = run_cli(env, "status")
+    [line] = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and "STORE_URL" in line and "reinstall autodeployer" in line, done.stderr
+    assert "autodeployer[postgres]" not in done.stdout + done.stderr

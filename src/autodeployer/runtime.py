@@ -14,7 +14,7 @@ import httpx
 
 from . import __version__
 from .config.loader import AppConfig, Config, ServiceSettings
-from .coordination import default_replica_id
+from .coordination import Coordinator, LocalCoordinator
 from .errors import ConfigError
 from .hooks import client_for
 from .logs import Redactor, configure_logging
@@ -23,7 +23,8 @@ from .reporters.base import Reporter
 from .reporters.commit_status import CommitStatusReporter
 from .reporters.notify import NotifyReporter
 from .sources.git import GitObserver, GitSource, MirrorLocks
-from .store import SQLiteStore, Store, open_store
+from .store import Store, open_store
+from .store.base import default_replica_id
 from .targets import TARGETS
 from .targets.base import Target, TargetDeps
 
@@ -82,12 +83,27 @@ def store_for(settings: ServiceSettings, *, memory_fallback: bool = False) -> St
     try:
         return open_store(settings.state_dir, settings.store_url, password=password,
                           replica_id=settings.replica_id or default_replica_id(), memory_fallback=memory_fallback)
-    except ImportError as exc:  # a broken driver install: the one-line error names the variable that needs it
-        raise ConfigError(f"STORE_URL: the PostgreSQL driver cannot be imported ({exc})") from None
+    except ImportError as exc:  # psycopg is a dependency: failing to import it means a broken installation
+        raise ConfigError(f"STORE_URL: the PostgreSQL driver psycopg, installed with autodeployer, cannot be imported "
+                          f"({exc}); reinstall autodeployer") from None
     except (OSError, sqlite3.Error) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         where = getattr(exc, "filename", None) or settings.state_dir
-        raise ConfigError(f"STATE_DIR {settings.state_dir}: cannot open the history store ({where}: {reason})") from None
+        raise ConfigError(f"STATE_DIR {settings.state_dir}: cannot open the history store ({where}: {reason})"
+                          ) from None
+
+
+def coordinator_for(store: Store, apps: Sequence[str], settings: ServiceSettings) -> Coordinator:
+    """Who decides which apps this process reconciles: the PostgreSQL coordinator when the store is
+    shared (STORE_URL), else a single replica owning every app."""
+    if settings.store_url:
+        # Imported here, not above: psycopg costs about 0.1 s, which every command on SQLite would pay.
+        from .coordination.postgres import PostgresCoordinator
+        from .store.postgres import PostgresStore
+
+        if isinstance(store, PostgresStore):
+            return PostgresCoordinator(store, apps, heartbeat=settings.heartbeat_interval)
+    return LocalCoordinator(settings.replica_id or default_replica_id())
 
 
 def bind_listener(host: str, port: int, what: str = "PORT") -> socket.socket:
@@ -119,8 +135,7 @@ def build_runtime(
 ) -> Runtime:
     redactor = redactor or make_redactor(config)
     store = store or store_for(config.service)
-    if isinstance(store, SQLiteStore) or getattr(store, "kind", None) == "postgresql":
-        store.mark_interrupted()
+    store.mark_interrupted()
     clients: dict[bool, httpx.AsyncClient] = {True: _http_client(True)}
     reporters = list(reporters)
     if config.service.commit_status:

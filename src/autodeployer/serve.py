@@ -12,11 +12,10 @@ from collections.abc import Iterator
 import uvicorn
 
 from .config.loader import Config
-from .coordination import default_replica_id, make_coordinator
 from .hooks import WEBHOOK_PATH, hook_targets, register_with_backoff
 from .logs import get_logger
 from .reporters.metrics import Metrics, MetricsReporter
-from .runtime import Runtime, bind_listener, build_runtime, store_for
+from .runtime import Runtime, bind_listener, build_runtime, coordinator_for, store_for
 from .scheduling import Scheduler
 from .web.app import BackgroundJob, create_app
 from .web.webhook import WebhookReceiver, load_or_create_secret
@@ -81,9 +80,7 @@ async def _serve(config: Config, hook_path: str, sock: socket.socket) -> int:
                             reporters=[MetricsReporter(metrics)], git_observer=metrics.observe_git)
     secret = webhook_secret(config)
     runtime.redactor.add(secret)
-    coordinator = make_coordinator(runtime.store, [a.name for a in config.apps],
-                                   heartbeat=config.service.heartbeat_interval,
-                                   replica_id=config.service.replica_id or default_replica_id())
+    coordinator = coordinator_for(runtime.store, [a.name for a in config.apps], config.service)
     scheduler = Scheduler(runtime.reconcilers.values(), coordinator=coordinator)
     background: list[BackgroundJob] = []
     settings = config.service

@@ -166,7 +166,7 @@ class Cluster:
 
     def db_owners(self) -> dict[str, str]:
         """app -> replica holding its advisory lock, straight from pg_locks."""
-        from autodeployer.store_pg import SQL_OWNERS
+        from autodeployer.store.postgres import SQL_OWNERS
 
         with self.pg.connect(self.url.rsplit("/", 1)[1]) as conn:
             return dict(conn.execute(SQL_OWNERS).fetchall())

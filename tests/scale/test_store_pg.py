@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
 import pytest
 
-from autodeployer import store_pg
 from autodeployer.config.loader import load_config
+from autodeployer.coordination.postgres import PostgresCoordinator, decode, encode, forward_trigger
 from autodeployer.errors import ConfigError, OwnershipLost, StoreUnavailable
 from autodeployer.model import Result, SyncResult, Trigger
-from autodeployer.store import AppState
-from autodeployer.store_pg import NS_APP, NS_REPLICA, PostgresStore
+from autodeployer.store import AppState, Lease
+from autodeployer.store import postgres as store_pg
+from autodeployer.store.postgres import NS_APP, NS_REPLICA, PostgresStore
 
 from ..helpers import SESAM_JWT
 from .pgserver import PASSWORD, free_port
@@ -25,7 +27,7 @@ def result(app: str, outcome: Result, revision: str) -> SyncResult:
 
 def replica_session(pg_server, url: str, name: str):
     """A connection standing for a live replica: presence lock held, like a coordinator's."""
-    assert PostgresStore(url, password=PASSWORD).ping()  # the schema exists
+    assert PostgresStore(url, password=PASSWORD, replica_id=name).ping()  # the schema exists
     conn = pg_server.connect(url.rsplit("/", 1)[1])
     num = conn.execute("INSERT INTO replicas (id, lock_pid) VALUES (%s, pg_backend_pid()) RETURNING num",
                        (name,)).fetchone()[0]
@@ -33,14 +35,22 @@ def replica_session(pg_server, url: str, name: str):
     return conn
 
 
+def lease(app: str, name: str, lock_conn, *, generation: int = 1, acquired_at: float | None = None,
+          valid_for: float = 60.0) -> Lease:
+    """What a coordinator holding `app`'s lock on `lock_conn` grants its store."""
+    return Lease(app, name, lock_conn.info.backend_pid, generation,
+                 time.time() if acquired_at is None else acquired_at, time.monotonic() + valid_for)
+
+
 def coordinated(url: str, name: str, lock_conn, apps: list[str]) -> PostgresStore:
-    """A store whose ownership lock connection is `lock_conn` holding `apps`."""
+    """A store whose ownership lock connection is `lock_conn` holding `apps`, with a lease for each."""
     store = PostgresStore(url, password=PASSWORD, replica_id=name)
     keys = store.app_keys(apps)
     for app in apps:
         assert lock_conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (NS_APP, keys[app])).fetchone()[0]
-    store.coordinated, store.lock_pid = True, lock_conn.info.backend_pid
-    store.since = {app: time.time() for app in apps}
+    store.require_leases()
+    for app in apps:
+        store.grant(lease(app, name, lock_conn))
     return store
 
 
@@ -102,9 +112,10 @@ def test_begin_proves_ownership_in_its_transaction(pg_url: str, pg_server):
 def test_attempt_of_a_vanished_replica_stops_blocking_after_the_grace(pg_url: str, pg_server, monkeypatch):
     gone = PostgresStore(pg_url, password=PASSWORD, replica_id="gone")
     gone_conn = replica_session(pg_server, pg_url, "gone")
-    gone.coordinated, gone.lock_pid = True, gone_conn.info.backend_pid
+    gone.require_leases()
     gone.app_keys(["a"])
     gone_conn.execute("SELECT pg_advisory_lock(%s, %s)", (NS_APP, gone._keys["a"]))
+    gone.grant(lease("a", "gone", gone_conn))
     gone.begin("a", "poll", "e" * 40, time.time())
     gone_conn.close()  # kill -9: its session, presence and lock vanish; its attempt stays 'running'
 
@@ -113,7 +124,8 @@ def test_attempt_of_a_vanished_replica_stops_blocking_after_the_grace(pg_url: st
     with pytest.raises(OwnershipLost, match="still applying"):
         heir.begin("a", "poll", "e" * 40, time.time())  # it may still be in flight (a partition)
     monkeypatch.setattr(store_pg, "STALE_ATTEMPT", 0.0)
-    heir.since["a"] = time.time() + 60  # the interrupted row is not "finished since the take-over"
+    # a new lease, acquired after the interrupted row is closed: that row is not "finished since the take-over"
+    heir.grant(lease("a", "heir", lock_conn, generation=2, acquired_at=time.time() + 60))
     attempt = heir.begin("a", "poll", "e" * 40, time.time())
     rows = {r.details["replica"]: r for r in heir.history("a")}
     assert rows["gone"].result == "interrupted" and "replica gone stopped" in rows["gone"].error
@@ -133,7 +145,7 @@ def test_a_command_line_attempt_locks_the_app(pg_url: str, pg_server):
     lock_conn.execute("UPDATE replicas SET lock_pid = pg_backend_pid()")
     with pytest.raises(OwnershipLost, match="replica r1 owns this app"):
         cli.begin("a", "manual", "f" * 40, time.time())
-    assert cli.owners() == {"a": "r1"}
+    assert cli.owners() == {"a": "r1"} and list(cli.heartbeats()) == ["r1"]
     assert [r["id"] for r in cli.replicas()] == ["r1"] and cli.replicas()[0]["owned_apps"] == 1
     lock_conn.close()
 
@@ -227,3 +239,101 @@ def test_update_state_changes_only_the_fields_it_returns(pg_url: str, pg_server)
     assert replica.update_state("new", lambda _: {"failures": 1}) == AppState(app="new", failures=1)
     replica.close()
     cli.close()
+
+
+def test_begin_writes_only_under_a_valid_lease(pg_url: str, pg_server):
+    """Ownership is the lease the coordinator hands over: revoked, expired, or held by a session that no
+    longer holds the lock, it writes nothing."""
+    lock_conn = replica_session(pg_server, pg_url, "r1")
+    store = coordinated(pg_url, "r1", lock_conn, ["a"])
+    store.finish(store.begin("a", "poll", "1" * 40, time.time()), result("a", Result.SYNCED, "1" * 40))
+
+    store.revoke("a")
+    with pytest.raises(OwnershipLost, match="no longer owns"):
+        store.begin("a", "poll", "2" * 40, time.time())
+    store.grant(lease("a", "r1", lock_conn, generation=2, valid_for=-1.0))
+    with pytest.raises(OwnershipLost, match="lease has expired") as expired:
+        store.begin("a", "poll", "2" * 40, time.time())
+    assert expired.value.retry_after == store_pg.RETRY_WHILE_BUSY  # a late renewal must not lose the trigger
+    other_conn = replica_session(pg_server, pg_url, "r2")  # a session that does not hold the app's lock
+    store.grant(lease("a", "r1", other_conn, generation=3))
+    with pytest.raises(OwnershipLost, match="no longer owns"):
+        store.begin("a", "poll", "2" * 40, time.time())
+    store.grant(lease("a", "r1", lock_conn, generation=4))
+    store.finish(store.begin("a", "poll", "2" * 40, time.time()), result("a", Result.SYNCED, "2" * 40))
+    assert [r.result for r in store.history("a")] == ["synced", "synced"]  # nothing recorded when refused
+    lock_conn.close()
+    other_conn.close()
+
+
+class RecordingWorkers:
+    """The scheduler side of a coordinator: every app acquired at once, idle, stopped when dropped."""
+
+    def __init__(self, apps: list[str]) -> None:
+        self.apps = apps
+        self.triggers: list[tuple[str, Trigger]] = []
+
+    def app_names(self) -> list[str]:
+        return list(self.apps)
+
+    def acquire(self, app: str, state: object = None) -> bool:
+        return True
+
+    def drop(self, app: str) -> None:
+        return None
+
+    def stopped(self, app: str) -> bool:
+        return True
+
+    def is_idle(self, app: str) -> bool:
+        return True
+
+    def local_trigger(self, app: str, trigger: Trigger) -> None:
+        self.triggers.append((app, trigger))
+
+
+async def _eventually(check, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+def test_the_coordinator_grants_renews_and_revokes_leases(pg_url: str):
+    """The PostgresCoordinator hands its store a lease per app it locked (held by its coordination
+    session, renewed every tick) and revokes them all when it stops; triggers forwarded by another
+    process reach it through NOTIFY."""
+    store = PostgresStore(pg_url, password=PASSWORD, replica_id="r1")
+    cli = PostgresStore(pg_url, password=PASSWORD, replica_id="cli")
+    coordinator = PostgresCoordinator(store, ["a", "b"], heartbeat=0.4)
+    workers = RecordingWorkers(["a", "b"])
+
+    async def scenario() -> None:
+        await coordinator.start(workers)
+        try:
+            await _eventually(lambda: coordinator.owned == {"a", "b"} and coordinator.healthy)
+            first = dict(coordinator.leases)
+            assert {lease.holder for lease in first.values()} == {coordinator._pid}
+            assert len({lease.generation for lease in first.values()}) == 2
+            await _eventually(lambda: coordinator.leases["a"].valid_until > first["a"].valid_until)  # renewed
+            assert coordinator.leases["a"].generation == first["a"].generation
+            store.finish(store.begin("a", "poll", "1" * 40, time.time()), result("a", Result.SYNCED, "1" * 40))
+            with pytest.raises(OwnershipLost, match="replica r1 owns this app"):
+                cli.begin("a", "manual", "1" * 40, time.time())
+            forward_trigger(cli, "b", Trigger.WEBHOOK)
+            await _eventually(lambda: workers.triggers == [("b", Trigger.WEBHOOK)])
+        finally:
+            await coordinator.stop()
+        assert coordinator.leases == {}
+        with pytest.raises(OwnershipLost, match="no longer owns"):
+            store.begin("a", "poll", "2" * 40, time.time())
+
+    asyncio.run(scenario())
+    store.close()
+    cli.close()
+
+
+def test_notify_messages_round_trip():
+    payload = encode("r1", {"action": "trigger", "app": "a", "trigger": "webhook"})
+    assert decode(payload) == {"v": 1, "from": "r1", "action": "trigger", "app": "a", "trigger": "webhook"}
+    assert decode("not json") is None and decode('{"v": 2}') is None and decode("[1]") is None

@@ -24,8 +24,9 @@ from ..config.loader import Config
 from ..errors import AutodeployerError, ConfigError
 from ..model import Reason, Result, Status, SyncResult, Trigger
 from ..reconcile import LOCK_WAIT, Reconciler
-from ..runtime import build_runtime, store_for
+from ..runtime import build_runtime, coordinator_for, store_for
 from ..status import app_row, history_row
+from ..store import Store
 
 EXIT_OK, EXIT_ERROR = 0, 2
 _TROUBLE = tuple(s.value for s in Status if s.trouble)
@@ -174,11 +175,10 @@ def _server_url(server: str) -> str:
     return server.strip().rstrip("/")
 
 
-def _ownership(store: Any) -> tuple[dict[str, str], dict[str, float]]:
+def _ownership(store: Store) -> tuple[dict[str, str], dict[str, float]]:
     """With a shared store: app -> owning replica, and replica -> last heartbeat (empty otherwise)."""
-    if not hasattr(store, "owners"):
-        return {}, {}
-    return store.owners(), {r["id"]: r["heartbeat_at"] for r in store.replicas()}
+    owners = store.owners()
+    return owners, (store.heartbeats() if owners else {})
 
 
 # --------------------------------------------------------------------------- rendering
@@ -200,7 +200,8 @@ def print_status(rows: list[dict[str, Any]], console: Console) -> None:
     table = Table(show_lines=False, header_style="bold", box=box.HEAVY_HEAD if wide else None,
                   pad_edge=wide)
     owners = any(row.get("owner") for row in rows)  # several replicas share the apps
-    for column in ("APP", "TARGET", "BRANCH", "STATUS", "LIVE", "LAST SYNC", "NEXT POLL") + (("OWNER",) if owners else ()):
+    columns = ("APP", "TARGET", "BRANCH", "STATUS", "LIVE", "LAST SYNC", "NEXT POLL") + (("OWNER",) if owners else ())
+    for column in columns:
         table.add_column(column, no_wrap=column != "APP", overflow="fold")
     if wide:
         table.add_column("NOTE", overflow="fold")
@@ -270,7 +271,7 @@ async def _local(config: Config, app: str, action: str, revision: str | None) ->
         if action == "suspend":
             reconciler.suspend("suspended from the command line")
             return EXIT_OK, f"{app}: auto-sync suspended"
-        owner = _ownership(runtime.store)[0].get(app)
+        owner = runtime.store.owners().get(app)
         if owner:  # a running replica owns the app: queue the action on it rather than apply from here
             if action == "resume":
                 reconciler.resume()
@@ -280,7 +281,9 @@ async def _local(config: Config, app: str, action: str, revision: str | None) ->
                 revision = await reconciler.pin(revision)
                 trigger = Trigger.ROLLBACK
             pinned = f" (pinned {revision[:12]}; auto-sync suspended)" if revision else ""
-            runtime.store.notify({"action": "trigger", "app": app, "trigger": trigger.value})  # type: ignore[attr-defined]
+            if not coordinator_for(runtime.store, [app], config.service).forward(app, trigger):
+                return EXIT_ERROR, (f"{app}: {action} saved{pinned}, but replica {owner}, which owns the app, "
+                                    "could not be told (PostgreSQL unreachable); run the command again")
             return EXIT_OK, (f"{app}: {action} queued on replica {owner}; `autodeployer status` shows when it is live"
                              + pinned)
         # One apply at a time per app: hold the app's lock across the whole action (the pin and the sync
@@ -343,7 +346,8 @@ def _remote(backend: Backend, app: str, action: str, revision: str | None, conso
                 live = (row.get("live_revision") or "")[:12]
                 if not ok:  # never "done" when it was not: say what failed and what is live
                     to = f" to {target[:12]}" if target else ""
-                    return EXIT_ERROR, f"{app}: {action}{to} failed: {row.get('last_error') or row['status']}; live {live}"
+                    why = row.get("last_error") or row["status"]
+                    return EXIT_ERROR, f"{app}: {action}{to} failed: {why}; live {live}"
                 note = " (auto-sync suspended; resume to follow the branch again)" if action == "rollback" else ""
                 return EXIT_OK, f"{app}: {action} done, live {live}{note}"
     return EXIT_ERROR, f"{app}: {action} still running after 10 minutes; see `autodeployer status`"

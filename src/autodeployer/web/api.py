@@ -40,8 +40,7 @@ class Api:
 
     def rows(self) -> list[dict[str, Any]]:
         apps = self._apps()
-        bulk = getattr(self.store, "states", None)  # PostgreSQL: one query for every app
-        states = bulk([a.name for a in apps]) if bulk else {}
+        states = self.store.states([a.name for a in apps])  # PostgreSQL: one query for every app
         owners = self.scheduler.coordinator.owners()
         beats = self._heartbeats() if owners else {}
         return [self._row(app, states.get(app.name), owners, beats) for app in apps]
@@ -53,10 +52,12 @@ class Api:
              beats: dict[str, Any] | None = None) -> dict[str, Any]:
         owners = self.scheduler.coordinator.owners() if owners is None else owners
         owner = owners.get(app.name)
-        if owner and beats is None:
+        if owner is None:
+            return app_row(app, self.store, self.scheduler.worker(app.name), state=state)
+        if beats is None:
             beats = self._heartbeats()
         return app_row(app, self.store, self.scheduler.worker(app.name), owner=owner,
-                       owner_heartbeat_at=(beats or {}).get(owner) if owner else None, state=state)
+                       owner_heartbeat_at=beats.get(owner), state=state)
 
     def _unavailable(self) -> JSONResponse | None:
         """Admin actions need the shared store: refuse clearly while it is unreachable."""
@@ -85,7 +86,7 @@ class Api:
 
     # ------------------------------------------------------------------ reads
     async def list_apps(self, request: Request) -> JSONResponse:
-        warning = getattr(self.store, "warning", None)  # STATE_DIR unwritable: history kept in memory
+        warning = self.store.warning  # STATE_DIR unwritable: history kept in memory
         return JSONResponse({"apps": self.rows(), **({"store_warning": warning} if warning else {})})
 
     async def get_app(self, request: Request) -> JSONResponse:
@@ -238,7 +239,8 @@ OPENAPI: dict[str, Any] = {
             "summary": "Sync history, newest first, with diffs",
             "parameters": [_APP_PARAM, {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
                                                                                    "default": 20},
-                                        "description": f"Rows to return; more than {MAX_HISTORY} returns {MAX_HISTORY}"}],
+                                        "description": f"Rows to return; more than {MAX_HISTORY} returns "
+                                                       f"{MAX_HISTORY}"}],
             "responses": {"200": {"description": "History", "content": {"application/json": {"schema": {
                 "type": "object", "properties": {"app": {"type": "string"},
                                                  "history": {"type": "array", "items": _HISTORY}}}}}},
@@ -262,7 +264,8 @@ OPENAPI: dict[str, Any] = {
             "App": {
                 "type": "object",
                 "properties": {
-                    "name": {"type": "string"}, "target": {"type": "string"}, "endpoint": {"type": "string", "nullable": True},
+                    "name": {"type": "string"}, "target": {"type": "string"},
+                    "endpoint": {"type": "string", "nullable": True},
                     "repository": {"type": "string"}, "branch": {"type": "string"},
                     "tag": {"type": "string", "nullable": True}, "sync_root": {"type": "string"},
                     "status": {"type": "string", "enum": [st.value for st in Status]},

@@ -42,7 +42,7 @@ def create_app(
 
     async def healthz(request: Request) -> JSONResponse:
         reason = coordinator.reason  # e.g. PostgreSQL unreachable: alive, serving status, not applying
-        reason = reason or getattr(runtime.store, "warning", None)  # STATE_DIR unwritable: state in memory
+        reason = reason or runtime.store.warning  # STATE_DIR unwritable: state in memory
         return JSONResponse({"status": "ok"} if reason is None else {"status": "degraded", "reason": reason})
 
     async def readyz(request: Request) -> JSONResponse:
@@ -54,7 +54,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await scheduler.start()
-        jobs = [asyncio.create_task(job()) for job in background]
+        jobs = [asyncio.ensure_future(job()) for job in background]
         try:
             yield
         finally:

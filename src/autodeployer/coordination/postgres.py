@@ -1,223 +1,90 @@
-"""Which replica reconciles which app, and how triggers reach it.
+"""Several replicas sharing one PostgreSQL database (``STORE_URL``): who owns which app, and how
+triggers reach the owner. Leases, heartbeats and the NOTIFY messages are all built here.
 
-A :class:`Coordinator` tells the scheduler which apps this replica owns (it starts and stops their
-workers through the :class:`Workers` calls) and carries triggers for apps owned elsewhere.
+- **ownership** is a session advisory lock per app, ``(NS_APP, apps.key)``, held on this replica's
+  dedicated *coordination connection*. A replica that dies or loses that connection loses every
+  lock at once (PostgreSQL releases them when the session ends; ``idle_session_timeout`` on that
+  connection ends the session of a replica that stopped talking, e.g. a machine that vanished).
+  For each app it holds, the coordinator grants the store a :class:`~autodeployer.store.base.Lease`
+  (the session holding the lock, a generation, the server time of the acquisition, and a validity
+  renewed every tick); the store records attempts only under it, and revokes nothing by itself;
+- **presence**: each replica holds ``(NS_REPLICA, replicas.num)`` on the same connection and writes
+  ``replicas.heartbeat_ts`` every ``HEARTBEAT_INTERVAL``. A replica is *live* when its presence lock
+  is held and its heartbeat is younger than ``max(5 s, 2 x heartbeat)``;
+- **balancing**, one heartbeat after (re)connecting (so replicas starting together split the apps
+  without churn), then every tick (``min(0.5 s, heartbeat / 4)``) and at once when told to: with ``N`` live
+  replicas and ``M`` apps, ``fair = ceil(M / N)``. A replica above ``fair`` releases its idle apps
+  with the lowest rendezvous score (``blake2b(replica/app)``) after stopping their workers; a replica
+  below ``fair`` try-locks free apps, highest score first. Nobody ever owns more than ``fair`` once
+  views agree, so the bound ``ceil(M / N) + 1`` holds with room for one tick of disagreement;
+- **triggers** for apps owned elsewhere (webhooks, admin sync/resume/rollback) are broadcast with
+  ``NOTIFY autodeployer`` (JSON ``{"v": 1, "action": "trigger", "app", "trigger", "from"}``);
+  whichever replica owns the app at that moment wakes its worker. ``{"action": "rebalance"}`` wakes
+  every replica's balancing at once (a replica joined, released apps or is shutting down).
 
-* :class:`LocalCoordinator` — one replica (the default, with the SQLite store): it owns every app and
-  every trigger is local. Nothing changes compared with a scheduler that has no coordinator.
-* :class:`PostgresCoordinator` — several replicas sharing one PostgreSQL database (``STORE_URL``):
-
-  - **ownership** is a session advisory lock per app, ``(NS_APP, apps.key)``, held on this replica's
-    dedicated *coordination connection*. A replica that dies or loses that connection loses every
-    lock at once (PostgreSQL releases them when the session ends; ``idle_session_timeout`` on that
-    connection ends the session of a replica that stopped talking, e.g. a machine that vanished);
-  - **presence**: each replica holds ``(NS_REPLICA, replicas.num)`` on the same connection and writes
-    ``replicas.heartbeat_ts`` every ``HEARTBEAT_INTERVAL``. A replica is *live* when its presence lock
-    is held and its heartbeat is younger than ``max(5 s, 2 x heartbeat)``;
-  - **balancing**, one heartbeat after (re)connecting (so replicas starting together split the apps
-    without churn), then every tick (``min(0.5 s, heartbeat / 4)``) and at once when told to: with ``N`` live
-    replicas and ``M`` apps, ``fair = ceil(M / N)``. A replica above ``fair`` releases its idle apps
-    with the lowest rendezvous score (``blake2b(replica/app)``) after stopping their workers; a replica
-    below ``fair`` try-locks free apps, highest score first. Nobody ever owns more than ``fair`` once
-    views agree, so the bound ``ceil(M / N) + 1`` holds with room for one tick of disagreement;
-  - **triggers** for apps owned elsewhere (webhooks, admin sync/resume/rollback) are broadcast with
-    ``NOTIFY autodeployer`` (JSON ``{"v": 1, "action": "trigger", "app", "trigger", "from"}``);
-    whichever replica owns the app at that moment wakes its worker. ``{"action": "rebalance"}`` wakes
-    every replica's balancing at once (a replica joined, released apps or is shutting down).
-
-PostgreSQL unreachable: the replica drops every app (its workers stop; ``begin()`` refuses anything
-already under way), reports why through ``/healthz``, ``/readyz`` and ``/api/replicas``, keeps serving
-status from the last known state, and reconnects by itself with a back-off capped at 2 s.
+PostgreSQL unreachable: the replica drops every app (its workers stop, its leases are revoked, so
+``begin()`` refuses anything already under way), reports why through ``/healthz``, ``/readyz`` and
+``/api/replicas``, keeps serving status from the last known state, and reconnects by itself with a
+back-off capped at 2 s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fcntl
+import contextlib
+import dataclasses
 import hashlib
 import json
 import math
-import os
-import re
 import socket
 import time
 from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
-from . import __version__
-from .logs import get_logger
-from .model import Trigger
+import psycopg
 
-if TYPE_CHECKING:
-    from .store_pg import PostgresStore
+from .. import __version__
+from ..errors import StoreUnavailable
+from ..logs import get_logger
+from ..model import Trigger
+from ..store.base import Lease
+from ..store.postgres import (
+    NS_APP,
+    NS_REPLICA,
+    SQL_APP_LOCKS,
+    SQL_REPLICAS,
+    PostgresStore,
+    describe,
+    replica_rows,
+    takeover_bound,
+)
+from .base import Workers
 
-
-def default_replica_id() -> str:
-    """HOSTNAME-PID: unique per process on a machine, readable in status and history."""
-    return f"{socket.gethostname()}-{os.getpid()}"
-
-
-class AppLock:
-    """One app's apply lock across the processes sharing a STATE_DIR: an exclusive ``flock`` on
-    ``STATE_DIR/locks/<app>.lock``, held for a whole sync (read state, plan, apply, verify, record).
-
-    The service's worker and a CLI run next to it (``sync``, ``rollback``, ``resume`` without
-    ``--server``) both take it, so two processes never apply the same app at once. The kernel releases
-    it when its holder dies, so a killed process never leaves an app locked. The holder writes its pid
-    into the file, for the message the other one prints. Re-entrant within one object: a CLI rollback
-    holds it across the pin and the sync that deploys it.
-
-    ``path`` None (the PostgreSQL store, which proves ownership with advisory locks in ``begin()``, or
-    a STATE_DIR that cannot be written) makes a lock that always succeeds.
-    """
-
-    POLL = 0.1  # seconds between attempts while waiting
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        self._fd: int | None = None
-        self._depth = 0
-        self._unusable = False  # the lock file cannot be created: applies go on unlocked (logged once)
-
-    @classmethod
-    def in_state_dir(cls, state_dir: Path, app: str) -> AppLock:
-        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", app) or "_"  # app names come from configuration
-        return cls(state_dir / "locks" / f"{safe}.lock")
-
-    def try_acquire(self) -> bool:
-        """Take the lock if no other process holds it; True when this object now holds it."""
-        if self._depth or self.path is None or self._unusable:
-            self._depth += 1
-            return True
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:  # a read-only or full STATE_DIR must not stop every sync
-            self._unusable = True
-            get_logger(component="lock").warning("cannot create the app's lock file; syncs of this process are "
-                                                 "not protected against a CLI run beside it", path=str(self.path),
-                                                 error=exc.strerror or str(exc))
-            self._depth += 1
-            return True
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return False
-        try:  # who holds it, for the message another process prints
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        except OSError:
-            pass
-        self._fd, self._depth = fd, 1
-        return True
-
-    async def acquire(self, timeout: float) -> bool:
-        """Wait up to `timeout` seconds for the lock (polling: flock has no timeout, and the event loop
-        must not block)."""
-        deadline = time.monotonic() + timeout
-        while not self.try_acquire():
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(self.POLL)
-        return True
-
-    def release(self) -> None:
-        if self._depth == 0:
-            return
-        self._depth -= 1
-        if self._depth == 0 and self._fd is not None:
-            fd, self._fd = self._fd, None
-            os.close(fd)  # closing the only descriptor releases the flock
-
-    def holder(self) -> str:
-        """'pid N' of the process holding the lock, as far as its file says."""
-        try:
-            pid = self.path.read_text().strip() if self.path else ""
-        except OSError:
-            pid = ""
-        return f"pid {pid}" if pid.isdigit() else "another process"
-
-    def busy_message(self, app: str) -> str:
-        return f"app {app} is being synced by {self.holder()}; retry, or use --server URL to ask the running service"
+CHANNEL = "autodeployer"  # LISTEN/NOTIFY channel for triggers forwarded to an app's owner
 
 
-class Workers(Protocol):
-    """What a coordinator may ask of the scheduler."""
-
-    def app_names(self) -> list[str]: ...
-    def acquire(self, app: str, state: Any = None) -> bool: ...  # start its worker; False when stopping
-    def drop(self, app: str) -> None: ...  # stop the app's worker (an in-flight sync finishes first)
-    def stopped(self, app: str) -> bool: ...  # the worker has stopped (no sync in flight)
-    def is_idle(self, app: str) -> bool: ...
-    def local_trigger(self, app: str, trigger: Trigger) -> None: ...
+def encode(sender: str, message: dict[str, Any]) -> str:
+    """A NOTIFY payload: version 1, the sending replica, and the message (``action`` and its fields)."""
+    return json.dumps({"v": 1, "from": sender, **message})
 
 
-class Coordinator(Protocol):
-    replica_id: str
-    local: bool  # True: a single replica owning everything (no shared store)
-
-    @property
-    def ready(self) -> bool: ...  # ownership has been settled once
-    @property
-    def healthy(self) -> bool: ...  # may apply (ownership provable)
-    @property
-    def reason(self) -> str | None: ...  # why not healthy, for operators
-
-    async def start(self, workers: Workers) -> None: ...
-    async def stop(self) -> None: ...
-    def owns(self, app: str) -> bool: ...
-    def forward(self, app: str, trigger: Trigger) -> bool: ...
-    def owners(self) -> dict[str, str]: ...  # app -> replica id (empty when single or unknown)
-    def owned_counts(self) -> dict[str, int]: ...  # replica id -> apps owned
-    def live_replicas(self) -> int: ...
-    def replicas(self) -> list[dict[str, Any]]: ...
-
-
-class LocalCoordinator:
-    """One replica: owns every app from the start; triggers never leave the process."""
-
-    local = True
-    mode = "single"
-    ready = True
-    healthy = True
-    reason: str | None = None
-
-    def __init__(self, replica_id: str | None = None) -> None:
-        self.replica_id = replica_id or default_replica_id()
-        self._apps: list[str] = []
-        self._started_at = time.time()
-
-    async def start(self, workers: Workers) -> None:
-        self._apps = workers.app_names()
-        for app in self._apps:
-            workers.acquire(app)
-
-    async def stop(self) -> None:
+def decode(payload: str) -> dict[str, Any] | None:
+    """The message in a NOTIFY payload; None for anything that is not a version 1 message."""
+    try:
+        message = json.loads(payload)
+    except ValueError:
         return None
+    return message if isinstance(message, dict) and message.get("v") == 1 else None
 
-    def owns(self, app: str) -> bool:
-        return True
 
-    def forward(self, app: str, trigger: Trigger) -> bool:
-        return False
+def send(store: PostgresStore, message: dict[str, Any]) -> None:
+    """Send a message to every replica over the store's connection; raises StoreUnavailable."""
+    store.notify(CHANNEL, encode(store.replica_id, message))
 
-    def owners(self) -> dict[str, str]:
-        return {}
 
-    def owned_counts(self) -> dict[str, int]:
-        return {self.replica_id: len(self._apps)}
-
-    def live_replicas(self) -> int:
-        return 1
-
-    def replicas(self) -> list[dict[str, Any]]:
-        return [{
-            "id": self.replica_id, "self": True, "live": True, "host": socket.gethostname(),
-            "version": __version__, "started_at": self._started_at, "heartbeat_at": time.time(),
-            "heartbeat_age": 0.0, "owned_apps": len(self._apps), "apps": sorted(self._apps),
-        }]
+def forward_trigger(store: PostgresStore, app: str, trigger: Trigger) -> None:
+    """Hand a trigger to whichever replica owns `app` now; raises StoreUnavailable."""
+    send(store, {"action": "trigger", "app": app, "trigger": trigger.value})
 
 
 class _Conflict(Exception):
@@ -228,11 +95,8 @@ class PostgresCoordinator:
     """Ownership through advisory locks on a dedicated connection; triggers through LISTEN/NOTIFY."""
 
     local = False
-    mode = "postgresql"
 
     def __init__(self, store: PostgresStore, apps: Sequence[str], *, heartbeat: float = 2.0) -> None:
-        from .store_pg import takeover_bound
-
         self.store = store
         self.replica_id = store.replica_id
         self.apps = list(apps)
@@ -258,6 +122,8 @@ class PostgresCoordinator:
         self._last_beat = 0.0
         self._registered_once = False
         self._last_complaint = 0.0
+        self._generation = 0  # acquisitions so far: each lease granted gets the next number
+        self.leases: dict[str, Lease] = {}  # what this coordinator granted the store, by app
         self.log = get_logger(component="coordination", replica=self.replica_id)
 
     # ------------------------------------------------------------------ status
@@ -274,7 +140,8 @@ class PostgresCoordinator:
         if not self._lock_ok:
             return self._lock_reason
         if not self._listening:
-            return "not listening for triggers forwarded by other replicas (PostgreSQL LISTEN connection down); reconnecting"
+            return ("not listening for triggers forwarded by other replicas (PostgreSQL LISTEN connection down); "
+                    "reconnecting")
         return None
 
     def owns(self, app: str) -> bool:
@@ -311,6 +178,7 @@ class PostgresCoordinator:
     async def start(self, workers: Workers) -> None:
         self._workers = workers
         self.apps = workers.app_names()
+        self.store.require_leases()
         self._wake = asyncio.Event()
         self._tasks = [
             asyncio.create_task(self._main(), name="coordination"),
@@ -326,29 +194,23 @@ class PostgresCoordinator:
             await asyncio.wait(self._tasks, timeout=5)
         self._tasks = []
         self.owned.clear()
-        self.store.lock_pid = None
+        self._revoke_all()
         self._lock_ok = False
         self._lock_reason = "stopped"
         await self._close_conn()
-        try:
-            self.store.notify({"action": "rebalance"})
-        except Exception:
-            pass
+        with contextlib.suppress(Exception):
+            send(self.store, {"action": "rebalance"})
 
     async def _close_conn(self) -> None:
         conn, self._conn, self._pid = self._conn, None, None
         if conn is not None:
-            try:
+            with contextlib.suppress(Exception):
                 await conn.close()
-            except Exception:
-                pass
 
     async def _sleep(self, seconds: float) -> None:
         assert self._wake is not None
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=seconds)
-        except TimeoutError:
-            pass
         self._wake.clear()
 
     async def _main(self) -> None:
@@ -366,8 +228,6 @@ class PostgresCoordinator:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                from .store_pg import describe
-
                 if isinstance(exc, _Conflict):
                     reason = str(exc)
                 elif _is_db_error(exc):
@@ -382,17 +242,13 @@ class PostgresCoordinator:
                 delay = min(2.0, delay * 2)
 
     async def _connect(self) -> None:
-        import psycopg
-
         conn = await psycopg.AsyncConnection.connect(**self.store.connect_kwargs("coordination"))
-        try:
-            # A replica that stops talking (a vanished machine) loses its session, hence its apps.
+        # A replica that stops talking (a vanished machine) loses its session, hence its apps. PostgreSQL < 14
+        # has no idle_session_timeout: TCP keepalives are the only detector there.
+        with contextlib.suppress(psycopg.Error):
             await conn.execute("SELECT set_config('idle_session_timeout', %s, false)",
                                (str(int((self.bound - 1.0) * 1000)),))
-        except psycopg.Error:
-            pass  # PostgreSQL < 14: TCP keepalives are the only detector
         await conn.execute("SELECT set_config('statement_timeout', '10000', false)")
-        self.store.offline = False
         self.store.reconnect_now()
         await self._ensure_schema()
         await conn.execute("INSERT INTO apps (name) SELECT unnest(%s::text[]) ON CONFLICT (name) DO NOTHING",
@@ -414,7 +270,7 @@ class PostgresCoordinator:
         row = await cur.fetchone()
         assert row is not None  # RETURNING of an upsert always yields its row
         num = row[0]
-        cur = await conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (_ns("NS_REPLICA"), num))
+        cur = await conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (NS_REPLICA, num))
         locked = await cur.fetchone()
         if not (locked and locked[0]):
             await conn.close()
@@ -426,8 +282,6 @@ class PostgresCoordinator:
         self._conn, self._pid = conn, pid
         self._registered_once = True
         self._last_beat = time.monotonic()
-        self.store.coordinated = True
-        self.store.lock_pid = pid
         self.store.reconnect_now()
         self.store.close_orphans()
         was_ok, self._lock_ok, self._lock_reason = self._lock_ok, True, None
@@ -442,10 +296,7 @@ class PostgresCoordinator:
             raise ConnectionError(self.store.unavailable_reason())
 
     async def _notify(self, conn: Any, message: dict[str, Any]) -> None:
-        from .store_pg import CHANNEL
-
-        payload = json.dumps({"v": 1, "from": self.replica_id, **message})
-        await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+        await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, encode(self.replica_id, message)))
 
     # ------------------------------------------------------------------ balancing
     def _score(self, app: str) -> int:
@@ -453,8 +304,6 @@ class PostgresCoordinator:
         return int.from_bytes(digest, "big")
 
     async def _tick(self) -> None:
-        from .store_pg import NS_APP, SQL_APP_LOCKS, SQL_REPLICAS, replica_rows
-
         conn, workers = self._conn, self._workers
         assert conn is not None and workers is not None
         if time.monotonic() - self._last_beat >= self.heartbeat:
@@ -467,6 +316,7 @@ class PostgresCoordinator:
         for app in sorted(self.owned - mine):
             self.log.warning("ownership lost", app=app, reason="its lock is no longer held by this replica")
             self._lose(app)
+        self._renew(mine)
         live = {r["id"] for r in replicas if r["live"]} | {self.replica_id}
         fair = math.ceil(len(self.apps) / len(live)) if self.apps else 0
         changed = False
@@ -481,7 +331,7 @@ class PostgresCoordinator:
             idle = sorted((a for a in self.owned if workers.is_idle(a)), key=self._score)
             for app in idle[: len(self.owned) - fair]:
                 self.owned.discard(app)  # from now on triggers for it are forwarded
-                self.store.since.pop(app, None)
+                self._revoke(app)
                 self._releasing.add(app)
                 workers.drop(app)
             if self._releasing:
@@ -509,7 +359,7 @@ class PostgresCoordinator:
                     held.pop(key, None)
                     continue
                 self.owned.add(app)
-                self.store.since[app] = since
+                self._grant(app, since)
             if got:
                 self.log.info("apps acquired", apps=sorted(got), owned=len(self.owned), fair=fair)
         if changed:
@@ -525,15 +375,40 @@ class PostgresCoordinator:
         loop = asyncio.get_running_loop()
         loop.call_later(0.02, lambda: self._wake.set() if self._wake is not None else None)
 
+    def _grant(self, app: str, acquired_at: float) -> None:
+        """Hand the store the lease of an app just acquired (a new generation)."""
+        assert self._pid is not None
+        self._generation += 1
+        lease = Lease(app, self.replica_id, self._pid, self._generation, acquired_at, time.monotonic() + self.bound)
+        self.leases[app] = lease
+        self.store.grant(lease)
+
+    def _renew(self, confirmed: set[str]) -> None:
+        """Ownership of these apps was just read back from pg_locks: their leases are good for another bound."""
+        valid_until = time.monotonic() + self.bound
+        for app in self.owned & confirmed:
+            lease = self.leases.get(app)
+            if lease is not None:
+                self.leases[app] = lease = dataclasses.replace(lease, valid_until=valid_until)
+                self.store.grant(lease)
+
+    def _revoke(self, app: str) -> None:
+        self.leases.pop(app, None)
+        self.store.revoke(app)
+
+    def _revoke_all(self) -> None:
+        self.leases.clear()
+        self.store.revoke_all()
+
     def _lose(self, app: str) -> None:
         self.owned.discard(app)
-        self.store.since.pop(app, None)
+        self._revoke(app)
         if self._workers is not None:
             self._workers.drop(app)
 
     def _lose_all(self, reason: str) -> None:
-        self.store.lock_pid = None
-        self.store.offline = True  # no blocking reconnects from the event loop until this connection is back
+        self._revoke_all()
+        self.store.go_offline()  # no blocking reconnects from the event loop until this connection is back
         self._releasing.clear()
         lost = sorted(self.owned)
         for app in lost:
@@ -548,10 +423,8 @@ class PostgresCoordinator:
     # ------------------------------------------------------------------ triggers
     def forward(self, app: str, trigger: Trigger) -> bool:
         """Hand a trigger to whichever replica owns `app` (NOTIFY); False if it cannot be sent."""
-        from .errors import StoreUnavailable
-
         try:
-            self.store.notify({"action": "trigger", "app": app, "trigger": trigger.value})
+            forward_trigger(self.store, app, trigger)
         except StoreUnavailable as exc:
             self.log.warning("cannot forward a trigger to the app's owner", app=app, trigger=trigger.value,
                              error=str(exc))
@@ -560,11 +433,8 @@ class PostgresCoordinator:
         return True
 
     def _on_message(self, payload: str) -> None:
-        try:
-            message = json.loads(payload)
-        except ValueError:
-            return
-        if not isinstance(message, dict) or message.get("v") != 1:
+        message = decode(payload)
+        if message is None:
             return
         action = message.get("action")
         if action == "rebalance":
@@ -581,10 +451,6 @@ class PostgresCoordinator:
                 self._workers.local_trigger(app, trigger)
 
     async def _listen(self) -> None:
-        import psycopg
-
-        from .store_pg import CHANNEL
-
         delay = 0.2
         while not self._stopping:
             conn = None
@@ -600,37 +466,15 @@ class PostgresCoordinator:
                 if self._wake is not None:
                     self._wake.set()  # the coordination connection is likely gone too: find out now
                 if self._listening:
-                    from .store_pg import describe
-
                     self.log.warning("LISTEN connection lost; reconnecting", error=describe(exc))
             finally:
                 self._listening = False
                 if conn is not None:
-                    try:
+                    with contextlib.suppress(Exception):
                         await conn.close()
-                    except Exception:
-                        pass
             await asyncio.sleep(delay)
             delay = min(2.0, delay * 2)
 
 
-def _ns(name: str) -> int:
-    from . import store_pg
-
-    return int(getattr(store_pg, name))
-
-
 def _is_db_error(exc: BaseException) -> bool:
-    try:
-        import psycopg
-    except ImportError:  # pragma: no cover
-        return False
     return isinstance(exc, (psycopg.Error, OSError, ConnectionError))
-
-
-def make_coordinator(store: Any, apps: Sequence[str], *, heartbeat: float = 2.0,
-                     replica_id: str | None = None) -> Coordinator:
-    """PostgresCoordinator for a PostgreSQL store, LocalCoordinator otherwise."""
-    if getattr(store, "kind", None) == "postgresql":
-        return PostgresCoordinator(store, apps, heartbeat=heartbeat)
-    return LocalCoordinator(replica_id)

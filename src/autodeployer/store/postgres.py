@@ -1,14 +1,16 @@
-"""PostgreSQL store: history and app state shared by every replica, plus the coordination tables.
+"""PostgreSQL store: history and app state shared by every replica, and the coordination tables.
 
-Implements the same :class:`~autodeployer.store.Store` protocol as the SQLite store. What it adds:
+Implements the :class:`~autodeployer.store.base.Store` protocol. What it adds:
 
 * ``replica`` and ``attempt`` on every history row, so each attempt says which replica made it;
-* ``begin()`` refuses (:class:`~autodeployer.errors.OwnershipLost`) unless, in the same transaction
-  that records the attempt, this replica still holds the app's ownership lock and no other replica has
-  an attempt of the app in flight — so nothing is applied twice across replicas;
-* the tables and queries the :class:`~autodeployer.coordination.PostgresCoordinator` uses (``apps``,
-  ``replicas``, advisory-lock keys) and the read-only views ``owners()`` / ``replicas()`` that
-  ``autodeployer status`` uses without running a replica.
+* ``begin()`` writes an attempt only under the app's :class:`~autodeployer.store.base.Lease`, which the
+  coordinator grants (``grant``/``revoke``), and proves in the transaction that records the attempt that
+  the lease's holder still holds the app's ownership lock and that no other replica has an attempt of the
+  app in flight — so nothing is applied twice across replicas. A process without a coordinator (a one-off
+  CLI command) locks the app for its attempt instead, and is refused while a replica owns it;
+* the schema of the coordination tables (``apps``, ``replicas``), the advisory-lock namespaces, and the
+  read-only views ``owners()`` / ``replicas()`` / ``heartbeats()`` that ``autodeployer status`` uses
+  without running a replica. The coordinator itself is :mod:`autodeployer.coordination.postgres`.
 
 The connection is synchronous (the Store protocol is) and guarded by a lock. When PostgreSQL cannot be
 reached, reads of app state fall back to the last value seen (status keeps answering), writes raise
@@ -19,26 +21,34 @@ as a keyword: it is never part of a URL, a log line or a process argument.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from . import __version__
-from .coordination import AppLock
-from .errors import ConfigError, OwnershipLost, StoreUnavailable
-from .logs import get_logger
-from .model import Result, SyncResult
-from .store import MAX_DIFF_CHARS, AppState, HistoryRow, StateChange, row_from_columns
+import psycopg
+import psycopg.rows
 
-try:
-    import psycopg
-    import psycopg.rows
-except ImportError:  # pragma: no cover - the postgres extra is not installed
-    psycopg = None  # type: ignore[assignment]
+from .. import __version__
+from ..errors import OwnershipLost, StoreUnavailable
+from ..logs import get_logger
+from ..model import Result, SyncResult
+from .base import (
+    AppState,
+    HistoryRow,
+    Lease,
+    StateChange,
+    default_replica_id,
+    outcome_columns,
+    row_from_columns,
+    state_from_json,
+    state_to_json,
+)
+from .locks import AppLock
 
 T = TypeVar("T")
 
@@ -48,7 +58,6 @@ NS_APP = 7301001  # ownership of one app, held on the owner's coordination conne
 NS_REPLICA = 7301002  # presence of one replica, held on the same connection
 NS_BEGIN = 7301003  # transaction lock that serialises begin() for one app across replicas
 
-CHANNEL = "autodeployer"  # LISTEN/NOTIFY channel for triggers forwarded to an app's owner
 STALE_ATTEMPT = 60.0  # an absent replica's running attempt blocks others this long (it may be in flight)
 ABANDONED_ATTEMPT = 3600.0  # even a live replica's 'running' attempt stops blocking after this long
 RETRY_WHILE_BUSY = 2.0  # seconds before retrying when another replica's attempt is still running
@@ -174,14 +183,8 @@ def _text(value: str | None) -> str | None:
 class PostgresStore:
     """History, app state and coordination tables in one PostgreSQL database (one per fleet)."""
 
-    kind = "postgresql"
-
     def __init__(self, url: str, *, password: str | None = None, replica_id: str | None = None,
                  connect_timeout: float = 5.0) -> None:
-        if psycopg is None:
-            raise ConfigError("STORE_URL needs the PostgreSQL driver: pip install 'autodeployer[postgres]'")
-        from .coordination import default_replica_id
-
         self.url = safe_url(url)
         self._password = password
         self.replica_id = replica_id or default_replica_id()
@@ -196,11 +199,11 @@ class PostgresStore:
         self._keys: dict[str, int] = {}
         self._standalone: dict[int, int] = {}  # attempt id -> app key locked for that attempt
         self._open: set[int] = set()  # attempts begun and not yet finished by this process
-        # Set by the PostgresCoordinator: begin() then requires the lock held by that backend.
-        self.coordinated = False
-        self.lock_pid: int | None = None
-        self.offline = False  # the coordinator lost PostgreSQL: fail fast instead of connecting
-        self.since: dict[str, float] = {}  # app -> server time (epoch) at which this replica acquired it
+        # Ownership, as the coordinator hands it over (see require_leases, grant, revoke).
+        self._coordinated = False
+        self._leases: dict[str, Lease] = {}
+        self._seen: dict[str, tuple[int, float]] = {}  # app -> (lease generation, server time checked up to)
+        self._offline = False  # the coordinator lost PostgreSQL: fail fast instead of connecting
 
     # ------------------------------------------------------------------ connections
     def connect_kwargs(self, purpose: str) -> dict[str, Any]:
@@ -225,7 +228,7 @@ class PostgresStore:
         if self._conn is not None and not self._conn.closed and not self._conn.broken:
             return self._conn
         self._conn = None
-        if time.monotonic() < self._retry_at or self.offline:
+        if time.monotonic() < self._retry_at or self._offline:
             raise StoreUnavailable(self.unavailable_reason())
         try:
             conn = psycopg.connect(**self.connect_kwargs("store"))
@@ -245,22 +248,44 @@ class PostgresStore:
         self._retry_at = time.monotonic() + min(5.0, 0.25 * 2 ** (self._failures - 1))
         self.last_error = describe(exc)
         if self._conn is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self._conn.close()
-            except Exception:
-                pass
             self._conn = None
 
+    def go_offline(self) -> None:
+        """The coordinator lost PostgreSQL: fail fast rather than block the event loop on connects, until
+        reconnect_now()."""
+        self._offline = True
+
     def reconnect_now(self) -> None:
-        """PostgreSQL is back (the coordinator reconnected): stop waiting out the back-off."""
+        """PostgreSQL is back (the coordinator reconnected): connect again at once, without the back-off."""
+        self._offline = False
         self._retry_at = 0.0
 
     def unavailable_reason(self) -> str:
         return f"PostgreSQL at {self.url} is unreachable: {self.last_error or 'not connected yet'}"
 
     @property
-    def available(self) -> bool:
-        return self.last_error is None
+    def warning(self) -> str | None:
+        """None: an unreachable PostgreSQL is reported by the coordinator (its `reason`), not as a warning."""
+        return None
+
+    # ------------------------------------------------------------------ leases
+    def require_leases(self) -> None:
+        """From now on this process applies an app only under a lease its coordinator granted (a replica),
+        never by locking the app for one attempt (what a one-off CLI command does)."""
+        self._coordinated = True
+
+    def grant(self, lease: Lease) -> None:
+        """The coordinator acquired the app (or confirmed it still holds it, with a later valid_until)."""
+        self._leases[lease.app] = lease
+
+    def revoke(self, app: str) -> None:
+        """The app was released or lost: begin() refuses it from now on."""
+        self._leases.pop(app, None)
+
+    def revoke_all(self) -> None:
+        self._leases.clear()
 
     def _run(self, work: Callable[[Any], T]) -> T:
         """Run `work(conn)`; a broken connection is reopened and the work retried once."""
@@ -312,10 +337,15 @@ class PostgresStore:
             try:
                 with conn.transaction():
                     conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (NS_BEGIN, key))
-                    standalone_lock = self._check_owner(conn, app, key)
-                    self._check_others(conn, app)
+                    lease = self._lease(app)
+                    if lease is not None:
+                        self._check_lease(conn, lease, key)
+                    else:
+                        standalone_lock = self._lock_for_attempt(conn, app, key)
+                    self._check_others(conn, app, lease)
                     attempt = conn.execute(
-                        "SELECT coalesce(max(attempt), 0) + 1 FROM history WHERE app = %s AND coalesce(revision, '') = %s",
+                        "SELECT coalesce(max(attempt), 0) + 1 FROM history"
+                        " WHERE app = %s AND coalesce(revision, '') = %s",
                         (app, revision or ""),
                     ).fetchone()[0]
                     row = conn.execute(
@@ -338,20 +368,36 @@ class PostgresStore:
         except StoreUnavailable as exc:
             raise OwnershipLost(f"{app}: cannot prove ownership, so not applied ({exc})") from None
 
-    def _check_owner(self, conn: Any, app: str, key: int) -> bool:
-        """Raise OwnershipLost unless this process may apply `app`; True if it locked the app itself."""
-        if self.coordinated:
-            pid = self.lock_pid
-            held = pid is not None and conn.execute(
-                f"""SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = {NS_APP}
-                    AND objid::bigint = %s AND objsubid = 2 AND granted AND pid = %s AND database = {_THIS_DB})""",
-                (key, pid),
-            ).fetchone()[0]
-            if not held:
-                raise OwnershipLost(f"{app}: this replica no longer owns the app (another replica does, "
-                                    "or the coordination connection was lost); not applied")
-            return False
-        # Not a coordinated replica (a one-off CLI command): lock the app for this attempt only.
+    def _lease(self, app: str) -> Lease | None:
+        """The lease to write under; None for a process without a coordinator. Raises OwnershipLost when a
+        coordinated replica holds no valid lease for `app`."""
+        if not self._coordinated:
+            return None
+        lease = self._leases.get(app)
+        if lease is None:
+            raise OwnershipLost(f"{app}: this replica no longer owns the app (another replica does, "
+                                "or the coordination connection was lost); not applied")
+        if lease.expired():
+            # The coordinator renews leases every tick; one it has not renewed in time is not proof enough.
+            # Retried soon rather than dropped: a late tick renews it, a lost app revokes it meanwhile.
+            raise OwnershipLost(f"{app}: this replica's lease has expired (its coordinator has not confirmed "
+                                "ownership in time); not applied", retry_after=RETRY_WHILE_BUSY)
+        return lease
+
+    def _check_lease(self, conn: Any, lease: Lease, key: int) -> None:
+        """Raise OwnershipLost unless the lease's holder still holds the app's ownership lock."""
+        held = conn.execute(
+            f"""SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = {NS_APP}
+                AND objid::bigint = %s AND objsubid = 2 AND granted AND pid = %s AND database = {_THIS_DB})""",
+            (key, lease.holder),
+        ).fetchone()[0]
+        if not held:
+            raise OwnershipLost(f"{lease.app}: this replica no longer owns the app (another replica does, "
+                                "or the coordination connection was lost); not applied")
+
+    def _lock_for_attempt(self, conn: Any, app: str, key: int) -> bool:
+        """A process without a coordinator (a one-off CLI command) locks the app for this attempt only,
+        and is refused while a replica owns it. True: the lock was taken (finish() releases it)."""
         got = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (NS_APP, key)).fetchone()[0]
         if not got:
             owner = dict(conn.execute(SQL_OWNERS).fetchall()).get(app, "another process")
@@ -359,9 +405,14 @@ class PostgresStore:
                                 "use the API or --server to ask the owner")
         return True
 
-    def _check_others(self, conn: Any, app: str) -> None:
+    def _since(self, lease: Lease) -> float:
+        """Server time up to which other replicas' ended attempts have been waited for under `lease`."""
+        generation, since = self._seen.get(lease.app, (-1, 0.0))
+        return since if generation == lease.generation else lease.acquired_at
+
+    def _check_others(self, conn: Any, app: str, lease: Lease | None) -> None:
         """No other replica's attempt of `app` may be in flight, or have ended since this one took over."""
-        since = self.since.get(app) if self.coordinated else None
+        since = self._since(lease) if lease is not None else None
         rows = conn.execute(
             f"""SELECT h.id, h.replica, h.revision, h.result, extract(epoch FROM now() - h.begun_ts)::float8,
                        EXISTS (SELECT 1 FROM replicas r JOIN pg_locks l ON l.objid::bigint = r.num
@@ -381,14 +432,13 @@ class PostgresStore:
                         f"{app}: replica {replica} is still applying {(revision or '')[:12]} "
                         f"(started {age:.0f} s ago); not applied", retry_after=RETRY_WHILE_BUSY)
                 conn.execute(
-                    """UPDATE history SET result = %s, reason = 'interrupted', error = %s, finished_at = %s,
-                       finished_ts = now()
+                    """UPDATE history SET result = %s, reason = 'interrupted', error = %s, finished_at = %s, finished_ts = now()
                        WHERE id = %s AND result = 'running'""",
                     (Result.INTERRUPTED.value, f"replica {replica} stopped during this attempt", time.time(), hid),
                 )
-        if since is not None and any(r[3] != Result.RUNNING.value for r in rows):
+        if lease is not None and any(r[3] != Result.RUNNING.value for r in rows):
             # An attempt that was in flight when this replica took over has ended: plan again first.
-            self.since[app] = self._server_now(conn)
+            self._seen[app] = (lease.generation, self._server_now(conn))
             raise OwnershipLost(f"{app}: the previous owner finished an attempt after this replica took over; "
                                 "planning again", retry_after=0.2)
 
@@ -397,31 +447,14 @@ class PostgresStore:
         return float(conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()[0])
 
     def finish(self, attempt_id: int, result: SyncResult) -> None:
-        diff = result.diff
-        if len(diff) > MAX_DIFF_CHARS:
-            diff = diff[:MAX_DIFF_CHARS] + f"\n... diff truncated ({len(result.diff)} characters in all)"
+        outcome = outcome_columns(result)
+        for column in ("summary", "diff", "error"):
+            outcome[column] = _text(outcome[column])
+        assignments = ", ".join(f"{column} = %s" for column in outcome)
 
         def work(conn: Any) -> None:
-            conn.execute(
-                """UPDATE history SET revision = %s, finished_at = %s, duration = %s, result = %s, summary = %s,
-                   diff = %s, error = %s, warnings = %s, problems = %s, drift = %s, details = %s, reason = %s,
-                   finished_ts = now() WHERE id = %s""",
-                (
-                    result.revision,
-                    result.started_at + result.duration,
-                    result.duration,
-                    result.result.value,
-                    _text(result.summary),
-                    _text(diff),
-                    _text(result.error),
-                    json.dumps(result.warnings),
-                    json.dumps([str(p) for p in result.problems]),
-                    bool(result.drift),
-                    json.dumps(result.details, default=str),
-                    result.reason.value if result.reason else None,
-                    attempt_id,
-                ),
-            )
+            conn.execute(f"UPDATE history SET {assignments}, finished_ts = now() WHERE id = %s",
+                         (*outcome.values(), attempt_id))
             key = self._standalone.pop(attempt_id, None)
             if key is not None:
                 conn.execute("SELECT pg_advisory_unlock(%s, %s)", (NS_APP, key))
@@ -450,11 +483,11 @@ class PostgresStore:
         try:
             row = self._run(lambda conn: conn.execute("SELECT data FROM app_state WHERE app = %s", (app,)).fetchone())
         except StoreUnavailable:
-            return _state(app, self._cache.get(app))
+            return state_from_json(app, self._cache.get(app))
         if row is None:
             return AppState(app=app)
         self._cache[app] = row[0]
-        return _state(app, row[0])
+        return state_from_json(app, row[0])
 
     def states(self, apps: list[str]) -> dict[str, AppState]:
         """Many apps' states in one query (status pages of hundreds of apps)."""
@@ -462,13 +495,13 @@ class PostgresStore:
             rows = self._run(lambda conn: conn.execute(
                 "SELECT app, data FROM app_state WHERE app = ANY(%s)", (apps,)).fetchall())
         except StoreUnavailable:
-            return {a: _state(a, self._cache.get(a)) for a in apps}
+            return {a: state_from_json(a, self._cache.get(a)) for a in apps}
         found = dict(rows)
         self._cache.update(found)
-        return {a: _state(a, found.get(a)) for a in apps}
+        return {a: state_from_json(a, found.get(a)) for a in apps}
 
     def put_state(self, state: AppState) -> None:
-        data = json.dumps(asdict(state))
+        data = state_to_json(state)
         self._run(lambda conn: conn.execute(
             """INSERT INTO app_state (app, data, updated_by, updated_ts) VALUES (%s, %s, %s, now())
                ON CONFLICT (app) DO UPDATE SET data = excluded.data, updated_by = excluded.updated_by,
@@ -485,12 +518,12 @@ class PostgresStore:
             with conn.transaction():
                 conn.execute(
                     "INSERT INTO app_state (app, data, updated_by) VALUES (%s, %s, %s) ON CONFLICT (app) DO NOTHING",
-                    (app, json.dumps(asdict(AppState(app=app))), self.replica_id),
+                    (app, state_to_json(AppState(app=app)), self.replica_id),
                 )
                 row = conn.execute("SELECT data FROM app_state WHERE app = %s FOR UPDATE", (app,)).fetchone()
-                current = _state(app, row[0])
-                new = replace(current, **change(_state(app, row[0])))
-                data = json.dumps(asdict(new))
+                current = state_from_json(app, row[0])
+                new = replace(current, **change(state_from_json(app, row[0])))
+                data = state_to_json(new)
                 conn.execute("UPDATE app_state SET data = %s, updated_by = %s, updated_ts = now() WHERE app = %s",
                              (data, self.replica_id, app))
             return new, data
@@ -509,8 +542,7 @@ class PostgresStore:
         """This replica's attempts still 'running' (a previous run with the same REPLICA_ID died)."""
         try:
             return int(self._run(lambda conn: conn.execute(
-                """UPDATE history SET result = %s, reason = 'interrupted', error = %s, finished_at = %s,
-                       finished_ts = now()
+                """UPDATE history SET result = %s, reason = 'interrupted', error = %s, finished_at = %s, finished_ts = now()
                    WHERE result = 'running' AND replica = %s""",
                 (Result.INTERRUPTED.value, "the process stopped during this attempt", time.time(), self.replica_id),
             ).rowcount))
@@ -522,8 +554,7 @@ class PostgresStore:
         mark them interrupted, so they stop blocking the app for whichever replica owns it next."""
         open_ids = sorted(self._open)
         return int(self._run(lambda conn: conn.execute(
-            """UPDATE history SET result = %s, reason = 'interrupted', error = %s, finished_at = %s,
-                       finished_ts = now()
+            """UPDATE history SET result = %s, reason = 'interrupted', error = %s, finished_at = %s, finished_ts = now()
                WHERE result = 'running' AND replica = %s AND NOT (id = ANY(%s))""",
             (Result.INTERRUPTED.value, "the outcome of this attempt could not be recorded (PostgreSQL was unreachable)",
              time.time(), self.replica_id, open_ids),
@@ -532,10 +563,8 @@ class PostgresStore:
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
-                try:
+                with contextlib.suppress(Exception):
                     self._conn.close()
-                except Exception:
-                    pass
                 self._conn = None
 
     # ------------------------------------------------------------------ coordination views
@@ -552,10 +581,15 @@ class PostgresStore:
             replica["owned_apps"] = sum(1 for owner in owners.values() if owner == replica["id"])
         return out
 
-    def notify(self, message: dict[str, Any]) -> None:
-        """Send a message to every replica (LISTEN autodeployer); raises StoreUnavailable."""
-        payload = json.dumps({"v": 1, "from": self.replica_id, **message})
-        self._run(lambda conn: conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload)))
+    def heartbeats(self) -> dict[str, float]:
+        """replica id -> its last heartbeat (epoch seconds, server clock), for replicas seen in the last hour."""
+        rows = self._run(lambda conn: conn.execute(SQL_REPLICAS).fetchall())
+        return {r["id"]: r["heartbeat_at"] for r in replica_rows(rows)}
+
+    def notify(self, channel: str, payload: str) -> None:
+        """NOTIFY `channel` on this store's connection; raises StoreUnavailable. (What the payload means
+        is the coordinator's: autodeployer.coordination.postgres.)"""
+        self._run(lambda conn: conn.execute("SELECT pg_notify(%s, %s)", (channel, payload)))
 
 
 def migrate(conn: Any) -> int:
@@ -571,13 +605,6 @@ def migrate(conn: Any) -> int:
             conn.execute(script)
             conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (number,))
     return max(int(current), len(MIGRATIONS))
-
-
-def _state(app: str, data: str | None) -> AppState:
-    if not data:
-        return AppState(app=app)
-    values = json.loads(data)
-    return AppState(**{k: v for k, v in values.items() if k in AppState.__dataclass_fields__})
 
 
 def _row(r: dict[str, Any]) -> HistoryRow:

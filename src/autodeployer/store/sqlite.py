@@ -1,10 +1,4 @@
-"""History and per-app state. SQLite under STATE_DIR is the embedded default.
-
-Every sync attempt is written twice: a ``running`` row when it starts and the outcome when it ends,
-so an attempt cut short by a crash is visible (marked ``interrupted`` at the next start). The
-:class:`Store` protocol is what the reconciler and the web layer use; a PostgreSQL store for
-multi-replica deployments implements the same methods.
-"""
+"""The SQLite store under STATE_DIR: the embedded default for one process (and CLI runs beside it)."""
 
 from __future__ import annotations
 
@@ -14,83 +8,22 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from .coordination import AppLock
-from .logs import get_logger
-from .model import Reason, Result, SyncResult
-
-MAX_DIFF_CHARS = 1_000_000
-
-
-@dataclass
-class AppState:
-    app: str
-    last_synced_revision: str | None = None  # last revision the target was verified equal to
-    last_synced_tree: str | None = None
-    last_result: Result | None = None
-    last_reason: Reason | None = None  # why the last attempt did not end in sync (None when it did)
-    last_revision: str | None = None  # revision of the last attempt, whatever its result
-    last_attempt_at: float | None = None
-    last_success_at: float | None = None
-    last_drift_check_at: float | None = None
-    last_error: str | None = None
-    failures: int = 0  # consecutive failed or refused attempts
-    suspended: bool = False
-    suspended_reason: str | None = None
-    pinned_revision: str | None = None  # set by rollback: sync this instead of the branch head
-    live_commit: dict[str, Any] = field(default_factory=dict)  # message/author of last_synced_revision
-    memory: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        # Stored as JSON text: the enums come back as their values (an unknown one, from a newer version, as None).
-        self.last_result = Result.parse(self.last_result)
-        self.last_reason = Reason.parse(self.last_reason)
-
-
-@dataclass
-class HistoryRow:
-    id: int
-    app: str
-    trigger: str
-    revision: str | None
-    started_at: float
-    finished_at: float | None
-    duration: float | None
-    result: str
-    summary: str
-    diff: str
-    error: str | None
-    warnings: list[str]
-    problems: list[str]
-    drift: bool
-    details: dict[str, Any]
-    reason: str | None = None  # a Reason's value: why the attempt did not end in sync
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-#: What an update of an app's state changes: given the state as it is now (read in the same
-#: transaction as the write), the fields this step owns and their new values. It must be quick and pure:
-#: a store may call it again when it retries the transaction.
-StateChange = Callable[[AppState], Mapping[str, Any]]
-
-
-class Store(Protocol):
-    def begin(self, app: str, trigger: str, revision: str | None, started_at: float) -> int: ...
-    def finish(self, attempt_id: int, result: SyncResult) -> None: ...
-    def history(self, app: str | None = None, limit: int = 50) -> list[HistoryRow]: ...
-    def get_state(self, app: str) -> AppState: ...
-    def put_state(self, state: AppState) -> None: ...
-    def update_state(self, app: str, change: StateChange) -> AppState: ...
-    def app_lock(self, app: str) -> AppLock: ...
-    def mark_interrupted(self) -> int: ...
-    def close(self) -> None: ...
-
+from ..logs import get_logger
+from ..model import Reason, Result, SyncResult
+from .base import (
+    AppState,
+    HistoryRow,
+    StateChange,
+    outcome_columns,
+    row_from_columns,
+    state_from_json,
+    state_to_json,
+)
+from .locks import AppLock
 
 _SCHEMA = [
     # version 1
@@ -126,6 +59,9 @@ _SCHEMA = [
 MAX_PENDING_ROWS = 200  # history rows kept in memory while STATE_DIR cannot be written (oldest dropped)
 MAX_MEMORY_ROWS = 5_000  # history rows an in-memory store keeps
 RETRY_EVERY = 5.0  # seconds between attempts to write what is kept in memory, when nothing else writes
+#: The outcome columns in outcome_columns()'s order, for UPDATE ... SET.
+_OUTCOME_SET = ("revision = ?, finished_at = ?, duration = ?, result = ?, summary = ?, diff = ?, error = ?, "
+                "warnings = ?, problems = ?, drift = ?, details = ?, reason = ?")
 _BUGS = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)
 
 
@@ -168,11 +104,11 @@ class SQLiteStore:
         self._reopen_at = 0.0
 
     @classmethod
-    def in_state_dir(cls, state_dir: Path) -> "SQLiteStore":
+    def in_state_dir(cls, state_dir: Path) -> SQLiteStore:
         return cls(state_dir / "history.sqlite3")
 
     @classmethod
-    def in_memory(cls, warning: str, *, reopen: Path | None = None) -> "SQLiteStore":
+    def in_memory(cls, warning: str, *, reopen: Path | None = None) -> SQLiteStore:
         """`reopen`: the file this store moves to, with all it holds, once STATE_DIR can be used."""
         store = cls(None, warning=warning)
         store._reopen = reopen
@@ -218,34 +154,13 @@ class SQLiteStore:
             return row.id
 
     def finish(self, attempt_id: int, result: SyncResult) -> None:
-        diff = result.diff
-        if len(diff) > MAX_DIFF_CHARS:
-            diff = diff[:MAX_DIFF_CHARS] + f"\n... diff truncated ({len(result.diff)} characters in all)"
+        outcome = outcome_columns(result)
         with self._lock:
             attempt_id = self._moved.get(attempt_id, attempt_id)
             kept = self._rows.get(attempt_id)
             if kept is None and self._flush():
                 try:
-                    self._db.execute(
-                        """UPDATE history SET revision = ?, finished_at = ?, duration = ?, result = ?, summary = ?,
-                           diff = ?, error = ?, warnings = ?, problems = ?, drift = ?, details = ?, reason = ?
-                           WHERE id = ?""",
-                        (
-                            result.revision,
-                            result.started_at + result.duration,
-                            result.duration,
-                            result.result.value,
-                            result.summary,
-                            diff,
-                            result.error,
-                            json.dumps(result.warnings),
-                            json.dumps([str(p) for p in result.problems]),
-                            int(result.drift),
-                            json.dumps(result.details, default=str),
-                            result.reason.value if result.reason else None,
-                            attempt_id,
-                        ),
-                    )
+                    self._db.execute(f"UPDATE history SET {_OUTCOME_SET} WHERE id = ?", (*outcome.values(), attempt_id))
                     return
                 except Exception as exc:
                     if not _write_failure(exc):
@@ -260,12 +175,8 @@ class SQLiteStore:
                 base, inserted = (found[0] if found else None), True
             app, trigger, started_at = ((base.app, base.trigger, base.started_at) if base else
                                         (result.app, result.trigger.value, result.started_at))
-            row = HistoryRow(
-                attempt_id, app, trigger, result.revision, started_at,
-                result.started_at + result.duration, result.duration, result.result.value, result.summary, diff,
-                result.error, list(result.warnings), [str(p) for p in result.problems], bool(result.drift),
-                json.loads(json.dumps(result.details, default=str)), result.reason.value if result.reason else None,
-            )
+            row = row_from_columns({"id": attempt_id, "app": app, "trigger": trigger, "started_at": started_at,
+                                    **outcome})
             self._keep_row(row, inserted=inserted)
             if kept is not None:  # the DB was not tried yet in this call
                 self._flush()
@@ -313,7 +224,7 @@ class SQLiteStore:
             new = replace(current, **change(AppState(**asdict(current))))
             self._db.execute(
                 "INSERT INTO app_state (app, data) VALUES (?, ?) ON CONFLICT(app) DO UPDATE SET data = excluded.data",
-                (app, json.dumps(asdict(new))),
+                (app, state_to_json(new)),
             )
             self._db.execute("COMMIT")
         except BaseException:
@@ -325,7 +236,7 @@ class SQLiteStore:
 
     def _read_state(self, app: str) -> AppState:
         row = self._db.execute("SELECT data FROM app_state WHERE app = ?", (app,)).fetchone()
-        return _state_from_json(row["data"]) if row is not None else AppState(app=app)
+        return state_from_json(app, row["data"]) if row is not None else AppState(app=app)
 
     def mark_interrupted(self) -> int:
         """Attempts still 'running' belong to a process that died; say so."""
@@ -375,7 +286,23 @@ class SQLiteStore:
             row = self._db.execute("SELECT data FROM app_state WHERE app = ?", (app,)).fetchone()
         if row is None:
             return AppState(app=app)
-        return _state_from_json(row["data"])
+        return state_from_json(app, row["data"])
+
+    def states(self, apps: list[str]) -> dict[str, AppState]:
+        return {app: self.get_state(app) for app in apps}
+
+    # A store of one process: no other replica owns anything, and the file is always at hand.
+    def ping(self) -> bool:
+        return True
+
+    def owners(self) -> dict[str, str]:
+        return {}
+
+    def replicas(self) -> list[dict[str, Any]]:
+        return []
+
+    def heartbeats(self) -> dict[str, float]:
+        return {}
 
     def close(self) -> None:
         with self._lock:
@@ -437,7 +364,7 @@ class SQLiteStore:
             self._moved[r["id"]] = next_id
             self._rows[next_id] = (replace(row_from_columns(r), id=next_id), False)
         for r in memory.execute("SELECT app, data FROM app_state").fetchall():
-            self._states.setdefault(r["app"], _state_from_json(r["data"]))
+            self._states.setdefault(r["app"], state_from_json(r["app"], r["data"]))
         memory.close()
         self._last_id = next_id
         moved = (len(self._rows), len(self._states))
@@ -459,11 +386,8 @@ class SQLiteStore:
                               json.dumps(row.problems), int(row.drift), json.dumps(row.details, default=str),
                               row.reason)
                     if inserted:  # the outcome of a row the DB has
-                        self._db.execute(
-                            """UPDATE history SET revision = ?, finished_at = ?, duration = ?, result = ?, summary = ?,
-                               diff = ?, error = ?, warnings = ?, problems = ?, drift = ?, details = ?, reason = ?
-                               WHERE id = ?""",
-                            (*values[2:3], *values[4:], row.id))
+                        self._db.execute(f"UPDATE history SET {_OUTCOME_SET} WHERE id = ?",
+                                         (*values[2:3], *values[4:], row.id))
                     else:
                         insert = """INSERT INTO history (app, trigger, revision, started_at, finished_at, duration,
                                     result, summary, diff, error, warnings, problems, drift, details, reason{})
@@ -482,7 +406,7 @@ class SQLiteStore:
                     self._db.execute(
                         "INSERT INTO app_state (app, data) VALUES (?, ?) "
                         "ON CONFLICT(app) DO UPDATE SET data = excluded.data",
-                        (state.app, json.dumps(asdict(state))),
+                        (state.app, state_to_json(state)),
                     )
                 self._db.execute("COMMIT")
             except BaseException:
@@ -554,11 +478,6 @@ def _connect(path: Path | None, log: Any) -> sqlite3.Connection:
     return db
 
 
-def _state_from_json(text: str) -> AppState:
-    data = json.loads(text)
-    return AppState(**{k: v for k, v in data.items() if k in AppState.__dataclass_fields__})
-
-
 def _probe(directory: Path) -> str | None:
     """The operating system's reason STATE_DIR refuses writes (e.g. "No space left on device",
     "Read-only file system", "Operation not permitted"), or None when a small write succeeds."""
@@ -576,41 +495,12 @@ def _probe(directory: Path) -> str | None:
     return None
 
 
-def row_from_columns(r: Any, details: dict[str, Any] | None = None) -> HistoryRow:
-    """A history row from its columns (a sqlite3.Row or a dict; JSON columns as text). Both stores use it."""
-    return HistoryRow(
-        id=r["id"],
-        app=r["app"],
-        trigger=r["trigger"],
-        revision=r["revision"],
-        started_at=r["started_at"],
-        finished_at=r["finished_at"],
-        duration=r["duration"],
-        result=r["result"],
-        summary=r["summary"],
-        diff=r["diff"],
-        error=r["error"],
-        warnings=json.loads(r["warnings"]),
-        problems=json.loads(r["problems"]),
-        drift=bool(r["drift"]),
-        details=json.loads(r["details"]) if details is None else details,
-        reason=r["reason"] if "reason" in r.keys() else None,  # noqa: SIM118 (a sqlite3.Row has no __contains__ by key)
-    )
+def open_sqlite(state_dir: Path, *, memory_fallback: bool = False) -> SQLiteStore:
+    """The SQLite store under STATE_DIR.
 
-
-def open_store(
-    state_dir: Path, url: str | None = None, *, password: str | None = None, replica_id: str | None = None,
-    memory_fallback: bool = False,
-) -> Store:
-    """SQLite under STATE_DIR, or PostgreSQL when `url` (STORE_URL) is set.
-
-    `memory_fallback` (the service): when the SQLite store cannot be opened (STATE_DIR read-only,
-    missing rights, a broken file), log why and keep history and state in memory rather than exit.
+    `memory_fallback` (the service): when the file cannot be opened (STATE_DIR read-only, missing
+    rights, a broken file), log why and keep history and state in memory rather than exit.
     """
-    if url:
-        from .store_pg import PostgresStore
-
-        return PostgresStore(url, password=password, replica_id=replica_id)
     if not memory_fallback:
         return SQLiteStore.in_state_dir(state_dir)
     try:
@@ -623,5 +513,6 @@ def open_store(
         warning = (f"the history store in STATE_DIR {state_dir} cannot be opened ({error}): history and app state "
                    "are kept in memory until it can be opened")
         get_logger(component="store").error("cannot open the history store in STATE_DIR; keeping history and app "
-                                            "state in memory until it can be opened", state_dir=str(state_dir), error=error)
+                                            "state in memory until it can be opened", state_dir=str(state_dir),
+                                            error=error)
         return SQLiteStore.in_memory(warning, reopen=state_dir / "history.sqlite3")
