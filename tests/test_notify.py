@@ -197,7 +197,8 @@ def test_a_failure_with_volatile_output_is_one_notification(service, tmp_path: P
     scratch.mkdir()
     state_dir = tmp_path / "state"
     env = base_env(
-        GIT_URL=git_server.url_for("acme/deploy.git"), GITHUB_TOKEN=GIT_TOKEN, TARGET="command", SYNC_ROOT="deploy", APP_NAME="deployer",
+        GIT_URL=git_server.url_for("acme/deploy.git"), GITHUB_TOKEN=GIT_TOKEN, TARGET="command", SYNC_ROOT="deploy",
+        APP_NAME="deployer",
         STATE_DIR=str(state_dir), SYNC_INTERVAL="0.1", NOTIFY_URL=f"{receiver.url}/hook/{NOTIFY_SECRET}",
         NOTIFY_REPEAT="3600", ADMIN_TOKEN=ADMIN_TOKEN, COMMAND_SHELL="true",
         DEPLOY_COMMAND=f'd=$(mktemp -d -p {scratch}); echo "cannot write $d/release after 0.$$ s"; exit $(cat {mode})',

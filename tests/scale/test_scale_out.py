@@ -211,7 +211,8 @@ def test_webhooks_and_admin_actions_work_on_any_replica(cluster_factory):
     remote = run_cli(env, "status", "--server", cluster.replicas[other].url)
     assert "LAST HEARTBEAT" in remote.stdout and new_owner in remote.stdout, remote.stdout + remote.stderr
     resumed = run_cli(env, "resume", "--app", app)
-    assert resumed.returncode == 0 and f"queued on replica {new_owner}" in resumed.stdout, resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"queued on replica {new_owner}" in resumed.stdout, resumed.stdout
     wait_for(lambda: cluster.nodes.has(index(app), "after-kill"), timeout=15, what="resumed from the CLI")
     expected = [3] * APPS
     expected[index(app)] = 5  # initial, hooked, after-kill (resume), rollback, after-kill again

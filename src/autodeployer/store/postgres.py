@@ -432,7 +432,8 @@ class PostgresStore:
                         f"{app}: replica {replica} is still applying {(revision or '')[:12]} "
                         f"(started {age:.0f} s ago); not applied", retry_after=RETRY_WHILE_BUSY)
                 conn.execute(
-                    """UPDATE history SET result = %s, reason = 'interrupted', error = %s, finished_at = %s, finished_ts = now()
+                    """UPDATE history SET result = %s, reason = 'interrupted', error = %s, finished_at = %s,
+                           finished_ts = now()
                        WHERE id = %s AND result = 'running'""",
                     (Result.INTERRUPTED.value, f"replica {replica} stopped during this attempt", time.time(), hid),
                 )
@@ -542,7 +543,8 @@ class PostgresStore:
         """This replica's attempts still 'running' (a previous run with the same REPLICA_ID died)."""
         try:
             return int(self._run(lambda conn: conn.execute(
-                """UPDATE history SET result = %s, reason = 'interrupted', error = %s, finished_at = %s, finished_ts = now()
+                """UPDATE history SET result = %s, reason = 'interrupted', error = %s, finished_at = %s,
+                           finished_ts = now()
                    WHERE result = 'running' AND replica = %s""",
                 (Result.INTERRUPTED.value, "the process stopped during this attempt", time.time(), self.replica_id),
             ).rowcount))
@@ -554,7 +556,8 @@ class PostgresStore:
         mark them interrupted, so they stop blocking the app for whichever replica owns it next."""
         open_ids = sorted(self._open)
         return int(self._run(lambda conn: conn.execute(
-            """UPDATE history SET result = %s, reason = 'interrupted', error = %s, finished_at = %s, finished_ts = now()
+            """UPDATE history SET result = %s, reason = 'interrupted', error = %s, finished_at = %s,
+                           finished_ts = now()
                WHERE result = 'running' AND replica = %s AND NOT (id = ANY(%s))""",
             (Result.INTERRUPTED.value, "the outcome of this attempt could not be recorded (PostgreSQL was unreachable)",
              time.time(), self.replica_id, open_ids),
