@@ -149,6 +149,13 @@ def outcome_columns(result: SyncResult) -> dict[str, Any]:
     }
 
 
+def history_query(app: str | None, limit: int, mark: str) -> tuple[str, tuple[Any, ...]]:
+    """The newest history rows (of one app, or of all), with `mark` as the driver's parameter marker."""
+    if app is None:
+        return f"SELECT * FROM history ORDER BY id DESC LIMIT {mark}", (max(1, limit),)
+    return f"SELECT * FROM history WHERE app = {mark} ORDER BY id DESC LIMIT {mark}", (app, max(1, limit))
+
+
 def row_from_columns(r: Any, details: dict[str, Any] | None = None) -> HistoryRow:
     """A history row from its columns (a sqlite3.Row or a dict; JSON columns as text)."""
     return HistoryRow(

@@ -43,6 +43,7 @@ from .base import (
     Lease,
     StateChange,
     default_replica_id,
+    history_query,
     outcome_columns,
     row_from_columns,
     state_from_json,
@@ -466,16 +467,11 @@ class PostgresStore:
             self._open.discard(attempt_id)  # unrecorded outcomes are closed by close_orphans()
 
     def history(self, app: str | None = None, limit: int = 50) -> list[HistoryRow]:
-        query = "SELECT * FROM history"
-        args: tuple[Any, ...] = ()
-        if app is not None:
-            query += " WHERE app = %s"
-            args = (app,)
-        query += " ORDER BY id DESC LIMIT %s"
+        query, args = history_query(app, limit, "%s")
 
         def work(conn: Any) -> list[HistoryRow]:
             cursor = conn.cursor(row_factory=psycopg.rows.dict_row)
-            return [_row(r) for r in cursor.execute(query, (*args, max(1, limit))).fetchall()]
+            return [_row(r) for r in cursor.execute(query, args).fetchall()]
 
         return self._run(work)
 

@@ -18,6 +18,7 @@ from .base import (
     AppState,
     HistoryRow,
     StateChange,
+    history_query,
     outcome_columns,
     row_from_columns,
     state_from_json,
@@ -261,16 +262,11 @@ class SQLiteStore:
 
     # ------------------------------------------------------------------ reads
     def history(self, app: str | None = None, limit: int = 50) -> list[HistoryRow]:
-        query = "SELECT * FROM history"
-        args: tuple[Any, ...] = ()
-        if app is not None:
-            query += " WHERE app = ?"
-            args = (app,)
-        query += " ORDER BY id DESC LIMIT ?"
+        query, args = history_query(app, limit, "?")
         limit = max(1, limit)
         with self._lock:
             self._retry()
-            rows = {r.id: r for r in self._db_rows(query, (*args, limit))}
+            rows = {r.id: r for r in self._db_rows(query, args)}
             for row, _ in self._rows.values():
                 if app is None or row.app == app:
                     rows[row.id] = row  # newer than what the DB has, or not in it at all
