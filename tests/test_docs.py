@@ -32,7 +32,7 @@ SOURCES = sorted((ROOT / "src" / "autodeployer").rglob("*.py"))
 
 # Reads of a literal upper-case name: EnvReader methods, helpers taking (env, "NAME"), and os.environ.
 READS = [
-    re.compile(r'\benv\.(?:str|bool|number|secret|raw|required|get)\(\s*"([A-Z][A-Z0-9_]*)"'),
+    re.compile(r'\benv\.(?:str|bool|number|secret|raw|required|get|prefixed)\(\s*"([A-Z][A-Z0-9_]*)"'),
     re.compile(r'\(\s*env\s*,\s*"([A-Z][A-Z0-9_]*)"'),
     re.compile(r'\b(?:os\.)?environ\.get\(\s*"([A-Z][A-Z0-9_]*)"'),
     re.compile(r'\bos\.getenv\(\s*"([A-Z][A-Z0-9_]*)"'),
