@@ -72,6 +72,7 @@ VARIABLES: tuple[Variable, ...] = (
              "(upstream's way).", True),
     Variable("VAULT_MOUNTING_POINT", "secret", "Mount of the KV v2 secrets engine."),
     Variable("VAULT_PATH_PREFIX", None, "Prefix of each secret's path (end it with / for a folder)."),
+    Variable("VAULT_TIMEOUT", "10", "Seconds one request to Vault may take; a read gives up after twice this."),
     Variable("SECRETS_FILE", None, "JSON file of secret name to value, read every cycle (instead of Vault)."),
     Variable(SECRET_PREFIX, None, "SECRET_<name>=value: the value of $SECRET(name) (instead of Vault).", True),
 )
@@ -106,6 +107,7 @@ class Spec(Frozen):
     vault_git_token: SecretStr | None = None
     vault_mounting_point: str | None = None
     vault_path_prefix: str = ""
+    vault_timeout: float = 10.0
     secrets_file: str | None = None
     env_secrets: tuple[tuple[str, SecretStr], ...] = ()
 
@@ -118,7 +120,8 @@ class Spec(Frozen):
             "VAULT_MOUNTING_POINT": self.vault_mounting_point or "",
             "VAULT_PATH_PREFIX": self.vault_path_prefix,
         }
-        return VaultSettings.from_variables(values)
+        settings = VaultSettings.from_variables(values)
+        return dataclasses.replace(settings, timeout=self.vault_timeout) if settings else None
 
     def variables_location(self, sync_root: str) -> VariablesLocation | None:
         return variables_location(
@@ -175,6 +178,7 @@ def spec_from_env(env: EnvReader, app_name: str | None = None) -> Spec:
         vault_git_token=env.secret("VAULT_GIT_TOKEN"),
         vault_mounting_point=env.str("VAULT_MOUNTING_POINT"),
         vault_path_prefix=env.str("VAULT_PATH_PREFIX") or "",
+        vault_timeout=env.number("VAULT_TIMEOUT", minimum=0.1) or 10.0,
         secrets_file=env.str("SECRETS_FILE"),
         env_secrets=tuple((k, SecretStr(v)) for k, v in sorted(secrets.items())),
     )
