@@ -357,3 +357,47 @@ def test_service_refuses_bad_variables_and_never_shows_a_secret(var_env, config_
     for file in state_dir.rglob("*"):
         if file.is_file():
             assert DB_PASSWORD.encode() not in file.read_bytes(), file
+
+
+# --------------------------------------------------------------------------- several environments
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sesam-two-nodes" / "apps.yaml"
+
+
+def test_two_nodes_from_one_repository_with_the_example(tmp_path: Path, git_server, config_repo: WorkRepo,
+                                                        vault: VaultEmulator, state_dir: Path):
+    """examples/sesam-two-nodes/apps.yaml, pointed at two emulated nodes, a local Git server and Vault."""
+    from ..helpers import GIT_TOKEN, SESAM_JWT, base_env
+
+    vault.put("sesam/test/db-password", {"value": "test-db-SECRET-1"})
+    vault.put("sesam/prod/db-password", {"value": "prod-db-SECRET-2"})
+    config_repo.write({
+        "node/pipes/orders.conf.json": entity_json(pipe("orders", url="http://$ENV(erp-host)/")),
+        "node/pipes/experiment.conf.json": entity_json(pipe("experiment")),
+        "node/systems/db.conf.json": entity_json(db_system()),
+        "node/variables/variables-test.json": json.dumps({"erp-host": "erp.test", "db-host": "db.test"}),
+        "node/variables/variables-prod.json": json.dumps({"erp-host": "erp.prod", "db-host": "db.prod"}),
+        "node/deployment/whitelist-prod.txt": "pipes/orders.conf.json\nsystems/db.conf.json\n",
+    })
+    commit(config_repo, "two environments")
+    nodes = {"test": SesamEmulator(jwt=SESAM_JWT), "prod": SesamEmulator(jwt=SESAM_JWT)}
+    text = EXAMPLE.read_text().replace("https://github.com/acme/sesam-config.git",
+                                       git_server.url_for("acme/config.git"))
+    text = text.replace("https://vault.example.org", vault.url)  # type: ignore[attr-defined]
+    with nodes["test"].serve() as test_server, nodes["prod"].serve() as prod_server:
+        text = text.replace("https://datahub-test1234.sesam.cloud/api", test_server.url + "/api")
+        text = text.replace("https://datahub-prod5678.sesam.cloud/api", prod_server.url + "/api")
+        config_file = tmp_path / "apps.yaml"
+        config_file.write_text(text)
+        env = base_env(GITHUB_TOKEN=GIT_TOKEN, SESAM_TEST_JWT=SESAM_JWT, SESAM_PROD_JWT=SESAM_JWT,
+                       VAULT_TOKEN=VAULT_ROOT, STATE_DIR=str(state_dir))
+        result = run_cli(env, "--config", str(config_file), "sync")
+        assert result.returncode == 0, output(result)
+        test_ids = {e["_id"] for e in nodes["test"].entities()}
+        prod_ids = {e["_id"] for e in nodes["prod"].entities()}
+        assert {"orders", "experiment", "db"} <= test_ids
+        assert {"orders", "db"} <= prod_ids and "experiment" not in prod_ids
+        assert nodes["test"].env_values() == {"erp-host": "erp.test", "db-host": "db.test"}
+        assert nodes["prod"].env_values() == {"erp-host": "erp.prod", "db-host": "db.prod"}
+        assert nodes["test"].secret_values() == {"db-password": "test-db-SECRET-1"}
+        assert nodes["prod"].secret_values() == {"db-password": "prod-db-SECRET-2"}
+        assert "SECRET-" not in output(result)
