@@ -53,6 +53,8 @@ def test_demo_banner_gives_every_verb_what_it_needs_and_a_second_run_works(tmp_p
         assert env["JWT"] and env["ADMIN_TOKEN"] and env["SESAM_API_URL"].endswith("/api")
         node = httpx.get(env["SESAM_API_URL"] + "/config", headers={"Authorization": f"Bearer {env['JWT']}"})
         assert node.status_code == 200 and any(e["_id"] == "crm-person" for e in node.json())
+        variables = httpx.get(env["SESAM_API_URL"] + "/env", headers={"Authorization": f"Bearer {env['JWT']}"})
+        assert variables.json() == {"crm-host": "crm.example.org"}  # the demo's variables file is deployed
         server = f"http://127.0.0.1:{port}"
         assert run_cli(env, "diff").returncode == 0
         assert run_cli(env, "status", "--server", server).returncode == 0

@@ -25,13 +25,16 @@ from .serve import serve
 from .sources.spec import SourceSpec
 from .targets import sesam
 
+DEMO_VARIABLES = "variables/demo-env.json"
 DEMO_CONFIG: dict[str, object] = {
     "node-metadata.conf.json": {"_id": "node", "type": "metadata", "namespaced_identifiers": False},
     "systems/crm.conf.json": {
         "_id": "crm",
         "type": "system:url",
-        "url_pattern": "http://crm.example.org/api/%s",
+        "url_pattern": "http://$ENV(crm-host)/api/%s",
     },
+    # The node's variables, deployed with PUT /api/env; every $ENV(...) above must be defined here.
+    "variables/demo-env.json": {"crm-host": "crm.example.org"},
     "pipes/crm-person.conf.json": {
         "_id": "crm-person",
         "type": "pipe",
@@ -91,7 +94,8 @@ def run_demo(port: int = 5000, interval: float = 2.0, workdir: str | None = None
         app = AppConfig(
             name="demo",
             source=SourceSpec(url=url, branch="master", token=SecretStr(git_token), repo_full_name=repo_full_name(url)),
-            target=sesam.Spec(api_url=node_server.url + "/api", jwt=SecretStr(jwt)),
+            target=sesam.Spec(api_url=node_server.url + "/api", jwt=SecretStr(jwt),
+                              variables_file_path=DEMO_VARIABLES),
             policy=Policy(interval=interval),
         )
         config = Config(
@@ -101,7 +105,8 @@ def run_demo(port: int = 5000, interval: float = 2.0, workdir: str | None = None
         )
         setup_logging(config, make_redactor(config))
         env = {"GIT_URL": url, "GITHUB_TOKEN": git_token, "JWT": jwt, "SESAM_API_URL": node_server.url + "/api",
-               "STATE_DIR": str(base / "state"), "APP_NAME": "demo", "ADMIN_TOKEN": admin_token}
+               "STATE_DIR": str(base / "state"), "APP_NAME": "demo", "ADMIN_TOKEN": admin_token,
+               "VARIABLES_FILE_PATH": DEMO_VARIABLES}
         print(_instructions(base, node_server.url, port, interval, env), flush=True)
         try:
             return asyncio.run(serve(config, sock=sock))

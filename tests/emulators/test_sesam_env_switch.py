@@ -26,10 +26,7 @@ def broken_commit(config_repo: WorkRepo) -> None:
     "node_refuses",
     [
         pytest.param(True, id="node-refuses"),
-        pytest.param(False, id="node-accepts", marks=pytest.mark.xfail(
-            strict=True,
-            reason="the product does not check $ENV names itself yet (the Sesam generations "
-                   "issue); it relies on the node refusing them")),
+        pytest.param(False, id="node-accepts"),
     ],
 )
 def test_unknown_env_never_reaches_the_node(app_env: dict[str, str], config_repo: WorkRepo,

@@ -226,3 +226,10 @@ class EnvReader:
     def secret(self, name: builtins.str) -> SecretStr | None:
         value = self.raw(name)
         return SecretStr(value.strip()) if value is not None else None
+
+    def prefixed(self, prefix: builtins.str) -> dict[builtins.str, builtins.str]:
+        """Every non-empty variable whose name starts with `prefix` (``SECRET_<name>``): a family of
+        names no registry can list one by one; the prefix itself is declared."""
+        if prefix not in self.variables:
+            raise AssertionError(f"undeclared variable family {prefix}")
+        return {k: v for k, v in self._env.items() if k.startswith(prefix) and len(k) > len(prefix) and v}

@@ -456,6 +456,12 @@ class GitSource:
             pos = start + size + 1
         return blobs
 
+    async def read_path(self, sha: str, path: str) -> bytes | None:
+        """One file at `sha` by its repository path, also outside SYNC_ROOT (the Sesam variables file);
+        None when there is no such file."""
+        result = await self._git("cat-file", "blob", f"{sha}:{path}", check=False)
+        return result.stdout if result.returncode == 0 else None
+
     async def commit_info(self, sha: str) -> CommitInfo:
         result = await self._git("log", "-1", "--format=%H%x00%s%x00%an%x00%ct", sha, check=False)
         if result.returncode != 0:

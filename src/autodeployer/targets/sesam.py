@@ -9,9 +9,11 @@ Desired state is ``node-metadata.conf.json`` plus every ``*.conf.json`` below ``
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import quote
 
 from pydantic import SecretStr
 
@@ -20,18 +22,59 @@ from ..errors import ConfigError, Refused, TargetError
 from ..gcpause import gc_paused
 from ..jsondiff import JSONProblem, loads_strict, unified
 from ..model import Action, ApplyReport, Change, Plan, Problem, SourceFile, Tree
+from ..secret_sources import (
+    EnvSecretSource,
+    FileSecretSource,
+    Fingerprinter,
+    SecretSource,
+    VaultSecretSource,
+    VaultSettings,
+)
 from .base import SyncContext, TargetDeps
+from .sesam_refs import (
+    Ref,
+    RefError,
+    VariablesError,
+    VariablesLocation,
+    diff_variables,
+    find_refs,
+    missing_variables,
+    parse_variables,
+    variables_location,
+)
+from .sesam_self import SelfRule, find_self, orchestrated, self_id_from_path
+from .sesam_values import FINGERPRINTS, SecretValues, ValuesPlan, read_secrets, secret_changes, variable_changes
 from .transport import error_detail, request
 
 KIND = "sesam"
 DEFAULT_URL = "http://sesam-node:9042/api"
-SECRET_KEYS: tuple[str, ...] = ("jwt",)
+SECRET_KEYS: tuple[str, ...] = ("jwt", "vault_token", "vault_git_token")
+SECRET_PREFIX = "SECRET_"
 VARIABLES: tuple[Variable, ...] = (
     Variable("SESAM_API_URL", DEFAULT_URL, "Sesam node API base URL."),
     Variable("JWT", None, "JSON Web Token for the Sesam node (required for the sesam target).", True),
     Variable("SESAM_FORCE", "false", "Upload with force=true (apply despite validation errors)."),
-    Variable("SELF_ID", None, "_id of the deployer's own system; a config without it is refused."),
+    Variable("SELF_ID", None, "_id of the deployer's own system when it is managed in Git on purpose: a config "
+             "without it is refused. Unset, the deployer's live system is kept in every upload."),
+    Variable("AUTODEPLOYER_PATH", None, "Repository path of the deployer's own system file (upstream G1.x, e.g. "
+             "systems/github-autodeployer.conf.json): the live system with that _id is kept in the upload."),
     Variable("SESAM_TIMEOUT", "600", "Seconds one request to the node (read or upload) may take."),
+    Variable("ORCHESTRATOR", "false", "Keep a live pipe or system whose metadata.orchestrator.original_configuration "
+             "equals its file in Git (the node's orchestrator manages it)."),
+    Variable("VARIABLES_FILE_PATH", None, "Repository path of the variables file (a JSON object) deployed with "
+             "PUT /api/env; every $ENV(name) must be defined in it."),
+    Variable("ENV_VARS_FILENAME", None, "Older form of VARIABLES_FILE_PATH: a file name in env-vars/ under SYNC_ROOT."),
+    Variable("WHITELIST_FILE", None, "Path under SYNC_ROOT of a whitelist: one config file path per line; only "
+             "listed files deploy (e.g. deployment/whitelist-prod.txt)."),
+    Variable("VAULT_URL", None, "HashiCorp Vault (KV v2) holding the values of $SECRET(name)."),
+    Variable("VAULT_TOKEN", None, "Vault token.", True),
+    Variable("VAULT_GIT_TOKEN", None, "GitHub token exchanged for a Vault token through Vault's GitHub login "
+             "(upstream's way).", True),
+    Variable("VAULT_MOUNTING_POINT", "secret", "Mount of the KV v2 secrets engine."),
+    Variable("VAULT_PATH_PREFIX", None, "Prefix of each secret's path (end it with / for a folder)."),
+    Variable("VAULT_TIMEOUT", "10", "Seconds one request to Vault may take; a read gives up after twice this."),
+    Variable("SECRETS_FILE", None, "JSON file of secret name to value, read every cycle (instead of Vault)."),
+    Variable(SECRET_PREFIX, None, "SECRET_<name>=value: the value of $SECRET(name) (instead of Vault).", True),
 )
 
 METADATA_FILE = "node-metadata.conf.json"
@@ -48,8 +91,58 @@ class Spec(Frozen):
     jwt: SecretStr
     force: StrictBool = False
     self_id: str | None = None
+    autodeployer_path: str | None = None
     timeout: float = 600.0
     verify_tls: StrictBool = True
+    orchestrator: StrictBool = False
+    # the variables file: exactly one convention (sesam_refs.variables_location)
+    variables_file_path: str | None = None
+    env_vars_filename: str | None = None
+    profile: str | None = None
+    environment: str | None = None
+    whitelist_file: str | None = None
+    # secret sources, asked in this order: Vault, the file, SECRET_<name>
+    vault_url: str | None = None
+    vault_token: SecretStr | None = None
+    vault_git_token: SecretStr | None = None
+    vault_mounting_point: str | None = None
+    vault_path_prefix: str = ""
+    vault_timeout: float = 10.0
+    secrets_file: str | None = None
+    env_secrets: tuple[tuple[str, SecretStr], ...] = ()
+
+    def vault(self) -> VaultSettings | None:
+        """The Vault settings, or None; ValueError naming the variable when incomplete."""
+        values = {
+            "VAULT_URL": self.vault_url or "",
+            "VAULT_TOKEN": self.vault_token.get_secret_value() if self.vault_token else "",
+            "VAULT_GIT_TOKEN": self.vault_git_token.get_secret_value() if self.vault_git_token else "",
+            "VAULT_MOUNTING_POINT": self.vault_mounting_point or "",
+            "VAULT_PATH_PREFIX": self.vault_path_prefix,
+        }
+        settings = VaultSettings.from_variables(values)
+        return dataclasses.replace(settings, timeout=self.vault_timeout) if settings else None
+
+    def variables_location(self, sync_root: str) -> VariablesLocation | None:
+        return variables_location(
+            sync_root=sync_root,
+            variables_file_path=self.variables_file_path,
+            env_vars_filename=self.env_vars_filename,
+            profile=self.profile,
+            environment=self.environment,
+        )
+
+
+def _checked(spec: Spec, where: str) -> Spec:
+    """Settings that only make sense together are checked at start, not at the first sync."""
+    try:
+        spec.vault()
+        spec.variables_location("")
+    except (ValueError, VariablesError) as exc:
+        raise ConfigError(f"{where}: {exc}" if where else str(exc)) from None
+    if spec.self_id and spec.autodeployer_path:
+        raise ConfigError(f"{where + ': ' if where else ''}set SELF_ID or AUTODEPLOYER_PATH, not both")
+    return spec
 
 
 def normalise_url(value: str) -> str:
@@ -67,14 +160,29 @@ def spec_from_env(env: EnvReader, app_name: str | None = None) -> Spec:
     jwt = env.secret("JWT")
     if jwt is None:
         raise ConfigError("JWT is required: the Sesam node's API token")
-    return Spec(
+    secrets = env.prefixed("SECRET_")
+    spec = Spec(
         api_url=normalise_url(env.str("SESAM_API_URL") or DEFAULT_URL),
         jwt=SecretStr(strip_bearer(jwt.get_secret_value())),
         force=env.bool("SESAM_FORCE"),
         self_id=env.str("SELF_ID"),
+        autodeployer_path=env.str("AUTODEPLOYER_PATH"),
         timeout=env.number("SESAM_TIMEOUT", minimum=1) or 600.0,
         verify_tls=env.bool("VERIFY_TLS"),
+        orchestrator=env.bool("ORCHESTRATOR"),
+        variables_file_path=env.str("VARIABLES_FILE_PATH"),
+        env_vars_filename=env.str("ENV_VARS_FILENAME"),
+        whitelist_file=env.str("WHITELIST_FILE"),
+        vault_url=env.str("VAULT_URL"),
+        vault_token=env.secret("VAULT_TOKEN"),
+        vault_git_token=env.secret("VAULT_GIT_TOKEN"),
+        vault_mounting_point=env.str("VAULT_MOUNTING_POINT"),
+        vault_path_prefix=env.str("VAULT_PATH_PREFIX") or "",
+        vault_timeout=env.number("VAULT_TIMEOUT", minimum=0.1) or 10.0,
+        secrets_file=env.str("SECRETS_FILE"),
+        env_secrets=tuple((k, SecretStr(v)) for k, v in sorted(secrets.items())),
     )
+    return _checked(spec, "")
 
 
 def spec_from_yaml(data: dict[str, Any], where: str, app_name: str | None = None) -> Spec:
@@ -83,7 +191,7 @@ def spec_from_yaml(data: dict[str, Any], where: str, app_name: str | None = None
     if data.get("jwt"):
         data["jwt"] = strip_bearer(str(data["jwt"]))
     spec: Spec = validate_model(Spec, data, where)
-    return spec
+    return _checked(spec, where)
 
 
 # --------------------------------------------------------------------------- desired state
@@ -94,6 +202,7 @@ class DesiredConfig:
     metadata_managed: bool
     warnings: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
+    refs: list[Ref] = field(default_factory=list)  # every $ENV(...) and $SECRET(...) of the entities
 
 
 def is_config_path(path: str) -> bool:
@@ -148,6 +257,7 @@ class ParsedFile:
     entities: tuple[dict[str, Any], ...]
     problems: tuple[Problem, ...] = ()
     warnings: tuple[str, ...] = ()
+    refs: tuple[Ref, ...] = ()
 
 
 # path -> (the bytes it was parsed from, SYNC_ROOT, the result): a new commit re-parses only what changed
@@ -188,25 +298,37 @@ def parse_file(path: str, file: SourceFile, shown: str) -> ParsedFile:
         stem = path.rsplit("/", 1)[-1].removesuffix(".conf.json")
         if len(items) == 1 and path != METADATA_FILE and stem != entity["_id"]:
             warnings.append(f"{shown}: file name does not match _id {entity['_id']!r}")
-    return ParsedFile(tuple(entities), tuple(problems), tuple(warnings))
+    refs: list[Ref] = []
+    if b"$ENV(" in file.data or b"$SECRET(" in file.data:  # the walk is only worth it then
+        try:
+            refs = find_refs(entities, shown)
+        except RefError as exc:
+            problems.extend(exc.problems)
+    return ParsedFile(tuple(entities), tuple(problems), tuple(warnings), tuple(refs))
 
 
-def parse_desired(tree: Tree, self_id: str | None = None, memo: ParseMemo | None = None) -> DesiredConfig:
+def parse_desired(
+    tree: Tree,
+    self_id: str | None = None,
+    memo: ParseMemo | None = None,
+    whitelist: frozenset[str] | None = None,
+) -> DesiredConfig:
     """Read and validate the tree; raise Refused listing every problem found.
 
     With `memo` (filled and pruned here), files whose bytes did not change since the last call are
-    not parsed again.
+    not parsed again. With `whitelist` (paths under SYNC_ROOT), only listed config files are read.
     """
     problems: list[Problem] = []
     entities: dict[str, dict[str, Any]] = {}
     files: dict[str, str] = {}
     warnings: list[str] = []
     ignored: list[str] = []
+    refs: list[Ref] = []
     metadata: list[tuple[str, str]] = []  # (_id, file)
     seen: ParseMemo = {}
     with gc_paused():
         for path in sorted(tree.files):
-            if not is_config_path(path):
+            if not is_config_path(path) or (whitelist is not None and path not in whitelist):
                 ignored.append(path)
                 continue
             file = tree.files[path]
@@ -219,6 +341,7 @@ def parse_desired(tree: Tree, self_id: str | None = None, memo: ParseMemo | None
             seen[path] = (file.data, tree.sync_root, parsed)
             problems.extend(parsed.problems)
             warnings.extend(parsed.warnings)
+            refs.extend(parsed.refs)
             for entity in parsed.entities:
                 _id, shown = entity["_id"], (f"{tree.sync_root}/{path}" if tree.sync_root else path)
                 if _id in files:
@@ -256,7 +379,22 @@ def parse_desired(tree: Tree, self_id: str | None = None, memo: ParseMemo | None
         metadata_managed=bool(metadata),
         warnings=warnings,
         notices=notices,
+        refs=refs,
     )
+
+
+def parse_whitelist(data: bytes, file: str) -> frozenset[str]:
+    """One config path per line, relative to SYNC_ROOT; blank lines and ``#`` comments are skipped."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise Refused(f"{file}: the whitelist is not UTF-8 text") from None
+    paths = set()
+    for line in text.splitlines():
+        entry = line.strip().removeprefix("./")
+        if entry and not entry.startswith("#"):
+            paths.add(entry.replace("\\", "/"))
+    return frozenset(paths)
 
 
 # --------------------------------------------------------------------------- diff
@@ -327,34 +465,104 @@ def format_validation_items(items: Any) -> tuple[list[str], list[str]]:
     return errors, warnings
 
 
+@dataclass
+class SesamPayload:
+    """What one apply writes, each part only when it differs: the values travel outside the Plan's
+    changes, which are shown and recorded."""
+
+    config: list[dict[str, Any]] | None  # the PUT /config body; None: pipes and systems are in sync
+    values: ValuesPlan
+
+
 class SesamTarget:
     kind = KIND
 
     def __init__(self, spec: Spec, deps: TargetDeps) -> None:
         self.spec = spec
         self._http = deps.http
+        self._redactor = deps.redactor
+        self._state_dir = deps.state_dir
+        self._source = deps.source
         self._headers = {
             "Authorization": f"Bearer {spec.jwt.get_secret_value()}",
             "Accept": "application/json",
         }
         self._cache: tuple[str, str | None, DesiredConfig] | None = None
         self._memo: ParseMemo = {}
+        self._sources = self._secret_sources(spec)
+        self._fingerprinter: Fingerprinter | None = None
+        self._variables_memo: tuple[bytes, dict[str, Any]] | None = None
 
-    def desired(self, tree: Tree) -> DesiredConfig:
+    @staticmethod
+    def _secret_sources(spec: Spec) -> list[SecretSource]:
+        sources: list[SecretSource] = []
+        vault = spec.vault()
+        if vault is not None:
+            sources.append(VaultSecretSource(vault))
+        if spec.secrets_file:
+            sources.append(FileSecretSource(spec.secrets_file))
+        if spec.env_secrets:
+            sources.append(EnvSecretSource({k: v.get_secret_value() for k, v in spec.env_secrets}))
+        return sources
+
+    # ------------------------------------------------------------------ desired state
+    def desired(self, tree: Tree, whitelist: frozenset[str] | None = None) -> DesiredConfig:
         """Parsed desired state, cached per tree (drift checks) and per file (a new commit parses what changed)."""
         key = (tree.tree_id, self.spec.self_id)
         if self._cache and self._cache[:2] == key and tree.tree_id:
             return self._cache[2]
-        desired = parse_desired(tree, self.spec.self_id, self._memo)
+        desired = parse_desired(tree, self.spec.self_id, self._memo, whitelist)
         self._cache = (key[0], key[1], desired)
         return desired
 
+    async def _repo_file(self, tree: Tree, path: str) -> bytes | None:
+        """A repository file: from the tree when under SYNC_ROOT, else from the mirror."""
+        root = tree.sync_root.strip("/")
+        relative = path if not root else (path[len(root) + 1:] if path.startswith(root + "/") else None)
+        if relative is not None:
+            file = tree.files.get(relative)
+            return None if file is None or file.is_symlink else file.data
+        if self._source is None:
+            return None
+        return await self._source.read_path(tree.revision, path)
+
+    async def _whitelist(self, tree: Tree) -> frozenset[str] | None:
+        if not self.spec.whitelist_file:
+            return None
+        file = self.spec.whitelist_file.strip("/")
+        data = tree.files.get(file)
+        if data is None:
+            raise Refused(f"{file} (WHITELIST_FILE): no such file under SYNC_ROOT at {tree.revision[:12]}")
+        return parse_whitelist(data.data, file)
+
+    async def _variables(self, tree: Tree) -> tuple[dict[str, Any], str] | None:
+        """The variables file and its name in messages, or None when no convention is set."""
+        try:
+            location = self.spec.variables_location(tree.sync_root)
+        except VariablesError as exc:
+            raise Refused(str(exc)) from None
+        if location is None:
+            return None
+        shown = f"{location.path} ({location.setting})"
+        data = await self._repo_file(tree, location.path)
+        if data is None:
+            raise Refused(f"{shown}: no such file in the repository at {tree.revision[:12]}")
+        if self._variables_memo is not None and self._variables_memo[0] == data:
+            return dict(self._variables_memo[1]), location.path
+        try:
+            variables: dict[str, Any] = dict(parse_variables(data, location.path))
+        except VariablesError as exc:
+            raise Refused(f"the variables file is not deployable: {exc}") from None
+        self._variables_memo = (data, variables)
+        return dict(variables), location.path
+
+    # ------------------------------------------------------------------ live state
     def prefetch(self) -> asyncio.Task[list[dict[str, Any]]]:
         """The live configuration does not depend on Git: read it while Git is fetched and parsed."""
         return asyncio.get_running_loop().create_task(self.live())
 
-    async def live(self) -> list[dict[str, Any]]:
-        url = f"{self.spec.api_url}/config"
+    async def _get_json(self, path: str) -> Any:
+        url = f"{self.spec.api_url}{path}"
         # Reads are quick on a healthy node: never wait longer than a minute, however long uploads may take.
         response = await request(self._http, "GET", url, headers=self._headers, timeout=min(60.0, self.spec.timeout))
         self._check_auth(response, "GET", url)
@@ -362,23 +570,164 @@ class SesamTarget:
             raise TargetError(f"GET {url}: {response.status_code} {error_detail(response)}")
         try:
             with gc_paused():
-                body = response.json()
+                return response.json()
         except ValueError:
             raise TargetError(f"GET {url}: the node answered with something that is not JSON") from None
+
+    async def live(self) -> list[dict[str, Any]]:
+        body = await self._get_json("/config")
         if not isinstance(body, list):
-            raise TargetError(f"GET {url}: expected a JSON array of entities")
+            raise TargetError(f"GET {self.spec.api_url}/config: expected a JSON array of entities")
         return [e for e in body if isinstance(e, dict)]
 
+    async def live_env(self) -> dict[str, Any]:
+        body = await self._get_json("/env")
+        if not isinstance(body, dict):
+            raise TargetError(f"GET {self.spec.api_url}/env: expected a JSON object of variables")
+        return body
+
+    async def live_secret_names(self, system_id: str | None = None) -> list[str]:
+        path = "/secrets" if system_id is None else f"/systems/{quote(system_id, safe='')}/secrets"
+        body = await self._get_json(path)
+        if not isinstance(body, list):
+            raise TargetError(f"GET {self.spec.api_url}{path}: expected a JSON list of secret names")
+        return [n for n in body if isinstance(n, str)]
+
+    # ------------------------------------------------------------------ plan
+    def _self_rule(self, ctx: SyncContext) -> SelfRule:
+        path_id = self_id_from_path(self.spec.autodeployer_path) if self.spec.autodeployer_path else None
+        return SelfRule(self_id=path_id, api_url=self.spec.api_url, repo_url=ctx.app.source.url,
+                        repo_full_name=ctx.app.source.repo_full_name)
+
+    def _keep_live(self, desired: DesiredConfig, live: list[dict[str, Any]], ctx: SyncContext) -> DesiredConfig:
+        """The deployer's own live system and orchestrator-managed entities, kept as they are live."""
+        live_by_id = {str(e.get("_id")): strip_node_keys(e) for e in live if e.get("type") != "metadata"}
+        kept: dict[str, dict[str, Any]] = {}
+        notices: list[str] = []
+        if not self.spec.self_id:  # SELF_ID: the own system is managed in Git on purpose
+            problems = []
+            for own in find_self(live_by_id, self._self_rule(ctx), normalise_url):
+                have, want = live_by_id[own], desired.entities.get(own)
+                if want is None:
+                    kept[own] = have
+                    notices.append(f"kept the deployer's own system {own!r} from the node (it is not in Git)")
+                elif want != have:
+                    problems.append(Problem(
+                        "would change the deployer's own system; it is kept as it is live. To manage it in Git on "
+                        f"purpose, set SELF_ID={own} (then a commit without its file is refused)",
+                        desired.files.get(own), own))
+            if problems:
+                raise Refused("the commit changes the deployer's own system", problems)
+        if self.spec.orchestrator:
+            managed = []
+            for _id, want in desired.entities.items():
+                current = live_by_id.get(_id)
+                if current is not None and current != want and orchestrated(current, want, NODE_KEYS):
+                    kept[_id] = current
+                    managed.append(_id)
+            if managed:
+                notices.append(f"kept {len(managed)} entities managed by the node's orchestrator: "
+                               + ", ".join(sorted(managed)[:5]) + (" ..." if len(managed) > 5 else ""))
+        if not kept:
+            return desired
+        files = {**desired.files, **{k: desired.files.get(k, "(live)") for k in kept}}
+        return dataclasses.replace(desired, entities={**desired.entities, **kept}, files=files,
+                                   notices=desired.notices + notices)
+
+    def _config_plan(self, desired: DesiredConfig, live: list[dict[str, Any]], ctx: SyncContext) -> Plan:
+        return diff(self._keep_live(desired, live, ctx), live)
+
+    async def _values(self, ctx: SyncContext, refs: list[Ref]) -> tuple[ValuesPlan, list[str]]:
+        """Variables and secrets: checked against what will be live after the sync, before any write."""
+        variables = await self._variables(ctx.tree)
+        needs_env = variables is not None or any(r.kind == "env" for r in refs)
+        live_env = await self.live_env() if needs_env else {}
+        names, where = (variables[0], f"the variables file {variables[1]}") if variables is not None else (
+            live_env, "the node (GET /api/env; no variables file is configured)")
+        missing = missing_variables(refs, names)
+        if missing:
+            raise Refused(f"$ENV references name variables that {where} does not define", missing)
+        plan = ValuesPlan(live_variables=live_env)
+        if variables is not None:
+            plan.variables = variables[0]
+            plan.variables_diff = diff_variables(variables[0], live_env)
+        secret_refs = [r for r in refs if r.kind == "secret"]
+        if not secret_refs:
+            return plan, []
+        global_names = await self.live_secret_names()
+        scoped: dict[str, list[str]] = {}
+        for ref in secret_refs:
+            if ref.name not in global_names and ref.entity not in scoped:
+                scoped[ref.entity] = await self._system_secret_names(ref.entity)
+        if self._sources and self._fingerprinter is None:
+            self._fingerprinter = Fingerprinter.from_state_dir(self._state_dir)
+        last_sent = ctx.memory.get(FINGERPRINTS)
+        values, secrets_diff, fingerprints, warnings = await read_secrets(
+            refs, self._sources, global_names, scoped, self._fingerprinter,
+            last_sent if isinstance(last_sent, dict) else {})
+        self._redactor.add(*(values.body(values.names()).values()))
+        plan.secrets, plan.secrets_diff, plan.fingerprints = values, secrets_diff, fingerprints
+        return plan, warnings
+
+    async def _system_secret_names(self, system_id: str) -> list[str]:
+        try:
+            return await self.live_secret_names(system_id)
+        except TargetError as exc:
+            if " 404 " in str(exc):  # the system is not on the node yet: it has no secrets of its own
+                return []
+            raise
+
     async def plan(self, ctx: SyncContext) -> Plan:
-        desired = self.desired(ctx.tree)
+        whitelist = await self._whitelist(ctx.tree)
+        desired = self.desired(ctx.tree, whitelist)
         live = await ctx.prefetched if ctx.prefetched is not None else await self.live()
-        return diff(desired, live)
+        config = self._config_plan(desired, live, ctx)
+        values, warnings = await self._values(ctx, desired.refs)
+        changes = variable_changes(values.variables_diff) + secret_changes(values.secrets_diff) + config.changes
+        return dataclasses.replace(
+            config, changes=changes, warnings=config.warnings + warnings,
+            payload=SesamPayload(config.payload if config.changes else None, values))
+
+    # ------------------------------------------------------------------ apply
+    async def _put_env(self, body: dict[str, Any]) -> None:
+        url = f"{self.spec.api_url}/env"
+        response = await request(self._http, "PUT", url, json=body, headers=self._headers, timeout=self.spec.timeout)
+        self._check_auth(response, "PUT", url)
+        if response.status_code != 200:
+            raise TargetError(f"PUT {url}: {response.status_code} {error_detail(response)}")
+
+    async def _post_secrets(self, values: SecretValues, names: tuple[str, ...]) -> None:
+        url = f"{self.spec.api_url}/secrets"
+        response = await request(self._http, "POST", url, json=values.body(names), headers=self._headers,
+                                 timeout=self.spec.timeout)
+        self._check_auth(response, "POST", url)
+        if response.status_code != 200:
+            # The node's answer may quote the body; only the status is safe to show.
+            raise TargetError(f"POST {url}: {response.status_code} (secrets {', '.join(names)} not deployed)")
 
     async def apply(self, plan: Plan, ctx: SyncContext) -> ApplyReport:
+        """Variables a new config needs, then secrets, then the config, then the variables no config uses
+        any more: the node never holds config that names a variable or secret it does not have."""
+        payload: SesamPayload = plan.payload
+        values = payload.values
+        if values.first_env is not None:
+            await self._put_env(values.first_env)
+        if values.secrets_diff.to_send:
+            await self._post_secrets(values.secrets, values.secrets_diff.to_send)
+        report = ApplyReport()
+        if payload.config is not None:
+            report = await self._put_config(payload.config)
+        if values.final_env is not None:
+            await self._put_env(values.final_env)
+        if values.fingerprints:
+            report.memory = {**ctx.memory, FINGERPRINTS: dict(values.fingerprints)}
+        return report
+
+    async def _put_config(self, config: list[dict[str, Any]]) -> ApplyReport:
         force = "true" if self.spec.force else "false"
         url = f"{self.spec.api_url}/config?force={force}"
         response = await request(
-            self._http, "PUT", url, json=plan.payload, headers=self._headers, timeout=self.spec.timeout
+            self._http, "PUT", url, json=config, headers=self._headers, timeout=self.spec.timeout
         )
         self._check_auth(response, "PUT", url)
         try:
@@ -401,7 +750,18 @@ class SesamTarget:
         return report
 
     async def verify(self, plan: Plan, ctx: SyncContext) -> Plan:
-        return diff(self.desired(ctx.tree), await self.live())
+        """Read back the config, the variables and the secret names."""
+        payload: SesamPayload = plan.payload
+        values = payload.values
+        config = self._config_plan(self.desired(ctx.tree), await self.live(), ctx)
+        changes = list(config.changes)
+        if values.variables is not None:
+            changes = variable_changes(diff_variables(values.variables, await self.live_env())) + changes
+        if values.secrets:
+            listed = set(await self.live_secret_names())
+            changes += [Change(Action.ADD, n, "secret", f"{n}: not listed by the node")
+                        for n in values.secrets.names() if n not in listed]
+        return dataclasses.replace(config, changes=changes)
 
     def _check_auth(self, response: Any, method: str, url: str) -> None:
         if response.status_code in (401, 403):

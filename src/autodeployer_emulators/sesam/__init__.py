@@ -24,6 +24,7 @@ Run by hand::
 from autodeployer_emulators.sesam.app import SesamEmulator, main
 from autodeployer_emulators.sesam.routes import SesamRoutes
 from autodeployer_emulators.sesam.state import (
+    ENV_REF,
     CheckContext,
     ConfigError,
     Posted,
@@ -34,6 +35,7 @@ from autodeployer_emulators.sesam.state import (
 )
 
 __all__ = [
+    "ENV_REF",
     "CheckContext",
     "ConfigError",
     "Posted",
