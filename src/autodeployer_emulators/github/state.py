@@ -266,6 +266,8 @@ class RepoState:
     commits: dict[str, CommitInfo] = field(default_factory=dict)
     hooks: dict[int, Hook] = field(default_factory=dict)
     statuses: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    #: Pull requests by number (model in ``pulls.py``; ``Any`` keeps this module free of it).
+    pulls: dict[int, Any] = field(default_factory=dict)
     last_push: dict[str, Any] | None = None
     created_at: float = field(default_factory=time.time)
     pushed_at: float = field(default_factory=time.time)
