@@ -197,3 +197,32 @@ def test_pull_request_deliveries_are_signed(gh: tuple[GitHubEmulator, str], work
     assert sync["after"] == after and sync["before"] != after and sync["number"] == 1
     assert sync["pull_request"]["head"]["sha"] == after and sync["pull_request"]["draft"] is True
     assert sync["repository"]["full_name"] == "acme/config" and sync["sender"]["login"]
+
+
+def test_issue_comments_paginate_edit_delete_and_fail_on_demand(
+        gh: tuple[GitHubEmulator, str]) -> None:
+    emulator, url = gh
+    repo = client(url).get_repo("acme/config")
+    pr = repo.create_pull(base="master", head="feature", title="x")
+    for n in range(5):
+        pr.create_issue_comment(f"comment {n}")
+    headers = {"Authorization": f"token {TOKEN}"}
+    with httpx.Client(base_url=url, headers=headers) as http:
+        page = http.get("/repos/acme/config/issues/1/comments", params={"per_page": 2, "page": 2})
+        assert [c["body"] for c in page.json()] == ["comment 2", "comment 3"]
+        assert 'rel="next"' in page.headers["link"] and 'rel="last"' in page.headers["link"]
+        assert http.get("/repos/acme/config/issues/9/comments").status_code == 404
+    comments = list(pr.get_issue_comments())  # PyGithub follows the Link header
+    assert [c.body for c in comments] == [f"comment {n}" for n in range(5)]
+    first = comments[0]
+    assert first.user.login == "autodeployer-bot" and "#issuecomment-" in first.html_url
+    first.edit("edited")
+    assert pr.get_issue_comment(first.id).body == "edited"
+    comments[1].delete()
+    assert [c.body for c in pr.get_issue_comments()][:2] == ["edited", "comment 2"]
+    for status in (403, 422, 500):
+        emulator.fail_comments("acme", "config", status)
+        with pytest.raises(GithubException) as failed:
+            pr.create_issue_comment("refused")
+        assert failed.value.status == status
+    assert "refused" not in [c.body for c in pr.get_issue_comments()]

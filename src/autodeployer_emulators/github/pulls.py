@@ -59,6 +59,18 @@ class PullRequest:
     merged_at: float | None = None
 
 
+@dataclass
+class IssueComment:
+    """A comment on a pull request's issue (``/issues/{n}/comments``)."""
+
+    id: int
+    number: int
+    body: str
+    user: str
+    created_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+
+
 def _run(git_dir: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
     """Exit code and stdout of git on the bare repository; stderr is dropped (no secrets there,
     but no use either: callers turn a failure into a GitHub answer)."""
@@ -162,6 +174,23 @@ class GitHubPulls(GitHubDelivery):
             "merged_by": None,
             "comments": 0,
             "commits": 1,
+            "author_association": "OWNER",
+        }
+
+    def comment_json(self, root: str, repo: RepoState, comment: IssueComment) -> dict[str, Any]:
+        """An issue comment as ``GET /repos/{o}/{r}/issues/comments/{id}`` answers it."""
+        api, web = root + self.api_prefix, self._web_url(root)
+        api_repo = f"{api}/repos/{repo.owner}/{repo.name}"
+        return {
+            "id": comment.id,
+            "node_id": f"IC_{comment.id}",
+            "url": f"{api_repo}/issues/comments/{comment.id}",
+            "html_url": f"{web}/{repo.full_name}/pull/{comment.number}#issuecomment-{comment.id}",
+            "issue_url": f"{api_repo}/issues/{comment.number}",
+            "body": comment.body,
+            "user": self._user_json(api, web, comment.user),
+            "created_at": _iso(comment.created_at),
+            "updated_at": _iso(comment.updated_at),
             "author_association": "OWNER",
         }
 

@@ -21,7 +21,7 @@ from urllib.parse import urlencode, urlsplit
 from starlette.requests import Request
 from starlette.responses import Response
 
-from autodeployer_emulators.github.pulls import GitHubPulls, PullRequest
+from autodeployer_emulators.github.pulls import GitHubPulls, IssueComment, PullRequest
 from autodeployer_emulators.github.state import (
     _REPO,
     _SHA_RE,
@@ -164,6 +164,9 @@ def _to_response(reply: _Reply) -> Response:
     return Response(content, reply.status, reply.headers, "application/json; charset=utf-8")
 
 PULL_SCOPES = frozenset({"repo", "public_repo"})
+#: What GitHub says with the statuses a test's fault asks for.
+_FAULT_MESSAGES = {403: "Resource not accessible by integration", 404: "Not Found",
+                   422: "Validation Failed"}
 
 
 class GitHubRoutes(GitHubPulls):
@@ -304,7 +307,7 @@ class GitHubRoutes(GitHubPulls):
         budget = self.rate_budget
         budget.roll(time.time())
         if fault.kind == "error":
-            return _error(fault.status, "Server Error")
+            return _error(fault.status, _FAULT_MESSAGES.get(fault.status, "Server Error"))
         headers = budget.headers()
         if fault.retry_after is not None:
             reply = _error(
@@ -350,6 +353,8 @@ class GitHubRoutes(GitHubPulls):
         hook = _REPO + r"/hooks/(?P<hook_id>\d+)"
         delivery = hook + r"/deliveries/(?P<delivery_id>\d+)"
         pull = _REPO + r"/pulls/(?P<number>\d+)"
+        issue = _REPO + r"/issues/(?P<number>\d+)"
+        comment = _REPO + r"/issues/comments/(?P<comment_id>\d+)"
         read, write, admin = HOOK_READ_SCOPES, HOOK_WRITE_SCOPES, HOOK_ADMIN_SCOPES
         hooks_r, hooks_w = "repository_hooks=read", "repository_hooks=write"
         table: list[tuple[str, str, Callable[..., _Reply], frozenset[str] | None, str | None]] = [
@@ -387,6 +392,11 @@ class GitHubRoutes(GitHubPulls):
             ("PATCH", pull + r"$", self._patch_pull, PULL_SCOPES, "pull_requests=write"),
             ("PUT", pull + r"/merge$", self._merge_pull, PULL_SCOPES, "contents=write"),
             ("GET", pull + r"/merge$", self._is_merged, None, "pull_requests=read"),
+            ("GET", issue + r"/comments$", self._list_comments, None, "issues=read"),
+            ("POST", issue + r"/comments$", self._create_comment, PULL_SCOPES, "issues=write"),
+            ("PATCH", comment + r"$", self._edit_comment, PULL_SCOPES, "issues=write"),
+            ("DELETE", comment + r"$", self._delete_comment, PULL_SCOPES, "issues=write"),
+            ("GET", comment + r"$", self._get_comment, None, "issues=read"),
         ]
         return [_Route(m, re.compile(p), h, s, perm) for m, p, h, s, perm in table]
 
@@ -818,3 +828,50 @@ class GitHubRoutes(GitHubPulls):
     def _is_merged(self, call: _Call, owner: str, repo: str, number: str) -> _Reply:
         _, pr = self._pull_or_404(owner, repo, number)
         return _Reply(204) if pr.merged else _error(404, "Not Found")
+
+    # ---------------------------------------------------------------- issue comments
+
+    def _comment_body(self, call: _Call) -> str:
+        body = _json_object(call).get("body")
+        if not isinstance(body, str) or not body:
+            raise _invalid("IssueComment", "body is required", "body")
+        return body
+
+    def _comment_or_404(self, owner: str, repo: str, comment_id: str) -> tuple[RepoState,
+                                                                               IssueComment]:
+        state = self._repo_or_404(owner, repo)
+        comment = state.comments.get(int(comment_id))
+        if comment is None:
+            raise _HttpError(_error(404, "Not Found"))
+        return state, comment
+
+    def _list_comments(self, call: _Call, owner: str, repo: str, number: str) -> _Reply:
+        state, _ = self._pull_or_404(owner, repo, number)
+        items = [self.comment_json(call.root, state, c)
+                 for c in sorted(state.comments.values(), key=lambda c: c.id)
+                 if c.number == int(number)]
+        page, headers = _paginate(call, items)
+        return _Reply(200, page, headers)
+
+    def _create_comment(self, call: _Call, owner: str, repo: str, number: str) -> _Reply:
+        state, pr = self._pull_or_404(owner, repo, number)
+        comment = IssueComment(self._next_comment_id, pr.number, self._comment_body(call),
+                               self.user_login)
+        self._next_comment_id += 1
+        state.comments[comment.id] = comment
+        body = self.comment_json(call.root, state, comment)
+        return _Reply(201, body, {"Location": body["url"]})
+
+    def _get_comment(self, call: _Call, owner: str, repo: str, comment_id: str) -> _Reply:
+        state, comment = self._comment_or_404(owner, repo, comment_id)
+        return _Reply(200, self.comment_json(call.root, state, comment))
+
+    def _edit_comment(self, call: _Call, owner: str, repo: str, comment_id: str) -> _Reply:
+        state, comment = self._comment_or_404(owner, repo, comment_id)
+        comment.body, comment.updated_at = self._comment_body(call), time.time()
+        return _Reply(200, self.comment_json(call.root, state, comment))
+
+    def _delete_comment(self, call: _Call, owner: str, repo: str, comment_id: str) -> _Reply:
+        state, comment = self._comment_or_404(owner, repo, comment_id)
+        del state.comments[comment.id]
+        return _Reply(204)
