@@ -226,3 +226,33 @@ def test_issue_comments_paginate_edit_delete_and_fail_on_demand(
             pr.create_issue_comment("refused")
         assert failed.value.status == status
     assert "refused" not in [c.body for c in pr.get_issue_comments()]
+
+
+def test_merge_ref_follows_the_base_and_drafts_become_ready(gh: tuple[GitHubEmulator, str],
+                                                            work: WorkRepo) -> None:
+    emulator, url = gh
+    repo = client(url).get_repo("acme/config")
+    hook = repo.create_hook("web", {"url": "http://127.0.0.1:9/hook", "content_type": "json"},
+                            events=["pull_request"])
+    pr = repo.create_pull(base="master", head="feature", title="x", draft=True)
+    first_merge = pr.merge_commit_sha
+    with pytest.raises(GithubException) as draft:
+        pr.merge()
+    assert draft.value.status == 405
+    work.write({"b.txt": "base moved\n"})
+    moved = work.commit("base moves after the PR was opened")
+    work.push()
+    pr = repo.get_pull(1)
+    assert pr.base.sha == moved and pr.merge_commit_sha != first_merge
+    bare = ("--git-dir", str(work.bare_path))
+    merge_ref = work.git(*bare, "rev-parse", "refs/pull/1/merge").strip()
+    assert merge_ref == pr.merge_commit_sha
+    assert work.git(*bare, "rev-parse", f"{merge_ref}^1").strip() == moved
+    start = len(emulator.deliveries)
+    # PyGithub has no draft edit (github.com marks ready through GraphQL); the emulator's PATCH does.
+    with httpx.Client(base_url=url, headers={"Authorization": f"token {TOKEN}"}) as http:
+        assert http.patch("/repos/acme/config/pulls/1", json={"draft": False}).status_code == 200
+    emulator.wait_idle()
+    ready = emulator.wait_for_delivery("pull_request", hook_id=hook.id, start=start)
+    assert ready.payload["action"] == "ready_for_review"
+    assert ready.payload["pull_request"]["draft"] is False
