@@ -256,3 +256,27 @@ def test_merge_ref_follows_the_base_and_drafts_become_ready(gh: tuple[GitHubEmul
     ready = emulator.wait_for_delivery("pull_request", hook_id=hook.id, start=start)
     assert ready.payload["action"] == "ready_for_review"
     assert ready.payload["pull_request"]["draft"] is False
+
+
+def test_pull_request_from_a_fork(gh: tuple[GitHubEmulator, str], work: WorkRepo,
+                                  tmp_path: Path) -> None:
+    emulator, url = gh
+    fork_bare = tmp_path / "git" / "bob" / "config.git"
+    _git(tmp_path, "clone", "-q", "--bare", str(work.bare_path), str(fork_bare))
+    fork = WorkRepo.create(fork_bare, tmp_path / "fork-work")
+    fork.git("checkout", "-q", "-b", "fix")
+    fork.write({"d.txt": "from the fork\n"})
+    fork_head = fork.commit("fork change")
+    fork.push("fix")
+    emulator.add_repo("bob", "config", default_branch="master", git_dir=fork_bare)
+    repo = client(url).get_repo("acme/config")
+    pr = repo.create_pull(base="master", head="bob:fix", title="From a fork")
+    assert pr.head.repo.full_name == "bob/config" and pr.head.label == "bob:fix"
+    assert pr.head.sha == fork_head and pr.base.repo.full_name == "acme/config"
+    assert [p.number for p in repo.get_pulls(head="bob:fix")] == [1]
+    assert _fetch_ref(tmp_path, work, "refs/pull/1/head") == fork_head
+    assert pr.merge().merged
+    assert _git(tmp_path, "--git-dir", str(work.bare_path), "show", "master:d.txt") == "from the fork"
+    with pytest.raises(GithubException) as unknown:
+        repo.create_pull(base="master", head="carol:fix", title="x")
+    assert unknown.value.status == 422 and unknown.value.data["errors"][0]["field"] == "head"

@@ -57,6 +57,8 @@ class PullRequest:
     updated_at: float = field(default_factory=time.time)
     closed_at: float | None = None
     merged_at: float | None = None
+    #: Owner of the fork the head branch is in; ``None`` for a branch of the base repository.
+    head_owner: str | None = None
 
 
 @dataclass
@@ -106,7 +108,12 @@ class GitHubPulls(GitHubDelivery):
     def _write_refs(self, repo: RepoState, pr: PullRequest) -> None:
         """``refs/pull/N/head`` and the test merge ``refs/pull/N/merge`` (deleted on conflict)."""
         git_dir = self._git_dir_or_422(repo)
-        _run(git_dir, "update-ref", f"refs/pull/{pr.number}/head", pr.head_sha)
+        head_repo = self._head_repo(repo, pr)
+        if head_repo is repo:
+            _run(git_dir, "update-ref", f"refs/pull/{pr.number}/head", pr.head_sha)
+        else:  # a fork's commits enter the base repository the way GitHub's network shares them
+            _run(git_dir, "fetch", "-q", "--no-tags", str(self._git_dir_or_422(head_repo)),
+                 f"+{pr.head_sha}:refs/pull/{pr.number}/head")
         if pr.state != "open":
             return
         merge = _merge_commit(git_dir, pr.base_sha, pr.head_sha,
@@ -122,8 +129,8 @@ class GitHubPulls(GitHubDelivery):
         recomputed when either moved, so a base that moved on is reflected at the next read."""
         if pr.state != "open":
             return False
-        heads = self._heads(repo)
-        head, base = heads.get(pr.head_ref, pr.head_sha), heads.get(pr.base_ref, pr.base_sha)
+        head = self._heads(self._head_repo(repo, pr)).get(pr.head_ref, pr.head_sha)
+        base = self._heads(repo).get(pr.base_ref, pr.base_sha)
         moved = head != pr.head_sha
         if moved or base != pr.base_sha:
             pr.head_sha, pr.base_sha = head, base
@@ -132,18 +139,22 @@ class GitHubPulls(GitHubDelivery):
             self._write_refs(repo, pr)
         return moved
 
+    def _head_repo(self, repo: RepoState, pr: PullRequest) -> RepoState:
+        if pr.head_owner is None:
+            return repo
+        return self._repo(pr.head_owner, repo.name)
+
     # ---------------------------------------------------------------- rendering
 
     def pull_json(self, root: str, repo: RepoState, pr: PullRequest) -> dict[str, Any]:
         """The pull request object of ``GET /repos/{o}/{r}/pulls/{n}`` (section 13)."""
         api, web = root + self.api_prefix, self._web_url(root)
         api_repo = f"{api}/repos/{repo.owner}/{repo.name}"
-        repo_json = self._repo_json(root, repo)
-        owner = self._user_json(api, web, repo.owner)
 
-        def side(ref: str, sha: str) -> dict[str, Any]:
-            return {"label": f"{repo.owner}:{ref}", "ref": ref, "sha": sha, "user": owner,
-                    "repo": repo_json}
+        def side(where: RepoState, ref: str, sha: str) -> dict[str, Any]:
+            return {"label": f"{where.owner}:{ref}", "ref": ref, "sha": sha,
+                    "user": self._user_json(api, web, where.owner),
+                    "repo": self._repo_json(root, where)}
 
         return {
             "url": f"{api_repo}/pulls/{pr.number}",
@@ -166,8 +177,8 @@ class GitHubPulls(GitHubDelivery):
             "merged_at": _iso(pr.merged_at) if pr.merged_at else None,
             "merge_commit_sha": pr.merged_sha or pr.merge_sha,
             "draft": pr.draft,
-            "head": side(pr.head_ref, pr.head_sha),
-            "base": side(pr.base_ref, pr.base_sha),
+            "head": side(self._head_repo(repo, pr), pr.head_ref, pr.head_sha),
+            "base": side(repo, pr.base_ref, pr.base_sha),
             "merged": pr.merged,
             "mergeable": None if pr.merged or pr.state != "open" else pr.merge_sha is not None,
             "mergeable_state": "clean" if pr.merge_sha else "dirty",
@@ -196,30 +207,38 @@ class GitHubPulls(GitHubDelivery):
 
     # ---------------------------------------------------------------- changes
 
-    def _head_ref(self, repo: RepoState, raw: str) -> str:
+    def _head_ref(self, repo: RepoState, raw: str) -> tuple[str | None, dict[str, str], str]:
+        """``branch`` or ``owner:branch``: the fork's owner (``None`` for this repository), the
+        heads of the repository the branch is in, and the branch. A fork is the repository of the
+        same name under ``owner``, declared with ``add_repo`` and linked to a Git directory."""
         owner, sep, branch = raw.rpartition(":")
-        if sep and owner.lower() != repo.owner.lower():
-            raise _invalid("PullRequest", f"head repository {owner} is not served", "head")
-        return branch
+        if not sep or owner.lower() == repo.owner.lower():
+            return None, self._heads(repo), branch
+        fork = self._repos.get((owner.lower(), repo.name.lower()))
+        if fork is None or fork.git_dir is None:
+            raise _invalid("PullRequest", f"head repository {owner}/{repo.name} not found", "head")
+        return fork.owner, self._heads(fork), branch
 
     def create_pull(self, repo: RepoState, data: dict[str, Any], user: str) -> PullRequest:
         """Open a pull request: 422 for an unknown head or base, a duplicate, or nothing to merge."""
-        head_ref, base_ref = self._head_ref(repo, str(data.get("head") or "")), data.get("base")
+        head_owner, head_heads, head_ref = self._head_ref(repo, str(data.get("head") or ""))
+        base_ref = data.get("base")
         if not isinstance(base_ref, str) or not isinstance(data.get("title"), str):
             raise _invalid("PullRequest", "title, head and base are required", "base")
         heads = self._heads(repo)
-        if head_ref not in heads or base_ref not in heads:
-            missing = "head" if head_ref not in heads else "base"
+        if head_ref not in head_heads or base_ref not in heads:
+            missing = "head" if head_ref not in head_heads else "base"
             raise _invalid("PullRequest", f"{missing} branch not found", missing)
         for open_pr in repo.pulls.values():
-            if open_pr.state == "open" and (open_pr.head_ref, open_pr.base_ref) == (head_ref, base_ref):
-                raise _invalid("PullRequest",
-                               f"A pull request already exists for {repo.owner}:{head_ref}.")
-        if heads[head_ref] == heads[base_ref]:
+            if open_pr.state == "open" and (open_pr.head_owner, open_pr.head_ref,
+                                            open_pr.base_ref) == (head_owner, head_ref, base_ref):
+                raise _invalid("PullRequest", f"A pull request already exists for {head_ref}.")
+        if head_heads[head_ref] == heads[base_ref]:
             raise _invalid("PullRequest", f"No commits between {base_ref} and {head_ref}")
         number = max(repo.pulls, default=0) + 1
         pr = PullRequest(number, data["title"], data.get("body"), head_ref, base_ref,
-                         heads[head_ref], heads[base_ref], user, draft=bool(data.get("draft")))
+                         head_heads[head_ref], heads[base_ref], user, draft=bool(data.get("draft")),
+                         head_owner=head_owner)
         self._write_refs(repo, pr)
         repo.pulls[number] = pr
         return pr

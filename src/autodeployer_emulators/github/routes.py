@@ -781,7 +781,8 @@ class GitHubRoutes(GitHubPulls):
         for pr in pulls:
             self._refresh(state, pr)
         if call.query.get("head"):
-            pulls = [p for p in pulls if f"{state.owner}:{p.head_ref}" == call.query["head"]]
+            pulls = [p for p in pulls
+                     if f"{p.head_owner or state.owner}:{p.head_ref}" == call.query["head"]]
         if call.query.get("base"):
             pulls = [p for p in pulls if p.base_ref == call.query["base"]]
         items = [self.pull_json(call.root, state, p) for p in pulls
