@@ -9,7 +9,11 @@ its branches and commits are then what the branch, ref and commit endpoints serv
 statuses may name (a SHA it lacks is a 422, as on GitHub). PyGithub drives it in the tests;
 ``docs/emulators.md`` lists what is not served.
 
-Split into ``state`` (the model and rules, no HTTP), ``delivery`` (outgoing webhooks), ``routes``
+Pull requests (``pulls``) write ``refs/pull/N/head`` and ``refs/pull/N/merge`` into the linked
+Git directory, so the loopback Git server serves them.
+
+Split into ``state`` (the model and rules, no HTTP), ``delivery`` (outgoing webhooks), ``pulls``
+(pull requests, issue comments, ``pull_request`` deliveries), ``routes``
 (the REST pipeline and handlers) and ``app`` (the public :class:`GitHubEmulator`, serving, CLI).
 
 Typical use::

@@ -21,9 +21,7 @@ from urllib.parse import urlencode, urlsplit
 from starlette.requests import Request
 from starlette.responses import Response
 
-from autodeployer_emulators.github.delivery import (
-    GitHubDelivery,
-)
+from autodeployer_emulators.github.pulls import GitHubPulls, IssueComment, PullRequest
 from autodeployer_emulators.github.state import (
     _REPO,
     _SHA_RE,
@@ -165,9 +163,14 @@ def _to_response(reply: _Reply) -> Response:
     content = json.dumps(reply.body).encode("utf-8")
     return Response(content, reply.status, reply.headers, "application/json; charset=utf-8")
 
+PULL_SCOPES = frozenset({"repo", "public_repo"})
+#: What GitHub says with the statuses a test's fault asks for.
+_FAULT_MESSAGES = {403: "Resource not accessible by integration", 404: "Not Found",
+                   422: "Validation Failed"}
 
-class GitHubRoutes(GitHubDelivery):
-    """The REST request pipeline and handlers on top of :class:`GitHubDelivery`."""
+
+class GitHubRoutes(GitHubPulls):
+    """The REST request pipeline and handlers on top of :class:`GitHubPulls`."""
 
     @cached_property
     def _routes(self) -> list[_Route]:
@@ -304,7 +307,7 @@ class GitHubRoutes(GitHubDelivery):
         budget = self.rate_budget
         budget.roll(time.time())
         if fault.kind == "error":
-            return _error(fault.status, "Server Error")
+            return _error(fault.status, _FAULT_MESSAGES.get(fault.status, "Server Error"))
         headers = budget.headers()
         if fault.retry_after is not None:
             reply = _error(
@@ -349,6 +352,9 @@ class GitHubRoutes(GitHubDelivery):
     def _build_routes(self) -> list[_Route]:
         hook = _REPO + r"/hooks/(?P<hook_id>\d+)"
         delivery = hook + r"/deliveries/(?P<delivery_id>\d+)"
+        pull = _REPO + r"/pulls/(?P<number>\d+)"
+        issue = _REPO + r"/issues/(?P<number>\d+)"
+        comment = _REPO + r"/issues/comments/(?P<comment_id>\d+)"
         read, write, admin = HOOK_READ_SCOPES, HOOK_WRITE_SCOPES, HOOK_ADMIN_SCOPES
         hooks_r, hooks_w = "repository_hooks=read", "repository_hooks=write"
         table: list[tuple[str, str, Callable[..., _Reply], frozenset[str] | None, str | None]] = [
@@ -380,6 +386,17 @@ class GitHubRoutes(GitHubDelivery):
             ("GET", _REPO + r"/git/refs?/heads/(?P<branch>.+)$", self._get_ref, None,
              "contents=read"),
             ("GET", r"^/user$", self._get_user, None, None),
+            ("GET", _REPO + r"/pulls$", self._list_pulls, None, "pull_requests=read"),
+            ("POST", _REPO + r"/pulls$", self._create_pull, PULL_SCOPES, "pull_requests=write"),
+            ("GET", pull + r"$", self._get_pull, None, "pull_requests=read"),
+            ("PATCH", pull + r"$", self._patch_pull, PULL_SCOPES, "pull_requests=write"),
+            ("PUT", pull + r"/merge$", self._merge_pull, PULL_SCOPES, "contents=write"),
+            ("GET", pull + r"/merge$", self._is_merged, None, "pull_requests=read"),
+            ("GET", issue + r"/comments$", self._list_comments, None, "issues=read"),
+            ("POST", issue + r"/comments$", self._create_comment, PULL_SCOPES, "issues=write"),
+            ("PATCH", comment + r"$", self._edit_comment, PULL_SCOPES, "issues=write"),
+            ("DELETE", comment + r"$", self._delete_comment, PULL_SCOPES, "issues=write"),
+            ("GET", comment + r"$", self._get_comment, None, "issues=read"),
         ]
         return [_Route(m, re.compile(p), h, s, perm) for m, p, h, s, perm in table]
 
@@ -742,3 +759,120 @@ class GitHubRoutes(GitHubDelivery):
                 "name": self.user_login, "email": None}
         return _Reply(200, body, {"X-OAuth-Scopes": ", ".join(sorted(self.token_scopes))})
 
+
+    # ---------------------------------------------------------------- pull requests
+
+    def _pull_or_404(self, owner: str, repo: str, number: str) -> tuple[RepoState, PullRequest]:
+        state = self._repo_or_404(owner, repo)
+        pr = state.pulls.get(int(number))
+        if pr is None:
+            raise _HttpError(_error(404, "Not Found"))
+        self._refresh(state, pr)
+        return state, pr
+
+    def _list_pulls(self, call: _Call, owner: str, repo: str) -> _Reply:
+        """State filter (open by default), newest first, paginated; an ETag over the page's
+        bytes so a poller's ``If-None-Match`` gets a free 304 while nothing changed."""
+        state = self._repo_or_404(owner, repo)
+        wanted = call.query.get("state", "open")
+        if wanted not in ("open", "closed", "all"):
+            raise _invalid("PullRequest", "state must be open, closed or all", "state")
+        pulls = sorted(state.pulls.values(), key=lambda p: p.number, reverse=True)
+        for pr in pulls:
+            self._refresh(state, pr)
+        if call.query.get("head"):
+            pulls = [p for p in pulls
+                     if f"{p.head_owner or state.owner}:{p.head_ref}" == call.query["head"]]
+        if call.query.get("base"):
+            pulls = [p for p in pulls if p.base_ref == call.query["base"]]
+        items = [self.pull_json(call.root, state, p) for p in pulls
+                 if wanted == "all" or p.state == wanted]
+        page, headers = _paginate(call, items)
+        etag = 'W/"' + hashlib.sha256(json.dumps(page).encode()).hexdigest() + '"'
+        headers["ETag"] = etag
+        if _etag_matches(call.headers.get("if-none-match"), etag[3:-1]):
+            return _Reply(304, None, headers)
+        return _Reply(200, page, headers)
+
+    def _create_pull(self, call: _Call, owner: str, repo: str) -> _Reply:
+        state = self._repo_or_404(owner, repo)
+        pr = self.create_pull(state, _json_object(call), self.user_login)
+        self._announce(state, pr, "opened")
+        body = self.pull_json(call.root, state, pr)
+        return _Reply(201, body, {"Location": body["url"]})
+
+    def _get_pull(self, call: _Call, owner: str, repo: str, number: str) -> _Reply:
+        state, pr = self._pull_or_404(owner, repo, number)
+        return _Reply(200, self.pull_json(call.root, state, pr))
+
+    def _patch_pull(self, call: _Call, owner: str, repo: str, number: str) -> _Reply:
+        state, pr = self._pull_or_404(owner, repo, number)
+        data = _json_object(call)
+        was_draft = pr.draft
+        action = self.edit_pull(state, pr, data)
+        if "draft" in data:
+            pr.draft = _parse_bool(data["draft"], "draft")
+            if was_draft and not pr.draft:
+                action = action or "ready_for_review"
+        if action is not None:
+            self._announce(state, pr, action)
+        return _Reply(200, self.pull_json(call.root, state, pr))
+
+    def _merge_pull(self, call: _Call, owner: str, repo: str, number: str) -> _Reply:
+        state, pr = self._pull_or_404(owner, repo, number)
+        data = _json_object(call) if call.body else {}
+        sha = self.merge_pull(state, pr, data.get("sha"))
+        self._announce(state, pr, "closed")
+        return _Reply(200, {"sha": sha, "merged": True,
+                            "message": "Pull Request successfully merged"})
+
+    def _is_merged(self, call: _Call, owner: str, repo: str, number: str) -> _Reply:
+        _, pr = self._pull_or_404(owner, repo, number)
+        return _Reply(204) if pr.merged else _error(404, "Not Found")
+
+    # ---------------------------------------------------------------- issue comments
+
+    def _comment_body(self, call: _Call) -> str:
+        body = _json_object(call).get("body")
+        if not isinstance(body, str) or not body:
+            raise _invalid("IssueComment", "body is required", "body")
+        return body
+
+    def _comment_or_404(self, owner: str, repo: str, comment_id: str) -> tuple[RepoState,
+                                                                               IssueComment]:
+        state = self._repo_or_404(owner, repo)
+        comment = state.comments.get(int(comment_id))
+        if comment is None:
+            raise _HttpError(_error(404, "Not Found"))
+        return state, comment
+
+    def _list_comments(self, call: _Call, owner: str, repo: str, number: str) -> _Reply:
+        state, _ = self._pull_or_404(owner, repo, number)
+        items = [self.comment_json(call.root, state, c)
+                 for c in sorted(state.comments.values(), key=lambda c: c.id)
+                 if c.number == int(number)]
+        page, headers = _paginate(call, items)
+        return _Reply(200, page, headers)
+
+    def _create_comment(self, call: _Call, owner: str, repo: str, number: str) -> _Reply:
+        state, pr = self._pull_or_404(owner, repo, number)
+        comment = IssueComment(self._next_comment_id, pr.number, self._comment_body(call),
+                               self.user_login)
+        self._next_comment_id += 1
+        state.comments[comment.id] = comment
+        body = self.comment_json(call.root, state, comment)
+        return _Reply(201, body, {"Location": body["url"]})
+
+    def _get_comment(self, call: _Call, owner: str, repo: str, comment_id: str) -> _Reply:
+        state, comment = self._comment_or_404(owner, repo, comment_id)
+        return _Reply(200, self.comment_json(call.root, state, comment))
+
+    def _edit_comment(self, call: _Call, owner: str, repo: str, comment_id: str) -> _Reply:
+        state, comment = self._comment_or_404(owner, repo, comment_id)
+        comment.body, comment.updated_at = self._comment_body(call), time.time()
+        return _Reply(200, self.comment_json(call.root, state, comment))
+
+    def _delete_comment(self, call: _Call, owner: str, repo: str, comment_id: str) -> _Reply:
+        state, comment = self._comment_or_404(owner, repo, comment_id)
+        del state.comments[comment.id]
+        return _Reply(204)

@@ -266,6 +266,10 @@ class RepoState:
     commits: dict[str, CommitInfo] = field(default_factory=dict)
     hooks: dict[int, Hook] = field(default_factory=dict)
     statuses: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    #: Pull requests by number (model in ``pulls.py``; ``Any`` keeps this module free of it).
+    pulls: dict[int, Any] = field(default_factory=dict)
+    #: Issue comments by id (``pulls.IssueComment``), on the pull requests' issues.
+    comments: dict[int, Any] = field(default_factory=dict)
     last_push: dict[str, Any] | None = None
     created_at: float = field(default_factory=time.time)
     pushed_at: float = field(default_factory=time.time)
@@ -441,6 +445,7 @@ class GitHubState:
         self._next_status_id = 1
         self._next_delivery_id = 1
         self._next_repo_id = 1
+        self._next_comment_id = 1
 
     # ---------------------------------------------------------------- test-side setup
 
@@ -531,6 +536,11 @@ class GitHubState:
         """Answer the next ``times`` API calls (optionally under a path) with a server error."""
         with self._lock:
             self._faults.append(_Fault("error", status, times, None, path_prefix))
+
+    def fail_comments(self, owner: str, repo: str, status: int = 500, times: int = 1) -> None:
+        """Answer the next ``times`` issue-comment calls of a repository with ``status``
+        (403 forbidden, 422 validation failed, 500 server error)."""
+        self.fail_next(status, times, path_prefix=f"/repos/{owner}/{repo}/issues")
 
     def set_delay(self, seconds: float, path_prefix: str | None = None) -> None:
         """Answer API calls (optionally under a path) ``seconds`` late, like a slow or far-away GitHub."""
