@@ -41,3 +41,18 @@ def test_plan_exit_codes_formats_revisions_and_nothing_written(app_env, sesam: S
 
 def _rows(app_env: dict[str, str]) -> int:
     return len(history_rows(Path(app_env["STATE_DIR"])))
+
+
+def test_plan_of_a_branch_leaves_the_followed_branch_alone(app_env, sesam: SesamEmulator, config_repo: WorkRepo):
+    assert run_cli(app_env, "sync").returncode == 0
+    followed = config_repo.head
+    config_repo.git("checkout", "-q", "-b", "feature")
+    config_repo.write({"pipes/extra.conf.json": '{"_id": "extra", "type": "pipe"}'})
+    config_repo.commit("extra pipe")
+    config_repo.push("feature")
+    planned = run_cli(app_env, "plan", "--revision", "feature")
+    assert planned.returncode == 1, planned.stdout + planned.stderr
+    assert "+ pipe extra" in planned.stdout
+    assert run_cli(app_env, "plan").returncode == 0  # the followed branch still at its head
+    assert config_repo.git("rev-parse", "master").strip() == followed
+    assert sesam.put_count == 1
