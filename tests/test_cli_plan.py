@@ -56,3 +56,15 @@ def test_plan_of_a_branch_leaves_the_followed_branch_alone(app_env, sesam: Sesam
     assert run_cli(app_env, "plan").returncode == 0  # the followed branch still at its head
     assert config_repo.git("rev-parse", "master").strip() == followed
     assert sesam.put_count == 1
+
+
+def test_markdown_cuts_a_long_diff_and_links_the_full_plan():
+    from autodeployer.model import Action, Change, Plan
+    from autodeployer.plans import PlanReport, render_markdown
+
+    report = PlanReport(app="node", revision="a" * 40,
+                        plan=Plan(changes=[Change(Action.CHANGE, "orders", "pipe", "+x\n" * 500)]))
+    text = render_markdown(report, limit=100, link="https://ci.example/plan")
+    assert text.startswith("**node**: 1 changed")
+    assert "(truncated; full plan: https://ci.example/plan)" in text
+    assert len(text) < 400
