@@ -49,6 +49,7 @@ def test_every_verb_with_bad_input_fails_in_one_line(app_env: dict[str, str], tm
         "run": (["run"], no_driver, "STORE_URL"),
         "sync": (["sync"], {"STATE_DIR": str(not_a_dir)}, "STATE_DIR"),
         "diff": (["diff"], {"STATE_DIR": str(not_a_dir)}, "STATE_DIR"),
+        "plan": (["plan"], {"STATE_DIR": str(not_a_dir)}, "STATE_DIR"),
         "settings": (["settings", "extra"], {}, "settings --help"),
         "status": (["status", "--server", "localhost:5000"], {}, "--server"),
         "history": (["history", "--server", closed], {}, "--server"),

@@ -231,6 +231,38 @@ def diff(ctx: click.Context, app_name: str | None) -> None:
 
 @cli.command()
 @_app_options
+@click.option("--app", "app_name", metavar="NAME", help="Only this app.")
+@click.option("--revision", metavar="SHA|REF", help="Commit, branch, tag or pull ref (default: the branch head).")
+@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text", show_default=True)
+@click.pass_context
+def plan(ctx: click.Context, app_name: str | None, revision: str | None, fmt: str) -> None:
+    """The plan of a revision against the live target, writing nothing (exit 0 none, 1 changes, 2 refused)."""
+    config = _prepare(ctx)
+    try:
+        apps = _selected(config, app_name)
+    except ConfigError as exc:
+        _fail(str(exc))
+    sys.exit(asyncio.run(_plan_all(config, apps, revision, fmt)))
+
+
+async def _plan_all(config: Config, apps: Sequence[AppConfig], revision: str | None, fmt: str) -> int:
+    from ..plans import plan_revision, render_json, render_markdown, render_text
+
+    runtime = build_runtime(config, apps=apps)
+    try:
+        reports = [await plan_revision(r, revision) for r in runtime.reconcilers.values()]
+    finally:
+        await runtime.aclose()
+    if fmt == "json":
+        click.echo(render_json(reports))
+    else:
+        for report in reports:
+            click.echo(render_markdown(report) if fmt == "markdown" else render_text(report))
+    return max((r.exit_code for r in reports), default=0)
+
+
+@cli.command()
+@_app_options
 @click.pass_context
 def run(ctx: click.Context) -> None:
     """Run the service: poll, serve webhooks and the status page, until SIGTERM."""
