@@ -32,12 +32,8 @@ SOURCES = sorted((ROOT / "src" / "autodeployer").rglob("*.py"))
 
 # Reads of a literal upper-case name: EnvReader methods, helpers taking (env, "NAME"), and os.environ.
 READS = [
-<<<<<<< HEAD
     # `off` is the one lower-case name: the github-autodeployer's switch, kept as it was spelt
-    re.compile(r'\benv\.(?:str|bool|number|secret|raw|required|get)\(\s*"([A-Z][A-Z0-9_]*|off)"'),
-=======
-    re.compile(r'\benv\.(?:str|bool|number|secret|raw|required|get|prefixed)\(\s*"([A-Z][A-Z0-9_]*)"'),
->>>>>>> g-sesam
+    re.compile(r'\benv\.(?:str|bool|number|secret|raw|required|get|prefixed)\(\s*"([A-Z][A-Z0-9_]*|off)"'),
     re.compile(r'\(\s*env\s*,\s*"([A-Z][A-Z0-9_]*)"'),
     re.compile(r'\b(?:os\.)?environ\.get\(\s*"([A-Z][A-Z0-9_]*)"'),
     re.compile(r'\bos\.getenv\(\s*"([A-Z][A-Z0-9_]*)"'),

@@ -81,7 +81,7 @@ def test_duplicates_symlinks_size_and_depth():
     with pytest.raises(Refused, match="symbolic link"):
         parse_desired(link)
     big = Tree("a" * 40, "t", {"pipes/big.conf.json": SourceFile("pipes/big.conf.json", b"", "100644", 100 << 20)})
-    with pytest.raises(Refused, match="pipes/big.conf.json: is 104857600 bytes"):
+    with pytest.raises(Refused, match=r"pipes/big\.conf\.json: is 104857600 bytes"):
         parse_desired(big)
     assert "nested too deeply" in refused({"pipes/deep.conf.json": "[" * 100000 + "]" * 100000})
 
@@ -89,15 +89,16 @@ def test_duplicates_symlinks_size_and_depth():
 def test_self_id_guard_and_sync_root_in_messages():
     with pytest.raises(Refused, match="watcher: the deployer's own system"):
         parse_desired(tree({"pipes/p.conf.json": json.dumps(PIPE)}), self_id="watcher")
-    with pytest.raises(Refused, match="node/pipes/x.conf.json: invalid JSON"):
+    with pytest.raises(Refused, match=r"node/pipes/x\.conf\.json: invalid JSON"):
         parse_desired(tree({"pipes/x.conf.json": "{"}, root="node"))
-    ok = parse_desired(tree({"systems/watcher.conf.json": json.dumps({"_id": "watcher", "type": "system:microservice"})}),
-                       self_id="watcher")
+    watcher = json.dumps({"_id": "watcher", "type": "system:microservice"})
+    ok = parse_desired(tree({"systems/watcher.conf.json": watcher}), self_id="watcher")
     assert "watcher" in ok.entities
 
 
 def test_diff_ignores_order_formatting_and_node_keys():
-    desired = parse_desired(tree({"pipes/p.conf.json": json.dumps({"_id": "p", "type": "pipe", "a": {"x": 1, "y": [1, 2]}})}))
+    pipe_doc = {"_id": "p", "type": "pipe", "a": {"x": 1, "y": [1, 2]}}
+    desired = parse_desired(tree({"pipes/p.conf.json": json.dumps(pipe_doc)}))
     live = [{"a": {"y": [1, 2], "x": 1}, "type": "pipe", "_id": "p", "$audit": {"created_ts": "~t2024"}, "_ts": 5},
             {"_id": "node", "type": "metadata", "x": True}]
     plan = diff(desired, live)

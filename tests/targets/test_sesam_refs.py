@@ -106,7 +106,7 @@ def test_secret_outside_a_system_is_refused_and_all_problems_reported() -> None:
 
 
 def test_entity_without_id_is_labelled_by_position() -> None:
-    with pytest.raises(RefError, match="x.conf.json: entity #2: "):
+    with pytest.raises(RefError, match=r"x\.conf\.json: entity #2: "):
         find_refs([{"_id": "a", "type": "pipe"}, {"type": "pipe", "x": "$ENV("}], "x.conf.json")
 
 
