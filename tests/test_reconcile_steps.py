@@ -118,7 +118,7 @@ class FakeSource:
     root: bool = True
     calls: list[str] = field(default_factory=list)
 
-    async def head(self) -> str:
+    async def head(self, max_age: float = 0.0) -> str:
         self.calls.append("head")
         return self.head_sha
 

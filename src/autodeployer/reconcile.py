@@ -21,6 +21,7 @@ from .reporters.base import Reporter
 from .sources.git import GitSource
 from .store import AppState, StateChange, Store
 from .targets.base import SyncContext, Target
+from .timings import DETAILS_KEY, StepTimings
 
 LOCK_WAIT = 30.0  # seconds a sync waits for another process's sync of the app (the worker passes 0)
 LOCK_RETRY = 1.0  # seconds after which the worker tries again when the app was locked elsewhere
@@ -119,18 +120,20 @@ class Reconciler:
 
     async def _sync(self, trigger: Trigger, dry_run: bool, revision: str | None, force: bool) -> SyncResult:
         started, clock = time.time(), time.perf_counter()
+        times = StepTimings()  # per-step durations: details["timings"] and the step histogram
         state = self.store.get_state(self.app.name)
         try:
-            head = await self._resolve(state, revision)
+            head = await times.timed("resolve", self._resolve(state, revision, trigger))
         except SourceError as exc:
-            return await self._record(trigger, None, self._error_outcome(exc, None, None), started, clock)
+            return await self._record(trigger, None, self._error_outcome(exc, None, None), started, clock, times=times)
 
         if not force and trigger is Trigger.POLL and self._idle(state, head, started):
             return SyncResult(self.app.name, trigger, Result.NO_CHANGE, revision=head, started_at=started,
-                              duration=time.perf_counter() - clock, summary="head unchanged")
+                              duration=time.perf_counter() - clock, summary="head unchanged",
+                              details={DETAILS_KEY: times.as_details()})
 
         drift_check = head == state.last_synced_revision and state.last_result in _OK
-        outcome, sha = await self._pipeline(head, state, trigger, dry_run, drift_check, started)
+        outcome, sha = await self._pipeline(head, state, trigger, dry_run, drift_check, started, times)
         if outcome.not_applied is not None:
             return self._not_applied(trigger, sha, outcome.not_applied, started, clock)
         if drift_check and outcome.result is Result.NO_CHANGE and trigger is Trigger.POLL:
@@ -138,8 +141,9 @@ class Reconciler:
             # sync of all, and the time of the last one only decides when the next is due.
             self._drift_checked_at = started
             return SyncResult(self.app.name, trigger, Result.NO_CHANGE, revision=sha, started_at=started,
-                              duration=time.perf_counter() - clock, summary="no drift")
-        return await self._record(trigger, sha, outcome, started, clock, drift=drift_check)
+                              duration=time.perf_counter() - clock, summary="no drift",
+                              details={DETAILS_KEY: times.as_details()})
+        return await self._record(trigger, sha, outcome, started, clock, drift=drift_check, times=times)
 
     async def pin(self, revision: str) -> str:
         """Rollback, step one: pin an earlier commit and suspend auto-sync so polls leave it alone.
@@ -197,16 +201,19 @@ class Reconciler:
 
     async def _pipeline(
         self, head: str, state: AppState, trigger: Trigger, dry_run: bool, drift_check: bool, started: float,
+        times: StepTimings | None = None,
     ) -> tuple[Outcome, str]:
         """The steps from fetch to verify; every failure becomes an Outcome with its Reason."""
+        times = times or StepTimings()
         fetched = Fetched(head)
         try:
-            fetched = await self._fetch(head)
-            tree = await self._read(fetched.sha)
+            fetched = await times.timed("fetch", self._fetch(head))
+            tree = await times.timed("read", self._read(fetched.sha))
             if not drift_check and not dry_run:
                 self._report_started(fetched.sha, trigger)
-            planned = await self._plan(tree, state, fetched.prefetched)
-            plan = self._guard(planned.plan)
+            planned = await times.timed("plan", self._plan(tree, state, fetched.prefetched))
+            with times.step("guard"):
+                plan = self._guard(planned.plan)
             if plan.empty:
                 return Outcome(Result.NO_CHANGE, plan=plan, tree_id=tree.tree_id), fetched.sha
             if dry_run:
@@ -217,8 +224,8 @@ class Reconciler:
             # Open the history row before the write, so a crash mid-apply leaves a trace.
             attempt = self._begin(trigger, fetched.sha, started)
             try:
-                applied = await self._apply(planned, attempt)
-                remaining = await self._verify(planned)
+                applied = await times.timed("apply", self._apply(planned, attempt))
+                remaining = await times.timed("verify", self._verify(planned))
             except OwnershipLost:
                 raise
             except Exception as exc:  # recorded on the row opened above, which must not stay "running"
@@ -233,9 +240,16 @@ class Reconciler:
         finally:
             _discard(fetched.prefetched)
 
-    async def _resolve(self, state: AppState, revision: str | None) -> str:
-        """The commit this sync is about: the one asked for, the rollback pinned, else the branch head."""
-        return revision or state.pinned_revision or await self.source.head()
+    async def _resolve(self, state: AppState, revision: str | None, trigger: Trigger | None = None) -> str:
+        """The commit this sync is about: the one asked for, the rollback pinned, else the branch head.
+
+        A poll may take the head another app following the same branch checked within one poll
+        interval (sources/sharedhead.py); every other trigger checks afresh."""
+        if revision or state.pinned_revision:
+            return revision or state.pinned_revision or ""
+        if trigger is Trigger.POLL:
+            return await self.source.head(max_age=self.app.policy.interval)
+        return await self.source.head()
 
     async def _fetch(self, head: str) -> Fetched:
         """Make the commit available locally; the target starts reading its live state meanwhile.
@@ -331,9 +345,13 @@ class Reconciler:
     # ------------------------------------------------------------------ recording
     async def _record(
         self, trigger: Trigger, sha: str | None, outcome: Outcome,
-        started: float, clock: float, drift: bool = False,
+        started: float, clock: float, drift: bool = False, times: StepTimings | None = None,
     ) -> SyncResult:
-        """The record step: the result into app state and history, the log, and every reporter."""
+        """The record step: the result into app state and history, the log, and every reporter.
+
+        Its timing covers building the result, the commit lookup and the state write: the history row
+        that stores the timings is written after it (and the reporters are told after that)."""
+        record_started = time.perf_counter()
         plan = outcome.plan
         result = SyncResult(
             app=self.app.name,
@@ -358,6 +376,9 @@ class Reconciler:
         if outcome.details:
             result.details.update(self.redact.value(outcome.details))
         self._update_state(result, outcome)
+        if times is not None:
+            times.add("record", time.perf_counter() - record_started)
+            result.details[DETAILS_KEY] = times.as_details()
         self._write_history(result, outcome.attempt_id)
         self._log(result)
         await self._report_finished(result, commit)

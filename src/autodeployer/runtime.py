@@ -23,6 +23,7 @@ from .reporters.base import Reporter
 from .reporters.commit_status import CommitStatusReporter
 from .reporters.notify import NotifyReporter
 from .sources.git import GitObserver, GitSource, MirrorLocks
+from .sources.sharedhead import SharedHeads
 from .store import Store, open_store
 from .store.base import default_replica_id
 from .targets import TARGETS
@@ -143,6 +144,7 @@ def build_runtime(
     if config.service.notify_url is not None:
         reporters.append(NotifyReporter(clients[True], config.service))
     locks = MirrorLocks()
+    heads = SharedHeads()  # one head check per branch and credentials per poll interval, not one per app
     git_http = httpx.AsyncClient(  # like git itself: proxies from the environment, TLS verified
         headers={"User-Agent": USER_AGENT}, timeout=30.0, trust_env=True, follow_redirects=False,
         limits=httpx.Limits(max_connections=50, max_keepalive_connections=50),
@@ -153,7 +155,7 @@ def build_runtime(
         client = clients.get(verify) or clients.setdefault(verify, _http_client(verify))
         source = GitSource(
             app.source, config.service.state_dir, redactor=redactor, locks=locks, observer=git_observer,
-            http=git_http,
+            http=git_http, heads=heads,
         )
         if app.source.head_check != "git":
             source.github = client_for(app, client)

@@ -14,9 +14,12 @@ from prometheus_client.registry import Collector
 
 from ..config.loader import AppConfig
 from ..model import CommitInfo, SyncResult, Trigger
+from ..timings import step_seconds
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# A step is often a few milliseconds (a cached read, the guard): finer buckets at the low end.
+STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
 class Metrics:
@@ -37,6 +40,10 @@ class Metrics:
             "autodeployer_webhook_deliveries", "Webhook deliveries by event and outcome.", ["event", "result"],
             registry=self.registry,
         )
+        self.sync_step = Histogram(
+            "autodeployer_sync_step_seconds", "Duration of each step of recorded syncs (resolve, fetch, read, plan, "
+            "guard, apply, verify, record).", ["app", "step"], buckets=STEP_BUCKETS, registry=self.registry,
+        )
         self._last_sync: dict[tuple[str, str], float] = {}
 
     # observers ---------------------------------------------------------------------------
@@ -49,6 +56,8 @@ class Metrics:
     def observe_sync(self, result: SyncResult) -> None:
         self.sync_total.labels(result.app, result.result.value).inc()
         self.sync_duration.labels(result.app).observe(result.duration)
+        for step, seconds in step_seconds(result.details):
+            self.sync_step.labels(result.app, step).observe(seconds)
         self._last_sync[(result.app, result.result.value)] = result.started_at + result.duration
 
     def last_sync_samples(self) -> Iterable[tuple[tuple[str, str], float]]:

@@ -27,6 +27,7 @@ from ..errors import SourceError
 from ..logs import Redactor, get_logger
 from ..model import CommitInfo, SourceFile, Tree
 from .github import GitHubClient, GitHubError
+from .sharedhead import SharedHeads
 from .smarthttp import ProtocolError, SmartHttpHead, Unreachable, find_ref
 from .spec import SourceSpec
 
@@ -77,8 +78,11 @@ class GitSource:
         locks: MirrorLocks | None = None,
         observer: GitObserver | None = None,
         http: httpx.AsyncClient | None = None,
+        heads: SharedHeads | None = None,
     ) -> None:
         self.spec = spec
+        self._heads = heads  # polls of apps following the same branch share one head check
+        self._head_seen = 0  # generation of the last shared answer this source used
         key = hashlib.sha256(spec.url.encode()).hexdigest()[:16]
         self.mirror = state_dir / "mirrors" / f"{key}.git"
         self._secrets_dir = state_dir / "secrets" / key
@@ -242,10 +246,31 @@ class GitSource:
         return max(STALE_LOCK_AFTER, 2 * self.spec.git_timeout)
 
     # ------------------------------------------------------------------ operations
-    async def head(self) -> str:
-        """The commit the branch (or tag) points to: GitHub's sha media type when enabled (idle polls
-        are free 304s), otherwise one `ls-remote`. Never a fetch. A tag is always read with
-        `ls-remote` (one ls-refs that peels it), which answers for annotated and lightweight tags alike."""
+    async def head(self, max_age: float = 0.0) -> str:
+        """The commit the branch (or tag) points to. `max_age` > 0 (a poll) accepts the answer of
+        another app's check of the same branch with the same credentials, at most that old and not
+        used by this source before (sources/sharedhead.py); 0 checks now (and shares the answer)."""
+        if self._heads is None:
+            return await self._check_head()
+        answer = await self._heads.head(self._head_key(), self._check_head, max_age=max_age, seen=self._head_seen)
+        self._head_seen = max(self._head_seen, answer.generation)
+        if answer.shared:
+            self._observe("head", "shared", 0.0)
+        return answer.sha
+
+    def _head_key(self) -> tuple[str, ...]:
+        """What makes two head checks the same question: repository, ref, how it is read, credentials."""
+        assert self._heads is not None
+        api = self.github is not None and self.spec.head_check != "git" and not self.spec.tag
+        token = self.spec.token.get_secret_value() if self.spec.token else None
+        key = self.spec.ssh_key.get_secret_value() if self.spec.ssh_key else None
+        return (self.spec.url, self.spec.ref, f"api:{self.spec.head_check}" if api else "git",
+                self._heads.identity(self.spec.username, token, key, self.spec.known_hosts))
+
+    async def _check_head(self) -> str:
+        """GitHub's sha media type when enabled (idle polls are free 304s), otherwise one `ls-remote`.
+        Never a fetch. A tag is always read with `ls-remote` (one ls-refs that peels it), which answers
+        for annotated and lightweight tags alike."""
         if self.github is not None and self.spec.head_check != "git" and not self.spec.tag:
             try:
                 return await self._api_head(self.github)
