@@ -53,6 +53,7 @@ class AppWorker:
     stats: WorkerStats = field(default_factory=WorkerStats)
     settle: float = SETTLE
     burst_max_wait: float = BURST_MAX_WAIT
+    on_poll: Callable[[str, float], None] | None = None  # (app, seconds late) of each poll, e.g. for metrics
 
     def __post_init__(self) -> None:
         self._wake = asyncio.Event()
@@ -135,6 +136,8 @@ class AppWorker:
 
     def _note_lateness(self, lateness: float, interval: float) -> None:
         self.stats.max_lateness = max(self.stats.max_lateness, lateness)
+        if self.on_poll is not None:
+            self.on_poll(self.name, lateness)
         if lateness > max(1.0, 0.1 * interval):
             self.stats.late_polls += 1
 
@@ -183,10 +186,11 @@ class Scheduler:
     """Owns the workers; the web layer and the CLI talk to it, never to workers directly."""
 
     def __init__(self, reconcilers: Iterable[Reconciler], *, jitter: float = 0.1, seed: int | None = None,
-                 coordinator: Coordinator | None = None):
+                 coordinator: Coordinator | None = None, on_poll: Callable[[str, float], None] | None = None):
         rng = random.Random(seed)
         self.workers: dict[str, AppWorker] = {
-            r.app.name: AppWorker(r, jitter=jitter, rng=random.Random(rng.random())) for r in reconcilers
+            r.app.name: AppWorker(r, jitter=jitter, rng=random.Random(rng.random()), on_poll=on_poll)
+            for r in reconcilers
         }
         self.coordinator: Coordinator = coordinator or LocalCoordinator()
         self._stopping = asyncio.Event()

@@ -81,7 +81,8 @@ async def _serve(config: Config, hook_path: str, sock: socket.socket) -> int:
     secret = webhook_secret(config)
     runtime.redactor.add(secret)
     coordinator = coordinator_for(runtime.store, [a.name for a in config.apps], config.service)
-    scheduler = Scheduler(runtime.reconcilers.values(), coordinator=coordinator)
+    scheduler = Scheduler(runtime.reconcilers.values(), coordinator=coordinator,
+                          on_poll=metrics.observe_poll_lateness)
     background: list[BackgroundJob] = []
     settings = config.service
     if settings.public_url and settings.register_webhook:

@@ -19,6 +19,8 @@ from ..timings import step_seconds
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 # A step is often a few milliseconds (a cached read, the guard): finer buckets at the low end.
+# Polls due every few seconds to minutes: late by more than an interval is what matters.
+LATENESS_BUCKETS = (0.01, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 300)
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
@@ -44,11 +46,19 @@ class Metrics:
             "autodeployer_sync_step_seconds", "Duration of each step of recorded syncs (resolve, fetch, read, plan, "
             "guard, apply, verify, record).", ["app", "step"], buckets=STEP_BUCKETS, registry=self.registry,
         )
+        self.poll_lateness = Histogram(
+            "autodeployer_poll_lateness_seconds", "How late each poll started after its due time (all apps).",
+            buckets=LATENESS_BUCKETS, registry=self.registry,
+        )
         self._last_sync: dict[tuple[str, str], float] = {}
 
     # observers ---------------------------------------------------------------------------
     def observe_git(self, kind: str, result: str, seconds: float) -> None:
         self.git_requests.labels(kind, result).inc()
+
+    def observe_poll_lateness(self, app: str, seconds: float) -> None:
+        """One poll started `seconds` after it was due (one series for all apps: 1,000 apps, 1 histogram)."""
+        self.poll_lateness.observe(max(0.0, seconds))
 
     def observe_webhook(self, event: str, result: str) -> None:
         self.webhook_deliveries.labels(event, result).inc()
