@@ -204,7 +204,8 @@ def run_shared(options: Options) -> ScenarioResult:
     gain = unshared.cpu_per_poll / max(shared.cpu_per_poll, 1e-9)
     result.check("CPU per app-poll ≥ 5× lower than a head check per app",
                  f"{ratio(gain)} ({ms(shared.cpu_per_poll)} vs {ms(unshared.cpu_per_poll)})", gain >= 5)
-    result.notes += FLEET_NOTES + [
+    result.notes += [
+        *FLEET_NOTES,
         "Both rows run the same service build one after the other against the same Git server; the only "
         "difference is whether the 100 apps follow 100 repositories or one. Each app has its own Sesam node "
         "(emulators behind one loopback server in the benchmark process).",
