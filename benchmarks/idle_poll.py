@@ -12,8 +12,10 @@ import asyncio
 import filecmp
 import shutil
 import subprocess
+import sys
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,8 +40,9 @@ from .core import (
     human_bytes,
     ms,
     ratio,
+    wait_until,
 )
-from .fixtures import GIT_TOKEN, SESAM_JWT, ServerProcess, config_file, entities
+from .fixtures import GIT_TOKEN, SESAM_JWT, ServerProcess, child_env, config_file, entities, free_port, stop_process
 
 COMMITS, FILES = 2_000, 5_000
 REPO = "acme/config.git"
@@ -120,20 +123,28 @@ def old_cycle(url: str, work: Path, reference: Path, index: int) -> None:
 
 
 # --------------------------------------------------------------------------- autodeployer
-def app(name: str, git_url: str, sesam_api: str, drift_interval: float | None) -> AppConfig:
+def app(name: str, git_url: str, sesam_api: str, drift_interval: float | None, github_api: str | None = None
+        ) -> AppConfig:
+    """`github_api`: read the head through GitHub's API (sha media type, ETag) instead of `ls-refs`."""
+    api = {"github_api_url": github_api, "head_check": "api"} if github_api else {}
     return AppConfig(
         name=name,
-        source=SourceSpec(url=git_url, branch="master", token=SecretStr(GIT_TOKEN), repo_full_name="acme/config"),
+        source=SourceSpec(url=git_url, branch="master", token=SecretStr(GIT_TOKEN), repo_full_name="acme/config",
+                          **api),  # type: ignore[arg-type]
         target=sesam.Spec(api_url=sesam_api, jwt=SecretStr(SESAM_JWT)),
         policy=Policy(interval=60, drift_interval=drift_interval),
     )
 
 
-async def idle_cycles(runtime: Runtime, name: str, label: str, runs: int, git: ServerProcess, expect: str) -> Row:
+async def idle_cycles(runtime: Runtime, name: str, label: str, runs: int, git: ServerProcess, expect: str,
+                      warmed: Callable[[], None] | None = None) -> Row:
+    """`warmed` is called after the warm-up sync, before the idle polls."""
     reconciler = runtime.reconcilers[name]
     first = await reconciler.sync(Trigger.MANUAL)  # warms the mirror; the node already holds the config
     if first.result is not Result.NO_CHANGE:
         raise AssertionError(f"{name}: warm-up sync gave {first.result.value}: {first.error or first.summary}")
+    if warmed is not None:
+        warmed()
 
     async def cycle(i: int) -> None:
         result = await reconciler.sync(Trigger.POLL)
@@ -146,22 +157,72 @@ async def idle_cycles(runtime: Runtime, name: str, label: str, runs: int, git: S
     return Row(label, samples, server)
 
 
+@dataclass
+class RateCost:
+    """What idle polls through GitHub's API cost against its rate limit (counted by the emulator)."""
+
+    cycles: int
+    used: int  # requests charged to the rate limit during the measured cycles
+    not_modified: int  # head checks answered 304 (free)
+
+
+@contextmanager
+def github_process(git_dir: Path) -> Iterator[str]:
+    """The GitHub emulator as a process of its own (its CPU is not the client's); yields its API URL."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autodeployer_emulators.github", "--port", str(port), "--repo", "acme/config:master",
+         "--git-dir", f"acme/config={git_dir}"],
+        env=child_env(GITHUB_EMULATOR_TOKEN=GIT_TOKEN), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: rate_used(url) is not None, 30, interval=0.1, what="the GitHub emulator")
+        yield url
+    finally:
+        stop_process(proc)
+
+
+def rate_used(url: str) -> int | None:
+    """Requests charged to the token's core rate limit so far (`/rate_limit` itself is free)."""
+    try:
+        response = httpx.get(url + "/rate_limit", headers={"Authorization": f"token {GIT_TOKEN}"}, timeout=5,
+                             trust_env=False)
+    except httpx.HTTPError:
+        return None
+    return int(response.json()["rate"]["used"]) if response.status_code == 200 else None
+
+
 async def run_autodeployer(work: Path, git: ServerProcess, node: ServerProcess, runs: int,
-                           drift_runs: int) -> list[Row]:
+                           drift_runs: int, github_api: str) -> tuple[list[Row], RateCost]:
     git_url, api = git.url_for(REPO), node.url + "/api"
     config = Config(
         service=ServiceSettings(state_dir=work / "state", commit_status=False, log_level="warning"),
-        apps=[app("idle", git_url, api, drift_interval=0), app("drift", git_url, api, drift_interval=0.001)],
+        apps=[app("idle", git_url, api, drift_interval=0), app("drift", git_url, api, drift_interval=0.001),
+              app("api", git_url, api, drift_interval=0, github_api=github_api)],
     )
     configure_logging("warning")
-    runtime = build_runtime(config)
+    observed: list[tuple[str, str]] = []
+    runtime = build_runtime(config, git_observer=lambda kind, result, _s: observed.append((kind, result)))
     try:
-        return [
+        rows = [
             await idle_cycles(runtime, "idle", "autodeployer: head check (DRIFT_INTERVAL=0)", runs, git,
                               "head unchanged"),
             await idle_cycles(runtime, "drift", "autodeployer: head check + drift check", drift_runs,
                               git, "no drift"),
         ]
+        before = [0]
+
+        def warmed() -> None:  # the warm-up sync's first check (no ETag yet) is charged; count from here
+            before[0] = rate_used(github_api) or 0
+            observed.clear()
+
+        rows.append(await idle_cycles(runtime, "api", "autodeployer: head check through GitHub's API (ETag)", runs,
+                                      git, "head unchanged", warmed))
+        polls = runs + 3  # idle_cycles' unmeasured first three and the measured ones
+        cost = RateCost(polls, (rate_used(github_api) or 0) - before[0], observed.count(("api-head", "not-modified")))
+        return rows, cost
     finally:
         await runtime.aclose()
 
@@ -189,16 +250,17 @@ def run(options: Options) -> ScenarioResult:
     with tempfile.TemporaryDirectory(prefix="bench-idle-") as tmp:
         work = Path(tmp)
         WorkRepo.generate(work / "git" / REPO, COMMITS, FILES, config_file)
-        with ServerProcess.git(work / "git") as git, ServerProcess.sesam() as node:
+        with ServerProcess.git(work / "git") as git, ServerProcess.sesam() as node, \
+                github_process(work / "git" / REPO) as github_api:
             load_node(node, FILES)
-            rows = asyncio.run(run_autodeployer(work, git, node, runs, drift_runs))
+            rows, cost = asyncio.run(run_autodeployer(work, git, node, runs, drift_runs, github_api))
             # the old way second: its clones must not warm caches the idle cycles then benefit from
             old = asyncio.run(run_old(work, git, old_runs))
-    report(result, rows, old)
+    report(result, rows, old, cost)
     return result
 
 
-def report(result: ScenarioResult, rows: list[Row], old: Row) -> None:
+def report(result: ScenarioResult, rows: list[Row], old: Row, cost: RateCost) -> None:
     table = Table(
         f"One idle cycle, repository of {COMMITS:,} commits and {FILES:,} config files "
         "(median (min–max))",
@@ -215,13 +277,25 @@ def report(result: ScenarioResult, rows: list[Row], old: Row) -> None:
                   ratios if row is not old else "1×")
     result.tables.append(table)
     old_wall = medians["wall"]
-    idle, drift = rows
+    idle, drift, _api = rows
     idle_wall = idle.summary("wall").median
     result.check("idle cycle ≥ 100× cheaper than clone + compare (wall time)",
                  f"{ratio(old_wall / idle_wall)} ({ms(idle_wall)} vs {ms(old_wall)})", old_wall / idle_wall >= 100)
     result.check("idle cycle under 50 ms", ms(idle_wall), idle_wall < 0.05)
     drift_wall = drift.summary("wall").median
+    rate = Table("Idle polls through GitHub's API: cost against the rate limit (counted by the GitHub emulator)",
+                 ["Idle polls", "Answered 304 Not Modified", "Charged to the rate limit", "Per idle poll"])
+    rate.add(cost.cycles, cost.not_modified, cost.used, f"{cost.used / max(1, cost.cycles):g}")
+    result.tables.append(rate)
+    result.check("idle poll through GitHub's API costs nothing against the rate limit (ETag)",
+                 f"{cost.used} of {cost.cycles} idle polls charged ({cost.not_modified} answered 304)",
+                 cost.used == 0 and cost.not_modified == cost.cycles)
     result.notes += [
+        "GitHub's API row: the same idle cycle with `head_check: api`, the branch head read with the sha media type "
+        "and `If-None-Match` of the last answer's ETag; the GitHub emulator (a process of its own) answers 304 "
+        "while the branch is unchanged and charges only non-304 answers to the rate limit, as GitHub does. "
+        "Charged requests are read from its `/rate_limit` (free) before and after the cycles; the warm-up sync "
+        "before them learns the ETag with one charged request.",
         "The idle cycle is `Reconciler.sync(Trigger.POLL)` on an app whose head is already synced, built "
         "in-process with `build_runtime`; it is one protocol-v2 `ls-refs` POST on a kept-alive connection. "
         "With a drift check (by default at most once a minute) it also reads the live configuration "

@@ -82,7 +82,8 @@ class GitSource:
     ) -> None:
         self.spec = spec
         self._heads = heads  # polls of apps following the same branch share one head check
-        self._head_seen = 0  # generation of the last shared answer this source used
+        self._head_seen = 0  # generation of this source's own last head check
+        self._head_key_cache: tuple[GitHubClient | None, tuple[str, ...]] | None = None
         key = hashlib.sha256(spec.url.encode()).hexdigest()[:16]
         self.mirror = state_dir / "mirrors" / f"{key}.git"
         self._secrets_dir = state_dir / "secrets" / key
@@ -253,19 +254,26 @@ class GitSource:
         if self._heads is None:
             return await self._check_head()
         answer = await self._heads.head(self._head_key(), self._check_head, max_age=max_age, seen=self._head_seen)
-        self._head_seen = max(self._head_seen, answer.generation)
         if answer.shared:
             self._observe("head", "shared", 0.0)
+        else:  # never served back to this source: its next poll needs an answer newer than its own last check
+            self._head_seen = max(self._head_seen, answer.generation)
         return answer.sha
 
     def _head_key(self) -> tuple[str, ...]:
-        """What makes two head checks the same question: repository, ref, how it is read, credentials."""
+        """What makes two head checks the same question: repository, ref, how it is read, credentials
+        (computed once: the spec does not change, and `github` is set right after construction)."""
         assert self._heads is not None
+        if self._head_key_cache is None or self._head_key_cache[0] is not self.github:
+            self._head_key_cache = (self.github, self._make_head_key(self._heads))
+        return self._head_key_cache[1]
+
+    def _make_head_key(self, heads: SharedHeads) -> tuple[str, ...]:
         api = self.github is not None and self.spec.head_check != "git" and not self.spec.tag
         token = self.spec.token.get_secret_value() if self.spec.token else None
         key = self.spec.ssh_key.get_secret_value() if self.spec.ssh_key else None
         return (self.spec.url, self.spec.ref, f"api:{self.spec.head_check}" if api else "git",
-                self._heads.identity(self.spec.username, token, key, self.spec.known_hosts))
+                heads.identity(self.spec.username, token, key, self.spec.known_hosts))
 
     async def _check_head(self) -> str:
         """GitHub's sha media type when enabled (idle polls are free 304s), otherwise one `ls-remote`.

@@ -4,9 +4,11 @@ Apps that deploy the same repository (one per environment, region or node) share
 fetches already; without this, each of N apps still asked the Git host for the branch head every
 interval, N requests for one answer. `SharedHeads` is one per process (built by the runtime, passed
 to every `GitSource`): a poll's head check is answered from the last check of the same key when that
-check is recent enough (`max_age`, the app's poll interval) and newer than the one this app used
-last; concurrent callers wait for one request in flight. So N apps polling every interval cost about
-one request per interval, and an app alone still checks on each of its own polls.
+check is recent enough (`max_age`, the app's poll interval) and newer than this app's own last check;
+concurrent callers wait for one request in flight. So N apps polling every interval cost about one
+request per interval (the next one is sent by the app whose own check answered last, at its next poll,
+or by any app once the answer is older than the interval), and an app alone still checks on each of
+its own polls.
 
 The key is (URL, ref, how the head is read, a keyed digest of the credentials): an app with another
 token must not be told a head its own token would not be allowed to see (nor be spared the failure).
@@ -78,8 +80,8 @@ class SharedHeads:
     async def head(self, key: tuple[str, ...], check: HeadCheck, *, max_age: float, seen: int) -> HeadAnswer:
         """The head for `key` and the generation of that answer (pass it back as `seen` next time).
 
-        `max_age` > 0 (a poll): an answer at most that old which the caller has not used yet (its
-        generation is above `seen`), or the request in flight, is shared; otherwise `check` runs.
+        `max_age` > 0 (a poll): an answer at most that old and newer than the caller's own last check
+        (its generation is above `seen`), or the request in flight, is shared; otherwise `check` runs.
         `max_age` <= 0: `check` runs now, whatever is cached or in flight, and its answer is shared.
         A failed check is not cached: every caller waiting on it gets its error, the next asks again."""
         entry = self._entries.setdefault(key, _Entry())
