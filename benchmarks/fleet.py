@@ -46,6 +46,9 @@ from .many_apps import NodeRouter
 
 INTERVAL = 10.0
 ENTITIES = 20
+# CPU per app-poll before shared head checks: BENCHMARKS.md of 2026-11-23, many apps, head check only
+# (drift_interval: 0): 11.9 % of one core for 200 apps polled every 10 s.
+TODAY_PER_POLL = 0.119 * INTERVAL / 200
 
 
 @dataclass
@@ -201,9 +204,12 @@ def run_shared(options: Options) -> ScenarioResult:
     result.check("100 apps on one repository, 10 s poll: Git requests per minute ≤ 7",
                  f"{per_minute:.1f} (100 repositories: {60 * unshared.git_requests / unshared.seconds:.0f})",
                  per_minute <= 7)
-    gain = unshared.cpu_per_poll / max(shared.cpu_per_poll, 1e-9)
-    result.check("CPU per app-poll ≥ 5× lower than a head check per app",
-                 f"{ratio(gain)} ({ms(shared.cpu_per_poll)} vs {ms(unshared.cpu_per_poll)})", gain >= 5)
+    gain = TODAY_PER_POLL / max(shared.cpu_per_poll, 1e-9)
+    result.check(f"CPU per app-poll ≥ 5× lower than the many-apps figure before shared checks ({ms(TODAY_PER_POLL)})",
+                 f"{ratio(gain)} ({ms(shared.cpu_per_poll)} vs {ms(TODAY_PER_POLL)})", gain >= 5)
+    side = unshared.cpu_per_poll / max(shared.cpu_per_poll, 1e-9)
+    result.check("CPU per app-poll ≥ 5× lower than a head check per app, side by side in this run",
+                 f"{ratio(side)} ({ms(shared.cpu_per_poll)} vs {ms(unshared.cpu_per_poll)})", side >= 5)
     result.notes += [
         *FLEET_NOTES,
         "Both rows run the same service build one after the other against the same Git server; the only "
