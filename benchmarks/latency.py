@@ -9,7 +9,10 @@ has answered the service's read-back (the verification ``GET /config`` after the
 
 from __future__ import annotations
 
+import json
 import random
+import sqlite3
+import statistics
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -45,6 +48,21 @@ class Latencies:
     read_back: list[float] = field(default_factory=list)
     answer: list[float] = field(default_factory=list)  # webhook HTTP round trip
     missed: int = 0
+    steps: dict[str, list[float]] = field(default_factory=dict)  # ms per step, from the history rows
+
+
+def step_timings(state_dir: Path, trigger: str) -> dict[str, list[float]]:
+    """The service's own per-step timings (details.timings, ms) of its synced rows with this trigger."""
+    db = sqlite3.connect(f"file:{state_dir / 'history.sqlite3'}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT details FROM history WHERE trigger = ? AND result = 'synced'", (trigger,)).fetchall()
+    finally:
+        db.close()
+    steps: dict[str, list[float]] = {}
+    for (details,) in rows:
+        for step, value in (json.loads(details).get("timings") or {}).items():
+            steps.setdefault(step, []).append(float(value))
+    return steps
 
 
 @dataclass
@@ -119,6 +137,7 @@ def via_webhook(repo: ConfigRepo, git: ServerProcess, node: Node, work: Path, pu
         for k in range(pushes):
             one_push(repo, node.emulator, k, out, hookshot)
             time.sleep(SPACING)
+    out.steps = step_timings(work / "state-webhook", "webhook")
     return out
 
 
@@ -174,6 +193,16 @@ def report(result: ScenarioResult, rows: list[Latencies], pushes: int) -> None:
                   ms(percentile(row.read_back, 99)), row.missed)
     result.tables.append(table)
     hook = rows[0]
+    if hook.steps:
+        steps = Table("Where a webhook's sync spends its time: the service's own step timings (history rows' "
+                      "details.timings), median (min–max) and p99",
+                      ["Step", "Syncs", "median (min–max)", "p99", "share of the summed medians"])
+        total = sum(statistics.median(v) for v in hook.steps.values()) or 1.0
+        for step, values in hook.steps.items():
+            summary = Summary.of(v / 1000 for v in values)
+            steps.add(step, len(values), fmt_summary(summary), ms(percentile(values, 99) / 1000),
+                      f"{100 * statistics.median(values) / total:.0f} %")
+        result.tables.append(steps)
     if hook.visible:
         p50, p99 = percentile(hook.visible, 50), percentile(hook.visible, 99)
         result.check("webhook p50 under 300 ms", ms(p50), p50 < 0.3 and not hook.missed)
