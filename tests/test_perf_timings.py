@@ -84,4 +84,10 @@ def test_metrics_expose_a_histogram_per_step(service, app_env, sesam: SesamEmula
 
     counts = wait_for(lambda: (c := scraped()).get("verify") and c, timeout=30, what="step histograms")
     assert set(counts) == set(STEPS) and all(n >= 1 for n in counts.values())
-    assert "node" in httpx.get(running.url + "/metrics").text
+
+    def polls() -> float:  # every poll says how late it started, in one series for all apps
+        text = httpx.get(running.url + "/metrics", timeout=5).text
+        found = re.search(r"^autodeployer_poll_lateness_seconds_count ([0-9.]+)$", text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    assert wait_for(lambda: polls() >= 2, timeout=30, what="polls counted in the lateness histogram")
