@@ -41,7 +41,8 @@ from .core import CpuSample, Options, ScenarioResult, Summary, Table, fmt_summar
 from .fixtures import GIT_TOKEN, SESAM_JWT, ServerProcess, child_env, config_file, entities
 from .timed_app import LAST_PATH, TimedApp
 
-STEPS = ("read", "parse", "live", "node", "diff", "total", "own", "cpu")
+STEPS = ("read", "parse", "live", "node", "diff", "total", "own", "cpu", "warm_total", "warm_node", "warm_own",
+         "warm_cpu")
 
 
 # --------------------------------------------------------------------------- the child
@@ -63,6 +64,9 @@ async def child_cycles(git_url: str, api: str, state: Path, reps: int) -> dict[s
         node_url = api.removesuffix("/api") + LAST_PATH
         for _ in range(reps):
             for step, value in (await cold_cycle(reconciler, warm.revision, node_url)).items():
+                out[step].append(value)
+        for _ in range(reps):
+            for step, value in (await warm_cycle(reconciler, node_url)).items():
                 out[step].append(value)
         out["maxrss"] = peak_rss()  # before tracemalloc's own
         tracemalloc.start()
@@ -104,6 +108,21 @@ async def cold_cycle(reconciler: Any, sha: str, node_url: str) -> dict[str, floa
         node = float((await client.get(node_url)).json()["seconds"])
     return {"read": t1 - t0, "parse": t2 - t1, "live": t3 - t2, "node": node, "diff": t4 - t3,
             "total": t4 - t0, "own": t4 - t0 - node, "cpu": cpu}
+
+
+async def warm_cycle(reconciler: Any, node_url: str) -> dict[str, float]:
+    """A no-change sync as the running service does it for an unchanged head (a drift check, or "sync now"):
+    the tree and the parsed files are cached, so it is `GET /config`, decoding, the diff, and recording."""
+    cpu0 = CpuSample.now()
+    t0 = time.perf_counter()
+    result = await reconciler.sync(Trigger.MANUAL)
+    total = time.perf_counter() - t0
+    _, cpu = CpuSample.now().since(cpu0)
+    if result.result is not Result.NO_CHANGE:
+        raise AssertionError(f"expected no change, got {result.result.value}: {result.error or result.summary}")
+    async with httpx.AsyncClient(trust_env=False) as client:
+        node = float((await client.get(node_url)).json()["seconds"])
+    return {"warm_total": total, "warm_node": node, "warm_own": total - node, "warm_cpu": cpu}
 
 
 def child_main(argv: list[str]) -> int:
@@ -179,12 +198,28 @@ def report(result: ScenarioResult, sizes: list[SizeResult]) -> None:
                   fmt_summary(st["total"]), fmt_summary(st["own"]), fmt_summary(st["cpu"]), mb(s.maxrss),
                   mb(s.tracemalloc_peak))
     result.tables.append(table)
+    warm = Table("No-change sync in the running service: head unchanged, tree and parsed files cached "
+                 "(median (min–max))", ["Entities", "Runs", "end to end", "of which the node", "autodeployer's share",
+                                        "CPU"])
+    for s in sizes:
+        st = s.steps
+        warm.add(f"{s.size:,}", st["warm_total"].n, fmt_summary(st["warm_total"]), fmt_summary(st["warm_node"]),
+                 fmt_summary(st["warm_own"]), fmt_summary(st["warm_cpu"]))
+    result.tables.append(warm)
     at_10k = next((s for s in sizes if s.size == 10_000), None)
     if at_10k is not None:
         own, total = at_10k.steps["own"].median, at_10k.steps["total"].median
         result.check("10,000 entities: no-change cycle under 1 s (autodeployer's share)",
                      f"{ms(own)} (end to end with the emulator's answer: {ms(total)})", own < 1.0)
         result.check("10,000 entities: peak RSS under 200 MB", mb(at_10k.maxrss), at_10k.maxrss < 200e6)
+    at_50k = next((s for s in sizes if s.size == 50_000), None)
+    if at_50k is not None:
+        cold, warm_own = at_50k.steps["own"].median, at_50k.steps["warm_own"].median
+        result.check("50,000 entities: no-change cycle under 1 s (autodeployer's share), nothing cached", ms(cold),
+                     cold < 1.0)
+        result.check("50,000 entities: no-change sync under 1 s (autodeployer's share), the service's cached tree",
+                     ms(warm_own), warm_own < 1.0)
+        result.check("50,000 entities: peak RSS under 250 MB", mb(at_50k.maxrss), at_50k.maxrss < 250e6)
     time_check, rss_check = [*result.checks, None, None][:2]
     if time_check is not None and not time_check.met:
         result.analysis += LARGE_ANALYSIS
