@@ -430,12 +430,13 @@ class GitSource:
     async def tree_id(self, sha: str) -> str:
         """Object id of SYNC_ROOT at `sha`; "" when the directory does not exist there."""
         spec = f"{sha}:{self.spec.sync_root}" if self.spec.sync_root else f"{sha}^{{tree}}"
-        result = await self._git("rev-parse", "--verify", "--quiet", spec, check=False)
-        if result.returncode != 0:
+        # One process instead of two (rev-parse, then cat-file -t): each git spawn is ~5 ms of a push's sync.
+        # The answer is "<oid> <type> <size>", or "<name> missing" / "<name> ambiguous".
+        result = await self._git("cat-file", "--batch-check", stdin=f"{spec}\n".encode(), check=False)
+        fields = result.stdout.decode("utf-8", "replace").strip().split(" ")
+        if result.returncode != 0 or len(fields) != 3 or fields[1] != "tree" or not _SHA.fullmatch(fields[0]):
             return ""
-        oid = result.stdout.decode().strip()
-        kind = await self._git("cat-file", "-t", oid)
-        return oid if kind.stdout.decode().strip() == "tree" else ""
+        return fields[0]
 
     async def read(self, sha: str, *, max_file_bytes: int = MAX_FILE_BYTES) -> Tree:
         """Files under SYNC_ROOT at `sha`, read from objects (no working tree)."""
