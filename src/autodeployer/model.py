@@ -97,6 +97,7 @@ class Reason(str, enum.Enum):
     NOT_OWNER = "not-owner"  # another process or replica holds the app: nothing applied
     INTERRUPTED = "interrupted"  # the process stopped during the attempt
     INTERNAL = "internal"  # a bug: the error names the exception
+    UNSIGNED = "unsigned"  # VERIFY_COMMITS: the commit is not signed by a trusted key; nothing applied
 
     @property
     def label(self) -> str:
@@ -133,6 +134,7 @@ _REASON_LABELS = {
     Reason.TARGET_UNAVAILABLE: "target unavailable", Reason.REJECTED: "rejected by target",
     Reason.DRIFT: "verify found drift", Reason.NOT_OWNER: "not owner", Reason.INTERRUPTED: "interrupted",
     Reason.INTERNAL: "internal error",
+    Reason.UNSIGNED: "not signed by a trusted key",
 }
 
 

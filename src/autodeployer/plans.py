@@ -71,6 +71,7 @@ async def plan_revision(reconciler: Reconciler, revision: str | None = None) -> 
     try:
         report.live_revision = reconciler.store.get_state(reconciler.app.name).last_synced_revision
         report.revision = await _resolve(reconciler, revision)
+        await reconciler._check_signatures(report.revision, reconciler.store.get_state(reconciler.app.name))
         tree = await reconciler.source.read(report.revision)
         planned = await reconciler._plan(tree, reconciler.store.get_state(reconciler.app.name), None)
         report.plan = reconciler._guard(planned.plan)

@@ -19,6 +19,7 @@ from .logs import Redactor, get_logger
 from .model import Action, ApplyReport, CommitInfo, Plan, Problem, Reason, Result, SyncResult, Tree, Trigger
 from .reporters.base import Reporter
 from .sources.git import GitSource
+from .sources.signatures import CommitVerifier, UnsignedCommit
 from .store import AppState, StateChange, Store
 from .targets.base import SyncContext, Target
 
@@ -77,8 +78,10 @@ class Reconciler:
         *,
         reporters: Sequence[Reporter] = (),
         redactor: Redactor | None = None,
+        signatures: CommitVerifier | None = None,
     ) -> None:
         self.app = app
+        self.signatures = signatures  # VERIFY_COMMITS: None when off
         self.source = source
         self.target = target
         self.store = store
@@ -202,6 +205,7 @@ class Reconciler:
         fetched = Fetched(head)
         try:
             fetched = await self._fetch(head)
+            await self._check_signatures(fetched.sha, state)
             tree = await self._read(fetched.sha)
             if not drift_check and not dry_run:
                 self._report_started(fetched.sha, trigger)
@@ -250,6 +254,12 @@ class Reconciler:
             _discard(prefetched)
             raise
 
+    async def _check_signatures(self, sha: str, state: AppState) -> None:
+        """The signed-commits guard (VERIFY_COMMITS), before anything is planned or applied: raises
+        UnsignedCommit naming the first commit not signed by a trusted key."""
+        if self.signatures is not None:
+            await self.signatures.check(self.source.mirror, sha, state.last_synced_revision)
+
     async def _read(self, sha: str) -> Tree:
         """The files under SYNC_ROOT at the commit (the cached tree when it is the same commit)."""
         if self._tree is not None and self._tree.revision == sha:
@@ -297,6 +307,8 @@ class Reconciler:
     def _error_outcome(self, exc: Exception, plan: Plan | None, attempt: int | None) -> Outcome:
         """A failed step as a result: its Reason says which kind of failure it was."""
         problems: list[Problem] = list(getattr(exc, "problems", []))
+        if isinstance(exc, UnsignedCommit):
+            return Outcome(Result.REFUSED, plan=plan, error=exc.args[0], attempt_id=attempt, reason=Reason.UNSIGNED)
         if isinstance(exc, Refused):
             return Outcome(Result.REFUSED, plan=plan, error=exc.args[0], problems=problems, attempt_id=attempt,
                            reason=Reason.REFUSED)
@@ -355,6 +367,9 @@ class Reconciler:
             result.details["commit"] = {"message": commit.message, "author": commit.author}
         if plan and plan.notices:
             result.details["notices"] = plan.notices
+        signature = self.signatures.known(sha) if self.signatures is not None else None
+        if signature is not None:
+            result.details["signature"] = signature.to_dict()
         if outcome.details:
             result.details.update(self.redact.value(outcome.details))
         self._update_state(result, outcome)
@@ -375,6 +390,8 @@ class Reconciler:
                               last_drift_check_at=result.started_at, last_error=None, failures=0)
                 if "commit" in result.details:
                     fields["live_commit"] = dict(result.details["commit"])
+                    if "signature" in result.details:  # who signed what is live (VERIFY_COMMITS)
+                        fields["live_commit"]["signature"] = dict(result.details["signature"])
                 if outcome.memory is not None:
                     fields["memory"] = outcome.memory
             elif result.result in (Result.FAILED, Result.REFUSED):

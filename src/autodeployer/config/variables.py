@@ -37,6 +37,10 @@ CORE_VARIABLES: tuple[Variable, ...] = (
     Variable("GIT_TIMEOUT", "120", "Seconds a git command may take before it is abandoned."),
     Variable("TAG", None, "Follow this tag instead of a branch (BRANCH is then ignored): a moved or a new tag "
              "deploys."),
+    Variable("VERIFY_COMMITS", "off", "off, head (the commit deployed must be signed by a trusted key) or all "
+             "(every commit since the live revision too); others are refused, nothing applied."),
+    Variable("TRUSTED_KEYS_FILE", None, "File of trusted keys for VERIFY_COMMITS: ASCII-armoured GPG public keys "
+             "and/or SSH allowed-signers lines (told apart by content)."),
     # the later github-autodeployer generations' names (docs/migrating.md)
     Variable("GIT_REPO", None, "Clone URL, the later github-autodeployer's name for GIT_URL (both set and "
              "different is an error)."),

@@ -30,6 +30,7 @@ class SourceSpec(Frozen):
     github_api_url: str | None = None  # set when the repository lives on GitHub
     git_timeout: float = 120.0
     head_check: Literal["auto", "git", "api"] = "auto"
+    trusted_keys_file: str | None = None  # TRUSTED_KEYS_FILE: GPG public keys and/or SSH allowed signers
 
     @field_validator("tag")
     @classmethod
