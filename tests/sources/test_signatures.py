@@ -88,14 +88,15 @@ def test_good_gpg_signature_by_a_trusted_key_passes_and_names_the_signer(
     sha = signed_commit(repo, alice, "signed by alice", {"pipes/a.conf.json": "{}"})
     signature = check(verifier(keys_file, tmp_path / "state"), repo, sha)
     assert signature.good
-    assert signature.to_dict() == {"signer": "Alice <alice@example.org>", "key": alice.key_id, "kind": "gpg"}
+    assert signature.to_dict() == {"signer": "Alice <alice@example.org>", "key": alice.key_id, "kind": "gpg",
+                                  "trusted": True}
 
 
 def test_good_ssh_signature_by_an_allowed_signer_passes(repo: WorkRepo, bob: SshSigner, keys_file: Path,
                                                         tmp_path: Path):
     sha = signed_commit(repo, bob, "signed by bob over ssh")
     signature = check(verifier(keys_file, tmp_path / "state"), repo, sha)
-    assert signature.to_dict() == {"signer": "bob@example.org", "key": bob.fingerprint, "kind": "ssh"}
+    assert signature.to_dict() == {"signer": "bob@example.org", "key": bob.fingerprint, "kind": "ssh", "trusted": True}
 
 
 def test_unsigned_commit_is_refused_naming_it(repo: WorkRepo, keys_file: Path, tmp_path: Path):

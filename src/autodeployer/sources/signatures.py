@@ -281,7 +281,7 @@ class Signature:
 
     def to_dict(self) -> dict[str, Any]:
         """SyncResult.details["signature"]: who signed the deployed commit."""
-        return {"signer": self.signer or None, "key": self.key or None, "kind": self.kind}
+        return {"signer": self.signer or None, "key": self.key or None, "kind": self.kind, "trusted": self.good}
 
     def problem(self) -> str:
         """Why this commit is refused, naming it and its signer or key."""
@@ -305,8 +305,10 @@ class CommitVerifier:
         self._known: dict[str, Signature] = {}
 
     def known(self, sha: str | None) -> Signature | None:
-        """The verdict already reached for this commit (no process): what the record step shows."""
-        return self._known.get(sha) if sha else None
+        """The signature already checked of this commit (no process), if it has one: what the record step
+        shows (a refused commit's untrusted signer too; an unsigned commit has none to show)."""
+        found = self._known.get(sha) if sha else None
+        return found if found is not None and found.kind is not None else None
 
     async def check(self, mirror: Path, sha: str, live: str | None) -> Signature:
         """The signature of `sha`, or UnsignedCommit naming the first commit that is not signed by a
