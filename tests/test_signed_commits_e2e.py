@@ -179,3 +179,22 @@ def test_service_shows_the_signer_and_refuses_an_unsigned_push(
     assert f"commit {unsigned[:12]}: no signature" in str(state["last_error"])
     assert writes(sesam) == [] and "sneaky" not in stripped(sesam.entities())
     assert httpx.get(f"{svc.url}/healthz", timeout=5).status_code == 200
+
+
+def test_plan_and_rollback_are_checked_too(signed_env, config_repo: WorkRepo, sesam: SesamEmulator,
+                                           alice: GpgSigner, state_dir: Path):
+    unsigned = config_repo.head  # the fixture's initial commit
+    signed = push(config_repo, alice, "signed-pipe")
+    assert run_cli(signed_env, "sync").returncode == 0
+    sesam.reset_log()
+    done = run_cli(signed_env, "rollback", "--app", "node", "--to", unsigned)
+    assert done.returncode != 0
+    assert f"commit {unsigned[:12]}: no signature" in done.stdout + done.stderr
+    assert writes(sesam) == [] and "signed-pipe" in stripped(sesam.entities())
+    row = last_row(state_dir)
+    assert (row["revision"], row["trigger"], row["reason"]) == (unsigned, "rollback", "unsigned")
+    planned = run_cli(signed_env, "plan", "--revision", unsigned, "--format", "json")
+    assert planned.returncode == 2
+    assert f"commit {unsigned[:12]}: no signature" in json.loads(planned.stdout)["apps"][0]["reasons"][0]
+    good = run_cli(signed_env, "plan", "--revision", signed, "--format", "json")
+    assert json.loads(good.stdout)["apps"][0]["reasons"] == []
