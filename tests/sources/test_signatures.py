@@ -289,3 +289,16 @@ apps:
     with pytest.raises(ConfigError, match=r"apps\[signed\]\.policy\.verify_commits is 'all' but "
                                           r"apps\[signed\]\.source\.trusted_keys_file is not set"):
         load_config(env_for(repo, tmp_path), yaml_file)
+
+
+def test_verdicts_are_kept_per_commit_and_the_cache_stays_bounded(
+        repo: WorkRepo, alice: GpgSigner, keys_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from autodeployer.sources import signatures
+
+    monkeypatch.setattr(signatures, "_MAX_CACHE", 2)
+    live = signed_commit(repo, alice, "live")
+    shas = [signed_commit(repo, alice, f"c{i}") for i in range(3)]
+    v = verifier(keys_file, tmp_path / "state", "all")
+    assert check(v, repo, shas[-1], live).good  # more commits than the cache holds: still all checked
+    assert check(v, repo, shas[-1], live).good
+    assert v.known(shas[-1]) is not None and v.known(live) is None

@@ -28,7 +28,6 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -323,17 +322,20 @@ class CommitVerifier:
         bad = [v for v in verdicts if not v.good]
         if bad:
             first = bad[0]
-            where = "" if len(shas) == 1 else f" ({shas.index(first.sha) + 1} of the {len(shas)} commits since " \
-                                               f"the live revision {live[:12] if live else ''})"
+            where = ""
+            if len(shas) > 1:
+                where = (f" ({shas.index(first.sha) + 1} of the {len(shas)} commits since the live revision "
+                         f"{(live or '')[:12]})")
             more = f"; {len(bad) - 1} more not signed by a trusted key" if len(bad) > 1 else ""
             raise UnsignedCommit(f"refused by VERIFY_COMMITS={self.mode.value}: {first.problem()}{where}{more}")
-        return self._known[sha]
+        return verdicts[shas.index(sha)]
 
     async def _verdicts(self, mirror: Path, shas: list[str]) -> list[Signature]:
         missing = [s for s in shas if s not in self._known]
         if missing:
             if len(self._known) + len(missing) > _MAX_CACHE:
                 self._known.clear()
+                missing = list(dict.fromkeys(shas))
             out = await self._git(mirror, "log", "--no-walk=unsorted", "--stdin",
                                   "--format=%H%x1f%G?%x1f%GK%x1f%GS%x1e", stdin="\n".join(missing) + "\n")
             for record in out.split("\x1e"):
@@ -343,7 +345,7 @@ class CommitVerifier:
         lost = [s for s in shas if s not in self._known]
         if lost:
             raise SourceError(f"cannot read the signature of commit {lost[0][:12]} from the mirror")
-        return [self._known[s] for s in shas]
+        return [self._known[s] for s in shas]  # complete: the cache was cleared before, never after, the read
 
     async def _range(self, mirror: Path, live: str, sha: str) -> list[str]:
         """Every commit reachable from `sha` but not from the live revision, oldest first."""
@@ -393,17 +395,14 @@ class Keyrings:
         self.state_dir = state_dir
         self._rings: dict[Path, Keyring] = {}
 
-    def verifier(self, mode: str, keys_file: str | None, *, timeout: float = 120.0,
-                 where: Mapping[str, str] | None = None) -> CommitVerifier | None:
+    def verifier(self, mode: str, keys_file: str | None, *, timeout: float = 120.0) -> CommitVerifier | None:
         """The app's verifier; None when VERIFY_COMMITS is off. Errors name the keys file (start-up)."""
-        names = where or {}
         if VerifyMode(mode) is VerifyMode.OFF:
             return None
-        require_keys(mode, keys_file, names.get("mode", ENV_MODE), names.get("keys", ENV_KEYS))
+        require_keys(mode, keys_file, ENV_MODE, ENV_KEYS)
         assert keys_file is not None
         path = Path(keys_file).expanduser().resolve()
         ring = self._rings.get(path)
         if ring is None:
-            keys = read_trusted_keys(path, names.get("keys", ENV_KEYS))
-            ring = self._rings[path] = build_keyring(keys, self.state_dir, names.get("keys", ENV_KEYS))
+            ring = self._rings[path] = build_keyring(read_trusted_keys(path), self.state_dir)
         return CommitVerifier(mode, ring, timeout=timeout)
