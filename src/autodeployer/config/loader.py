@@ -272,8 +272,10 @@ def source_from_env(env: EnvReader, notices: list[str] | None = None) -> SourceS
     }
     data.update(provider_fields(
         url, repo_host(url), env.str("GIT_PROVIDER"),
-        {h: env.str(f"{h.upper()}_API_URL") for h in API_HOSTS},
-        {h: env.secret(f"{h.upper()}_TOKEN") for h in API_HOSTS}, data, ENV_NAMES))
+        {"gitlab": env.str("GITLAB_API_URL"), "gitea": env.str("GITEA_API_URL"),
+         "bitbucket": env.str("BITBUCKET_API_URL")},
+        {"gitlab": env.secret("GITLAB_TOKEN"), "gitea": env.secret("GITEA_TOKEN"),
+         "bitbucket": env.secret("BITBUCKET_TOKEN")}, data, ENV_NAMES))
     spec: SourceSpec = validate_model(SourceSpec, data, "source")
     return spec
 

@@ -224,7 +224,7 @@ class WebhookReceiver:
         path = request.url.path
         if "token" in request.path_params:
             path = path.rsplit("/", 1)[0] + "/<token>"
-        log("webhook delivery", path=path, provider=provider.name if provider else None, event=event or None,
+        log("webhook delivery", path=path, provider=provider.name if provider else None, host_event=event or None,
             delivery=provider.delivery_key(request.headers)[1] or None if provider else None,
             result=verdict.result, status=verdict.status, **({"reason": verdict.body.get("reason")}
                                                              if verdict.body and "reason" in verdict.body else {}))
