@@ -224,7 +224,9 @@ def default_state_dir(env: Mapping[str, str]) -> Path:
 def source_from_env(env: EnvReader, notices: list[str] | None = None) -> SourceSpec:
     """The source of the environment form; `notices` receives what start-up should log."""
     notices = [] if notices is None else notices
-    token = env.secret("GITHUB_TOKEN")
+    # a Git host's token (GITLAB_TOKEN, ...) is a clone token like GITHUB_TOKEN (GIT_USERNAME goes with it)
+    token = (env.secret("GITHUB_TOKEN") or env.secret("GITLAB_TOKEN") or env.secret("GITEA_TOKEN")
+             or env.secret("BITBUCKET_TOKEN"))
     github_url = env.str("GITHUB_URL") or "https://github.com"
     git_url = _one_of(("GIT_URL", env.str("GIT_URL")), ("GIT_REPO", env.str("GIT_REPO")))
     ssh_key, token, token_user = _deploy_credentials(env, token)
