@@ -133,7 +133,8 @@ class BitbucketEmulator(ForgeEmulator):
         if missing:
             return json_error(400, {"errors": [{"message": f"{missing[0]} is required"}]})
         now = int(datetime.now(UTC).timestamp() * 1000)
-        configuration = body.get("configuration") if isinstance(body.get("configuration"), dict) else {}
+        given = body.get("configuration")
+        configuration: dict[str, Any] = given if isinstance(given, dict) else {}
         hook = {"id": self.next_id(), "name": str(body["name"]), "createdDate": now, "updatedDate": now,
                 "events": list(body["events"]), "configuration": {k: str(v) for k, v in configuration.items()},
                 "url": str(body["url"]), "active": bool(body.get("active", True)), "scopeType": "repository",

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 
 from autodeployer_emulators.gitlab import GitLabEmulator
 
-from ..helpers import WEBHOOK_SECRET, run_cli, wait_for
+from ..helpers import WEBHOOK_SECRET, stripped, wait_for
 from .conftest import Host, commit, provider_env, run_scenario
 
 
@@ -28,11 +30,15 @@ def test_gitlab_push_end_to_end(service, app_env, gitlab, config_repo, sesam, st
     assert "running" not in [s["status"] for s in gitlab.statuses("acme/config", sha)]  # never synced
 
 
-def test_gitlab_statuses_say_running_then_success(service, app_env, gitlab, config_repo, sesam):
-    env = provider_env(app_env, "gitlab", gitlab.api_url)
-    assert "created" in run_cli(env, "hooks", "register").stdout
+def test_service_registers_the_hook_and_statuses_say_running_then_success(service, app_env, gitlab, config_repo,
+                                                                            sesam):
+    env = {**provider_env(app_env, "gitlab", gitlab.api_url), "REGISTER_WEBHOOK": "true"}
     svc = service(env)
     wait_for(lambda: httpx.get(svc.url + "/readyz").status_code == 200, what="first sync")
+    wait_for(lambda: gitlab.hooks("acme/config"), what="the service registering its GitLab hook")
+    [hook] = gitlab.hooks("acme/config")
+    assert (hook["url"], hook["token"], hook["push_events"], hook["tag_push_events"]) == \
+        (env["PUBLIC_URL"] + "/webhook", WEBHOOK_SECRET, True, True)
     before, after = commit(config_repo, "states")
     [sent] = gitlab.push("acme/config", "refs/heads/master", before, after)
     assert sent.status_code == 202
@@ -57,3 +63,29 @@ def test_merge_request_and_unknown_path_are_answered_cleanly(service, app_env, g
             "project": {"path_with_namespace": "acme/config"}}
     wrong_kind = httpx.post(svc.url + "/webhook", json=push, headers={**headers, "X-Gitlab-Event": "Note Hook"})
     assert wrong_kind.status_code == 202 and "does not announce a push" in wrong_kind.json()["reason"]
+
+
+def test_same_limits_as_github(service, app_env, gitlab, config_repo, sesam):
+    """Body cap (413) and read timeout (408) for a GitLab delivery with a valid token; a wrong token
+    is 401 however large the body (it is drained, never buffered); none of them syncs."""
+    env = {**provider_env(app_env, "gitlab", gitlab.api_url), "WEBHOOK_READ_TIMEOUT": "0.5"}
+    svc = service(env)
+    wait_for(lambda: httpx.get(svc.url + "/readyz").status_code == 200, what="first sync")
+    puts = sesam.put_count
+    headers = {"X-Gitlab-Event": "Push Hook", "Content-Type": "application/json"}
+
+    def chunks(total: int, pause: float = 0.0):
+        for _ in range(total // (1 << 20)):
+            if pause:
+                time.sleep(pause)
+            yield b" " * (1 << 20)
+
+    signed = {**headers, "X-Gitlab-Token": WEBHOOK_SECRET}
+    big = httpx.post(svc.url + "/webhook", content=chunks(26 << 20), headers=signed)
+    assert big.status_code == 413
+    slow = httpx.post(svc.url + "/webhook", content=chunks(3 << 20, pause=0.4), headers=signed, timeout=10)
+    assert slow.status_code == 408
+    wrong = httpx.post(svc.url + "/webhook", content=chunks(8 << 20), headers={**headers, "X-Gitlab-Token": "nope"})
+    assert wrong.status_code == 401 and wrong.json() == {"error": "invalid or missing token"}
+    time.sleep(0.5)
+    assert sesam.put_count == puts and "fresh" not in stripped(sesam.entities())
