@@ -211,23 +211,23 @@ class WebhookReceiver:
     async def _handle_other(self, request: Request, provider: Provider | None) -> Response:
         """A delivery of GitLab, Gitea/Forgejo or Bitbucket: same limits and answers as GitHub's;
         logged with the host's event and delivery id, and never the path token of Bitbucket Cloud."""
+        event, delivery = "", ""
         if provider is None:
-            verdict = Verdict(404, "unknown-provider", {"error": f"no Git host is called "
-                                                                 f"{request.path_params.get('provider')!r}; "
-                                                                 f"expected one of {', '.join(PROVIDERS)}"})
-            event = ""
+            named = request.path_params.get("provider")
+            verdict = Verdict(404, "unknown-provider",
+                              {"error": f"no Git host is called {named!r}; expected one of {', '.join(PROVIDERS)}"})
         else:
-            event = provider.event(request.headers)
+            event, delivery = provider.event(request.headers), provider.delivery_key(request.headers)[1]
             verdict = await self._verdict(request, event, provider)
         self._observe(event or "unknown", verdict.result)
         log = self._log.warning if verdict.status == 401 else self._log.info
         path = request.url.path
         if "token" in request.path_params:
             path = path.rsplit("/", 1)[0] + "/<token>"
+        reason = (verdict.body or {}).get("reason")
         log("webhook delivery", path=path, provider=provider.name if provider else None, host_event=event or None,
-            delivery=provider.delivery_key(request.headers)[1] or None if provider else None,
-            result=verdict.result, status=verdict.status, **({"reason": verdict.body.get("reason")}
-                                                             if verdict.body and "reason" in verdict.body else {}))
+            delivery=delivery or None, result=verdict.result, status=verdict.status,
+            **({"reason": reason} if reason else {}))
         if verdict.status == 204:
             return Response(status_code=204)
         return JSONResponse(verdict.body or {"result": verdict.result}, status_code=verdict.status)
@@ -354,7 +354,6 @@ class WebhookReceiver:
         for app in apps:
             self._scheduler.trigger(app, Trigger.WEBHOOK)
         return Verdict(202, "accepted", {"result": "queued", "apps": apps})
-
 
     def _dispatch_parsed(self, provider: str, parsed: Parsed) -> Verdict:
         """Wake the apps of this host that follow a pushed ref; say why when there are none."""
