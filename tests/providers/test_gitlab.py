@@ -8,7 +8,7 @@ import httpx
 
 from autodeployer_emulators.gitlab import GitLabEmulator
 
-from ..helpers import WEBHOOK_SECRET, stripped, wait_for
+from ..helpers import WEBHOOK_SECRET, run_cli, stripped, wait_for
 from .conftest import Host, commit, provider_env, run_scenario
 
 
@@ -89,3 +89,14 @@ def test_same_limits_as_github(service, app_env, gitlab, config_repo, sesam):
     assert wrong.status_code == 401 and wrong.json() == {"error": "invalid or missing token"}
     time.sleep(0.5)
     assert sesam.put_count == puts and "fresh" not in stripped(sesam.entities())
+
+
+def test_api_refusal_names_the_request_never_the_token(app_env, gitlab):
+    wrong = "glpat-WRONG-SECRET-77aa"
+    env = {**provider_env(app_env, "gitlab", gitlab.api_url), "GITLAB_TOKEN": wrong}
+    for action in ("list", "register"):
+        done = run_cli(env, "hooks", action)
+        assert done.returncode != 0, done.stdout
+        assert "acme/config: " in done.stderr and ": 401 401 Unauthorized" in done.stderr, done.stderr
+        assert wrong not in done.stdout + done.stderr
+    assert gitlab.hooks("acme/config") == []
