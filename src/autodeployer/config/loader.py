@@ -20,6 +20,8 @@ import yaml
 from pydantic import BaseModel, Field, SecretStr, model_validator
 
 from ..errors import ConfigError
+from ..rollout.promotion import DEFAULT_SOAK, check_graph
+from ..rollout.windows import Duration, Window, windows_from_json
 from ..sources.spec import REF_NAME, SourceSpec
 from ..targets import TARGETS
 from .variables import (
@@ -64,6 +66,11 @@ class Policy(Frozen):
     drift_interval: float | None = Field(default=None, ge=0)  # None: max(interval, 60 s); 0: never
     allow_empty: StrictBool = False
     dry_run: StrictBool = False
+    # rollout policy (docs/rollout.md): sync windows, and promotion from another app after a soak
+    windows: tuple[Window, ...] = ()
+    drift_in_window_only: StrictBool = False  # hold drift repair outside the windows too (default: anytime)
+    promote_from: str | None = None
+    soak: Duration = DEFAULT_SOAK  # seconds, or 10m, 3s, ...
 
 
 class AppConfig(Frozen):
@@ -349,7 +356,20 @@ def policy_from_env(env: EnvReader) -> Policy:
         drift_interval=env.number("DRIFT_INTERVAL", minimum=0),
         allow_empty=env.bool("ALLOW_EMPTY"),
         dry_run=env.bool("DRY_RUN"),
+        windows=_env_windows(env),
+        drift_in_window_only=env.bool("DRIFT_IN_WINDOW_ONLY"),
     )
+
+
+def _env_windows(env: EnvReader) -> tuple[Window, ...]:
+    """SYNC_WINDOWS: a JSON list of windows with the YAML's keys (docs/rollout.md)."""
+    text = env.str("SYNC_WINDOWS")
+    if not text:
+        return ()
+    try:
+        return windows_from_json(text)
+    except ValueError as exc:
+        raise ConfigError(f"SYNC_WINDOWS{exc}") from None
 
 
 # Python's other level names, which the github-autodeployer accepted (logging.getLevelName)
@@ -556,6 +576,9 @@ def apps_from_yaml(doc: dict[str, Any], environ: Mapping[str, str]) -> list[AppC
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"apps: duplicate app names: {', '.join(dupes)}")
+    problem = check_graph({a.name: a.policy.promote_from for a in apps})
+    if problem:
+        raise ConfigError(problem)
     return apps
 
 
