@@ -487,6 +487,8 @@ class Reconciler:
             fields["reason"] = result.reason.value
         if result.result.ok:
             self.log.info("sync finished", **fields)
+        elif result.result is Result.HELD:  # a policy at work, not an error
+            self.log.info("sync held", held=result.error, **fields)
         else:
             self.log.error("sync finished", error=result.error, problems=[str(p) for p in result.problems], **fields)
         for warning in result.warnings:

@@ -160,8 +160,11 @@ class AppWorker:
         try:
             # Never wait for the app's lock here: a CLI run holds it; the retry below comes back in a second.
             override, self.override_window = self.override_window and trigger is Trigger.MANUAL, False
-            result = await self.reconciler.sync(trigger, force=trigger is not Trigger.POLL, lock_wait=0.0,
-                                                override_window=override)
+            force = trigger is not Trigger.POLL
+            if override:  # asked through the API: the reconciler records it (details["window_override"])
+                result = await self.reconciler.sync(trigger, force=force, lock_wait=0.0, override_window=True)
+            else:
+                result = await self.reconciler.sync(trigger, force=force, lock_wait=0.0)
         except Exception:  # the reconciler records its own errors; this is a last line of defence
             self._log.exception("sync crashed")
             return None
