@@ -41,7 +41,7 @@ def check_graph(edges: Mapping[str, str | None]) -> str | None:
 
 def health_of(state: AppState, revision: str) -> dict[str, Any]:
     """The upstream's health record for `revision` (written by the health check), or {} when none."""
-    health = getattr(state, "health", None) or {}
+    health = state.health or {}
     return dict(health) if isinstance(health, dict) and health.get("revision") == revision else {}
 
 
