@@ -53,7 +53,7 @@ def test_durations_are_read_as_argo_cd_writes_them(text: str | int, seconds: flo
 
 @pytest.mark.parametrize("text", ["64y", "", "h", 0, -5, True, "1h 2x"])
 def test_a_wrong_duration_says_what_is_expected(text: object) -> None:
-    with pytest.raises(ValueError, match="duration like 64h|more than 0"):
+    with pytest.raises(ValueError, match=r"duration like 64h|more than 0"):
         parse_duration(text)
 
 
