@@ -15,7 +15,7 @@ import httpx
 from autodeployer_emulators.gitserver import GitHttpServer, WorkRepo
 from autodeployer_emulators.sesam import SesamEmulator
 
-from .helpers import entity_json, history_rows, pipe, stripped, wait_for
+from .helpers import entity_json, history_rows, pipe, run_cli, stripped, wait_for
 
 ADMIN = "admin-token-for-rollout-0001"
 
@@ -104,10 +104,12 @@ apps:
         assert "orders" not in stripped(prod_node.entities())
         assert waiting["rollout"]["summary"].startswith(f"test: {good[:7]} live")
         assert "waiting for test" in waiting["rollout"]["held"]["reason"]
+        status = run_cli({**env, "PROD_JWT": "prod-jwt-value-0001"}, "--config", str(config), "status")
+        assert "held" in status.stdout and f"test: {good[:7]} live" in status.stdout, status.stdout + status.stderr
         wait_for(lambda: "orders" in stripped(prod_node.entities()), timeout=20, what="prod followed test")
         assert time.time() - synced_on_test >= 2.5  # not before the soak (less the time test's sync took)
-        prod_rows = history_rows(state_dir, "prod")
-        assert [r["result"] for r in prod_rows][-1] == "synced" and prod_rows[-1]["revision"] == good
+        wait_for(lambda: (rows := history_rows(state_dir, "prod"))[-1]["result"] == "synced"
+                 and rows[-1]["revision"] == good, what="prod's sync recorded")
         assert app_status(svc.url, "prod")["rollout"]["summary"].startswith(f"test: {good[:7]} live")
 
         # a commit test refuses (a pipe file that is not JSON) never reaches prod
