@@ -198,11 +198,32 @@ class Scheduler:
             r.app.name: AppWorker(r, jitter=jitter, rng=random.Random(rng.random())) for r in reconcilers
         }
         self.coordinator: Coordinator = coordinator or LocalCoordinator()
+        self._wake_followers()
         self._stopping = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[None]] = {}  # one per app this replica runs (or just ran)
         self._app_stops: dict[str, asyncio.Event] = {}
         self._was_ready = False
         self._log = get_logger()
+
+    def _wake_followers(self) -> None:
+        """An app promoted from another (policy.promote_from) looks again as soon as that app synced here,
+        rather than at its next poll (replicas running the downstream see it at their poll)."""
+        followers: dict[str, list[str]] = {}
+        for worker in self.workers.values():
+            upstream = worker.reconciler.app.policy.promote_from
+            if upstream in self.workers:
+                followers.setdefault(upstream, []).append(worker.name)
+        for upstream, names in followers.items():
+            worker = self.workers[upstream]
+            if worker.on_result is None:
+                worker.on_result = self._poll_followers(names)
+
+    def _poll_followers(self, names: list[str]) -> Callable[[SyncResult], None]:
+        def poll(result: SyncResult) -> None:
+            if result.result is Result.SYNCED:
+                for name in names:
+                    self.local_trigger(name, Trigger.POLL)
+        return poll
 
     async def start(self) -> None:
         for worker in self.workers.values():

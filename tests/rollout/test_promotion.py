@@ -18,6 +18,7 @@ from autodeployer.model import Reason, Result, Trigger
 from autodeployer.reconcile import Reconciler
 from autodeployer.rollout.promotion import check_graph, promotion_hold
 from autodeployer.runtime import build_runtime
+from autodeployer.scheduling import Scheduler
 from autodeployer.store import AppState
 from autodeployer.store.base import HistoryRow
 from autodeployer_emulators.gitserver import GitHttpServer, WorkRepo
@@ -195,5 +196,17 @@ def test_a_rolled_back_upstream_holds_prod(git_server: GitHttpServer, config_rep
             assert held.summary.startswith("waiting for test: it is suspended (rolled back to ")
             assert store.get_state("prod").last_synced_revision == first
             assert len(prod.target.applied) == 1  # type: ignore[attr-defined]
+
+    asyncio.run(scenario())
+
+
+def test_a_sync_of_test_wakes_prod_at_once(git_server: GitHttpServer, config_repo: WorkRepo, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with chain(tmp_path, git_server.url_for("acme/config.git"), "0") as (test, prod, _store):
+            scheduler = Scheduler([test, prod])
+            hook = scheduler.workers["test"].on_result
+            assert hook is not None and scheduler.workers["prod"].on_result is None
+            hook(await test.sync(Trigger.POLL))
+            assert scheduler.workers["prod"].pending is Trigger.POLL
 
     asyncio.run(scenario())
