@@ -213,14 +213,27 @@ def test_drift_repair_is_held_only_when_asked(git_server: GitHttpServer, config_
                                                in_window_only: bool) -> None:
     async def scenario() -> None:
         store, target = MemoryStore(), FakeTarget()
-        env = windows_env(git_server, tmp_path, [window_now(600, offset=5)], DRIFT_INTERVAL="0.01",
+        opens = int(time.time() + 2.5)
+        env = windows_env(git_server, tmp_path, [window_now(600, offset=opens - time.time())], DRIFT_INTERVAL="0.01",
                           DRIFT_IN_WINDOW_ONLY=str(in_window_only).lower())
         async with reconciler(env, target, store) as rec:
-            assert (await rec.sync(Trigger.POLL)).result is Result.SYNCED  # the window opens in 5 s
-            await asyncio.sleep(5.1)
+            assert (await rec.sync(Trigger.POLL)).result is Result.SYNCED  # before the window opens
+            await asyncio.sleep(opens - time.time() + 0.1)
             target.live["pipes/extra.conf.json"] = "{}"  # someone changed the target
             repaired = await rec.sync(Trigger.POLL)
             assert repaired.result is (Result.HELD if in_window_only else Result.SYNCED)
             assert ("pipes/extra.conf.json" in target.live) is in_window_only
 
     asyncio.run(scenario())
+
+
+def test_a_held_revision_is_pending_on_github_and_not_notified() -> None:
+    from autodeployer.model import SyncResult
+    from autodeployer.reporters.commit_status import status_for
+    from autodeployer.reporters.notify import event_for
+
+    reason = "held by window deny '0 16 * * FRI' for 64h (Europe/Oslo) until Mon 08:00 CET"
+    result = SyncResult("prod", Trigger.WEBHOOK, Result.HELD, revision="a" * 40, summary=reason, error=reason,
+                        reason=Reason.HELD)
+    assert status_for(result) == ("pending", reason)
+    assert event_for(Result.HELD, Result.FAILED, "all") is None and event_for(Result.HELD, None, "all") is None
