@@ -130,7 +130,7 @@ class Reconciler:
         try:
             if gated and self.gate.upstream is not None:
                 promoted, waiting = self.gate.promoted_revision()
-                if promoted is None:  # the upstream has nothing verified yet: there is no revision to fetch
+                if waiting is not None:  # the upstream has nothing verified yet: there is no revision to fetch
                     return await self._held(trigger, state, None, waiting, force, started, clock)
                 revision = promoted
             head = await self._resolve(state, revision)
@@ -275,16 +275,13 @@ class Reconciler:
                                "window_override": {"overridden": True, "would_hold": overridden.reason}}
         return outcome
 
-    async def _held(self, trigger: Trigger, state: AppState, sha: str | None, hold: Hold | None, force: bool,
+    async def _held(self, trigger: Trigger, state: AppState, sha: str | None, hold: Hold, force: bool,
                     started: float, clock: float) -> SyncResult:
         """A hold found before anything could be fetched: recorded once, quiet while it lasts."""
-        assert hold is not None
         if not force and state.last_result is Result.HELD and state.last_revision == sha:
             return self._quiet_hold(trigger, sha, hold, started, clock)
         outcome = Outcome(Result.HELD, error=hold.reason, reason=Reason.HELD, details=hold.details())
-        result = await self._record(trigger, sha, outcome, started, clock)
-        result.wake_at = hold.until
-        return result
+        return await self._record(trigger, sha, outcome, started, clock)
 
     def _quiet_hold(self, trigger: Trigger, sha: str | None, hold: Hold, started: float,
                     clock: float) -> SyncResult:
