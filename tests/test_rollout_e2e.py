@@ -51,7 +51,8 @@ def test_a_push_inside_a_deny_window_is_held_then_deployed_and_override_is_recor
     # deployed at the window's end, without a new push; held recorded once, not at every poll
     wait_for(lambda: "orders" in stripped(sesam.entities()), timeout=20, what="deployed when the window closed")
     assert time.time() >= int(now - 1) + 7  # not before the window's end
-    rows = history_rows(state_dir, "node")
+    rows = wait_for(lambda: (found := history_rows(state_dir, "node"))[-1]["result"] != "running" and found,
+                    what="the deploy recorded")
     assert [r["result"] for r in rows] == ["held", "synced"] and rows[1]["revision"] == initial
 
     # the second window: a push is held; the API's override deploys it anyway, recorded as such
@@ -66,7 +67,8 @@ def test_a_push_inside_a_deny_window_is_held_then_deployed_and_override_is_recor
                           headers={"Authorization": f"Bearer {ADMIN}"}, timeout=5)
     assert response.status_code == 202 and response.json()["override_window"] is True
     wait_for(lambda: "urgent" in stripped(sesam.entities()), what="the override deployed")
-    history = httpx.get(f"{svc.url}/api/apps/node/history", timeout=5).json()["history"]
+    history = wait_for(lambda: (found := httpx.get(f"{svc.url}/api/apps/node/history", timeout=5).json()["history"])
+                       [0]["result"] != "running" and found, what="the override recorded")
     assert history[0]["result"] == "synced" and history[0]["details"]["window_override"]["overridden"] is True
     assert [h["result"] for h in history].count("held") == 2
     assert app_status(svc.url, "node")["status"] == "synced"
@@ -99,7 +101,8 @@ apps:
         good = config_repo.head
         wait_for(lambda: "orders" in stripped(sesam.entities()), what="test deployed")
         synced_on_test = time.time()
-        waiting = wait_for(lambda: (row := app_status(svc.url, "prod"))["status"] == "held" and row,
+        waiting = wait_for(lambda: (row := app_status(svc.url, "prod"))["status"] == "held"
+                           and row["rollout"]["summary"].startswith(f"test: {good[:7]} live") and row,
                            what="prod waiting for the soak")
         assert "orders" not in stripped(prod_node.entities())
         assert waiting["rollout"]["summary"].startswith(f"test: {good[:7]} live")
