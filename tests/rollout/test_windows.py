@@ -175,11 +175,11 @@ def test_a_new_revision_is_held_once_and_deployed_when_the_window_closes(
         git_server: GitHttpServer, config_repo: WorkRepo, tmp_path: Path) -> None:
     async def scenario() -> None:
         store, target = MemoryStore(), FakeTarget()
-        async with reconciler(windows_env(git_server, tmp_path, [window_now(3)]), target, store) as rec:
+        async with reconciler(windows_env(git_server, tmp_path, [window_now(5)]), target, store) as rec:
             held = await rec.sync(Trigger.POLL)
             assert held.result is Result.HELD and held.reason is Reason.HELD and not target.applied
             assert held.summary.startswith("held by window deny") and "until" in held.summary
-            assert held.wake_at is not None and 0 < held.wake_at - time.time() < 3
+            assert held.wake_at is not None and 0 < held.wake_at - time.time() < 5
             assert held.diff  # the row shows what waits
             rows = store.history("node")
             assert [r.result for r in rows] == ["held"] and rows[0].details["held"]["by"] == "window"
