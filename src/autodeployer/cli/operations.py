@@ -192,6 +192,9 @@ def _note(row: dict[str, Any]) -> str:
     if problems and not row.get("suspended_reason"):  # the first problem names the file
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         return str(problems[0]).split("\n")[0] + more
+    rollout = (row.get("rollout") or {}).get("summary")
+    if rollout and row.get("status") in ("held", "synced", "pending"):  # why held; the promotion chain
+        return str(rollout)
     return (row.get("suspended_reason") or row.get("last_error") or message or "").split("\n")[0]
 
 

@@ -29,6 +29,8 @@ from ..providers.settings import (
     provider_fields,
     yaml_names,
 )
+from ..rollout.promotion import DEFAULT_SOAK, check_graph
+from ..rollout.windows import Duration, Window, windows_from_json
 from ..sources.signatures import mode_value, parse_mode, require_keys, trusted_keys_path
 from ..sources.spec import REF_NAME, SourceSpec
 from ..targets import TARGETS
@@ -77,6 +79,11 @@ class Policy(Frozen):
     dry_run: StrictBool = False
     # VERIFY_COMMITS: which commits must be signed by a trusted key (sources/signatures.py)
     verify_commits: Annotated[Literal["off", "head", "all"], BeforeValidator(mode_value)] = "off"
+    # rollout policy (docs/rollout.md): sync windows, and promotion from another app after a soak
+    windows: tuple[Window, ...] = ()
+    drift_in_window_only: StrictBool = False  # hold drift repair outside the windows too (default: anytime)
+    promote_from: str | None = None
+    soak: Duration = DEFAULT_SOAK  # seconds, or 10m, 3s, ...
 
 
 class AppConfig(Frozen):
@@ -373,7 +380,20 @@ def policy_from_env(env: EnvReader) -> Policy:
         allow_empty=env.bool("ALLOW_EMPTY"),
         dry_run=env.bool("DRY_RUN"),
         verify_commits=parse_mode(env.str("VERIFY_COMMITS"), "VERIFY_COMMITS"),
+        windows=_env_windows(env),
+        drift_in_window_only=env.bool("DRIFT_IN_WINDOW_ONLY"),
     )
+
+
+def _env_windows(env: EnvReader) -> tuple[Window, ...]:
+    """SYNC_WINDOWS: a JSON list of windows with the YAML's keys (docs/rollout.md)."""
+    text = env.str("SYNC_WINDOWS")
+    if not text:
+        return ()
+    try:
+        return windows_from_json(text)
+    except ValueError as exc:
+        raise ConfigError(f"SYNC_WINDOWS{exc}") from None
 
 
 # Python's other level names, which the github-autodeployer accepted (logging.getLevelName)
@@ -599,6 +619,9 @@ def apps_from_yaml(doc: dict[str, Any], environ: Mapping[str, str]) -> list[AppC
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"apps: duplicate app names: {', '.join(dupes)}")
+    problem = check_graph({a.name: a.policy.promote_from for a in apps})
+    if problem:
+        raise ConfigError(problem)
     return apps
 
 

@@ -58,6 +58,10 @@ CORE_VARIABLES: tuple[Variable, ...] = (
              "(default: every poll, at most once a minute: max(SYNC_INTERVAL, 60))."),
     Variable("ALLOW_EMPTY", "false", "Allow a sync that removes every pipe and system (or every app)."),
     Variable("DRY_RUN", "false", "Plan and report, never apply."),
+    Variable("SYNC_WINDOWS", None, "Sync windows as a JSON list, e.g. "
+             "[{\"kind\": \"deny\", \"schedule\": \"0 16 * * FRI\", \"duration\": \"64h\", "
+             "\"timezone\": \"Europe/Oslo\"}] (docs/rollout.md)."),
+    Variable("DRIFT_IN_WINDOW_ONLY", "false", "Hold drift repair outside the sync windows too (default: anytime)."),
     Variable("VERIFY_TLS", "true", "Verify TLS certificates of targets and GitHub."),
     # service
     Variable("STATE_DIR", None, "Directory for the Git mirror, history and generated secrets."),
