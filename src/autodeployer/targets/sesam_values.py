@@ -21,6 +21,7 @@ __all__ = [
     "FINGERPRINTS",
     "SecretValues",
     "ValuesPlan",
+    "first_value",
     "read_secrets",
     "secret_changes",
     "variable_changes",
@@ -105,6 +106,9 @@ async def _first_value(sources: Sequence[SecretSource], name: str) -> str | None
             if not exc.reason.startswith("not found"):
                 raise
     return None
+
+
+first_value = _first_value  # public for the scoped secrets and pruning (sesam_scoped)
 
 
 async def read_secrets(
