@@ -7,6 +7,7 @@ source to the ``POST /api/secrets`` body: plans, history and logs see names and 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -137,14 +138,15 @@ async def read_secrets(
         return SecretValues({}), SecretsDiff(), {}, warnings
     values: dict[str, str] = {}
     problems: list[Problem] = []
-    for name in names:
-        try:
-            value = await _first_value(sources, name)
-        except SecretSourceError as exc:
-            problems.extend(Problem(str(exc), r.file, r.entity) for r in secret_refs if r.name == name)
-            continue
-        if value is not None:
-            values[name] = value
+    # Read concurrently: each Vault read is a round trip in a worker thread, and a drift check pays them all.
+    answers = await asyncio.gather(*(_first_value(sources, name) for name in names), return_exceptions=True)
+    for name, answer in zip(names, answers, strict=True):
+        if isinstance(answer, SecretSourceError):
+            problems.extend(Problem(str(answer), r.file, r.entity) for r in secret_refs if r.name == name)
+        elif isinstance(answer, BaseException):
+            raise answer
+        elif answer is not None:
+            values[name] = answer
     problems += [
         Problem(f"secret {r.name!r} is in no secret source and not on the node (referenced at {r.path})",
                 r.file, r.entity)
