@@ -174,3 +174,17 @@ def test_prune_removes_only_what_this_deployer_sent_and_the_source_dropped(
     else:
         assert not [w for w in writes(sesam) if w.startswith("DELETE")]
         assert set(sesam.secret_values()) == {"jwt", "manual", "db-password", "erp-password"}
+
+
+def test_the_emulator_drops_a_systems_secrets_when_its_type_changes(sesam: SesamEmulator, app_env):
+    """The emulator's choice for a type change (the reference leaves it open): a new entity, secrets gone."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {app_env['JWT']}"}
+    sesam.load([rest("erp")])
+    api = sesam.api_url  # type: ignore[attr-defined]
+    httpx.post(f"{api}/systems/erp/secrets", json={"password": "x-123"}, headers=headers).raise_for_status()
+    sesam.load([{**rest("erp"), "url_pattern": "http://other/%s"}])  # same type: kept
+    assert sesam.system_secret_values("erp") == {"password": "x-123"}
+    sesam.load([rest("erp", kind="system:rest")])
+    assert sesam.system_secret_values("erp") == {}
