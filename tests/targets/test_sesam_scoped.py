@@ -77,6 +77,8 @@ def test_scoped_secrets_are_deployed_per_system_once(env, config_repo: WorkRepo,
     assert sesam.system_secret_values("erp") == {"password": ERP_PASSWORD}
     assert sesam.system_secret_values("crm") == {"password": CRM_PASSWORD}
     assert "password" not in sesam.secret_values()  # not global: each system has its own
+    notices = json.loads(history_rows(state_dir)[-1]["details"]).get("notices", [])
+    assert not any("secrets/systems" in n for n in notices), notices  # read, not "ignored"
     # New systems: their secrets go after the config upload that creates them.
     assert writes(sesam) == ["PUT /api/config", "POST /api/systems/crm/secrets", "POST /api/systems/erp/secrets"]
     sesam.reset_log()

@@ -43,6 +43,7 @@ from .sesam_refs import (
     variables_location,
 )
 from .sesam_scoped import (
+    SCOPED_DIR,
     ScopedFile,
     SystemSecretsPlan,
     loss_warning,
@@ -343,7 +344,8 @@ def parse_desired(
     with gc_paused():
         for path in sorted(tree.files):
             if not is_config_path(path) or (whitelist is not None and path not in whitelist):
-                ignored.append(path)
+                if not (path.startswith(SCOPED_DIR) and path.endswith(".json")):  # read by sesam_scoped
+                    ignored.append(path)
                 continue
             file = tree.files[path]
             cached = memo.get(path) if memo is not None else None
