@@ -190,3 +190,11 @@ def test_the_emulator_drops_a_systems_secrets_when_its_type_changes(sesam: Sesam
     assert sesam.system_secret_values("erp") == {"password": "x-123"}
     sesam.load([rest("erp", kind="system:rest")])
     assert sesam.system_secret_values("erp") == {}
+
+
+def test_a_whitelist_skips_the_secrets_of_systems_it_leaves_out(env, config_repo: WorkRepo, sesam: SesamEmulator):
+    scoped_repo(config_repo)
+    commit(config_repo, {"deployment/whitelist-prod.txt": "systems/erp.conf.json\n"}, "prod deploys erp only")
+    sync({**env, "WHITELIST_FILE": "deployment/whitelist-prod.txt"})
+    assert "crm" not in {e["_id"] for e in sesam.entities()}
+    assert sesam.system_secret_values("erp") == {"password": ERP_PASSWORD}

@@ -713,7 +713,7 @@ class SesamTarget:
         desired = self.desired(ctx.tree, whitelist)
         live = await ctx.prefetched if ctx.prefetched is not None else await self.live()
         config = self._config_plan(desired, live, ctx)
-        scoped = parse_scoped_files(ctx.tree, desired.entities)
+        scoped = parse_scoped_files(ctx.tree, desired.entities, whitelist is not None)
         values, warnings = await self._values(ctx, scoped_refs(desired.refs, scoped)[1])
         extra = await self._extra(ctx, desired, live, config, scoped, values)
         changes = (variable_changes(values.variables_diff) + secret_changes(values.secrets_diff) + extra.changes

@@ -88,9 +88,11 @@ def _names(doc: Any, shown: str) -> dict[str, str]:
     return names
 
 
-def parse_scoped_files(tree: Tree, entities: Mapping[str, Mapping[str, Any]]) -> dict[str, ScopedFile]:
+def parse_scoped_files(tree: Tree, entities: Mapping[str, Mapping[str, Any]],
+                       whitelisted: bool = False) -> dict[str, ScopedFile]:
     """The scoped-secret files of the tree, by system id; Refused naming the file when one is unusable
-    or names a system that is not in the configuration."""
+    or names a system that is not in the configuration. With a whitelist (``whitelisted``), a file of a
+    system the whitelist leaves out is skipped: one repository serves several nodes."""
     found: dict[str, ScopedFile] = {}
     for path in sorted(tree.files):
         if not (path.startswith(SCOPED_DIR) and path.endswith(".json")):
@@ -100,6 +102,8 @@ def parse_scoped_files(tree: Tree, entities: Mapping[str, Mapping[str, Any]]) ->
         if "/" in system_id:
             raise Refused(f"{shown}: scoped secrets are named secrets/systems/<system-id>.json, not in a sub-folder")
         entity = entities.get(system_id)
+        if entity is None and whitelisted:
+            continue
         if entity is None or not str(entity.get("type", "")).startswith("system:"):
             raise Refused(f"{shown}: names secrets of system {system_id!r}, which is not a system in the configuration")
         try:
