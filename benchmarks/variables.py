@@ -89,6 +89,22 @@ def app(name: str, git_url: str, api: str, vault_url: str | None) -> AppConfig:
     )
 
 
+def timed_steps(target: Any, spent: list[float]) -> None:
+    """Wrap the target's variables-and-secrets steps (``_values``, ``_extra``) so each cycle's time in them
+    is recorded: that figure does not depend on the other app's cycle, unlike a difference of medians."""
+    for attribute in ("_values", "_extra"):
+        step = getattr(target, attribute)
+
+        async def wrapped(*args: Any, _step: Any = step, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return await _step(*args, **kwargs)
+            finally:
+                spent.append(time.perf_counter() - t0)
+
+        setattr(target, attribute, wrapped)
+
+
 async def cycles(runtime: Any, name: str, reps: int) -> list[float]:
     reconciler = runtime.reconcilers[name]
     times = []
@@ -153,6 +169,8 @@ async def measure(work: Path, reps: int, polls: int) -> dict[str, Any]:
                         raise AssertionError(f"{name}: first sync {first.result.value}: {first.error}")
                 await cycles(runtime, "plain", 2)
                 await cycles(runtime, "refs", 2)
+                spent: list[float] = []
+                timed_steps(runtime.reconcilers["refs"].target, spent)
                 plain, refs = [], []
                 refs_node.reset_log()
                 vault_at_start = len(vault.requests)
@@ -177,7 +195,7 @@ async def measure(work: Path, reps: int, polls: int) -> dict[str, Any]:
         for server in servers:
             server.stop()
     return {"plain": plain, "refs": refs, "idle_node": idle_node, "idle_vault": idle_vault, "polls": polls,
-            "per_cycle": per_cycle}
+            "per_cycle": per_cycle, "steps": [a + b for a, b in zip(spent[::2], spent[1::2], strict=True)]}
 
 
 def run(options: Options) -> ScenarioResult:
@@ -192,7 +210,10 @@ def run(options: Options) -> ScenarioResult:
                   ["App", "cycle (median (min–max))"])
     table.add("no variables, no secrets", fmt_summary(plain))
     table.add(f"{VARIABLES} variables, $ENV in every entity, {SECRETS} Vault secrets", fmt_summary(refs))
-    table.add("added by the variables and secrets steps (difference of medians)", ms(added))
+    steps_in_cycle = Summary.of(data["steps"])
+    table.add("time inside the variables and secrets steps, per cycle (measured around them)",
+              fmt_summary(steps_in_cycle))
+    table.add("difference of the two apps' medians", ms(added))
     table.add("requests of the steps per cycle", f"{data['per_cycle']['node']:g} to /api/env and /api/secrets, "
               f"{data['per_cycle']['vault']:g} to Vault")
     result.tables.append(table)
@@ -200,8 +221,9 @@ def run(options: Options) -> ScenarioResult:
     for step, values in steps.items():
         parts.add(step, fmt_summary(Summary.of(values)))
     result.tables.append(parts)
-    result.check(f"{SIZE:,} entities: variables and secrets add under 20 ms to a no-change cycle", ms(added),
-                 added < 0.020)
+    result.check(f"{SIZE:,} entities: variables and secrets add under 20 ms to a no-change cycle",
+                 f"{ms(steps_in_cycle.median)} median inside the steps ({ms(added)} difference of medians)",
+                 steps_in_cycle.median < 0.020)
     idle = data["idle_node"] + data["idle_vault"]
     result.check("idle poll: no request to /api/env, /api/secrets or Vault",
                  f"{data['idle_node']} node + {data['idle_vault']} Vault requests in {data['polls']} polls", idle == 0)

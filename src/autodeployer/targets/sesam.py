@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
 from pydantic import SecretStr
@@ -58,6 +58,7 @@ from .sesam_values import FINGERPRINTS, SecretValues, ValuesPlan, read_secrets, 
 from .transport import error_detail, request
 
 KIND = "sesam"
+_T = TypeVar("_T")
 DEFAULT_URL = "http://sesam-node:9042/api"
 SECRET_KEYS: tuple[str, ...] = ("jwt", "vault_token", "vault_git_token")
 SECRET_PREFIX = "SECRET_"
@@ -672,7 +673,11 @@ class SesamTarget:
         """Variables and secrets: checked against what will be live after the sync, before any write."""
         variables = await self._variables(ctx.tree)
         needs_env = variables is not None or any(r.kind == "env" for r in refs)
-        live_env = await self.live_env() if needs_env else {}
+        secret_refs = [r for r in refs if r.kind == "secret"]
+        # Both reads are independent round trips to the node: wait for them together.
+        live_env, global_names = await asyncio.gather(
+            self.live_env() if needs_env else _constant({}),
+            self.live_secret_names() if secret_refs else _constant([]))
         names, where = (variables[0], f"the variables file {variables[1]}") if variables is not None else (
             live_env, "the node (GET /api/env; no variables file is configured)")
         missing = missing_variables(refs, names)
@@ -682,10 +687,8 @@ class SesamTarget:
         if variables is not None:
             plan.variables = variables[0]
             plan.variables_diff = diff_variables(variables[0], live_env)
-        secret_refs = [r for r in refs if r.kind == "secret"]
         if not secret_refs:
             return plan, []
-        global_names = await self.live_secret_names()
         scoped: dict[str, list[str]] = {}
         for ref in secret_refs:
             if ref.name not in global_names and ref.entity not in scoped:
@@ -877,6 +880,11 @@ class SesamTarget:
 
     async def aclose(self) -> None:
         return None
+
+
+async def _constant(value: _T) -> _T:
+    """An awaitable of a value already known, to sit beside real reads in one gather."""
+    return value
 
 
 def create(spec: Spec, deps: TargetDeps) -> SesamTarget:
