@@ -54,7 +54,15 @@ from .sesam_scoped import (
     scoped_refs,
 )
 from .sesam_self import SelfRule, find_self, orchestrated, self_id_from_path
-from .sesam_values import FINGERPRINTS, SecretValues, ValuesPlan, read_secrets, secret_changes, variable_changes
+from .sesam_values import (
+    FINGERPRINTS,
+    SecretValues,
+    ValuesPlan,
+    fetch_values,
+    read_secrets,
+    secret_changes,
+    variable_changes,
+)
 from .transport import error_detail, request
 
 KIND = "sesam"
@@ -674,20 +682,27 @@ class SesamTarget:
         variables = await self._variables(ctx.tree)
         needs_env = variables is not None or any(r.kind == "env" for r in refs)
         secret_refs = [r for r in refs if r.kind == "secret"]
-        # Both reads are independent round trips to the node: wait for them together.
-        live_env, global_names = await asyncio.gather(
-            self.live_env() if needs_env else _constant({}),
-            self.live_secret_names() if secret_refs else _constant([]))
+        # The node's two reads and the secret source's are independent round trips: they overlap.
+        fetched = asyncio.ensure_future(fetch_values(self._sources, sorted({r.name for r in secret_refs})))
+        try:
+            live_env, global_names = await asyncio.gather(
+                self.live_env() if needs_env else _constant({}),
+                self.live_secret_names() if secret_refs else _constant([]))
+        except BaseException:
+            fetched.cancel()
+            raise
         names, where = (variables[0], f"the variables file {variables[1]}") if variables is not None else (
             live_env, "the node (GET /api/env; no variables file is configured)")
         missing = missing_variables(refs, names)
         if missing:
+            fetched.cancel()
             raise Refused(f"$ENV references name variables that {where} does not define", missing)
         plan = ValuesPlan(live_variables=live_env)
         if variables is not None:
             plan.variables = variables[0]
             plan.variables_diff = diff_variables(variables[0], live_env)
         if not secret_refs:
+            fetched.cancel()
             return plan, []
         scoped: dict[str, list[str]] = {}
         for ref in secret_refs:
@@ -698,7 +713,7 @@ class SesamTarget:
         last_sent = ctx.memory.get(FINGERPRINTS)
         values, secrets_diff, fingerprints, warnings = await read_secrets(
             refs, self._sources, global_names, scoped, self._fingerprinter,
-            last_sent if isinstance(last_sent, dict) else {})
+            last_sent if isinstance(last_sent, dict) else {}, fetched)
         self._redactor.add(*(values.body(values.names()).values()))
         plan.secrets, plan.secrets_diff, plan.fingerprints = values, secrets_diff, fingerprints
         return plan, warnings
