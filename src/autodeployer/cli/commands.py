@@ -349,16 +349,23 @@ def status(ctx: click.Context, server: str | None, as_json: bool) -> None:
 @click.option("--app", "app_name", metavar="NAME", help="Only this app.")
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1), help="How many attempts to show.")
 @click.option("--diff/--no-diff", "diffs", default=True, help="Show each sync's diff.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (the API's history rows).")
 @click.pass_context
-def history(ctx: click.Context, server: str | None, app_name: str | None, limit: int, diffs: bool) -> None:
+def history(ctx: click.Context, server: str | None, app_name: str | None, limit: int, diffs: bool,
+            as_json: bool) -> None:
     """Recent sync attempts, newest first, with their diffs."""
+    import json
+
     from .operations import console, print_history
 
     try:
         rows = _backend(ctx, server).history(app_name, limit)
     except AutodeployerError as exc:
         _fail(str(exc))
-    print_history(rows, console(), diffs)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+    else:
+        print_history(rows, console(), diffs)
 
 
 @cli.command()
