@@ -39,16 +39,19 @@ class HookTarget:
 
 
 def hook_targets(
-    apps: Iterable[AppConfig], http: httpx.AsyncClient, hook_url: str, secret: str, *, set_secret: bool = True
+    apps: Iterable[AppConfig], http: httpx.AsyncClient, hook_url: str, secret: str, *, set_secret: bool = True,
+    events: tuple[str, ...] = ("push",),
 ) -> list[HookTarget]:
-    """`set_secret`: replace an existing hook's secret (the service does; the CLI only with WEBHOOK_SECRET)."""
+    """`set_secret`: replace an existing hook's secret (the service does; the CLI only with WEBHOOK_SECRET).
+    `events`: also `pull_request` when previews are on."""
     found: dict[tuple[str, str], HookTarget] = {}
     for app in apps:
         client = client_for(app, http)
         if client is None:
             continue
         key = (client.api_url, client.repo.lower())
-        found.setdefault(key, HookTarget(client, HookSpec(url=hook_url, secret=secret, set_secret=set_secret)))
+        found.setdefault(key, HookTarget(client, HookSpec(url=hook_url, secret=secret,
+                                                                  set_secret=set_secret, events=events)))
     return list(found.values())
 
 

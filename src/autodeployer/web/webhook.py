@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse, Response
 
 from ..logs import get_logger
 from ..model import Trigger
+from ..previews import PreviewService
 from ..scheduling import Scheduler
 
 MAX_BODY = 25 * 1024 * 1024  # GitHub caps payloads at 25 MB
@@ -154,6 +155,7 @@ class WebhookReceiver:
         observer: DeliveryObserver | None = None,
         max_body: int = MAX_BODY,
         read_timeout: float = READ_TIMEOUT,
+        previews: PreviewService | None = None,
     ) -> None:
         if not secrets_:
             raise ValueError("a webhook secret is required; there is no unsigned mode")
@@ -165,6 +167,7 @@ class WebhookReceiver:
         self._read_timeout = read_timeout
         self._reading = ByteBudget(max(READ_BUDGET, max_body))
         self._log = get_logger(component="webhook")
+        self._previews = previews  # pull_request deliveries go there (PREVIEWS=true)
 
     async def handle(self, request: Request) -> Response:
         event = request.headers.get("x-github-event", "")
@@ -260,6 +263,9 @@ class WebhookReceiver:
     def _dispatch(self, event: str, payload: dict[str, Any]) -> Verdict:
         if event == "ping":
             return Verdict(200, "ping", {"result": "pong"})
+        if event == "pull_request" and self._previews is not None:
+            seen = self._previews.receive(payload)
+            return Verdict(seen.status, seen.result, seen.body)
         if event != "push":
             return Verdict(204, "ignored-event")
         ref = payload.get("ref")
