@@ -31,6 +31,14 @@ class PlanReport:
     reason: Reason | None = None  # the kind of the first reason (refused, source unavailable, ...)
     ref: str | None = None  # the name asked for (a branch, tag or pull ref), when not a sha
     command: dict[str, Any] | None = None  # the command target: what its deploy command would receive
+    problems: list[str] = field(default_factory=list)  # what a refusal names: file, entity, message
+
+    @property
+    def first_reason(self) -> str | None:
+        """One line for a status: the first problem (it names the file), else the first reason's first line."""
+        if self.problems:
+            return self.problems[0]
+        return self.reasons[0].split("\n")[0] if self.reasons else None
 
     @property
     def exit_code(self) -> int:
@@ -48,6 +56,7 @@ class PlanReport:
             "app": self.app, "revision": self.revision, "live_revision": self.live_revision,
             "exit_code": self.exit_code, "summary": self.summary(), "reasons": self.reasons,
             "reason": self.reason.value if self.reason else None, "ref": self.ref, "command": self.command,
+            "problems": self.problems,
             "changes": [] if plan is None else [
                 {"action": c.action.value, "kind": c.kind, "id": c.id, "diff": c.diff} for c in plan.changes],
             "warnings": [] if plan is None else plan.warnings,
@@ -84,6 +93,7 @@ async def plan_revision(reconciler: Reconciler, revision: str | None = None, *, 
     except AutodeployerError as exc:
         report.reasons.append(str(exc))
         report.reason = reason_for(exc)
+        report.problems = [str(p) for p in getattr(exc, "problems", [])]
     return report
 
 

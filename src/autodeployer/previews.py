@@ -289,7 +289,7 @@ class PreviewService:
         preview.head_sha, preview.revision, preview.live_revision = head, report.revision, report.live_revision
         preview.summary, preview.exit_code = report.summary(), report.exit_code
         preview.state = "failure" if report.reasons or report.plan is None else "success"
-        preview.reason = report.reasons[0].split("\n")[0] if report.reasons else None
+        preview.reason = report.first_reason
         preview.plan_text = report.plan.render() if report.plan is not None else "\n".join(report.reasons)
         preview.planned_at, preview.duration = time.time(), duration
         preview.report = report.to_json()
