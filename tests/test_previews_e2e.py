@@ -208,3 +208,23 @@ def test_bad_deliveries_and_comment_failures_never_touch_the_deploy(
     page = httpx.get(svc.url + "/apps/node").text
     assert "Pull-request previews" not in page
     assert WEBHOOK_SECRET not in svc.log() and GIT_TOKEN not in svc.log()
+
+
+def test_polling_fallback_without_webhooks_costs_304s(service: Any, preview_env: dict[str, str],
+                                                      github: GitHubEmulator, config_repo: WorkRepo) -> None:
+    """No PUBLIC_URL: no hook is registered, open PRs are listed on the poll interval with If-None-Match."""
+    svc = service({**preview_env, "SYNC_INTERVAL": "1"})
+    wait_for(lambda: httpx.get(svc.url + "/readyz").status_code == 200, what="first sync")
+    head = branch(config_repo, "feature", {"pipes/fresh.conf.json": entity_json(pipe("fresh"))})
+    gh_api(github, "POST", "/repos/acme/config/pulls", {"title": "fresh", "head": "feature", "base": "master"})
+    found = preview_at(svc, 1, head, state="success")
+    assert "+ pipe fresh" in found["plan"]
+    wait_for(lambda: our_comments(github, 1), what="comment from the poll")
+    time.sleep(2.5)
+    lists = [r for r in github.requests if r.method == "GET" and r.path == "/repos/acme/config/pulls"]
+    assert len(lists) >= 3 and lists[-1].status == 304 and lists[-2].status == 304
+    assert any(r.headers.get("if-none-match") for r in lists)
+    newer = push_to(config_repo, "feature", {"pipes/fresh.conf.json": "{"})
+    preview_at(svc, 1, newer, state="failure")  # a new head changes the listing: planned again
+    gh_api(github, "PATCH", "/repos/acme/config/pulls/1", {"state": "closed"})
+    wait_for(lambda: 1 not in previews(svc), what="closed PR dropped by the poll")

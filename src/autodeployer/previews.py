@@ -346,8 +346,8 @@ class PreviewService:
             for app, reconciler in self._reconcilers.items():
                 client = self._clients.get(app)
                 if client is None or not reconciler.app.source.ref.startswith("refs/heads/"):
-                    continue
-                await self._poll_app(app, client, reconciler.app.source.follows, etags)
+                    continue  # an app following a tag has no pull requests
+                await self._poll_app(app, client, reconciler.app.source.ref.removeprefix("refs/heads/"), etags)
             await asyncio.sleep(interval)
 
     async def _poll_app(self, app: str, client: PullRequestsClient, base: str,
@@ -357,6 +357,9 @@ class PreviewService:
             pulls, etags[key] = await client.list_open(base, etags.get(key))
         except AutodeployerError as exc:
             self._log.warning("open pull requests not listed", app=app, error=str(exc))
+            return
+        except (KeyError, TypeError, ValueError) as exc:  # an answer of an unexpected shape: the loop goes on
+            self._log.warning("open pull requests not understood", app=app, error=f"{type(exc).__name__}: {exc}")
             return
         if pulls is None:
             return

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from .sources.github import GitHubClient, GitHubError
 
@@ -57,7 +58,7 @@ class PullRequestsClient:
     async def list_open(self, base: str, etag: str | None) -> tuple[list[OpenPull] | None, str | None]:
         """Open pull requests into `base` (first 100); None when unchanged since `etag` (a free 304)."""
         headers = {"If-None-Match": etag} if etag else {}
-        path = f"/repos/{self.repo}/pulls?state=open&base={base}&per_page=100"
+        path = f"/repos/{self.repo}/pulls?state=open&base={quote(base, safe='')}&per_page=100"
         response = await self.client._call("GET", path, headers=headers)
         if response.status_code == 304:
             return None, etag
