@@ -378,7 +378,9 @@ def report_markdown(preview: Preview, link: str | None) -> str:
     recorded plan text (so the comment, the API and the status page show the same thing)."""
     lines = [f"**{preview.app}**: {preview.summary} at `{preview.revision[:12] or '?'}`"]
     if preview.state == "success" and preview.plan_text:
-        body = preview.plan_text
+        # The plan's diff lines are indented under their headline; GitHub colours a `diff` fence by the
+        # first character of a line, so they go to the margin here.
+        body = "\n".join(line[4:] if line.startswith("    ") else line for line in preview.plan_text.splitlines())
         cut = len(body) > COMMENT_DIFF_LIMIT
         lines += ["", f"<details><summary>{preview.app}: {preview.summary}</summary>", "", "```diff",
                   body[:COMMENT_DIFF_LIMIT], "```"]
