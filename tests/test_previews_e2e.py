@@ -67,7 +67,7 @@ def previews(svc: Any) -> dict[int, dict[str, Any]]:
     return {p["number"]: p for p in answer["previews"]}
 
 
-def preview_at(svc: Any, number: int, head: str, **expected: Any) -> dict[str, Any]:
+def preview_at(svc: Any, number: int, head: str, timeout_s: float = 20, **expected: Any) -> dict[str, Any]:
     def ready() -> dict[str, Any] | None:
         found = previews(svc).get(number)
         if found and found["head_sha"] == head and found["planned_at"] and all(
@@ -75,7 +75,7 @@ def preview_at(svc: Any, number: int, head: str, **expected: Any) -> dict[str, A
             return found
         return None
 
-    return wait_for(ready, timeout=20, what=f"preview of #{number} at {head[:12]} {expected}")  # type: ignore[no-any-return]
+    return wait_for(ready, timeout=timeout_s, what=f"preview of #{number} at {head[:12]} {expected}")  # type: ignore[no-any-return]
 
 
 def our_comments(github: GitHubEmulator, number: int) -> list[Any]:
@@ -228,3 +228,31 @@ def test_polling_fallback_without_webhooks_costs_304s(service: Any, preview_env:
     preview_at(svc, 1, newer, state="failure")  # a new head changes the listing: planned again
     gh_api(github, "PATCH", "/repos/acme/config/pulls/1", {"state": "closed"})
     wait_for(lambda: 1 not in previews(svc), what="closed PR dropped by the poll")
+
+
+def test_a_slow_preview_never_delays_a_deploy_and_pushes_coalesce(
+        service: Any, preview_env: dict[str, str], github: GitHubEmulator, config_repo: WorkRepo,
+        sesam: SesamEmulator) -> None:
+    svc = start(service, preview_env, github)
+    github.set_delay(3.0, path_prefix="/repos/acme/config/pulls/1")  # the preview's read of the PR is slow
+    branch(config_repo, "feature", {"pipes/fresh.conf.json": entity_json(pipe("fresh"))})
+    gh_api(github, "POST", "/repos/acme/config/pulls", {"title": "fresh", "head": "feature", "base": "master"})
+    heads = []
+    for k in range(3):  # pushes while the first plan waits on GitHub: they collapse, the newest head wins
+        heads.append(push_to(config_repo, "feature", {f"pipes/n{k}.conf.json": entity_json(pipe(f"n{k}"))}))
+        github.pull_pushed("acme", "config", 1)
+
+    before = config_repo.head
+    config_repo.write({"pipes/urgent.conf.json": entity_json(pipe("urgent"))})
+    after = config_repo.commit("urgent fix")
+    config_repo.push()
+    started = time.monotonic()
+    github.push("acme", "config", "refs/heads/master", before, after)
+    wait_for(lambda: "urgent" in stripped(sesam.entities()), what="the deploy")
+    assert time.monotonic() - started < 2.5  # not behind the 3 s preview
+
+    github.set_delay(0, path_prefix="/repos/acme/config/pulls/1")
+    final = preview_at(svc, 1, heads[-1], state="success", live_revision=after, timeout_s=30)
+    assert "+ pipe n2" in final["plan"] and "urgent" not in final["plan"]
+    assert plan_status(github, heads[1]) is None  # a head overtaken while queued is never planned
+    assert len(our_comments(github, 1)) == 1

@@ -32,6 +32,7 @@ from .runtime import Runtime
 
 PLANNED_ACTIONS = frozenset({"opened", "synchronize", "reopened", "ready_for_review"})
 COMMENT_DIFF_LIMIT = 20000  # characters of diff in a comment; the rest is on the status page
+MAX_PROBLEMS = 20  # problems listed in a comment of a refused plan
 MIN_INTERVAL = 0.5  # seconds between two plans of the same pull request
 MERGE_WAIT = (0.5, 1.0, 2.0, 4.0)  # GitHub computes the test merge after a push: waits while it is unknown
 
@@ -99,7 +100,7 @@ class Preview:
     comment_id: int | None = None
     comment_error: str | None = None
     status_error: str | None = None
-    report: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)  # what a refusal names (file, entity, message)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -107,7 +108,7 @@ class Preview:
             "revision": self.revision, "live_revision": self.live_revision, "summary": self.summary,
             "state": self.state, "reason": self.reason, "exit_code": self.exit_code, "planned_at": self.planned_at,
             "duration": self.duration, "comment_id": self.comment_id, "comment_error": self.comment_error,
-            "status_error": self.status_error, "plan": self.plan_text,
+            "status_error": self.status_error, "plan": self.plan_text, "problems": self.problems,
         }
 
 
@@ -286,13 +287,15 @@ class PreviewService:
         await self._publish(app, preview)
 
     def _record(self, preview: Preview, report: PlanReport, head: str, duration: float) -> None:
+        """Everything shown (comment, status, page, API) passes the app's redactor, as history rows do."""
+        redact = self._reconcilers[preview.app].redact
         preview.head_sha, preview.revision, preview.live_revision = head, report.revision, report.live_revision
-        preview.summary, preview.exit_code = report.summary(), report.exit_code
+        preview.summary, preview.exit_code = redact(report.summary()), report.exit_code
         preview.state = "failure" if report.reasons or report.plan is None else "success"
-        preview.reason = report.first_reason
-        preview.plan_text = report.plan.render() if report.plan is not None else "\n".join(report.reasons)
+        preview.reason = redact(report.first_reason) if report.first_reason else None
+        preview.plan_text = redact(report.plan.render() if report.plan is not None else "\n".join(report.reasons))
+        preview.problems = [redact(p) for p in report.problems]
         preview.planned_at, preview.duration = time.time(), duration
-        preview.report = report.to_json()
         self._log.info("preview planned", app=preview.app, number=preview.number, head=head[:12],
                        state=preview.state, summary=preview.summary, duration_ms=round(duration * 1000, 1))
 
@@ -387,6 +390,10 @@ def report_markdown(preview: Preview, link: str | None) -> str:
         if cut:
             lines.append(f"(truncated{'; full plan: ' + link if link else ''})")
         lines.append("</details>")
+    elif preview.state == "failure":
+        lines += [""] + [f"- `{problem}`" for problem in preview.problems[:MAX_PROBLEMS]]
+        if len(preview.problems) > MAX_PROBLEMS:
+            lines.append(f"- … {len(preview.problems) - MAX_PROBLEMS} more{': ' + link if link else ''}")
     return "\n".join(lines)
 
 
