@@ -70,7 +70,8 @@ def previews(svc: Any) -> dict[int, dict[str, Any]]:
 def preview_at(svc: Any, number: int, head: str, timeout_s: float = 20, **expected: Any) -> dict[str, Any]:
     def ready() -> dict[str, Any] | None:
         found = previews(svc).get(number)
-        if found and found["head_sha"] == head and found["planned_at"] and all(
+        done = found and found["planned_at"] and (found["published_at"] or 0) >= found["planned_at"]
+        if done and found["head_sha"] == head and all(
                 found[k] == v for k, v in expected.items()):
             return found
         return None
@@ -129,7 +130,8 @@ def test_preview_comment_status_merge_and_replan(service: Any, preview_env: dict
     assert merged == shown["revision"]
     github.push("acme", "config", "refs/heads/master", live, merged)
     wait_for(lambda: "fresh" in stripped(sesam.entities()), what="the merge deployed")
-    [row] = [r for r in history_rows(state_dir) if r["revision"] == merged]
+    [row] = wait_for(lambda: [r for r in history_rows(state_dir)
+                              if r["revision"] == merged and r["result"] != "running"], what="the merge's history row")
     assert row["result"] == "synced" and row["diff"] == shown["plan"]
     assert stripped(sesam.entities())["fresh"]["source"]["dataset"] == "crm"
     wait_for(lambda: 1 not in previews(svc), what="merged PR's preview dropped")
@@ -195,7 +197,7 @@ def test_bad_deliveries_and_comment_failures_never_touch_the_deploy(
         config_repo.push()
         github.push("acme", "config", "refs/heads/master", before, after)
         wait_for(lambda code=code: f"main{code}" in stripped(sesam.entities()), what=f"deploy during {code}")
-    assert all(r["result"] == "synced" for r in history_rows(state_dir))
+    wait_for(lambda: all(r["result"] == "synced" for r in history_rows(state_dir)), what="every sync recorded")
     # The next push with GitHub answering again: one comment, created now.
     last = push_to(config_repo, "feature", {"pipes/last.conf.json": entity_json(pipe("last"))})
     github.pull_pushed("acme", "config", 2)

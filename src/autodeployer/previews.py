@@ -101,12 +101,14 @@ class Preview:
     comment_error: str | None = None
     status_error: str | None = None
     problems: list[str] = field(default_factory=list)  # what a refusal names (file, entity, message)
+    published_at: float | None = None  # when GitHub was last told (or failed to be told) about this plan
 
     def to_json(self) -> dict[str, Any]:
         return {
             "app": self.app, "number": self.number, "head_sha": self.head_sha, "fork": self.is_fork,
             "revision": self.revision, "live_revision": self.live_revision, "summary": self.summary,
             "state": self.state, "reason": self.reason, "exit_code": self.exit_code, "planned_at": self.planned_at,
+            "published_at": self.published_at,
             "duration": self.duration, "comment_id": self.comment_id, "comment_error": self.comment_error,
             "status_error": self.status_error, "plan": self.plan_text, "problems": self.problems,
         }
@@ -285,6 +287,7 @@ class PreviewService:
                                      into=f"refs/autodeployer/pull/{event.number}")
         self._record(preview, report, head, time.perf_counter() - started)
         await self._publish(app, preview)
+        preview.published_at = time.time()
 
     def _record(self, preview: Preview, report: PlanReport, head: str, duration: float) -> None:
         """Everything shown (comment, status, page, API) passes the app's redactor, as history rows do."""
