@@ -124,6 +124,12 @@ def test_preview_comment_status_merge_and_replan(service: Any, preview_env: dict
     second = preview_at(svc, 2, second_head, state="success")
     assert second["live_revision"] == live and "+ pipe other" in second["plan"]
     assert sesam.put_count == puts  # previews never write to the target
+    page = httpx.get(svc.url + "/apps/node").text
+    assert "Pull-request previews" in page and "#2 · 1 added" in page
+    assert f"planned against live revision <code>{live[:7]}</code>" in page
+    full = httpx.get(svc.url + "/apps/node/previews/2")
+    assert full.status_code == 200 and "+ pipe other" in full.text
+    assert httpx.get(svc.url + "/apps/node/previews/99").status_code == 404
 
     # Merge: the app deploys exactly the commit and the plan the preview showed.
     merged = gh_api(github, "PUT", "/repos/acme/config/pulls/1/merge", {})["sha"]

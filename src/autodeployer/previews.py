@@ -283,11 +283,23 @@ class PreviewService:
                 return
             head = pull.head_sha or head
         started = time.perf_counter()
-        report = await plan_revision(self._reconcilers[app], f"refs/pull/{event.number}/merge",
-                                     into=f"refs/autodeployer/pull/{event.number}")
+        report = await self._plan(app, event.number, pull.merge_sha if pull is not None else None)
         self._record(preview, report, head, time.perf_counter() - started)
         await self._publish(app, preview)
         preview.published_at = time.time()
+
+    async def _plan(self, app: str, number: int, merge_sha: str | None) -> PlanReport:
+        """The plan of refs/pull/N/merge; when the ref still names an older test merge than the one the
+        API reported (GitHub updates it asynchronously), fetched again after a short wait."""
+        report = await plan_revision(self._reconcilers[app], f"refs/pull/{number}/merge",
+                                     into=f"refs/autodeployer/pull/{number}")
+        for delay in self._merge_wait:
+            if not merge_sha or not report.revision or report.revision == merge_sha:
+                break
+            await asyncio.sleep(delay)
+            report = await plan_revision(self._reconcilers[app], f"refs/pull/{number}/merge",
+                                         into=f"refs/autodeployer/pull/{number}")
+        return report
 
     def _record(self, preview: Preview, report: PlanReport, head: str, duration: float) -> None:
         """Everything shown (comment, status, page, API) passes the app's redactor, as history rows do."""

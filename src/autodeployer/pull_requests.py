@@ -26,6 +26,7 @@ class OpenPull:
     head_repo: str
     is_fork: bool
     mergeable: bool | None
+    merge_sha: str | None = None  # the test merge (refs/pull/N/merge) GitHub has computed for the head
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> OpenPull:
@@ -33,7 +34,7 @@ class OpenPull:
         head_repo = head.get("repo") or {}
         return cls(int(data["number"]), str(data.get("state", "")), str(base.get("ref", "")),
                    str(head.get("sha", "")), str(head_repo.get("full_name", "")), bool(head_repo.get("fork")),
-                   data.get("mergeable"))
+                   data.get("mergeable"), data.get("merge_commit_sha"))
 
 
 class PullRequestsClient:
