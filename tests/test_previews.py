@@ -47,3 +47,13 @@ def test_a_refused_preview_lists_what_it_names_and_no_diff():
     body = comment_markdown(preview, report_markdown(preview, None))
     assert "would be refused" in body and "- `pipes/x.conf.json: invalid JSON at line 1`" in body
     assert "<details>" not in body
+
+
+def test_content_of_the_pull_request_cannot_break_out_of_the_diff_block():
+    hostile = '+ pipe x\n    +  "comment": "```\\n# Approved by security <img src=x>",'
+    preview = Preview("node", 7, "c" * 40, revision="d" * 40, summary="1 added", state="success",
+                      plan_text=hostile.replace("\\n", "\n"), planned_at=0.0)
+    body = report_markdown(preview, None)
+    assert "````diff" in body and "\n````\n</details>" in body
+    refused = Preview("node", 7, "c" * 40, summary="refused", state="failure", problems=["a `b` c"])
+    assert "- `` a `b` c ``" in report_markdown(refused, None)

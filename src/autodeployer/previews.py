@@ -15,6 +15,8 @@ target, its open previews are planned again against the new live state (this cla
 from __future__ import annotations
 
 import asyncio
+import html
+import re
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
@@ -400,16 +402,31 @@ def report_markdown(preview: Preview, link: str | None) -> str:
         # first character of a line, so they go to the margin here.
         body = "\n".join(line[4:] if line.startswith("    ") else line for line in preview.plan_text.splitlines())
         cut = len(body) > COMMENT_DIFF_LIMIT
-        lines += ["", f"<details><summary>{preview.app}: {preview.summary}</summary>", "", "```diff",
-                  body[:COMMENT_DIFF_LIMIT], "```"]
+        body = body[:COMMENT_DIFF_LIMIT]
+        fence = _fence(body)  # the PR's content must not be able to close the block and write markdown
+        lines += ["", f"<details><summary>{preview.app}: {html.escape(preview.summary)}</summary>", "",
+                  f"{fence}diff", body, fence]
         if cut:
             lines.append(f"(truncated{'; full plan: ' + link if link else ''})")
         lines.append("</details>")
     elif preview.state == "failure":
-        lines += [""] + [f"- `{problem}`" for problem in preview.problems[:MAX_PROBLEMS]]
+        lines += [""] + [f"- {_code(problem)}" for problem in preview.problems[:MAX_PROBLEMS]]
         if len(preview.problems) > MAX_PROBLEMS:
             lines.append(f"- … {len(preview.problems) - MAX_PROBLEMS} more{': ' + link if link else ''}")
     return "\n".join(lines)
+
+
+def _fence(text: str) -> str:
+    """A code fence longer than any run of backticks in `text` (CommonMark closes only on one as long)."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)
+
+
+def _code(text: str) -> str:
+    """Inline code that any backticks in `text` cannot end early."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    ticks = "`" * (longest + 1)
+    return f"{ticks} {text} {ticks}" if longest else f"`{text}`"
 
 
 def comment_markdown(preview: Preview, plan_part: str) -> str:
