@@ -287,6 +287,8 @@ class PreviewService:
         started = time.perf_counter()
         report = await self._plan(app, event.number, pull.merge_sha if pull is not None else None)
         self._record(preview, report, head, time.perf_counter() - started)
+        if self._previews.get(key) is not preview:
+            return  # closed while it was planned: nothing more to say on the PR
         await self._publish(app, preview)
         preview.published_at = time.time()
 
