@@ -203,6 +203,7 @@ def test_bad_deliveries_and_comment_failures_never_touch_the_deploy(
         config_repo.push()
         github.push("acme", "config", "refs/heads/master", before, after)
         wait_for(lambda code=code: f"main{code}" in stripped(sesam.entities()), what=f"deploy during {code}")
+        preview_at(svc, 2, newer, live_revision=after)  # the deploy's re-plan is done before the next fault
     wait_for(lambda: all(r["result"] == "synced" for r in history_rows(state_dir)), what="every sync recorded")
     # The next push with GitHub answering again: one comment, created now.
     last = push_to(config_repo, "feature", {"pipes/last.conf.json": entity_json(pipe("last"))})

@@ -89,6 +89,7 @@ class Reconciler:
         self._started: asyncio.Task[None] | None = None  # reporters being told that a sync started
         self._drift_checked_at: float | None = None  # the last quiet drift check (kept in memory only)
         self.lock = store.app_lock(app.name)  # one apply at a time per app, across processes
+        self._not_applied_said: str | None = None  # the last "not applied" logged (a held lock retries every second)
 
     # ------------------------------------------------------------------ public
     async def sync(
@@ -112,6 +113,7 @@ class Reconciler:
         if not await self.lock.acquire(lock_wait):
             busy = OwnershipLost(self.lock.busy_message(self.app.name), retry_after=LOCK_RETRY)
             return self._not_applied(trigger, revision or "", busy, time.time(), time.perf_counter())
+        self._not_applied_said = None
         try:
             return await self._sync(trigger, False, revision, force)
         finally:
@@ -324,8 +326,14 @@ class Reconciler:
 
     def _not_applied(self, trigger: Trigger, sha: str, exc: OwnershipLost, started: float,
                      clock: float) -> SyncResult:
-        """Another replica owns the app (or ownership cannot be proven): no apply, no failure recorded."""
-        self.log.warning("not applied", reason=str(exc), revision=sha[:12], trigger=trigger.value)
+        """Another replica owns the app (or ownership cannot be proven): no apply, no failure recorded.
+
+        Said once as a warning; the same reason again (the worker retries every second while a CLI sync
+        holds the lock) only at debug level, until something else happens."""
+        said = str(exc)
+        log = self.log.debug if said == self._not_applied_said else self.log.warning
+        log("not applied", reason=said, revision=sha[:12], trigger=trigger.value)
+        self._not_applied_said = said
         return SyncResult(self.app.name, trigger, Result.NO_CHANGE, revision=sha, started_at=started,
                           duration=time.perf_counter() - clock, summary=f"not applied: {exc}",
                           reason=Reason.NOT_OWNER, retry_after=exc.retry_after)

@@ -58,7 +58,8 @@ def _registration_job(runtime: Runtime, secret: str, hook_url: str,
                       events: tuple[str, ...] = ("push",)) -> BackgroundJob | None:
     targets = hook_targets(runtime.config.apps, runtime.http, hook_url, secret, events=events)
     if not targets:
-        get_logger().warning("PUBLIC_URL is set but no app has a GitHub repository and token; no hook registered")
+        get_logger().warning("PUBLIC_URL is set but no app has a repository on a Git host with an API URL and a "
+                             "token (GitHub, GitLab, Gitea, Bitbucket Server); no hook registered")
         return None
 
     async def job() -> None:

@@ -396,7 +396,7 @@ def resume(ctx: click.Context, server: str | None, app_name: str) -> None:
 # --------------------------------------------------------------------------- hooks
 @cli.group()
 def hooks() -> None:
-    """Manage the GitHub webhook of each app's repository."""
+    """Manage the webhook of each app's repository (GitHub, GitLab, Gitea, Bitbucket Server)."""
 
 
 def _hook_url(config: Config, dploy: bool) -> str | None:
@@ -440,7 +440,8 @@ async def _hook_command(config: Config, action: str, dploy: bool = False) -> int
     async with httpx.AsyncClient(timeout=20, trust_env=False) as http:
         targets = hook_targets(config.apps, http, url or "", secret, set_secret=set_secret)
         if not targets:
-            _fail("no app has a GitHub repository and GITHUB_TOKEN; nothing to manage")
+            _fail("no app has a repository on a Git host with an API URL and a token (GITHUB_TOKEN, GITLAB_TOKEN, "
+                  "GITEA_TOKEN or BITBUCKET_TOKEN); nothing to manage")
         for target in targets:
             try:
                 if action == "register":

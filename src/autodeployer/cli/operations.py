@@ -270,6 +270,8 @@ async def _local(config: Config, app: str, action: str, revision: str | None) ->
     try:
         if action == "suspend":
             reconciler.suspend("suspended from the command line")
+            if runtime.store.warning:  # kept in this process's memory only: gone when it exits
+                return EXIT_ERROR, f"{app}: not suspended: {runtime.store.warning}"
             return EXIT_OK, f"{app}: auto-sync suspended"
         owner = runtime.store.owners().get(app)
         if owner:  # a running replica owns the app: queue the action on it rather than apply from here

@@ -20,6 +20,15 @@ import yaml
 from pydantic import BaseModel, Field, SecretStr, model_validator
 
 from ..errors import ConfigError
+from ..providers.settings import (
+    API_HOSTS,
+    ENV_NAMES,
+    PROVIDER_VARIABLES,
+    YAML_KEYS,
+    YAML_SECRET_KEYS,
+    provider_fields,
+    yaml_names,
+)
 from ..sources.spec import REF_NAME, SourceSpec
 from ..targets import TARGETS
 from .variables import (
@@ -37,6 +46,7 @@ from .variables import (
 def all_variables() -> list[Variable]:
     """Every environment variable autodeployer reads, core first, then each target's."""
     found = list(CORE_VARIABLES)
+    found.extend(PROVIDER_VARIABLES)
     for module in TARGETS.values():
         found.extend(module.VARIABLES)
     return found
@@ -216,7 +226,9 @@ def default_state_dir(env: Mapping[str, str]) -> Path:
 def source_from_env(env: EnvReader, notices: list[str] | None = None) -> SourceSpec:
     """The source of the environment form; `notices` receives what start-up should log."""
     notices = [] if notices is None else notices
-    token = env.secret("GITHUB_TOKEN")
+    # a Git host's token (GITLAB_TOKEN, ...) is a clone token like GITHUB_TOKEN (GIT_USERNAME goes with it)
+    token = (env.secret("GITHUB_TOKEN") or env.secret("GITLAB_TOKEN") or env.secret("GITEA_TOKEN")
+             or env.secret("BITBUCKET_TOKEN"))
     github_url = env.str("GITHUB_URL") or "https://github.com"
     git_url = _one_of(("GIT_URL", env.str("GIT_URL")), ("GIT_REPO", env.str("GIT_REPO")))
     ssh_key, token, token_user = _deploy_credentials(env, token)
@@ -248,7 +260,7 @@ def source_from_env(env: EnvReader, notices: list[str] | None = None) -> SourceS
     branch = env.str("BRANCH") or "master"
     if tag and env.raw("BRANCH") is not None:
         notices.append(f"TAG is set: following tag {tag!r}, BRANCH={branch} is ignored")
-    spec: SourceSpec = validate_model(SourceSpec, {
+    data: dict[str, Any] = {
         "url": url,
         "branch": branch,
         "tag": tag,
@@ -261,7 +273,14 @@ def source_from_env(env: EnvReader, notices: list[str] | None = None) -> SourceS
         "github_api_url": github_api_for(url, github_url, env.str("GITHUB_API_URL")),
         "git_timeout": env.number("GIT_TIMEOUT", minimum=1) or 120.0,
         "head_check": _choice(env, "HEAD_CHECK", ("auto", "git", "api")),
-    }, "source")
+    }
+    data.update(provider_fields(
+        url, repo_host(url), env.str("GIT_PROVIDER"),
+        {"gitlab": env.str("GITLAB_API_URL"), "gitea": env.str("GITEA_API_URL"),
+         "bitbucket": env.str("BITBUCKET_API_URL")},
+        {"gitlab": env.secret("GITLAB_TOKEN"), "gitea": env.secret("GITEA_TOKEN"),
+         "bitbucket": env.secret("BITBUCKET_TOKEN")}, data, ENV_NAMES))
+    spec: SourceSpec = validate_model(SourceSpec, data, "source")
     return spec
 
 
@@ -473,7 +492,8 @@ def _yaml_kind(value: Any) -> str:
 
 
 def _yaml_source(raw: Any, where: str, environ: Mapping[str, str]) -> SourceSpec:
-    data = resolve_secret_refs(_mapping(raw, where), where, environ, ("token", "ssh_key"))
+    data = resolve_secret_refs(_mapping(raw, where), where, environ, ("token", "ssh_key", *YAML_SECRET_KEYS))
+    hosted = {key: data.pop(key, None) for key in YAML_KEYS}
     github_url = str(data.pop("github_url", "https://github.com"))
     explicit_api = data.pop("github_api_url", None)
     if explicit_api is not None and not isinstance(explicit_api, str):
@@ -494,8 +514,20 @@ def _yaml_source(raw: Any, where: str, environ: Mapping[str, str]) -> SourceSpec
         raise ConfigError(f"{where}.tag: set tag or branch, not both (a tag is followed instead of a branch)")
     data.setdefault("repo_full_name", repo_full_name(url))
     data["github_api_url"] = github_api_for(url, github_url, explicit_api)
+    data.update(provider_fields(
+        url, repo_host(url), _optional_str(hosted["provider"], f"{where}.provider"),
+        {h: _optional_str(hosted[f"{h}_api_url"], f"{where}.{h}_api_url") for h in API_HOSTS},
+        {h: SecretStr(str(hosted[f"{h}_token"])) if hosted[f"{h}_token"] else None for h in API_HOSTS},
+        {**data, "token": SecretStr(str(data["token"])) if data.get("token") else None}, yaml_names(where)))
     spec: SourceSpec = validate_model(SourceSpec, data, where)
     return spec
+
+
+def _optional_str(value: Any, where: str) -> str | None:
+    """A YAML value that must be text when given (a URL, a provider name)."""
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"{where}: expected text, got {_yaml_kind(value)}")
+    return value
 
 
 def _yaml_ref(data: dict[str, Any], where: str) -> None:

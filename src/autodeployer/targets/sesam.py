@@ -743,7 +743,7 @@ class SesamTarget:
             )
         if response.status_code != 200:
             raise TargetError(f"PUT {url.split('?')[0]}: {response.status_code} {error_detail(response)}")
-        report = ApplyReport(warnings=[f"warning: {w}" for w in warnings])
+        report = ApplyReport(warnings=[f"the node warned: {w}" for w in warnings])
         if errors:
             report.warnings += [f"applied with error: {e}" for e in errors]
         report.details["validation_items"] = len(errors) + len(warnings)

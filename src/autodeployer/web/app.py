@@ -76,6 +76,8 @@ def create_app(
         routes += [
             Route("/webhook", webhook.handle, methods=["POST"]),
             Route("/dploy", webhook.handle, methods=["POST"]),  # the dploy observer's path
+            Route("/webhook/bitbucket/{token}", webhook.handle, methods=["POST"]),  # Bitbucket Cloud
+            Route("/webhook/{provider}", webhook.handle, methods=["POST"]),  # the host named, not recognised
         ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.runtime = runtime
