@@ -86,6 +86,7 @@ async def plan_revision(reconciler: Reconciler, revision: str | None = None, *, 
     try:
         report.live_revision = reconciler.store.get_state(reconciler.app.name).last_synced_revision
         report.revision = await _resolve(reconciler, revision, into)
+        await reconciler.check_signatures(report.revision)
         tree = await reconciler.source.read(report.revision)
         report.plan = await reconciler.plan_tree(tree)
         if reconciler.app.target.kind == "command":

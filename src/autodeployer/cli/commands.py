@@ -138,12 +138,14 @@ def _print_result(result: SyncResult, color: bool) -> None:
         click.echo(f"  warning: {warning}")
 
 
-async def _sync_all(config: Config, apps: Sequence[AppConfig], dry_run: bool, color: bool) -> int:
+async def _sync_all(config: Config, apps: Sequence[AppConfig], dry_run: bool, color: bool,
+                    override_window: bool = False) -> int:
     runtime = build_runtime(config, apps=apps)
     code = EXIT_OK
     try:
         for reconciler in runtime.reconcilers.values():
-            result = await reconciler.sync(Trigger.MANUAL, dry_run=dry_run, force=True)
+            result = await reconciler.sync(Trigger.MANUAL, dry_run=dry_run, force=True,
+                                           override_window=override_window)
             if dry_run and result.result is Result.PLANNED:
                 click.echo(f"{result.app}: changes planned at {(result.revision or '')[:12]}: {result.summary}")
                 click.echo(result.diff)
@@ -204,15 +206,18 @@ def _prepare(ctx: click.Context, *, service: bool = False) -> Config:
 @_app_options
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @click.option("--app", "app_name", metavar="NAME", help="Only this app.")
+@click.option("--override-window", is_flag=True,
+              help="Deploy even outside the app's sync windows (recorded as overridden).")
 @click.pass_context
-def sync(ctx: click.Context, dry_run: bool, app_name: str | None) -> None:
+def sync(ctx: click.Context, dry_run: bool, app_name: str | None, override_window: bool) -> None:
     """Reconcile each app once, then exit."""
     config = _prepare(ctx)
     try:
         apps = _selected(config, app_name)
     except ConfigError as exc:
         _fail(str(exc))
-    sys.exit(asyncio.run(_sync_all(config, apps, dry_run or any(a.policy.dry_run for a in apps), _color())))
+    sys.exit(asyncio.run(_sync_all(config, apps, dry_run or any(a.policy.dry_run for a in apps), _color(),
+                                   override_window)))
 
 
 @cli.command()

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, SecretStr, model_validator
 
 from ..errors import ConfigError
 from ..providers.settings import (
@@ -29,6 +29,9 @@ from ..providers.settings import (
     provider_fields,
     yaml_names,
 )
+from ..rollout.promotion import DEFAULT_SOAK, check_graph
+from ..rollout.windows import Duration, Window, windows_from_json
+from ..sources.signatures import mode_value, parse_mode, require_keys, trusted_keys_path
 from ..sources.spec import REF_NAME, SourceSpec
 from ..targets import TARGETS
 from .variables import (
@@ -74,6 +77,13 @@ class Policy(Frozen):
     drift_interval: float | None = Field(default=None, ge=0)  # None: max(interval, 60 s); 0: never
     allow_empty: StrictBool = False
     dry_run: StrictBool = False
+    # VERIFY_COMMITS: which commits must be signed by a trusted key (sources/signatures.py)
+    verify_commits: Annotated[Literal["off", "head", "all"], BeforeValidator(mode_value)] = "off"
+    # rollout policy (docs/rollout.md): sync windows, and promotion from another app after a soak
+    windows: tuple[Window, ...] = ()
+    drift_in_window_only: StrictBool = False  # hold drift repair outside the windows too (default: anytime)
+    promote_from: str | None = None
+    soak: Duration = DEFAULT_SOAK  # seconds, or 10m, 3s, ...
 
 
 class AppConfig(Frozen):
@@ -273,6 +283,7 @@ def source_from_env(env: EnvReader, notices: list[str] | None = None) -> SourceS
         "github_api_url": github_api_for(url, github_url, env.str("GITHUB_API_URL")),
         "git_timeout": env.number("GIT_TIMEOUT", minimum=1) or 120.0,
         "head_check": _choice(env, "HEAD_CHECK", ("auto", "git", "api")),
+        "trusted_keys_file": trusted_keys_path(env.str("TRUSTED_KEYS_FILE"), "TRUSTED_KEYS_FILE"),
     }
     data.update(provider_fields(
         url, repo_host(url), env.str("GIT_PROVIDER"),
@@ -370,7 +381,21 @@ def policy_from_env(env: EnvReader) -> Policy:
         drift_interval=env.number("DRIFT_INTERVAL", minimum=0),
         allow_empty=env.bool("ALLOW_EMPTY"),
         dry_run=env.bool("DRY_RUN"),
+        verify_commits=parse_mode(env.str("VERIFY_COMMITS"), "VERIFY_COMMITS"),
+        windows=_env_windows(env),
+        drift_in_window_only=env.bool("DRIFT_IN_WINDOW_ONLY"),
     )
+
+
+def _env_windows(env: EnvReader) -> tuple[Window, ...]:
+    """SYNC_WINDOWS: a JSON list of windows with the YAML's keys (docs/rollout.md)."""
+    text = env.str("SYNC_WINDOWS")
+    if not text:
+        return ()
+    try:
+        return windows_from_json(text)
+    except ValueError as exc:
+        raise ConfigError(f"SYNC_WINDOWS{exc}") from None
 
 
 # Python's other level names, which the github-autodeployer accepted (logging.getLevelName)
@@ -461,7 +486,9 @@ def app_from_env(env: EnvReader, notices: list[str] | None = None) -> AppConfig:
     module = _target_module(env.str("TARGET") or "sesam", "TARGET")
     name = env.str("APP_NAME") or _derived_name(source)
     check_app_name(name, "APP_NAME")
-    return AppConfig(name=name, source=source, target=module.spec_from_env(env, name), policy=policy_from_env(env))
+    policy = policy_from_env(env)
+    require_keys(policy.verify_commits, source.trusted_keys_file, "VERIFY_COMMITS", "TRUSTED_KEYS_FILE")
+    return AppConfig(name=name, source=source, target=module.spec_from_env(env, name), policy=policy)
 
 
 def check_app_name(name: str, where: str) -> None:
@@ -513,6 +540,8 @@ def _yaml_source(raw: Any, where: str, environ: Mapping[str, str]) -> SourceSpec
     if data.get("tag") is not None and "branch" in data:
         raise ConfigError(f"{where}.tag: set tag or branch, not both (a tag is followed instead of a branch)")
     data.setdefault("repo_full_name", repo_full_name(url))
+    if "trusted_keys_file" in data:
+        data["trusted_keys_file"] = trusted_keys_path(data["trusted_keys_file"], f"{where}.trusted_keys_file")
     data["github_api_url"] = github_api_for(url, github_url, explicit_api)
     data.update(provider_fields(
         url, repo_host(url), _optional_str(hosted["provider"], f"{where}.provider"),
@@ -587,11 +616,16 @@ def apps_from_yaml(doc: dict[str, Any], environ: Mapping[str, str]) -> list[AppC
         target = _yaml_target(merged.get("target", {}), f"{where}.target", environ, name)
         policy_data = _mapping(merged.get("policy") or {}, f"{where}.policy")
         policy = validate_model(Policy, dict(policy_data), f"{where}.policy")
+        require_keys(policy.verify_commits, source.trusted_keys_file, f"{where}.policy.verify_commits",
+                     f"{where}.source.trusted_keys_file")
         apps.append(AppConfig(name=name, source=source, target=target, policy=policy))
     names = [a.name for a in apps]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"apps: duplicate app names: {', '.join(dupes)}")
+    problem = check_graph({a.name: a.policy.promote_from for a in apps})
+    if problem:
+        raise ConfigError(problem)
     return apps
 
 

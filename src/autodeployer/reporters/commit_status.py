@@ -56,7 +56,7 @@ class CommitStatusReporter:
 #: The GitHub state each result posts (None: none is posted, e.g. a dry run changes nothing).
 COMMIT_STATES: dict[Result, str | None] = {
     Result.RUNNING: "pending", Result.SYNCED: "success", Result.NO_CHANGE: "success", Result.PLANNED: None,
-    Result.REFUSED: "failure", Result.FAILED: "error", Result.INTERRUPTED: "error",
+    Result.REFUSED: "failure", Result.FAILED: "error", Result.INTERRUPTED: "error", Result.HELD: "pending",
 }
 
 
@@ -71,6 +71,8 @@ def status_for(result: SyncResult) -> tuple[str, str]:
         return state, f"deployed: {result.summary}"
     if result.result is Result.NO_CHANGE:
         return state, "in sync (nothing to change)"
+    if result.result is Result.HELD:  # "held until Mon 08:00 CET" (GitHub cuts descriptions at 140)
+        return state, first_line[:140]
     if result.reason is Reason.REJECTED:
         return "failure", f"rejected: {first_line}"
     return state, f"{result.result.value}: {first_line}"

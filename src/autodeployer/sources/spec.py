@@ -34,6 +34,7 @@ class SourceSpec(Frozen):
     # (GITLAB_API_URL, GITEA_API_URL, BITBUCKET_API_URL); GitHub keeps `github_api_url`
     provider: Literal["github", "gitlab", "gitea", "bitbucket"] | None = None
     provider_api_url: str | None = None
+    trusted_keys_file: str | None = None  # TRUSTED_KEYS_FILE: GPG public keys and/or SSH allowed signers
 
     @field_validator("tag")
     @classmethod

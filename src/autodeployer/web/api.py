@@ -24,6 +24,11 @@ from ..store import Store
 MAX_HISTORY = 500
 
 
+def override_requested(request: Request) -> bool:
+    """POST /api/apps/<app>/sync?override_window=true: deploy even outside the app's sync windows."""
+    return request.query_params.get("override_window", "").strip().lower() in ("1", "true", "yes")
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
@@ -152,6 +157,11 @@ class Api:
             unavailable = self._unavailable()
             if unavailable:
                 return unavailable
+        if action == "sync" and override_requested(request):
+            if not self.scheduler.sync_overriding_window(name):
+                return _error(409, f"{name}: override_window must be sent to the replica running the app "
+                              f"({self.scheduler.coordinator.owners().get(name) or 'another replica'})")
+            return JSONResponse({"app": name, "queued": "sync", "override_window": True}, status_code=202)
         if action == "sync":
             self.scheduler.trigger(name, Trigger.MANUAL)
             return JSONResponse({"app": name, "queued": "sync"}, status_code=202)
@@ -230,6 +240,12 @@ def _action(summary: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"post": op}
 
 
+def _with_query(path: dict[str, Any], parameter: dict[str, Any]) -> dict[str, Any]:
+    path["post"]["parameters"] = [*path["post"]["parameters"], parameter]
+    path["post"]["responses"]["409"] = _ERR
+    return path
+
+
 OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",
     "info": {"title": "autodeployer", "version": "1", "description": "Status, history and actions of the apps."},
@@ -268,7 +284,9 @@ OPENAPI: dict[str, Any] = {
             "summary": "Replicas sharing the apps (one in single-replica mode), their heartbeats and owned apps",
             "responses": {"200": {"description": "Replicas", "content": {"application/json": {"schema": {
                 "$ref": "#/components/schemas/Replicas"}}}}}}},
-        "/api/apps/{app}/sync": _action("Queue a sync now"),
+        "/api/apps/{app}/sync": _with_query(_action("Queue a sync now"), {
+            "name": "override_window", "in": "query", "schema": {"type": "boolean", "default": False},
+            "description": "Deploy even outside the app's sync windows (recorded as details.window_override)"}),
         "/api/apps/{app}/suspend": _action("Stop syncing this app automatically"),
         "/api/apps/{app}/resume": _action("Follow the branch again (and sync now)"),
         "/api/apps/{app}/rollback": _action(
@@ -305,6 +323,9 @@ OPENAPI: dict[str, Any] = {
                     "owner": {"type": "string", "nullable": True,
                               "description": "Replica that reconciles the app; null with a single replica"},
                     "owner_heartbeat_at": {"type": "number", "nullable": True},
+                    "rollout": {"type": "object", "nullable": True,
+                                "description": "Sync windows and promotion (docs/rollout.md): `summary` (one line), "
+                                               "`window`, `held` (revision, reason), `promotion` (the chain)"},
                 },
             },
             "HistoryRow": {
