@@ -1,4 +1,4 @@
-"""Scenario 8: from a push to a pull request's branch to its preview comment updated on GitHub.
+"""Scenario 9: from a push to a pull request's branch to its preview comment updated on GitHub.
 
 ``autodeployer run`` (PREVIEWS=true) is a real process; the GitHub and Sesam emulators run in this
 process. The configuration has 1,000 entities and is live on the node. Each push is one commit on the
@@ -48,7 +48,7 @@ def comment_names(github: GitHubEmulator, head: str) -> bool:
 
 
 def run(options: Options) -> ScenarioResult:
-    result = ScenarioResult("previews", "8. Pull-request previews")
+    result = ScenarioResult("previews", "9. Pull-request previews")
     pushes = options.pick(30, 5)
     with tempfile.TemporaryDirectory(prefix="bench-previews-") as tmp:
         work = Path(tmp)
