@@ -9,7 +9,7 @@ import time
 import traceback
 from pathlib import Path
 
-from . import ROOT, burst, idle_poll, large_config, latency, many_apps, marathon_apps, scale_out, variables
+from . import ROOT, burst, idle_poll, large_config, latency, many_apps, marathon_apps, previews, scale_out, variables
 from .core import Options, Scenario, ScenarioResult, wait_for_quiet
 from .report import machine, markdown, text_result
 
@@ -22,6 +22,7 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
     "marathon": ("6. Marathon", marathon_apps.run),
     "scaleout": ("7. Scale-out", scale_out.run),
     "variables": ("8. Variables and secrets", variables.run),
+    "previews": ("9. Pull-request previews", previews.run),
 }
 PARTIAL = ROOT / "benchmarks" / "results" / "BENCHMARKS-partial.md"
 

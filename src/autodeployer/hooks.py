@@ -47,16 +47,20 @@ class HookTarget:
 
 
 def hook_targets(
-    apps: Iterable[AppConfig], http: httpx.AsyncClient, hook_url: str, secret: str, *, set_secret: bool = True
+    apps: Iterable[AppConfig], http: httpx.AsyncClient, hook_url: str, secret: str, *, set_secret: bool = True,
+    events: tuple[str, ...] = ("push",),
 ) -> list[HookTarget]:
-    """`set_secret`: replace an existing hook's secret (the service does; the CLI only with WEBHOOK_SECRET)."""
+    """`set_secret`: replace an existing hook's secret (the service does; the CLI only with WEBHOOK_SECRET).
+    `events`: also `pull_request` when previews are on (GitHub's clients only: previews are GitHub-only)."""
     found: dict[tuple[str, str], HookTarget] = {}
     for app in apps:
         client = provider_client(app, http)
         if client is None:
             continue
         key = (client.api_url, client.repo.lower())
-        found.setdefault(key, HookTarget(client, HookSpec(url=hook_url, secret=secret, set_secret=set_secret)))
+        wanted = events if isinstance(client, GitHubClient) else ("push",)
+        found.setdefault(key, HookTarget(client, HookSpec(url=hook_url, secret=secret,
+                                                                  set_secret=set_secret, events=wanted)))
     return list(found.values())
 
 

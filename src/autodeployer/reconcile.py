@@ -201,6 +201,16 @@ class Reconciler:
         planned = await self._plan(tree, state, None)
         return sha, self._guard(planned.plan)
 
+    async def check_signatures(self, sha: str) -> None:
+        """The signed-commits guard for read-only plans (`autodeployer plan`, previews): raises as a sync would."""
+        await self._check_signatures(sha, self.store.get_state(self.app.name))
+
+    async def plan_tree(self, tree: Tree) -> Plan:
+        """The guarded plan of `tree` against the live target, for read-only plans (`autodeployer plan`,
+        pull-request previews): takes no lock, records nothing; refusals raise Refused as in a sync."""
+        planned = await self._plan(tree, self.store.get_state(self.app.name), None)
+        return self._guard(planned.plan)
+
     # ------------------------------------------------------------------ steps
     def _idle(self, state: AppState, head: str, now: float) -> bool:
         """Nothing to do: head already synced and no drift check due, or head already refused."""

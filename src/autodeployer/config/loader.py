@@ -112,6 +112,8 @@ class ServiceSettings(Frozen):
     store_password: SecretStr | None = None
     replica_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,99}$")
     heartbeat_interval: float = Field(default=2.0, ge=0.1, le=60)
+    previews: StrictBool = False  # plan pull requests into an app's branch, comment and post a status
+    preview_forks: StrictBool = False  # also pull requests from forks (untrusted content)
 
     @model_validator(mode="before")
     @classmethod
@@ -434,6 +436,8 @@ def service_from_env(env: EnvReader, environ: Mapping[str, str]) -> dict[str, An
         "store_password": env.secret("STORE_PASSWORD") or _secret_file(env, "STORE_PASSWORD_FILE"),
         "replica_id": env.str("REPLICA_ID"),
         "heartbeat_interval": env.number("HEARTBEAT_INTERVAL", minimum=0.1) or 2.0,
+        "previews": env.bool("PREVIEWS"),
+        "preview_forks": env.bool("PREVIEW_FORKS"),
     }
 
 

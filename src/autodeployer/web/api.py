@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 from ..errors import AutodeployerError, StoreUnavailable
 from ..model import Reason, Result, Status, Trigger
+from ..previews import PreviewService
 from ..runtime import Runtime
 from ..scheduling import Scheduler
 from ..status import app_row, history_row
@@ -33,9 +34,10 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 class Api:
-    def __init__(self, runtime: Runtime, scheduler: Scheduler) -> None:
+    def __init__(self, runtime: Runtime, scheduler: Scheduler, *, previews: PreviewService | None = None) -> None:
         self.runtime = runtime
         self.scheduler = scheduler
+        self.previews = previews  # None unless PREVIEWS=true
         token = runtime.config.service.admin_token
         self._admin_token = token.get_secret_value() if token else None
 
@@ -117,6 +119,15 @@ class Api:
             return _error(503, str(exc))
         return JSONResponse({"app": app.name, "history": [history_row(r) for r in rows]})
 
+    async def list_previews(self, request: Request) -> JSONResponse:
+        """Open pull-request previews of the app (empty when PREVIEWS is off), with their full plans."""
+        app = self._app(request)
+        if app is None:
+            return _error(404, f"no app named {request.path_params['app']!r}")
+        found = self.previews.previews(app.name) if self.previews is not None else []
+        return JSONResponse({"app": app.name, "enabled": self.previews is not None,
+                             "previews": [p.to_json() for p in found]})
+
     def coordination(self) -> dict[str, Any]:
         """This replica's view of the fleet: whether it may apply (and why not), every replica's last
         heartbeat and the apps it owns. Served as /api/replicas and shown on the status page."""
@@ -189,6 +200,7 @@ class Api:
             Route("/api/apps", self.list_apps, methods=["GET"]),
             Route("/api/apps/{app}", self.get_app, methods=["GET"]),
             Route("/api/apps/{app}/history", self.history, methods=["GET"]),
+            Route("/api/apps/{app}/previews", self.list_previews, methods=["GET"]),
             Route("/api/apps/{app}/{action:str}", self.action, methods=["POST"]),
             Route("/api/replicas", self.replicas, methods=["GET"]),
             Route("/openapi.json", openapi_endpoint, methods=["GET"]),
@@ -261,6 +273,13 @@ OPENAPI: dict[str, Any] = {
                 "type": "object", "properties": {"app": {"type": "string"},
                                                  "history": {"type": "array", "items": _HISTORY}}}}}},
                           "400": _ERR, "404": _ERR, "503": _ERR}}},
+        "/api/apps/{app}/previews": {"get": {
+            "summary": "Open pull-request previews: the plan of each PR's merge against the live target",
+            "parameters": [_APP_PARAM],
+            "responses": {"200": {"description": "Previews", "content": {"application/json": {"schema": {
+                "type": "object", "properties": {"app": {"type": "string"}, "enabled": {"type": "boolean"},
+                                                 "previews": {"type": "array", "items": {"type": "object"}}}}}}},
+                          "404": _ERR}}},
         "/api/replicas": {"get": {
             "summary": "Replicas sharing the apps (one in single-replica mode), their heartbeats and owned apps",
             "responses": {"200": {"description": "Replicas", "content": {"application/json": {"schema": {

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ..previews import PreviewService
 from ..reporters.metrics import CONTENT_TYPE, Metrics, StateCollector
 from ..runtime import Runtime
 from ..scheduling import Scheduler
@@ -30,8 +31,9 @@ def create_app(
     webhook: WebhookReceiver | None = None,
     background: Sequence[BackgroundJob] = (),
     metrics: Metrics | None = None,
+    previews: PreviewService | None = None,
 ) -> Starlette:
-    api = Api(runtime, scheduler)
+    api = Api(runtime, scheduler, previews=previews)
     metrics = metrics or Metrics()
     coordinator = scheduler.coordinator
     metrics.add_collector(StateCollector(metrics, api.rows, lambda: scheduler.pending_count,

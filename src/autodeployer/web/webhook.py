@@ -31,6 +31,7 @@ from starlette.responses import JSONResponse, Response
 
 from ..logs import get_logger
 from ..model import Trigger
+from ..previews import PreviewService
 from ..providers import PROVIDERS, Provider, recognise
 from ..providers.base import Ignored, Malformed, Parsed, Ping, token_matches
 from ..providers.bitbucket import BitbucketCloudProvider, cloud_path_token
@@ -163,6 +164,7 @@ class WebhookReceiver:
         observer: DeliveryObserver | None = None,
         max_body: int = MAX_BODY,
         read_timeout: float = READ_TIMEOUT,
+        previews: PreviewService | None = None,
     ) -> None:
         if not secrets_:
             raise ValueError("a webhook secret is required; there is no unsigned mode")
@@ -174,6 +176,7 @@ class WebhookReceiver:
         self._read_timeout = read_timeout
         self._reading = ByteBudget(max(READ_BUDGET, max_body))
         self._log = get_logger(component="webhook")
+        self._previews = previews  # pull_request deliveries go there (PREVIEWS=true)
 
     async def handle(self, request: Request) -> Response:
         provider = self._provider(request)
@@ -333,6 +336,9 @@ class WebhookReceiver:
     def _dispatch(self, event: str, payload: dict[str, Any]) -> Verdict:
         if event == "ping":
             return Verdict(200, "ping", {"result": "pong"})
+        if event == "pull_request" and self._previews is not None:
+            seen = self._previews.receive(payload)
+            return Verdict(seen.status, seen.result, seen.body)
         if event != "push":
             return Verdict(204, "ignored-event")
         ref = payload.get("ref")
