@@ -10,9 +10,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# git does the fetching (https, ssh, git://); ca-certificates verifies TLS; openssh-client serves GIT_SSH_KEY.
+# git does the fetching (https, ssh, git://); ca-certificates verifies TLS; openssh-client serves GIT_SSH_KEY
+# (and ssh-keygen checks SSH commit signatures); gnupg checks GPG commit signatures (VERIFY_COMMITS).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends git ca-certificates openssh-client \
+ && apt-get install -y --no-install-recommends git ca-certificates openssh-client gnupg \
  && rm -rf /var/lib/apt/lists/*
 
 RUN groupadd --system --gid 10001 autodeployer \

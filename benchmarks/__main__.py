@@ -9,7 +9,19 @@ import time
 import traceback
 from pathlib import Path
 
-from . import ROOT, burst, fleet, idle_poll, large_config, latency, many_apps, marathon_apps, scale_out
+from . import (
+    ROOT,
+    burst,
+    fleet,
+    idle_poll,
+    large_config,
+    latency,
+    many_apps,
+    marathon_apps,
+    previews,
+    scale_out,
+    variables,
+)
 from .core import Options, Scenario, ScenarioResult, wait_for_quiet
 from .report import machine, markdown, text_result
 
@@ -21,8 +33,10 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
     "many": ("5. Many apps", many_apps.run),
     "marathon": ("6. Marathon", marathon_apps.run),
     "scaleout": ("7. Scale-out", scale_out.run),
-    "sharedhead": ("8. Shared head checks", fleet.run_shared),
-    "thousand": ("9. 1,000 apps in one process", fleet.run_thousand),
+    "variables": ("8. Variables and secrets", variables.run),
+    "previews": ("9. Pull-request previews", previews.run),
+    "sharedhead": ("10. Shared head checks", fleet.run_shared),
+    "thousand": ("11. 1,000 apps in one process", fleet.run_thousand),
 }
 PARTIAL = ROOT / "benchmarks" / "results" / "BENCHMARKS-partial.md"
 

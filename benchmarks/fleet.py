@@ -1,4 +1,4 @@
-"""Scenarios 8 and 9: many apps sharing repositories, in one ``autodeployer run`` process.
+"""Scenarios 10 and 11: many apps sharing repositories, in one ``autodeployer run`` process.
 
 ``sharedhead``: 100 apps polled every 10 s, side by side on 100 repositories (one app each: every
 poll is its own head check, today's many-apps case) and on one repository (the apps' polls share one
@@ -193,7 +193,7 @@ FLEET_NOTES = [
 
 
 def run_shared(options: Options) -> ScenarioResult:
-    result = ScenarioResult("sharedhead", "8. Shared head checks")
+    result = ScenarioResult("sharedhead", "10. Shared head checks")
     seconds = options.pick(60.0, 30.0)
     fleets = [Fleet("100 apps, 100 repositories (a head check per app)", 100, 100, 0.0),
               Fleet("100 apps, 1 repository (shared head checks)", 100, 1, 0.0)]
@@ -220,7 +220,7 @@ def run_shared(options: Options) -> ScenarioResult:
 
 
 def run_thousand(options: Options) -> ScenarioResult:
-    result = ScenarioResult("thousand", "9. 1,000 apps in one process")
+    result = ScenarioResult("thousand", "11. 1,000 apps in one process")
     seconds = options.pick(90.0, 30.0)
     (observed,) = serve_fleets([Fleet("1,000 apps", 1000, 100, None)], seconds,
                                options.pick(INTERVAL * 1.5, INTERVAL * 0.5))

@@ -82,3 +82,22 @@ def test_demo_with_a_busy_port_says_so_before_its_banner(tmp_path: Path):
     assert result.stderr.strip().splitlines() == [f"error: --port {port}: cannot listen on 127.0.0.1:{port}: "
                                                   "Address already in use"]
     assert not (tmp_path / "demo").exists()
+
+
+def test_a_demo_dir_from_an_older_version_without_a_variables_file_still_syncs(tmp_path: Path):
+    port, workdir = free_port(), tmp_path / "demo"
+    with demo(workdir, port, tmp_path / "demo-1.log"):
+        pass
+    work = workdir / "work"  # an older demo's seed: no variables file, and no $ENV(...) in its system
+    crm = work / "systems" / "crm.conf.json"
+    crm.write_text(crm.read_text().replace("$ENV(crm-host)", "crm.example.org"))
+    for args in (["rm", "-q", "variables/demo-env.json"], ["commit", "-qam", "as an older demo made it"],
+                 ["push", "-q"]):
+        subprocess.run(["git", "-C", str(work), *args], check=True, capture_output=True)
+    with demo(workdir, port, tmp_path / "demo-2.log"):
+        server = f"http://127.0.0.1:{port}"
+        state = wait_for(lambda: (a := httpx.get(server + "/api/apps/demo").json()).get("last_result") and a,
+                         what="the first sync of the reused demo")
+    log = (tmp_path / "demo-2.log").read_text()
+    assert state["last_result"] == "synced", log
+    assert "VARIABLES_FILE_PATH" not in log.split("sync finished")[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import re
@@ -108,6 +109,17 @@ def test_history_does_not_repeat_the_summary_as_reason(app_env):
     [head] = [line for line in out.splitlines() if " failed " in line]
     summary = head.split(": ", 1)[1]
     assert f"reason: {summary}" not in out, out
+
+
+def test_history_json_is_the_api_rows(app_env):
+    failing = {**app_env, "SESAM_API_URL": "http://127.0.0.1:9/api"}
+    assert run_cli(failing, "sync").returncode == 2
+    assert run_cli(app_env, "sync").returncode == 0
+    result = run_cli(app_env, "history", "--json", "--limit", "5")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [(r["result"], r["reason"]) for r in rows] == [("synced", None), ("failed", "target-unavailable")]
+    assert rows[0]["revision"] and isinstance(rows[0]["details"], dict) and "+ " in rows[0]["diff"]
 
 
 def test_top_level_help_is_not_truncated(app_env):

@@ -225,3 +225,25 @@ def test_a_driver_that_cannot_be_imported_is_a_broken_install_not_a_missing_extr
     [line] = done.stderr.strip().splitlines()
     assert done.returncode == 2 and "STORE_URL" in line and "reinstall autodeployer" in line, done.stderr
     assert "autodeployer[postgres]" not in done.stdout + done.stderr
+
+
+def test_state_kept_in_memory_is_written_back_without_undoing_another_process(tmp_path: Path):
+    """A sync's result is kept in memory while the disk is full; meanwhile the disk recovers and a CLI
+    suspends the app. Writing the memory back sets the sync's fields only: the app stays suspended."""
+    service = SQLiteStore.in_state_dir(tmp_path)
+    service.update_state("a", lambda _: {"last_result": Result.SYNCED, "failures": 0})
+    _fill(service)
+    big = {"k": "x" * 200_000}  # needs new pages: refused while full
+    service.update_state("a", lambda _: {"last_result": Result.FAILED, "failures": 1, "memory": big})
+    assert service.warning is not None
+    _unfill(service)
+    cli = SQLiteStore.in_state_dir(tmp_path)
+    cli.update_state("a", lambda _: {"suspended": True, "suspended_reason": "suspended from the command line"})
+    cli.close()
+    service._retry_at = 0.0  # due now, rather than in RETRY_EVERY seconds
+    service.update_state("a", lambda s: {"failures": s.failures + 1})
+    assert service.warning is None
+    service.close()
+    saved = SQLiteStore.in_state_dir(tmp_path).get_state("a")
+    assert saved.suspended and saved.suspended_reason == "suspended from the command line"
+    assert (saved.last_result, saved.failures, saved.memory) == (Result.FAILED, 2, big)

@@ -86,7 +86,9 @@ def run_demo(port: int = 5000, interval: float = 2.0, workdir: str | None = None
     git_token = "demo-" + secrets.token_hex(16)
     jwt = "demo-" + secrets.token_hex(16)
     admin_token = "demo-admin-" + secrets.token_hex(8)
-    _repository(base)
+    repo = _repository(base)
+    # A --dir made by an older demo has no variables file: deploy it without one rather than refuse it.
+    variables = DEMO_VARIABLES if (repo.work_dir / DEMO_VARIABLES).is_file() else None
     git_server = GitHttpServer(base / "git", token=git_token)
     node = SesamEmulator(jwt=jwt)
     with git_server.serve(), node.serve() as node_server:
@@ -95,7 +97,7 @@ def run_demo(port: int = 5000, interval: float = 2.0, workdir: str | None = None
             name="demo",
             source=SourceSpec(url=url, branch="master", token=SecretStr(git_token), repo_full_name=repo_full_name(url)),
             target=sesam.Spec(api_url=node_server.url + "/api", jwt=SecretStr(jwt),
-                              variables_file_path=DEMO_VARIABLES),
+                              variables_file_path=variables),
             policy=Policy(interval=interval),
         )
         config = Config(
@@ -106,7 +108,7 @@ def run_demo(port: int = 5000, interval: float = 2.0, workdir: str | None = None
         setup_logging(config, make_redactor(config))
         env = {"GIT_URL": url, "GITHUB_TOKEN": git_token, "JWT": jwt, "SESAM_API_URL": node_server.url + "/api",
                "STATE_DIR": str(base / "state"), "APP_NAME": "demo", "ADMIN_TOKEN": admin_token,
-               "VARIABLES_FILE_PATH": DEMO_VARIABLES}
+               **({"VARIABLES_FILE_PATH": variables} if variables else {})}
         print(_instructions(base, node_server.url, port, interval, env), flush=True)
         try:
             return asyncio.run(serve(config, sock=sock))

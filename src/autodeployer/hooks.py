@@ -1,7 +1,8 @@
 """Registering the service's webhook with the Git host: idempotent, paginated, retried with backoff.
 
 Needs a token and a REST base URL for the app's repository (`SourceSpec.github_api_url`, set for
-github.com and Enterprise hosts or by GITHUB_API_URL). GitHub being down never stops the service.
+github.com and Enterprise hosts or by GITHUB_API_URL; for the other hosts `provider_api_url`, see
+`providers/`). The host being down never stops the service.
 """
 
 from __future__ import annotations
@@ -14,23 +15,30 @@ import httpx
 
 from .config.loader import AppConfig
 from .logs import get_logger
+from .providers import ProviderClient, provider_client_for
 from .sources.github import GitHubClient, GitHubError, HookSpec
 
 WEBHOOK_PATH = "/webhook"
 
 
 def client_for(app: AppConfig, http: httpx.AsyncClient) -> GitHubClient | None:
+    """The GitHub client (the head check uses it); hooks and statuses use `provider_client`."""
     source = app.source
     if not (source.github_api_url and source.token and source.repo_full_name):
         return None
     return GitHubClient(source.github_api_url, source.token.get_secret_value(), source.repo_full_name, http)
 
 
+def provider_client(app: AppConfig, http: httpx.AsyncClient) -> ProviderClient | None:
+    """The API client of the app's Git host (GitHub, GitLab, Gitea, Bitbucket), if it has one."""
+    return provider_client_for(app.source, http)
+
+
 @dataclass(frozen=True)
 class HookTarget:
     """One repository hook to manage; apps that share a repository share the hook."""
 
-    client: GitHubClient
+    client: ProviderClient
     spec: HookSpec
 
     @property
@@ -39,23 +47,28 @@ class HookTarget:
 
 
 def hook_targets(
-    apps: Iterable[AppConfig], http: httpx.AsyncClient, hook_url: str, secret: str, *, set_secret: bool = True
+    apps: Iterable[AppConfig], http: httpx.AsyncClient, hook_url: str, secret: str, *, set_secret: bool = True,
+    events: tuple[str, ...] = ("push",),
 ) -> list[HookTarget]:
-    """`set_secret`: replace an existing hook's secret (the service does; the CLI only with WEBHOOK_SECRET)."""
+    """`set_secret`: replace an existing hook's secret (the service does; the CLI only with WEBHOOK_SECRET).
+    `events`: also `pull_request` when previews are on (GitHub's clients only: previews are GitHub-only)."""
     found: dict[tuple[str, str], HookTarget] = {}
     for app in apps:
-        client = client_for(app, http)
+        client = provider_client(app, http)
         if client is None:
             continue
         key = (client.api_url, client.repo.lower())
-        found.setdefault(key, HookTarget(client, HookSpec(url=hook_url, secret=secret, set_secret=set_secret)))
+        wanted = events if isinstance(client, GitHubClient) else ("push",)
+        found.setdefault(key, HookTarget(client, HookSpec(url=hook_url, secret=secret,
+                                                                  set_secret=set_secret, events=wanted)))
     return list(found.values())
 
 
 async def register_with_backoff(
     targets: list[HookTarget], *, first_delay: float = 1.0, max_delay: float = 300.0, attempts: int | None = None
 ) -> None:
-    """Keep trying until every hook is registered; GitHub being down must not stop the service."""
+    """Keep trying until every hook is registered; the host being down must not stop the service
+    (a `ProviderError` of another host is a `GitHubError`, so it is retried alike)."""
     log = get_logger(component="hooks")
     pending = list(targets)
     delay = first_delay

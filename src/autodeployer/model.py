@@ -27,6 +27,7 @@ class Result(str, enum.Enum):
     REFUSED = "refused"  # a guard refused the commit; target untouched
     FAILED = "failed"  # source, target or verification error
     INTERRUPTED = "interrupted"  # the process died during the attempt
+    HELD = "held"  # a sync window or a promotion held the revision back; deployed once the policy allows it
 
     @property
     def ok(self) -> bool:
@@ -45,7 +46,7 @@ class Result(str, enum.Enum):
     @property
     def style(self) -> str:
         """The colour the CLI prints it in (a rich/click colour name)."""
-        return "yellow" if self is Result.PLANNED else "green" if self.ok else "red"
+        return "yellow" if self in (Result.PLANNED, Result.HELD) else "green" if self.ok else "red"
 
     @classmethod
     def parse(cls, value: str | None) -> Result | None:
@@ -65,6 +66,7 @@ class Status(str, enum.Enum):
     REFUSED = "refused"
     SUSPENDED = "suspended"
     PENDING = "pending"
+    HELD = "held"  # a new revision waits for a sync window or for the app it is promoted from
 
     @property
     def label(self) -> str:
@@ -97,6 +99,8 @@ class Reason(str, enum.Enum):
     NOT_OWNER = "not-owner"  # another process or replica holds the app: nothing applied
     INTERRUPTED = "interrupted"  # the process stopped during the attempt
     INTERNAL = "internal"  # a bug: the error names the exception
+    UNSIGNED = "unsigned"  # VERIFY_COMMITS: the commit is not signed by a trusted key; nothing applied
+    HELD = "held"  # the app's rollout policy (a sync window, a promotion) holds the revision back
 
     @property
     def label(self) -> str:
@@ -114,25 +118,28 @@ class Reason(str, enum.Enum):
 _RESULT_LABELS = {
     Result.RUNNING: "running", Result.SYNCED: "synced", Result.NO_CHANGE: "no change", Result.PLANNED: "planned",
     Result.REFUSED: "refused", Result.FAILED: "failed", Result.INTERRUPTED: "interrupted",
+    Result.HELD: "held",
 }
 _RESULT_STATUS = {
     Result.RUNNING: Status.PENDING, Result.SYNCED: Status.SYNCED, Result.NO_CHANGE: Status.SYNCED,
     Result.PLANNED: Status.OUT_OF_SYNC, Result.REFUSED: Status.REFUSED, Result.FAILED: Status.FAILED,
-    Result.INTERRUPTED: Status.FAILED,
+    Result.INTERRUPTED: Status.FAILED, Result.HELD: Status.HELD,
 }
 _STATUS_LABELS = {
     Status.SYNCED: "synced", Status.OUT_OF_SYNC: "out of sync", Status.FAILED: "failed", Status.REFUSED: "refused",
-    Status.SUSPENDED: "suspended", Status.PENDING: "pending",
+    Status.SUSPENDED: "suspended", Status.PENDING: "pending", Status.HELD: "held",
 }
 _STATUS_STYLES = {
     Status.SYNCED: "green", Status.OUT_OF_SYNC: "yellow", Status.FAILED: "red", Status.REFUSED: "red",
-    Status.SUSPENDED: "magenta", Status.PENDING: "cyan",
+    Status.SUSPENDED: "magenta", Status.PENDING: "cyan", Status.HELD: "yellow",
 }
 _REASON_LABELS = {
     Reason.SOURCE_UNAVAILABLE: "source unavailable", Reason.REFUSED: "refused",
     Reason.TARGET_UNAVAILABLE: "target unavailable", Reason.REJECTED: "rejected by target",
     Reason.DRIFT: "verify found drift", Reason.NOT_OWNER: "not owner", Reason.INTERRUPTED: "interrupted",
     Reason.INTERNAL: "internal error",
+    Reason.UNSIGNED: "not signed by a trusted key",
+    Reason.HELD: "held by rollout policy",
 }
 
 
@@ -271,6 +278,7 @@ class SyncResult:
     reason: Reason | None = None  # why it did not end in sync; None when it did
     retry_after: float | None = None  # seconds: not applied because the app was busy elsewhere; try again then
     failures: int | None = None  # consecutive failed or refused attempts after this one (None: not recorded)
+    wake_at: float | None = None  # epoch seconds: held until then (a window opens, a soak ends); the worker wakes
 
     @property
     def ok(self) -> bool:

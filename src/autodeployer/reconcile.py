@@ -18,7 +18,10 @@ from .errors import AutodeployerError, OwnershipLost, Refused, SourceError, Targ
 from .logs import Redactor, get_logger
 from .model import Action, ApplyReport, CommitInfo, Plan, Problem, Reason, Result, SyncResult, Tree, Trigger
 from .reporters.base import Reporter
+from .rollout import Hold
+from .rollout.gate import RolloutGate
 from .sources.git import GitSource
+from .sources.signatures import CommitVerifier, UnsignedCommit
 from .store import AppState, StateChange, Store
 from .targets.base import SyncContext, Target
 from .timings import DETAILS_KEY, StepTimings
@@ -78,8 +81,11 @@ class Reconciler:
         *,
         reporters: Sequence[Reporter] = (),
         redactor: Redactor | None = None,
+        signatures: CommitVerifier | None = None,
+        gate: RolloutGate | None = None,
     ) -> None:
         self.app = app
+        self.signatures = signatures  # VERIFY_COMMITS: None when off
         self.source = source
         self.target = target
         self.store = store
@@ -90,6 +96,8 @@ class Reconciler:
         self._started: asyncio.Task[None] | None = None  # reporters being told that a sync started
         self._drift_checked_at: float | None = None  # the last quiet drift check (kept in memory only)
         self.lock = store.app_lock(app.name)  # one apply at a time per app, across processes
+        self._not_applied_said: str | None = None  # the last "not applied" logged (a held lock retries every second)
+        self.gate = gate or RolloutGate(app, store)  # sync windows and promotion (rollout/)
 
     # ------------------------------------------------------------------ public
     async def sync(
@@ -100,6 +108,7 @@ class Reconciler:
         revision: str | None = None,
         force: bool = False,
         lock_wait: float = LOCK_WAIT,
+        override_window: bool = False,
     ) -> SyncResult:
         """Reconcile once. `force` skips the idle fast path; `revision` pins a commit (rollback).
 
@@ -113,19 +122,31 @@ class Reconciler:
         if not await self.lock.acquire(lock_wait):
             busy = OwnershipLost(self.lock.busy_message(self.app.name), retry_after=LOCK_RETRY)
             return self._not_applied(trigger, revision or "", busy, time.time(), time.perf_counter())
+        self._not_applied_said = None
         try:
-            return await self._sync(trigger, False, revision, force)
+            return await self._sync(trigger, False, revision, force, override_window)
         finally:
             self.lock.release()
 
-    async def _sync(self, trigger: Trigger, dry_run: bool, revision: str | None, force: bool) -> SyncResult:
+    async def _sync(self, trigger: Trigger, dry_run: bool, revision: str | None, force: bool,
+                    override_window: bool = False) -> SyncResult:
         started, clock = time.time(), time.perf_counter()
         times = StepTimings()  # per-step durations: details["timings"] and the step histogram
         state = self.store.get_state(self.app.name)
+        gated = self.gate.active and not revision and not state.pinned_revision  # a rollback is never held
         try:
+            if gated and self.gate.upstream is not None:
+                promoted, waiting = self.gate.promoted_revision()
+                if waiting is not None:  # the upstream has nothing verified yet: there is no revision to fetch
+                    return await self._held(trigger, state, None, waiting, force, started, clock)
+                revision = promoted
             head = await times.timed("resolve", self._resolve(state, revision, trigger))
         except SourceError as exc:
             return await self._record(trigger, None, self._error_outcome(exc, None, None), started, clock, times=times)
+        if gated and not force and not dry_run and state.last_result is Result.HELD and head == state.last_revision:
+            still = self.gate.check(state, head, drift=head == state.last_synced_revision)
+            if still is not None:  # recorded once when first held: polls while it stays held write nothing
+                return self._quiet_hold(trigger, head, still, started, clock)
 
         if not force and trigger is Trigger.POLL and self._idle(state, head, started):
             return SyncResult(self.app.name, trigger, Result.NO_CHANGE, revision=head, started_at=started,
@@ -133,7 +154,8 @@ class Reconciler:
                               details={DETAILS_KEY: times.as_details()})
 
         drift_check = head == state.last_synced_revision and state.last_result in _OK
-        outcome, sha = await self._pipeline(head, state, trigger, dry_run, drift_check, started, times)
+        outcome, sha = await self._pipeline(head, state, trigger, dry_run, drift_check, started,
+                                            gated=gated, override_window=override_window, times=times)
         if outcome.not_applied is not None:
             return self._not_applied(trigger, sha, outcome.not_applied, started, clock)
         if drift_check and outcome.result is Result.NO_CHANGE and trigger is Trigger.POLL:
@@ -183,6 +205,16 @@ class Reconciler:
         planned = await self._plan(tree, state, None)
         return sha, self._guard(planned.plan)
 
+    async def check_signatures(self, sha: str) -> None:
+        """The signed-commits guard for read-only plans (`autodeployer plan`, previews): raises as a sync would."""
+        await self._check_signatures(sha, self.store.get_state(self.app.name))
+
+    async def plan_tree(self, tree: Tree) -> Plan:
+        """The guarded plan of `tree` against the live target, for read-only plans (`autodeployer plan`,
+        pull-request previews): takes no lock, records nothing; refusals raise Refused as in a sync."""
+        planned = await self._plan(tree, self.store.get_state(self.app.name), None)
+        return self._guard(planned.plan)
+
     # ------------------------------------------------------------------ steps
     def _idle(self, state: AppState, head: str, now: float) -> bool:
         """Nothing to do: head already synced and no drift check due, or head already refused."""
@@ -201,13 +233,14 @@ class Reconciler:
 
     async def _pipeline(
         self, head: str, state: AppState, trigger: Trigger, dry_run: bool, drift_check: bool, started: float,
-        times: StepTimings | None = None,
+        *, gated: bool = False, override_window: bool = False, times: StepTimings | None = None,
     ) -> tuple[Outcome, str]:
         """The steps from fetch to verify; every failure becomes an Outcome with its Reason."""
         times = times or StepTimings()
         fetched = Fetched(head)
         try:
             fetched = await times.timed("fetch", self._fetch(head))
+            await self._check_signatures(fetched.sha, state)
             tree = await times.timed("read", self._read(fetched.sha))
             if not drift_check and not dry_run:
                 self._report_started(fetched.sha, trigger)
@@ -218,6 +251,10 @@ class Reconciler:
                 return Outcome(Result.NO_CHANGE, plan=plan, tree_id=tree.tree_id), fetched.sha
             if dry_run:
                 return Outcome(Result.PLANNED, plan=plan, tree_id=tree.tree_id), fetched.sha
+            hold, overridden = self._rollout(gated, state, fetched.sha, drift_check, override_window)
+            if hold is not None:
+                return Outcome(Result.HELD, plan=plan, error=hold.reason, tree_id=tree.tree_id, reason=Reason.HELD,
+                               details=hold.details()), fetched.sha
             if drift_check:
                 self.log.warning("drift detected on the target; reverting to Git", revision=fetched.sha[:12],
                                  summary=plan.summary())
@@ -230,7 +267,7 @@ class Reconciler:
                 raise
             except Exception as exc:  # recorded on the row opened above, which must not stay "running"
                 return self._error_outcome(exc, plan, attempt), fetched.sha
-            return self._verified(planned, tree, applied, remaining), fetched.sha
+            return self._with_override(self._verified(planned, tree, applied, remaining), overridden), fetched.sha
         except OwnershipLost as exc:
             return Outcome(Result.NO_CHANGE, error=str(exc), not_applied=exc, reason=Reason.NOT_OWNER), fetched.sha
         except asyncio.CancelledError:
@@ -239,6 +276,40 @@ class Reconciler:
             return self._error_outcome(exc, None, None), fetched.sha
         finally:
             _discard(fetched.prefetched)
+
+    # ------------------------------------------------------------------ rollout (rollout/gate.py)
+    def _rollout(self, gated: bool, state: AppState, sha: str, drift: bool,
+                 override_window: bool) -> tuple[Hold | None, Hold | None]:
+        """The guard of the app's rollout policy, just before the apply: (the hold, the window hold an
+        override let through). Only a plan with changes gets here, so a held row always has a diff."""
+        if not gated:
+            return None, None
+        hold = self.gate.check(state, sha, drift=drift, override_window=override_window)
+        if hold is not None or not override_window:
+            return hold, None
+        return None, self.gate.window_hold(drift=drift)
+
+    @staticmethod
+    def _with_override(outcome: Outcome, overridden: Hold | None) -> Outcome:
+        """An apply a window would have held, recorded as overridden (details["window_override"])."""
+        if overridden is not None:
+            outcome.details = {**(outcome.details or {}),
+                               "window_override": {"overridden": True, "would_hold": overridden.reason}}
+        return outcome
+
+    async def _held(self, trigger: Trigger, state: AppState, sha: str | None, hold: Hold, force: bool,
+                    started: float, clock: float) -> SyncResult:
+        """A hold found before anything could be fetched: recorded once, quiet while it lasts."""
+        if not force and state.last_result is Result.HELD and state.last_revision == sha:
+            return self._quiet_hold(trigger, sha, hold, started, clock)
+        outcome = Outcome(Result.HELD, error=hold.reason, reason=Reason.HELD, details=hold.details())
+        return await self._record(trigger, sha, outcome, started, clock)
+
+    def _quiet_hold(self, trigger: Trigger, sha: str | None, hold: Hold, started: float,
+                    clock: float) -> SyncResult:
+        return SyncResult(self.app.name, trigger, Result.HELD, revision=sha, started_at=started,
+                          duration=time.perf_counter() - clock, summary=hold.reason, error=hold.reason,
+                          reason=Reason.HELD, wake_at=hold.until, details=hold.details())
 
     async def _resolve(self, state: AppState, revision: str | None, trigger: Trigger | None = None) -> str:
         """The commit this sync is about: the one asked for, the rollback pinned, else the branch head.
@@ -263,6 +334,12 @@ class Reconciler:
         except BaseException:
             _discard(prefetched)
             raise
+
+    async def _check_signatures(self, sha: str, state: AppState) -> None:
+        """The signed-commits guard (VERIFY_COMMITS), before anything is planned or applied: raises
+        UnsignedCommit naming the first commit not signed by a trusted key."""
+        if self.signatures is not None:
+            await self.signatures.check(self.source.mirror, sha, state.last_synced_revision)
 
     async def _read(self, sha: str) -> Tree:
         """The files under SYNC_ROOT at the commit (the cached tree when it is the same commit)."""
@@ -311,6 +388,8 @@ class Reconciler:
     def _error_outcome(self, exc: Exception, plan: Plan | None, attempt: int | None) -> Outcome:
         """A failed step as a result: its Reason says which kind of failure it was."""
         problems: list[Problem] = list(getattr(exc, "problems", []))
+        if isinstance(exc, UnsignedCommit):
+            return Outcome(Result.REFUSED, plan=plan, error=exc.args[0], attempt_id=attempt, reason=Reason.UNSIGNED)
         if isinstance(exc, Refused):
             return Outcome(Result.REFUSED, plan=plan, error=exc.args[0], problems=problems, attempt_id=attempt,
                            reason=Reason.REFUSED)
@@ -332,8 +411,14 @@ class Reconciler:
 
     def _not_applied(self, trigger: Trigger, sha: str, exc: OwnershipLost, started: float,
                      clock: float) -> SyncResult:
-        """Another replica owns the app (or ownership cannot be proven): no apply, no failure recorded."""
-        self.log.warning("not applied", reason=str(exc), revision=sha[:12], trigger=trigger.value)
+        """Another replica owns the app (or ownership cannot be proven): no apply, no failure recorded.
+
+        Said once as a warning; the same reason again (the worker retries every second while a CLI sync
+        holds the lock) only at debug level, until something else happens."""
+        said = str(exc)
+        log = self.log.debug if said == self._not_applied_said else self.log.warning
+        log("not applied", reason=said, revision=sha[:12], trigger=trigger.value)
+        self._not_applied_said = said
         return SyncResult(self.app.name, trigger, Result.NO_CHANGE, revision=sha, started_at=started,
                           duration=time.perf_counter() - clock, summary=f"not applied: {exc}",
                           reason=Reason.NOT_OWNER, retry_after=exc.retry_after)
@@ -373,8 +458,14 @@ class Reconciler:
             result.details["commit"] = {"message": commit.message, "author": commit.author}
         if plan and plan.notices:
             result.details["notices"] = plan.notices
+        signature = self.signatures.known(sha) if self.signatures is not None else None
+        if signature is not None:
+            result.details["signature"] = signature.to_dict()
         if outcome.details:
             result.details.update(self.redact.value(outcome.details))
+        if outcome.result is Result.HELD:
+            result.summary = result.error or result.summary  # the row says why, its diff what waits
+            result.wake_at = (result.details.get("held") or {}).get("until")
         self._update_state(result, outcome)
         if times is not None:
             times.add("record", time.perf_counter() - record_started)
@@ -396,10 +487,14 @@ class Reconciler:
                               last_drift_check_at=result.started_at, last_error=None, failures=0)
                 if "commit" in result.details:
                     fields["live_commit"] = dict(result.details["commit"])
+                    if "signature" in result.details:  # who signed what is live (VERIFY_COMMITS)
+                        fields["live_commit"]["signature"] = dict(result.details["signature"])
                 if outcome.memory is not None:
                     fields["memory"] = outcome.memory
             elif result.result in (Result.FAILED, Result.REFUSED):
                 fields.update(failures=state.failures + 1, last_error=result.error)
+            elif result.result is Result.HELD:
+                fields["last_error"] = result.error  # why it is held (the status view shows it live)
             if state.suspended and state.pinned_revision and state.pinned_revision == result.revision:
                 # This sync deployed (or failed to deploy) the rollback still asked for: say which.
                 fields["suspended_reason"] = self._rollback_reason(result)
@@ -444,6 +539,8 @@ class Reconciler:
             fields["reason"] = result.reason.value
         if result.result.ok:
             self.log.info("sync finished", **fields)
+        elif result.result is Result.HELD:  # a policy at work, not an error
+            self.log.info("sync held", held=result.error, **fields)
         else:
             self.log.error("sync finished", error=result.error, problems=[str(p) for p in result.problems], **fields)
         for warning in result.warnings:

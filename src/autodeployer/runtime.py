@@ -24,6 +24,7 @@ from .reporters.commit_status import CommitStatusReporter
 from .reporters.notify import NotifyReporter
 from .sources.git import GitObserver, GitSource, MirrorLocks
 from .sources.sharedhead import SharedHeads
+from .sources.signatures import Keyrings
 from .store import Store, open_store
 from .store.base import default_replica_id
 from .targets import TARGETS
@@ -150,6 +151,7 @@ def build_runtime(
         limits=httpx.Limits(max_connections=50, max_keepalive_connections=50),
     )
     reconcilers: dict[str, Reconciler] = {}
+    keyrings = Keyrings(config.service.state_dir)  # VERIFY_COMMITS: trusted keys imported at start
     for app in apps if apps is not None else config.apps:
         verify = bool(getattr(app.target, "verify_tls", True))
         client = clients.get(verify) or clients.setdefault(verify, _http_client(verify))
@@ -161,6 +163,9 @@ def build_runtime(
             source.github = client_for(app, client)
         deps = TargetDeps(http=client, redactor=redactor, state_dir=config.service.state_dir, source=source)
         target: Target = TARGETS[app.target.kind].create(app.target, deps)
-        reconcilers[app.name] = Reconciler(app, source, target, store, reporters=reporters, redactor=redactor)
+        signatures = keyrings.verifier(app.policy.verify_commits, app.source.trusted_keys_file,
+                                       timeout=app.source.git_timeout)
+        reconcilers[app.name] = Reconciler(app, source, target, store, reporters=reporters, redactor=redactor,
+                                           signatures=signatures)
     return Runtime(config, redactor, store, reconcilers, [*clients.values(), git_http])
 

@@ -26,6 +26,7 @@ from .store import AppState
 MAX_BACKOFF = 300.0
 SETTLE = 0.3  # quiet time that ends a burst of pushes
 BURST_MAX_WAIT = 5.0  # a never-ending stream of pushes still deploys this often
+WAKE_MARGIN = 0.05  # seconds after a held revision's `wake_at`, so the window is surely open then
 _PRIORITY = {Trigger.POLL: 0, Trigger.STARTUP: 1, Trigger.WEBHOOK: 2, Trigger.MANUAL: 3, Trigger.ROLLBACK: 4}
 
 
@@ -65,6 +66,7 @@ class AppWorker:
         self.suspended = False
         self._retry: Trigger | None = None  # re-run this trigger at next_poll_at (not applied: busy elsewhere)
         self._unreadable = 0  # consecutive attempts that could not read the app's state
+        self.override_window = False  # the next manual sync deploys even outside the app's sync windows
         self._log = get_logger(app=self.name)
 
     @property
@@ -118,6 +120,8 @@ class AppWorker:
             if result is not None and result.retry_after is not None:  # busy elsewhere: try again soon
                 self._retry = trigger
                 self.next_poll_at = min(self.next_poll_at, time.time() + result.retry_after)
+            if result is not None and result.wake_at is not None:  # held: look again when the window opens
+                self.next_poll_at = min(self.next_poll_at, max(time.time(), result.wake_at + WAKE_MARGIN))
 
     def _hot(self) -> bool:
         return self._busy_trigger or time.monotonic() - self._last_finished < self.settle
@@ -158,7 +162,12 @@ class AppWorker:
         self.running = trigger
         try:
             # Never wait for the app's lock here: a CLI run holds it; the retry below comes back in a second.
-            result = await self.reconciler.sync(trigger, force=trigger is not Trigger.POLL, lock_wait=0.0)
+            override, self.override_window = self.override_window and trigger is Trigger.MANUAL, False
+            force = trigger is not Trigger.POLL
+            if override:  # asked through the API: the reconciler records it (details["window_override"])
+                result = await self.reconciler.sync(trigger, force=force, lock_wait=0.0, override_window=True)
+            else:
+                result = await self.reconciler.sync(trigger, force=force, lock_wait=0.0)
         except Exception:  # the reconciler records its own errors; this is a last line of defence
             self._log.exception("sync crashed")
             return None
@@ -193,11 +202,32 @@ class Scheduler:
             for r in reconcilers
         }
         self.coordinator: Coordinator = coordinator or LocalCoordinator()
+        self._wake_followers()
         self._stopping = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[None]] = {}  # one per app this replica runs (or just ran)
         self._app_stops: dict[str, asyncio.Event] = {}
         self._was_ready = False
         self._log = get_logger()
+
+    def _wake_followers(self) -> None:
+        """An app promoted from another (policy.promote_from) looks again as soon as that app synced here,
+        rather than at its next poll (replicas running the downstream see it at their poll)."""
+        followers: dict[str, list[str]] = {}
+        for worker in self.workers.values():
+            upstream = worker.reconciler.app.policy.promote_from
+            if upstream in self.workers:
+                followers.setdefault(upstream, []).append(worker.name)
+        for upstream, names in followers.items():
+            worker = self.workers[upstream]
+            if worker.on_result is None:
+                worker.on_result = self._poll_followers(names)
+
+    def _poll_followers(self, names: list[str]) -> Callable[[SyncResult], None]:
+        def poll(result: SyncResult) -> None:
+            if result.result is Result.SYNCED:
+                for name in names:
+                    self.local_trigger(name, Trigger.POLL)
+        return poll
 
     async def start(self) -> None:
         for worker in self.workers.values():
@@ -296,6 +326,16 @@ class Scheduler:
         sha = await worker.reconciler.pin(revision)
         self.trigger(app, Trigger.ROLLBACK)
         return sha
+
+    def sync_overriding_window(self, app: str) -> bool:
+        """A manual sync that deploys outside the app's sync windows (recorded as overridden). Only the
+        replica running the app can honour it: False when another replica owns it."""
+        worker = self.worker(app)
+        if worker is None:
+            return False
+        worker.override_window = True
+        worker.trigger(Trigger.MANUAL)
+        return True
 
     def suspend(self, app: str, reason: str) -> None:
         worker = self.workers[app]

@@ -14,6 +14,7 @@ import uvicorn
 from .config.loader import Config
 from .hooks import WEBHOOK_PATH, hook_targets, register_with_backoff
 from .logs import get_logger
+from .previews import preview_jobs, preview_service
 from .reporters.metrics import Metrics, MetricsReporter
 from .runtime import Runtime, bind_listener, build_runtime, coordinator_for, store_for
 from .scheduling import Scheduler
@@ -53,10 +54,12 @@ def webhook_secret(config: Config) -> str:
         return secrets.token_hex(32)
 
 
-def _registration_job(runtime: Runtime, secret: str, hook_url: str) -> BackgroundJob | None:
-    targets = hook_targets(runtime.config.apps, runtime.http, hook_url, secret)
+def _registration_job(runtime: Runtime, secret: str, hook_url: str,
+                      events: tuple[str, ...] = ("push",)) -> BackgroundJob | None:
+    targets = hook_targets(runtime.config.apps, runtime.http, hook_url, secret, events=events)
     if not targets:
-        get_logger().warning("PUBLIC_URL is set but no app has a GitHub repository and token; no hook registered")
+        get_logger().warning("PUBLIC_URL is set but no app has a repository on a Git host with an API URL and a "
+                             "token (GitHub, GitLab, Gitea, Bitbucket Server); no hook registered")
         return None
 
     async def job() -> None:
@@ -85,13 +88,19 @@ async def _serve(config: Config, hook_path: str, sock: socket.socket) -> int:
                           on_poll=metrics.observe_poll_lateness)
     background: list[BackgroundJob] = []
     settings = config.service
+    previews = preview_service(runtime) if settings.previews else None  # PREVIEWS=true: pull-request plans
+    webhooks = bool(settings.public_url and settings.register_webhook)
     if settings.public_url and settings.register_webhook:
-        job = _registration_job(runtime, secret, settings.public_url + hook_path)
+        events = ("push", "pull_request") if previews is not None else ("push",)
+        job = _registration_job(runtime, secret, settings.public_url + hook_path, events)
         if job:
             background.append(job)
+    if previews is not None:
+        background += preview_jobs(previews, runtime, webhooks=webhooks)
     receiver = WebhookReceiver([secret], scheduler, observer=metrics.observe_webhook,
-                               read_timeout=settings.webhook_read_timeout)
-    app = create_app(runtime, scheduler, webhook=receiver, background=background, metrics=metrics)
+                               read_timeout=settings.webhook_read_timeout, previews=previews)
+    app = create_app(runtime, scheduler, webhook=receiver, background=background, metrics=metrics,
+                     previews=previews)
     log = get_logger()
     log.info(
         "autodeployer starting",

@@ -6,10 +6,12 @@ Nothing here ever includes a secret: only names, URLs without credentials, revis
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 from .config.loader import AppConfig
 from .model import Status
+from .rollout.view import rollout_view
 from .scheduling import AppWorker
 from .store import AppState, HistoryRow, Store
 
@@ -73,6 +75,8 @@ def app_row(app: AppConfig, store: Store, worker: AppWorker | None, *, owner: st
         "pending": worker.pending.value if worker and worker.pending else None,
         "owner": owner,
         "owner_heartbeat_at": owner_heartbeat_at,
+        # sync windows and promotion (docs/rollout.md): None without a policy
+        "rollout": rollout_view(app, state, store, time.time(), running=bool(worker and worker.running)),
     }
 
 

@@ -138,12 +138,14 @@ def _print_result(result: SyncResult, color: bool) -> None:
         click.echo(f"  warning: {warning}")
 
 
-async def _sync_all(config: Config, apps: Sequence[AppConfig], dry_run: bool, color: bool) -> int:
+async def _sync_all(config: Config, apps: Sequence[AppConfig], dry_run: bool, color: bool,
+                    override_window: bool = False) -> int:
     runtime = build_runtime(config, apps=apps)
     code = EXIT_OK
     try:
         for reconciler in runtime.reconcilers.values():
-            result = await reconciler.sync(Trigger.MANUAL, dry_run=dry_run, force=True)
+            result = await reconciler.sync(Trigger.MANUAL, dry_run=dry_run, force=True,
+                                           override_window=override_window)
             if dry_run and result.result is Result.PLANNED:
                 click.echo(f"{result.app}: changes planned at {(result.revision or '')[:12]}: {result.summary}")
                 click.echo(result.diff)
@@ -204,15 +206,18 @@ def _prepare(ctx: click.Context, *, service: bool = False) -> Config:
 @_app_options
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @click.option("--app", "app_name", metavar="NAME", help="Only this app.")
+@click.option("--override-window", is_flag=True,
+              help="Deploy even outside the app's sync windows (recorded as overridden).")
 @click.pass_context
-def sync(ctx: click.Context, dry_run: bool, app_name: str | None) -> None:
+def sync(ctx: click.Context, dry_run: bool, app_name: str | None, override_window: bool) -> None:
     """Reconcile each app once, then exit."""
     config = _prepare(ctx)
     try:
         apps = _selected(config, app_name)
     except ConfigError as exc:
         _fail(str(exc))
-    sys.exit(asyncio.run(_sync_all(config, apps, dry_run or any(a.policy.dry_run for a in apps), _color())))
+    sys.exit(asyncio.run(_sync_all(config, apps, dry_run or any(a.policy.dry_run for a in apps), _color(),
+                                   override_window)))
 
 
 @cli.command()
@@ -344,16 +349,23 @@ def status(ctx: click.Context, server: str | None, as_json: bool) -> None:
 @click.option("--app", "app_name", metavar="NAME", help="Only this app.")
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1), help="How many attempts to show.")
 @click.option("--diff/--no-diff", "diffs", default=True, help="Show each sync's diff.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (the API's history rows).")
 @click.pass_context
-def history(ctx: click.Context, server: str | None, app_name: str | None, limit: int, diffs: bool) -> None:
+def history(ctx: click.Context, server: str | None, app_name: str | None, limit: int, diffs: bool,
+            as_json: bool) -> None:
     """Recent sync attempts, newest first, with their diffs."""
+    import json
+
     from .operations import console, print_history
 
     try:
         rows = _backend(ctx, server).history(app_name, limit)
     except AutodeployerError as exc:
         _fail(str(exc))
-    print_history(rows, console(), diffs)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+    else:
+        print_history(rows, console(), diffs)
 
 
 @cli.command()
@@ -396,7 +408,7 @@ def resume(ctx: click.Context, server: str | None, app_name: str) -> None:
 # --------------------------------------------------------------------------- hooks
 @cli.group()
 def hooks() -> None:
-    """Manage the GitHub webhook of each app's repository."""
+    """Manage the webhook of each app's repository (GitHub, GitLab, Gitea, Bitbucket Server)."""
 
 
 def _hook_url(config: Config, dploy: bool) -> str | None:
@@ -440,7 +452,8 @@ async def _hook_command(config: Config, action: str, dploy: bool = False) -> int
     async with httpx.AsyncClient(timeout=20, trust_env=False) as http:
         targets = hook_targets(config.apps, http, url or "", secret, set_secret=set_secret)
         if not targets:
-            _fail("no app has a GitHub repository and GITHUB_TOKEN; nothing to manage")
+            _fail("no app has a repository on a Git host with an API URL and a token (GITHUB_TOKEN, GITLAB_TOKEN, "
+                  "GITEA_TOKEN or BITBUCKET_TOKEN); nothing to manage")
         for target in targets:
             try:
                 if action == "register":

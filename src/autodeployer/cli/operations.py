@@ -192,6 +192,9 @@ def _note(row: dict[str, Any]) -> str:
     if problems and not row.get("suspended_reason"):  # the first problem names the file
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         return str(problems[0]).split("\n")[0] + more
+    rollout = (row.get("rollout") or {}).get("summary")
+    if rollout and row.get("status") in ("held", "synced", "pending"):  # why held; the promotion chain
+        return str(rollout)
     return (row.get("suspended_reason") or row.get("last_error") or message or "").split("\n")[0]
 
 
@@ -255,6 +258,11 @@ def print_history(rows: list[dict[str, Any]], console: Console, diffs: bool) -> 
         reason = (row.get("error") or "").split("\n")[0]
         if reason and row["result"] != Result.SYNCED and reason != (row.get("summary") or "").split("\n")[0]:
             console.print(f"    reason: {reason}", highlight=False, markup=False)  # only when it adds something
+        signature = (row.get("details") or {}).get("signature")
+        if signature:  # VERIFY_COMMITS: who signed the commit
+            trust = "" if signature.get("trusted") else ", not trusted"
+            console.print(f"    signed by {signature.get('signer') or '?'} ({signature.get('kind')} key "
+                          f"{signature.get('key')}{trust})", highlight=False, markup=False)
         for problem in row.get("problems") or []:
             console.print(f"    - {problem}", highlight=False, markup=False)
         if diffs and row.get("diff"):
@@ -270,6 +278,8 @@ async def _local(config: Config, app: str, action: str, revision: str | None) ->
     try:
         if action == "suspend":
             reconciler.suspend("suspended from the command line")
+            if runtime.store.warning:  # kept in this process's memory only: gone when it exits
+                return EXIT_ERROR, f"{app}: not suspended: {runtime.store.warning}"
             return EXIT_OK, f"{app}: auto-sync suspended"
         owner = runtime.store.owners().get(app)
         if owner:  # a running replica owns the app: queue the action on it rather than apply from here

@@ -17,9 +17,21 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, SecretStr, model_validator
 
 from ..errors import ConfigError
+from ..providers.settings import (
+    API_HOSTS,
+    ENV_NAMES,
+    PROVIDER_VARIABLES,
+    YAML_KEYS,
+    YAML_SECRET_KEYS,
+    provider_fields,
+    yaml_names,
+)
+from ..rollout.promotion import DEFAULT_SOAK, check_graph
+from ..rollout.windows import Duration, Window, windows_from_json
+from ..sources.signatures import mode_value, parse_mode, require_keys, trusted_keys_path
 from ..sources.spec import REF_NAME, SourceSpec
 from ..targets import TARGETS
 from .variables import (
@@ -37,6 +49,7 @@ from .variables import (
 def all_variables() -> list[Variable]:
     """Every environment variable autodeployer reads, core first, then each target's."""
     found = list(CORE_VARIABLES)
+    found.extend(PROVIDER_VARIABLES)
     for module in TARGETS.values():
         found.extend(module.VARIABLES)
     return found
@@ -64,6 +77,13 @@ class Policy(Frozen):
     drift_interval: float | None = Field(default=None, ge=0)  # None: max(interval, 60 s); 0: never
     allow_empty: StrictBool = False
     dry_run: StrictBool = False
+    # VERIFY_COMMITS: which commits must be signed by a trusted key (sources/signatures.py)
+    verify_commits: Annotated[Literal["off", "head", "all"], BeforeValidator(mode_value)] = "off"
+    # rollout policy (docs/rollout.md): sync windows, and promotion from another app after a soak
+    windows: tuple[Window, ...] = ()
+    drift_in_window_only: StrictBool = False  # hold drift repair outside the windows too (default: anytime)
+    promote_from: str | None = None
+    soak: Duration = DEFAULT_SOAK  # seconds, or 10m, 3s, ...
 
 
 class AppConfig(Frozen):
@@ -92,6 +112,8 @@ class ServiceSettings(Frozen):
     store_password: SecretStr | None = None
     replica_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,99}$")
     heartbeat_interval: float = Field(default=2.0, ge=0.1, le=60)
+    previews: StrictBool = False  # plan pull requests into an app's branch, comment and post a status
+    preview_forks: StrictBool = False  # also pull requests from forks (untrusted content)
 
     @model_validator(mode="before")
     @classmethod
@@ -214,7 +236,9 @@ def default_state_dir(env: Mapping[str, str]) -> Path:
 def source_from_env(env: EnvReader, notices: list[str] | None = None) -> SourceSpec:
     """The source of the environment form; `notices` receives what start-up should log."""
     notices = [] if notices is None else notices
-    token = env.secret("GITHUB_TOKEN")
+    # a Git host's token (GITLAB_TOKEN, ...) is a clone token like GITHUB_TOKEN (GIT_USERNAME goes with it)
+    token = (env.secret("GITHUB_TOKEN") or env.secret("GITLAB_TOKEN") or env.secret("GITEA_TOKEN")
+             or env.secret("BITBUCKET_TOKEN"))
     github_url = env.str("GITHUB_URL") or "https://github.com"
     git_url = _one_of(("GIT_URL", env.str("GIT_URL")), ("GIT_REPO", env.str("GIT_REPO")))
     ssh_key, token, token_user = _deploy_credentials(env, token)
@@ -246,7 +270,7 @@ def source_from_env(env: EnvReader, notices: list[str] | None = None) -> SourceS
     branch = env.str("BRANCH") or "master"
     if tag and env.raw("BRANCH") is not None:
         notices.append(f"TAG is set: following tag {tag!r}, BRANCH={branch} is ignored")
-    spec: SourceSpec = validate_model(SourceSpec, {
+    data: dict[str, Any] = {
         "url": url,
         "branch": branch,
         "tag": tag,
@@ -259,7 +283,15 @@ def source_from_env(env: EnvReader, notices: list[str] | None = None) -> SourceS
         "github_api_url": github_api_for(url, github_url, env.str("GITHUB_API_URL")),
         "git_timeout": env.number("GIT_TIMEOUT", minimum=1) or 120.0,
         "head_check": _choice(env, "HEAD_CHECK", ("auto", "git", "api")),
-    }, "source")
+        "trusted_keys_file": trusted_keys_path(env.str("TRUSTED_KEYS_FILE"), "TRUSTED_KEYS_FILE"),
+    }
+    data.update(provider_fields(
+        url, repo_host(url), env.str("GIT_PROVIDER"),
+        {"gitlab": env.str("GITLAB_API_URL"), "gitea": env.str("GITEA_API_URL"),
+         "bitbucket": env.str("BITBUCKET_API_URL")},
+        {"gitlab": env.secret("GITLAB_TOKEN"), "gitea": env.secret("GITEA_TOKEN"),
+         "bitbucket": env.secret("BITBUCKET_TOKEN")}, data, ENV_NAMES))
+    spec: SourceSpec = validate_model(SourceSpec, data, "source")
     return spec
 
 
@@ -349,7 +381,21 @@ def policy_from_env(env: EnvReader) -> Policy:
         drift_interval=env.number("DRIFT_INTERVAL", minimum=0),
         allow_empty=env.bool("ALLOW_EMPTY"),
         dry_run=env.bool("DRY_RUN"),
+        verify_commits=parse_mode(env.str("VERIFY_COMMITS"), "VERIFY_COMMITS"),
+        windows=_env_windows(env),
+        drift_in_window_only=env.bool("DRIFT_IN_WINDOW_ONLY"),
     )
+
+
+def _env_windows(env: EnvReader) -> tuple[Window, ...]:
+    """SYNC_WINDOWS: a JSON list of windows with the YAML's keys (docs/rollout.md)."""
+    text = env.str("SYNC_WINDOWS")
+    if not text:
+        return ()
+    try:
+        return windows_from_json(text)
+    except ValueError as exc:
+        raise ConfigError(f"SYNC_WINDOWS{exc}") from None
 
 
 # Python's other level names, which the github-autodeployer accepted (logging.getLevelName)
@@ -390,6 +436,8 @@ def service_from_env(env: EnvReader, environ: Mapping[str, str]) -> dict[str, An
         "store_password": env.secret("STORE_PASSWORD") or _secret_file(env, "STORE_PASSWORD_FILE"),
         "replica_id": env.str("REPLICA_ID"),
         "heartbeat_interval": env.number("HEARTBEAT_INTERVAL", minimum=0.1) or 2.0,
+        "previews": env.bool("PREVIEWS"),
+        "preview_forks": env.bool("PREVIEW_FORKS"),
     }
 
 
@@ -438,7 +486,9 @@ def app_from_env(env: EnvReader, notices: list[str] | None = None) -> AppConfig:
     module = _target_module(env.str("TARGET") or "sesam", "TARGET")
     name = env.str("APP_NAME") or _derived_name(source)
     check_app_name(name, "APP_NAME")
-    return AppConfig(name=name, source=source, target=module.spec_from_env(env, name), policy=policy_from_env(env))
+    policy = policy_from_env(env)
+    require_keys(policy.verify_commits, source.trusted_keys_file, "VERIFY_COMMITS", "TRUSTED_KEYS_FILE")
+    return AppConfig(name=name, source=source, target=module.spec_from_env(env, name), policy=policy)
 
 
 def check_app_name(name: str, where: str) -> None:
@@ -469,7 +519,8 @@ def _yaml_kind(value: Any) -> str:
 
 
 def _yaml_source(raw: Any, where: str, environ: Mapping[str, str]) -> SourceSpec:
-    data = resolve_secret_refs(_mapping(raw, where), where, environ, ("token", "ssh_key"))
+    data = resolve_secret_refs(_mapping(raw, where), where, environ, ("token", "ssh_key", *YAML_SECRET_KEYS))
+    hosted = {key: data.pop(key, None) for key in YAML_KEYS}
     github_url = str(data.pop("github_url", "https://github.com"))
     explicit_api = data.pop("github_api_url", None)
     if explicit_api is not None and not isinstance(explicit_api, str):
@@ -489,9 +540,23 @@ def _yaml_source(raw: Any, where: str, environ: Mapping[str, str]) -> SourceSpec
     if data.get("tag") is not None and "branch" in data:
         raise ConfigError(f"{where}.tag: set tag or branch, not both (a tag is followed instead of a branch)")
     data.setdefault("repo_full_name", repo_full_name(url))
+    if "trusted_keys_file" in data:
+        data["trusted_keys_file"] = trusted_keys_path(data["trusted_keys_file"], f"{where}.trusted_keys_file")
     data["github_api_url"] = github_api_for(url, github_url, explicit_api)
+    data.update(provider_fields(
+        url, repo_host(url), _optional_str(hosted["provider"], f"{where}.provider"),
+        {h: _optional_str(hosted[f"{h}_api_url"], f"{where}.{h}_api_url") for h in API_HOSTS},
+        {h: SecretStr(str(hosted[f"{h}_token"])) if hosted[f"{h}_token"] else None for h in API_HOSTS},
+        {**data, "token": SecretStr(str(data["token"])) if data.get("token") else None}, yaml_names(where)))
     spec: SourceSpec = validate_model(SourceSpec, data, where)
     return spec
+
+
+def _optional_str(value: Any, where: str) -> str | None:
+    """A YAML value that must be text when given (a URL, a provider name)."""
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"{where}: expected text, got {_yaml_kind(value)}")
+    return value
 
 
 def _yaml_ref(data: dict[str, Any], where: str) -> None:
@@ -551,11 +616,16 @@ def apps_from_yaml(doc: dict[str, Any], environ: Mapping[str, str]) -> list[AppC
         target = _yaml_target(merged.get("target", {}), f"{where}.target", environ, name)
         policy_data = _mapping(merged.get("policy") or {}, f"{where}.policy")
         policy = validate_model(Policy, dict(policy_data), f"{where}.policy")
+        require_keys(policy.verify_commits, source.trusted_keys_file, f"{where}.policy.verify_commits",
+                     f"{where}.source.trusted_keys_file")
         apps.append(AppConfig(name=name, source=source, target=target, policy=policy))
     names = [a.name for a in apps]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"apps: duplicate app names: {', '.join(dupes)}")
+    problem = check_graph({a.name: a.policy.promote_from for a in apps})
+    if problem:
+        raise ConfigError(problem)
     return apps
 
 

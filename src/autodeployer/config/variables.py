@@ -37,6 +37,10 @@ CORE_VARIABLES: tuple[Variable, ...] = (
     Variable("GIT_TIMEOUT", "120", "Seconds a git command may take before it is abandoned."),
     Variable("TAG", None, "Follow this tag instead of a branch (BRANCH is then ignored): a moved or a new tag "
              "deploys."),
+    Variable("VERIFY_COMMITS", "off", "off, head (the commit deployed must be signed by a trusted key) or all "
+             "(every commit since the live revision too); others are refused, nothing applied."),
+    Variable("TRUSTED_KEYS_FILE", None, "File of trusted keys for VERIFY_COMMITS: ASCII-armoured GPG public keys "
+             "and/or SSH allowed-signers lines (told apart by content)."),
     # the later github-autodeployer generations' names (docs/migrating.md)
     Variable("GIT_REPO", None, "Clone URL, the later github-autodeployer's name for GIT_URL (both set and "
              "different is an error)."),
@@ -54,6 +58,10 @@ CORE_VARIABLES: tuple[Variable, ...] = (
              "(default: every poll, at most once a minute: max(SYNC_INTERVAL, 60))."),
     Variable("ALLOW_EMPTY", "false", "Allow a sync that removes every pipe and system (or every app)."),
     Variable("DRY_RUN", "false", "Plan and report, never apply."),
+    Variable("SYNC_WINDOWS", None, "Sync windows as a JSON list, e.g. "
+             "[{\"kind\": \"deny\", \"schedule\": \"0 16 * * FRI\", \"duration\": \"64h\", "
+             "\"timezone\": \"Europe/Oslo\"}] (docs/rollout.md)."),
+    Variable("DRIFT_IN_WINDOW_ONLY", "false", "Hold drift repair outside the sync windows too (default: anytime)."),
     Variable("VERIFY_TLS", "true", "Verify TLS certificates of targets and GitHub."),
     # service
     Variable("STATE_DIR", None, "Directory for the Git mirror, history and generated secrets."),
@@ -72,6 +80,10 @@ CORE_VARIABLES: tuple[Variable, ...] = (
     Variable("REGISTER_WEBHOOK", "true", "Register the repository webhook at start when PUBLIC_URL and GITHUB_TOKEN "
              "are set."),
     Variable("COMMIT_STATUS", "true", "Post a GitHub commit status for each sync (needs GITHUB_TOKEN)."),
+    Variable("PREVIEWS", "false", "Plan pull requests into an app's branch (their merge result) against the live "
+             "target: one comment per app on the PR, a status autodeployer/APP/plan (needs GITHUB_TOKEN)."),
+    Variable("PREVIEW_FORKS", "false", "Also plan pull requests from forks (their content is untrusted; nothing "
+             "is ever run for them)."),
     Variable("ADMIN_TOKEN", None, "Bearer token for the API's write endpoints (sync, suspend, resume, rollback); "
              "unset disables them.", True),
     Variable("NOTIFY_URL", None, "URL that receives a JSON POST on failed, refused and recovered syncs (Slack "

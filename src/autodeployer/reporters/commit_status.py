@@ -1,6 +1,8 @@
 """Commit statuses: `pending` when a sync of a commit starts; success, failure or error when it ends.
 
-Failures to post are logged and never fail a sync.
+The states are GitHub's words; each host's client maps them (GitLab running/success/failed,
+Bitbucket INPROGRESS/SUCCESSFUL/FAILED, Gitea as GitHub). Failures to post are logged and never
+fail a sync.
 """
 
 from __future__ import annotations
@@ -8,10 +10,11 @@ from __future__ import annotations
 import httpx
 
 from ..config.loader import AppConfig, ServiceSettings
-from ..hooks import client_for
+from ..hooks import provider_client
 from ..logs import get_logger
 from ..model import CommitInfo, Reason, Result, SyncResult, Trigger
-from ..sources.github import GitHubClient, GitHubError
+from ..providers import ProviderClient
+from ..sources.github import GitHubError
 
 
 class CommitStatusReporter:
@@ -20,12 +23,12 @@ class CommitStatusReporter:
     def __init__(self, http: httpx.AsyncClient, settings: ServiceSettings) -> None:
         self._http = http
         self._public_url = settings.public_url
-        self._clients: dict[str, GitHubClient | None] = {}
+        self._clients: dict[str, ProviderClient | None] = {}
         self._log = get_logger(component="commit-status")
 
-    def _client(self, app: AppConfig) -> GitHubClient | None:
+    def _client(self, app: AppConfig) -> ProviderClient | None:
         if app.name not in self._clients:
-            self._clients[app.name] = client_for(app, self._http)
+            self._clients[app.name] = provider_client(app, self._http)
         return self._clients[app.name]
 
     def _target_url(self, app: AppConfig) -> str | None:
@@ -53,7 +56,7 @@ class CommitStatusReporter:
 #: The GitHub state each result posts (None: none is posted, e.g. a dry run changes nothing).
 COMMIT_STATES: dict[Result, str | None] = {
     Result.RUNNING: "pending", Result.SYNCED: "success", Result.NO_CHANGE: "success", Result.PLANNED: None,
-    Result.REFUSED: "failure", Result.FAILED: "error", Result.INTERRUPTED: "error",
+    Result.REFUSED: "failure", Result.FAILED: "error", Result.INTERRUPTED: "error", Result.HELD: "pending",
 }
 
 
@@ -68,6 +71,8 @@ def status_for(result: SyncResult) -> tuple[str, str]:
         return state, f"deployed: {result.summary}"
     if result.result is Result.NO_CHANGE:
         return state, "in sync (nothing to change)"
+    if result.result is Result.HELD:  # "held until Mon 08:00 CET" (GitHub cuts descriptions at 140)
+        return state, first_line[:140]
     if result.reason is Reason.REJECTED:
         return "failure", f"rejected: {first_line}"
     return state, f"{result.result.value}: {first_line}"

@@ -130,7 +130,8 @@ class StateCollector(Collector):
             "autodeployer_app_info", "One sample per app; labels say where it stands.",
             labels=["app", "target", "sync_status", "revision"],
         )
-        for row in self._rows():
+        rows = list(self._rows())
+        for row in rows:
             info.add_metric(
                 [str(row["name"]), str(row["target"]), str(row["status"]), str(row.get("live_revision") or "")], 1
             )
@@ -142,6 +143,11 @@ class StateCollector(Collector):
         for (app, result), value in self._metrics.last_sync_samples():
             last.add_metric([app, result], value)
         yield last
+        held = GaugeMetricFamily("autodeployer_app_held", "1 while a sync window or a promotion holds a new "
+                                 "revision of the app back (docs/rollout.md), else 0.", labels=["app"])
+        for row in rows:
+            held.add_metric([str(row["name"])], 1 if row["status"] == "held" else 0)
+        yield held
         yield GaugeMetricFamily("autodeployer_pending_syncs", "Apps with a sync waiting to run.", value=self._pending())
         if self._coordination is not None:
             owned, live = self._coordination()

@@ -43,6 +43,7 @@ _SLACK_PATH = re.compile(r"^/services/[^/]+/[^/]+/[^/]+/?$")
 HEALTH: dict[Result, str | None] = {
     Result.RUNNING: None, Result.SYNCED: "success", Result.NO_CHANGE: "success", Result.PLANNED: None,
     Result.REFUSED: "failure", Result.FAILED: "failure", Result.INTERRUPTED: None,
+    Result.HELD: None,  # a policy at work, not a failure: the page, status and commit status say it
 }
 _FAILURES = tuple(r for r, health in HEALTH.items() if health == "failure")
 _SUCCESSES = tuple(r for r, health in HEALTH.items() if health == "success")

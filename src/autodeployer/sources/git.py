@@ -398,6 +398,27 @@ class GitSource:
             fetched = await self._git("rev-parse", "--verify", f"{ref}^{{commit}}")
             return fetched.stdout.decode().strip()
 
+    async def fetch_ref(self, ref: str, into: str) -> str:
+        """Fetch a named ref (branch, tag, `refs/pull/N/merge`) into the private ref `into` and return its
+        commit: read-only plans use it, so the followed branch's ref stays as the reconcile knows it."""
+        async with self._lock:
+            await self.ensure_mirror()
+            await self._timed("fetch", self._git("fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "origin",
+                                                 f"+{ref}:{into}"))
+            done = await self._git("rev-parse", "--verify", f"{into}^{{commit}}")
+        return done.stdout.decode().strip()
+
+    async def changed_paths(self, old: str, new: str) -> list[str]:
+        """Paths under SYNC_ROOT that differ between two commits (relative to SYNC_ROOT), for plans of
+        the command target; both commits must be in the mirror."""
+        root = self.spec.sync_root.strip("/")
+        args = ["diff", "--name-only", "-z", "--no-renames", old, new]
+        if root:
+            args += ["--", root]
+        done = await self._git(*args)
+        names = [n.decode("utf-8", "replace") for n in done.stdout.split(b"\0") if n]
+        return [n[len(root) + 1:] if root else n for n in names]
+
     async def _fetch_commit(self, sha: str, ref: str) -> bool:
         """Fetch the commit the head check saw, by id: protocol v2 then skips listing the refs (one
         round trip less). False when the server will not serve it (protocol v0, or the branch was

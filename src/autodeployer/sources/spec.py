@@ -30,6 +30,11 @@ class SourceSpec(Frozen):
     github_api_url: str | None = None  # set when the repository lives on GitHub
     git_timeout: float = 120.0
     head_check: Literal["auto", "git", "api"] = "auto"
+    # the Git host (providers/): None when neither the URL nor GIT_PROVIDER says; its API base
+    # (GITLAB_API_URL, GITEA_API_URL, BITBUCKET_API_URL); GitHub keeps `github_api_url`
+    provider: Literal["github", "gitlab", "gitea", "bitbucket"] | None = None
+    provider_api_url: str | None = None
+    trusted_keys_file: str | None = None  # TRUSTED_KEYS_FILE: GPG public keys and/or SSH allowed signers
 
     @field_validator("tag")
     @classmethod

@@ -39,6 +39,7 @@ class AppState:
     pinned_revision: str | None = None  # set by rollback: sync this instead of the branch head
     live_commit: dict[str, Any] = field(default_factory=dict)  # message/author of last_synced_revision
     memory: dict[str, Any] = field(default_factory=dict)
+    health: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Stored as JSON text: the enums come back as their values (an unknown one, from a newer version, as None).

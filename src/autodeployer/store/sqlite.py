@@ -95,6 +95,9 @@ class SQLiteStore:
         self._last_id = int(row[0]) if row else 0
         # kept in memory while STATE_DIR refuses writes: app -> state, id -> row (in the DB or not yet)
         self._states: dict[str, AppState] = {}
+        #: Per app kept in memory: the fields update_state() changed there (written back alone, over what
+        #: the file holds by then), or None when the whole state is this process's (put_state, a first start).
+        self._changed: dict[str, set[str] | None] = {}
         self._rows: dict[int, tuple[HistoryRow, bool]] = {}  # id -> (row, already inserted in the DB)
         self._failures: dict[str, str] = {}  # kind -> message, logged once each
         self._failing_since: float | None = None
@@ -186,6 +189,7 @@ class SQLiteStore:
         with self._lock:
             self._reopen_if_due()
             self._states[state.app] = AppState(**asdict(state))  # a copy: the caller goes on changing its own
+            self._changed[state.app] = None
             self._flush()
 
     def update_state(self, app: str, change: StateChange) -> AppState:
@@ -207,8 +211,14 @@ class SQLiteStore:
                     self._failed(exc)
             # A read that fails raises here: a state made up from nothing would resume a suspended app.
             base = self._states.get(app) or self._read_state(app)
-            new = replace(base, **change(AppState(**asdict(base))))
+            fields = change(AppState(**asdict(base)))
+            new = replace(base, **fields)
             self._states[app] = new
+            if app not in self._changed:
+                self._changed[app] = set()
+            changed = self._changed[app]
+            if changed is not None:
+                changed.update(fields)
             return AppState(**asdict(new))
 
     def app_lock(self, app: str) -> AppLock:
@@ -361,6 +371,7 @@ class SQLiteStore:
             self._rows[next_id] = (replace(row_from_columns(r), id=next_id), False)
         for r in memory.execute("SELECT app, data FROM app_state").fetchall():
             self._states.setdefault(r["app"], state_from_json(r["app"], r["data"]))
+            self._changed[r["app"]] = None  # the file has none of it
         memory.close()
         self._last_id = next_id
         moved = (len(self._rows), len(self._states))
@@ -399,6 +410,10 @@ class SQLiteStore:
                             self._moved[row.id] = final
                             self._last_id = max(self._last_id, int(cursor.lastrowid or 0))
                 for state in self._states.values():
+                    changed = self._changed.get(state.app)
+                    if changed is not None:  # only what this process changed: a CLI's suspend meanwhile stays
+                        state = replace(self._read_state(state.app),
+                                        **{name: getattr(state, name) for name in changed})
                     self._db.execute(
                         "INSERT INTO app_state (app, data) VALUES (?, ?) "
                         "ON CONFLICT(app) DO UPDATE SET data = excluded.data",
@@ -420,6 +435,7 @@ class SQLiteStore:
                               path=str(self.path), states=len(self._states), history_rows=len(self._rows),
                               history_rows_dropped=self._dropped, seconds=round(time.time() - self._failing_since, 1))
         self._states.clear()
+        self._changed.clear()
         self._rows.clear()
         self._failures.clear()
         self._failing_since = None

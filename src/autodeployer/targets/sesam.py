@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
 from pydantic import SecretStr
@@ -42,11 +42,31 @@ from .sesam_refs import (
     parse_variables,
     variables_location,
 )
+from .sesam_scoped import (
+    SCOPED_DIR,
+    ScopedFile,
+    SystemSecretsPlan,
+    loss_warning,
+    parse_scoped_files,
+    plan_prune,
+    plan_system_secrets,
+    recreated_systems,
+    scoped_refs,
+)
 from .sesam_self import SelfRule, find_self, orchestrated, self_id_from_path
-from .sesam_values import FINGERPRINTS, SecretValues, ValuesPlan, read_secrets, secret_changes, variable_changes
+from .sesam_values import (
+    FINGERPRINTS,
+    SecretValues,
+    ValuesPlan,
+    fetch_values,
+    read_secrets,
+    secret_changes,
+    variable_changes,
+)
 from .transport import error_detail, request
 
 KIND = "sesam"
+_T = TypeVar("_T")
 DEFAULT_URL = "http://sesam-node:9042/api"
 SECRET_KEYS: tuple[str, ...] = ("jwt", "vault_token", "vault_git_token")
 SECRET_PREFIX = "SECRET_"
@@ -75,6 +95,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("VAULT_TIMEOUT", "10", "Seconds one request to Vault may take; a read gives up after twice this."),
     Variable("SECRETS_FILE", None, "JSON file of secret name to value, read every cycle (instead of Vault)."),
     Variable(SECRET_PREFIX, None, "SECRET_<name>=value: the value of $SECRET(name) (instead of Vault).", True),
+    Variable("SECRETS_PRUNE", "false", "Delete a global secret this deployer uploaded before when no config "
+             "references it and no secret source holds it any more (never jwt or a secret set by hand)."),
 )
 
 METADATA_FILE = "node-metadata.conf.json"
@@ -110,6 +132,7 @@ class Spec(Frozen):
     vault_timeout: float = 10.0
     secrets_file: str | None = None
     env_secrets: tuple[tuple[str, SecretStr], ...] = ()
+    secrets_prune: StrictBool = False
 
     def vault(self) -> VaultSettings | None:
         """The Vault settings, or None; ValueError naming the variable when incomplete."""
@@ -181,6 +204,7 @@ def spec_from_env(env: EnvReader, app_name: str | None = None) -> Spec:
         vault_timeout=env.number("VAULT_TIMEOUT", minimum=0.1) or 10.0,
         secrets_file=env.str("SECRETS_FILE"),
         env_secrets=tuple((k, SecretStr(v)) for k, v in sorted(secrets.items())),
+        secrets_prune=env.bool("SECRETS_PRUNE"),
     )
     return _checked(spec, "")
 
@@ -329,7 +353,8 @@ def parse_desired(
     with gc_paused():
         for path in sorted(tree.files):
             if not is_config_path(path) or (whitelist is not None and path not in whitelist):
-                ignored.append(path)
+                if not (path.startswith(SCOPED_DIR) and path.endswith(".json")):  # read by sesam_scoped
+                    ignored.append(path)
                 continue
             file = tree.files[path]
             cached = memo.get(path) if memo is not None else None
@@ -472,6 +497,21 @@ class SesamPayload:
 
     config: list[dict[str, Any]] | None  # the PUT /config body; None: pipes and systems are in sync
     values: ValuesPlan
+    extra: SecretsExtra = field(default_factory=lambda: SecretsExtra())
+
+
+@dataclass
+class SecretsExtra:
+    """System-scoped secrets, pruned secrets and re-created systems of one sync (sesam_scoped)."""
+
+    scoped: SystemSecretsPlan = field(default_factory=SystemSecretsPlan)
+    files: dict[str, ScopedFile] = field(default_factory=dict)
+    fresh: frozenset[str] = frozenset()  # systems whose scoped secrets can only go after the config upload
+    prune: tuple[str, ...] = ()
+    memory: dict[str, str] | None = None  # the fingerprints to keep, when they differ from the last ones
+    recreated: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
 
 
 class SesamTarget:
@@ -641,20 +681,29 @@ class SesamTarget:
         """Variables and secrets: checked against what will be live after the sync, before any write."""
         variables = await self._variables(ctx.tree)
         needs_env = variables is not None or any(r.kind == "env" for r in refs)
-        live_env = await self.live_env() if needs_env else {}
+        secret_refs = [r for r in refs if r.kind == "secret"]
+        # The node's two reads and the secret source's are independent round trips: they overlap.
+        fetched = asyncio.ensure_future(fetch_values(self._sources, sorted({r.name for r in secret_refs})))
+        try:
+            live_env, global_names = await asyncio.gather(
+                self.live_env() if needs_env else _constant({}),
+                self.live_secret_names() if secret_refs else _constant([]))
+        except BaseException:
+            fetched.cancel()
+            raise
         names, where = (variables[0], f"the variables file {variables[1]}") if variables is not None else (
             live_env, "the node (GET /api/env; no variables file is configured)")
         missing = missing_variables(refs, names)
         if missing:
+            fetched.cancel()
             raise Refused(f"$ENV references name variables that {where} does not define", missing)
         plan = ValuesPlan(live_variables=live_env)
         if variables is not None:
             plan.variables = variables[0]
             plan.variables_diff = diff_variables(variables[0], live_env)
-        secret_refs = [r for r in refs if r.kind == "secret"]
         if not secret_refs:
+            fetched.cancel()
             return plan, []
-        global_names = await self.live_secret_names()
         scoped: dict[str, list[str]] = {}
         for ref in secret_refs:
             if ref.name not in global_names and ref.entity not in scoped:
@@ -664,7 +713,7 @@ class SesamTarget:
         last_sent = ctx.memory.get(FINGERPRINTS)
         values, secrets_diff, fingerprints, warnings = await read_secrets(
             refs, self._sources, global_names, scoped, self._fingerprinter,
-            last_sent if isinstance(last_sent, dict) else {})
+            last_sent if isinstance(last_sent, dict) else {}, fetched)
         self._redactor.add(*(values.body(values.names()).values()))
         plan.secrets, plan.secrets_diff, plan.fingerprints = values, secrets_diff, fingerprints
         return plan, warnings
@@ -682,11 +731,48 @@ class SesamTarget:
         desired = self.desired(ctx.tree, whitelist)
         live = await ctx.prefetched if ctx.prefetched is not None else await self.live()
         config = self._config_plan(desired, live, ctx)
-        values, warnings = await self._values(ctx, desired.refs)
-        changes = variable_changes(values.variables_diff) + secret_changes(values.secrets_diff) + config.changes
+        scoped = parse_scoped_files(ctx.tree, desired.entities, whitelist is not None)
+        values, warnings = await self._values(ctx, scoped_refs(desired.refs, scoped)[1])
+        extra = await self._extra(ctx, desired, live, config, scoped, values)
+        changes = (variable_changes(values.variables_diff) + secret_changes(values.secrets_diff) + extra.changes
+                   + config.changes)
         return dataclasses.replace(
-            config, changes=changes, warnings=config.warnings + warnings,
-            payload=SesamPayload(config.payload if config.changes else None, values))
+            config, changes=changes, warnings=config.warnings + warnings + extra.warnings,
+            payload=SesamPayload(config.payload if config.changes else None, values, extra))
+
+    async def _extra(self, ctx: SyncContext, desired: DesiredConfig, live: list[dict[str, Any]], config: Plan,
+                     scoped: dict[str, ScopedFile], values: ValuesPlan) -> SecretsExtra:
+        """System-scoped secrets, pruning and re-created systems (sesam_scoped); requests only when used."""
+        remembered = ctx.memory.get(FINGERPRINTS)
+        last_sent: dict[str, str] = dict(remembered) if isinstance(remembered, dict) else {}
+        extra = SecretsExtra(files=scoped, recreated=recreated_systems(desired.entities, live))
+        for _id, why in extra.recreated.items():
+            extra.warnings.append(loss_warning(_id, why, await self._system_secret_names(_id)))
+        for change in config.changes:
+            if change.action is Action.REMOVE and change.kind.startswith("system:"):
+                names = await self._system_secret_names(change.id)
+                if names:
+                    extra.warnings.append(f"system {change.id} is removed: its own secrets ({', '.join(names)}) "
+                                          "are deleted with it")
+        if self._sources and self._fingerprinter is None and (scoped or self.spec.secrets_prune):
+            self._fingerprinter = Fingerprinter.from_state_dir(self._state_dir)
+        live_ids = {e.get("_id") for e in live}
+        extra.fresh = frozenset(i for i in scoped if i not in live_ids or i in extra.recreated)
+        extra.scoped = await plan_system_secrets(scoped, self._sources, self._fingerprinter, last_sent,
+                                                 self._system_secret_names, extra.fresh)
+        self._redactor.add(*extra.scoped.secret_values())
+        extra.changes = list(extra.scoped.changes)
+        if self.spec.secrets_prune and self._sources:
+            wanted = {r.name for r in desired.refs if r.kind == "secret"}
+            prune, warnings = await plan_prune(last_sent, wanted, await self.live_secret_names(), self._sources)
+            extra.prune, extra.warnings = tuple(prune), extra.warnings + warnings
+            extra.changes += [Change(Action.REMOVE, n, "secret", f"{n}: removed (SECRETS_PRUNE: uploaded by this "
+                                     "deployer, no secret source holds it any more)") for n in prune]
+        memory = {**last_sent, **values.fingerprints, **extra.scoped.fingerprints}
+        for name in extra.prune:
+            memory.pop(name, None)
+        extra.memory = memory if memory != last_sent else None
+        return extra
 
     # ------------------------------------------------------------------ apply
     async def _put_env(self, body: dict[str, Any]) -> None:
@@ -696,8 +782,8 @@ class SesamTarget:
         if response.status_code != 200:
             raise TargetError(f"PUT {url}: {response.status_code} {error_detail(response)}")
 
-    async def _post_secrets(self, values: SecretValues, names: tuple[str, ...]) -> None:
-        url = f"{self.spec.api_url}/secrets"
+    async def _post_secrets(self, values: SecretValues, names: tuple[str, ...], path: str = "/secrets") -> None:
+        url = f"{self.spec.api_url}{path}"
         response = await request(self._http, "POST", url, json=values.body(names), headers=self._headers,
                                  timeout=self.spec.timeout)
         self._check_auth(response, "POST", url)
@@ -714,14 +800,38 @@ class SesamTarget:
             await self._put_env(values.first_env)
         if values.secrets_diff.to_send:
             await self._post_secrets(values.secrets, values.secrets_diff.to_send)
+        extra = payload.extra
+        await self._post_system_secrets(extra, before_config=True)
         report = ApplyReport()
         if payload.config is not None:
             report = await self._put_config(payload.config)
+        await self._post_system_secrets(extra, before_config=False)
         if values.final_env is not None:
             await self._put_env(values.final_env)
-        if values.fingerprints:
-            report.memory = {**ctx.memory, FINGERPRINTS: dict(values.fingerprints)}
+        for name in extra.prune:
+            await self._delete_secret(name)
+        if extra.memory is not None:
+            report.memory = {**ctx.memory, FINGERPRINTS: extra.memory}
+        if extra.recreated:
+            report.details["recreated_systems"] = dict(extra.recreated)
+        if extra.prune:
+            report.details["pruned_secrets"] = list(extra.prune)
         return report
+
+    async def _post_system_secrets(self, extra: SecretsExtra, before_config: bool) -> None:
+        """A system on the node gets its secrets before the config naming them; a new or re-created one after."""
+        for system_id, names in sorted(extra.scoped.to_send.items()):
+            if (system_id in extra.fresh) == before_config:
+                continue
+            path = f"/systems/{quote(system_id, safe='')}/secrets"
+            await self._post_secrets(extra.scoped.values[system_id], names, path)
+
+    async def _delete_secret(self, name: str) -> None:
+        url = f"{self.spec.api_url}/secrets/{quote(name, safe='')}"
+        response = await request(self._http, "DELETE", url, headers=self._headers, timeout=self.spec.timeout)
+        self._check_auth(response, "DELETE", url)
+        if response.status_code not in (200, 404):  # 404: gone already, which is what was asked
+            raise TargetError(f"DELETE {url}: {response.status_code} {error_detail(response)}")
 
     async def _put_config(self, config: list[dict[str, Any]]) -> ApplyReport:
         force = "true" if self.spec.force else "false"
@@ -743,7 +853,7 @@ class SesamTarget:
             )
         if response.status_code != 200:
             raise TargetError(f"PUT {url.split('?')[0]}: {response.status_code} {error_detail(response)}")
-        report = ApplyReport(warnings=[f"warning: {w}" for w in warnings])
+        report = ApplyReport(warnings=[f"the node warned: {w}" for w in warnings])
         if errors:
             report.warnings += [f"applied with error: {e}" for e in errors]
         report.details["validation_items"] = len(errors) + len(warnings)
@@ -761,7 +871,21 @@ class SesamTarget:
             listed = set(await self.live_secret_names())
             changes += [Change(Action.ADD, n, "secret", f"{n}: not listed by the node")
                         for n in values.secrets.names() if n not in listed]
+        changes += await self._verify_extra(payload.extra)
         return dataclasses.replace(config, changes=changes)
+
+    async def _verify_extra(self, extra: SecretsExtra) -> list[Change]:
+        """Scoped secrets listed by their systems; pruned secrets no longer listed."""
+        changes = []
+        for system_id, file in sorted(extra.files.items()):
+            listed = set(await self._system_secret_names(system_id))
+            changes += [Change(Action.ADD, f"{system_id}/{n}", "system secret", f"{n}: not listed by the node")
+                        for n in sorted(file.names) if n not in listed]
+        if extra.prune:
+            listed = set(await self.live_secret_names())
+            changes += [Change(Action.REMOVE, n, "secret", f"{n}: still listed by the node")
+                        for n in extra.prune if n in listed]
+        return changes
 
     def _check_auth(self, response: Any, method: str, url: str) -> None:
         if response.status_code in (401, 403):
@@ -771,6 +895,11 @@ class SesamTarget:
 
     async def aclose(self) -> None:
         return None
+
+
+async def _constant(value: _T) -> _T:
+    """An awaitable of a value already known, to sit beside real reads in one gather."""
+    return value
 
 
 def create(spec: Spec, deps: TargetDeps) -> SesamTarget:

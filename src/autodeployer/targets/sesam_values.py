@@ -7,8 +7,9 @@ source to the ``POST /api/secrets`` body: plans, history and logs see names and 
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Awaitable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,8 @@ __all__ = [
     "FINGERPRINTS",
     "SecretValues",
     "ValuesPlan",
+    "fetch_values",
+    "first_value",
     "read_secrets",
     "secret_changes",
     "variable_changes",
@@ -107,6 +110,17 @@ async def _first_value(sources: Sequence[SecretSource], name: str) -> str | None
     return None
 
 
+first_value = _first_value  # public for the scoped secrets and pruning (sesam_scoped)
+
+
+async def fetch_values(sources: Sequence[SecretSource], names: Sequence[str]) -> list[str | BaseException | None]:
+    """Every name's value (``None``: in no source; an exception: the error), read concurrently: each Vault
+    read is a round trip in a worker thread, and a drift check pays them all."""
+    if not sources:
+        return [None for _ in names]
+    return await asyncio.gather(*(_first_value(sources, name) for name in names), return_exceptions=True)
+
+
 async def read_secrets(
     refs: Sequence[Ref],
     sources: Sequence[SecretSource],
@@ -114,8 +128,12 @@ async def read_secrets(
     system_secrets: Mapping[str, Collection[str]],
     fingerprinter: Fingerprinter | None,
     last_sent: Mapping[str, str],
+    fetched: Awaitable[list[str | BaseException | None]] | None = None,
 ) -> tuple[SecretValues, SecretsDiff, dict[str, str], list[str]]:
     """Values, diff, fingerprints and plan warnings for the ``$SECRET`` names of the configuration.
+
+    ``fetched``: the answers of :func:`fetch_values` for the sorted names, started earlier by the caller
+    (so the source's round trips overlap the node's).
 
     With sources: every name is in a source or on the node (globally or in its system's own list),
     else :class:`Refused` before anything is written. Without: an unknown name is a warning only.
@@ -133,14 +151,14 @@ async def read_secrets(
         return SecretValues({}), SecretsDiff(), {}, warnings
     values: dict[str, str] = {}
     problems: list[Problem] = []
-    for name in names:
-        try:
-            value = await _first_value(sources, name)
-        except SecretSourceError as exc:
-            problems.extend(Problem(str(exc), r.file, r.entity) for r in secret_refs if r.name == name)
-            continue
-        if value is not None:
-            values[name] = value
+    answers = await (fetched if fetched is not None else fetch_values(sources, names))
+    for name, answer in zip(names, answers, strict=True):
+        if isinstance(answer, SecretSourceError):
+            problems.extend(Problem(str(answer), r.file, r.entity) for r in secret_refs if r.name == name)
+        elif isinstance(answer, BaseException):
+            raise answer
+        elif answer is not None:
+            values[name] = answer
     problems += [
         Problem(f"secret {r.name!r} is in no secret source and not on the node (referenced at {r.path})",
                 r.file, r.entity)

@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 from ..errors import AutodeployerError, StoreUnavailable
 from ..model import Reason, Result, Status, Trigger
+from ..previews import PreviewService
 from ..runtime import Runtime
 from ..scheduling import Scheduler
 from ..status import app_row, history_row
@@ -23,14 +24,20 @@ from ..store import Store
 MAX_HISTORY = 500
 
 
+def override_requested(request: Request) -> bool:
+    """POST /api/apps/<app>/sync?override_window=true: deploy even outside the app's sync windows."""
+    return request.query_params.get("override_window", "").strip().lower() in ("1", "true", "yes")
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
 class Api:
-    def __init__(self, runtime: Runtime, scheduler: Scheduler) -> None:
+    def __init__(self, runtime: Runtime, scheduler: Scheduler, *, previews: PreviewService | None = None) -> None:
         self.runtime = runtime
         self.scheduler = scheduler
+        self.previews = previews  # None unless PREVIEWS=true
         token = runtime.config.service.admin_token
         self._admin_token = token.get_secret_value() if token else None
 
@@ -112,6 +119,15 @@ class Api:
             return _error(503, str(exc))
         return JSONResponse({"app": app.name, "history": [history_row(r) for r in rows]})
 
+    async def list_previews(self, request: Request) -> JSONResponse:
+        """Open pull-request previews of the app (empty when PREVIEWS is off), with their full plans."""
+        app = self._app(request)
+        if app is None:
+            return _error(404, f"no app named {request.path_params['app']!r}")
+        found = self.previews.previews(app.name) if self.previews is not None else []
+        return JSONResponse({"app": app.name, "enabled": self.previews is not None,
+                             "previews": [p.to_json() for p in found]})
+
     def coordination(self) -> dict[str, Any]:
         """This replica's view of the fleet: whether it may apply (and why not), every replica's last
         heartbeat and the apps it owns. Served as /api/replicas and shown on the status page."""
@@ -141,6 +157,11 @@ class Api:
             unavailable = self._unavailable()
             if unavailable:
                 return unavailable
+        if action == "sync" and override_requested(request):
+            if not self.scheduler.sync_overriding_window(name):
+                return _error(409, f"{name}: override_window must be sent to the replica running the app "
+                              f"({self.scheduler.coordinator.owners().get(name) or 'another replica'})")
+            return JSONResponse({"app": name, "queued": "sync", "override_window": True}, status_code=202)
         if action == "sync":
             self.scheduler.trigger(name, Trigger.MANUAL)
             return JSONResponse({"app": name, "queued": "sync"}, status_code=202)
@@ -179,6 +200,7 @@ class Api:
             Route("/api/apps", self.list_apps, methods=["GET"]),
             Route("/api/apps/{app}", self.get_app, methods=["GET"]),
             Route("/api/apps/{app}/history", self.history, methods=["GET"]),
+            Route("/api/apps/{app}/previews", self.list_previews, methods=["GET"]),
             Route("/api/apps/{app}/{action:str}", self.action, methods=["POST"]),
             Route("/api/replicas", self.replicas, methods=["GET"]),
             Route("/openapi.json", openapi_endpoint, methods=["GET"]),
@@ -218,6 +240,12 @@ def _action(summary: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"post": op}
 
 
+def _with_query(path: dict[str, Any], parameter: dict[str, Any]) -> dict[str, Any]:
+    path["post"]["parameters"] = [*path["post"]["parameters"], parameter]
+    path["post"]["responses"]["409"] = _ERR
+    return path
+
+
 OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",
     "info": {"title": "autodeployer", "version": "1", "description": "Status, history and actions of the apps."},
@@ -245,11 +273,20 @@ OPENAPI: dict[str, Any] = {
                 "type": "object", "properties": {"app": {"type": "string"},
                                                  "history": {"type": "array", "items": _HISTORY}}}}}},
                           "400": _ERR, "404": _ERR, "503": _ERR}}},
+        "/api/apps/{app}/previews": {"get": {
+            "summary": "Open pull-request previews: the plan of each PR's merge against the live target",
+            "parameters": [_APP_PARAM],
+            "responses": {"200": {"description": "Previews", "content": {"application/json": {"schema": {
+                "type": "object", "properties": {"app": {"type": "string"}, "enabled": {"type": "boolean"},
+                                                 "previews": {"type": "array", "items": {"type": "object"}}}}}}},
+                          "404": _ERR}}},
         "/api/replicas": {"get": {
             "summary": "Replicas sharing the apps (one in single-replica mode), their heartbeats and owned apps",
             "responses": {"200": {"description": "Replicas", "content": {"application/json": {"schema": {
                 "$ref": "#/components/schemas/Replicas"}}}}}}},
-        "/api/apps/{app}/sync": _action("Queue a sync now"),
+        "/api/apps/{app}/sync": _with_query(_action("Queue a sync now"), {
+            "name": "override_window", "in": "query", "schema": {"type": "boolean", "default": False},
+            "description": "Deploy even outside the app's sync windows (recorded as details.window_override)"}),
         "/api/apps/{app}/suspend": _action("Stop syncing this app automatically"),
         "/api/apps/{app}/resume": _action("Follow the branch again (and sync now)"),
         "/api/apps/{app}/rollback": _action(
@@ -286,6 +323,9 @@ OPENAPI: dict[str, Any] = {
                     "owner": {"type": "string", "nullable": True,
                               "description": "Replica that reconciles the app; null with a single replica"},
                     "owner_heartbeat_at": {"type": "number", "nullable": True},
+                    "rollout": {"type": "object", "nullable": True,
+                                "description": "Sync windows and promotion (docs/rollout.md): `summary` (one line), "
+                                               "`window`, `held` (revision, reason), `promotion` (the chain)"},
                 },
             },
             "HistoryRow": {

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ..previews import PreviewService
 from ..reporters.metrics import CONTENT_TYPE, Metrics, StateCollector
 from ..runtime import Runtime
 from ..scheduling import Scheduler
@@ -30,8 +31,9 @@ def create_app(
     webhook: WebhookReceiver | None = None,
     background: Sequence[BackgroundJob] = (),
     metrics: Metrics | None = None,
+    previews: PreviewService | None = None,
 ) -> Starlette:
-    api = Api(runtime, scheduler)
+    api = Api(runtime, scheduler, previews=previews)
     metrics = metrics or Metrics()
     coordinator = scheduler.coordinator
     metrics.add_collector(StateCollector(metrics, api.rows, lambda: scheduler.pending_count,
@@ -74,6 +76,8 @@ def create_app(
         routes += [
             Route("/webhook", webhook.handle, methods=["POST"]),
             Route("/dploy", webhook.handle, methods=["POST"]),  # the dploy observer's path
+            Route("/webhook/bitbucket/{token}", webhook.handle, methods=["POST"]),  # Bitbucket Cloud
+            Route("/webhook/{provider}", webhook.handle, methods=["POST"]),  # the host named, not recognised
         ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.runtime = runtime

@@ -216,7 +216,20 @@ class Pages:
         latest = next((r for r in rows if r.result != Result.RUNNING), None)
         history = [history_row(h) for h in rows]
         return self._render("app.html", app=row, history=[_history_view(h, i) for i, h in enumerate(history)],
-                            notes=trouble_notes(row, latest))
+                            notes=trouble_notes(row, latest), previews=self._previews(name))
+
+    def _previews(self, name: str) -> list[dict[str, Any]]:
+        previews = self.api.previews
+        return [p.to_json() for p in previews.previews(name)] if previews is not None else []
+
+    async def preview(self, request: Request) -> HTMLResponse:
+        """The full plan of one pull request's preview (the comment links here when it is cut)."""
+        name, number = request.path_params["app"], request.path_params["number"]
+        found = self.api.previews.preview(name, number) if self.api.previews is not None else None
+        if found is None:
+            return self._render("missing.html", status_code=404, name=f"{name} (no open preview #{number})")
+        lines = [(diff_class(line), line) for line in found.plan_text.splitlines()]  # all of it: the full plan
+        return self._render("preview.html", app=name, p=found.to_json(), diff_lines=lines)
 
 
 def _headers(nonce: str) -> dict[str, str]:
@@ -237,4 +250,5 @@ def page_routes(api: Api) -> list[Route]:
     return [
         Route("/", pages.index, methods=["GET"]),
         Route("/apps/{app}", pages.app, methods=["GET"]),
+        Route("/apps/{app}/previews/{number:int}", pages.preview, methods=["GET"]),
     ]

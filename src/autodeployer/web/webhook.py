@@ -1,7 +1,13 @@
-"""GitHub push webhooks: verify, filter, de-duplicate, queue, answer at once.
+"""Push webhooks of every Git host: verify, filter, de-duplicate, queue, answer at once.
 
 The request never waits for a sync: a verified push to a followed branch only wakes the app's
 worker, which resolves the branch head itself (deliveries can be late or out of order).
+
+The host is recognised from the headers (`providers.recognise`) or named by the path
+(`/webhook/<provider>`; Bitbucket Cloud only at `/webhook/bitbucket/<path token>`). Every host gets
+the same limits: body size, read timeout, the byte budget, replay de-duplication by delivery id,
+202 before any sync. GitHub's handling (a delivery with no other host's headers) is unchanged;
+other hosts' payloads go through their provider's `parse`.
 """
 
 from __future__ import annotations
@@ -25,6 +31,10 @@ from starlette.responses import JSONResponse, Response
 
 from ..logs import get_logger
 from ..model import Trigger
+from ..previews import PreviewService
+from ..providers import PROVIDERS, Provider, recognise
+from ..providers.base import Ignored, Malformed, Parsed, Ping, token_matches
+from ..providers.bitbucket import BitbucketCloudProvider, cloud_path_token
 from ..scheduling import Scheduler
 
 MAX_BODY = 25 * 1024 * 1024  # GitHub caps payloads at 25 MB
@@ -154,6 +164,7 @@ class WebhookReceiver:
         observer: DeliveryObserver | None = None,
         max_body: int = MAX_BODY,
         read_timeout: float = READ_TIMEOUT,
+        previews: PreviewService | None = None,
     ) -> None:
         if not secrets_:
             raise ValueError("a webhook secret is required; there is no unsigned mode")
@@ -165,8 +176,12 @@ class WebhookReceiver:
         self._read_timeout = read_timeout
         self._reading = ByteBudget(max(READ_BUDGET, max_body))
         self._log = get_logger(component="webhook")
+        self._previews = previews  # pull_request deliveries go there (PREVIEWS=true)
 
     async def handle(self, request: Request) -> Response:
+        provider = self._provider(request)
+        if provider is None or provider.name != "github":
+            return await self._handle_other(request, provider)
         event = request.headers.get("x-github-event", "")
         verdict = await self._verdict(request, event)
         self._observe(event or "unknown", verdict.result)
@@ -185,13 +200,60 @@ class WebhookReceiver:
             return Response(status_code=204)
         return JSONResponse(verdict.body or {"result": verdict.result}, status_code=verdict.status)
 
-    async def _read(self, request: Request) -> bytes | bytearray | None:
-        """The raw body, capped and within the read timeout, if its signature matches; None if not."""
+    def _provider(self, request: Request) -> Provider | None:
+        """The host named by the path, else recognised from the headers, else GitHub (as before);
+        None for a path naming no host."""
+        token = request.path_params.get("token")
+        if token is not None:
+            return BitbucketCloudProvider(str(token))
+        named = request.path_params.get("provider")
+        if named is not None:
+            return next((p for name, p in PROVIDERS.items() if name == str(named).lower()), None)
+        return recognise(request.headers) or PROVIDERS["github"]
+
+    async def _handle_other(self, request: Request, provider: Provider | None) -> Response:
+        """A delivery of GitLab, Gitea/Forgejo or Bitbucket: same limits and answers as GitHub's;
+        logged with the host's event and delivery id, and never the path token of Bitbucket Cloud."""
+        event, delivery = "", ""
+        if provider is None:
+            named = request.path_params.get("provider")
+            verdict = Verdict(404, "unknown-provider",
+                              {"error": f"no Git host is called {named!r}; expected one of {', '.join(PROVIDERS)}"})
+        else:
+            event, delivery = provider.event(request.headers), provider.delivery_key(request.headers)[1]
+            verdict = await self._verdict(request, event, provider)
+        self._observe(event or "unknown", verdict.result)
+        log = self._log.warning if verdict.status == 401 else self._log.info
+        path = request.url.path
+        if "token" in request.path_params:
+            path = path.rsplit("/", 1)[0] + "/<token>"
+        reason = (verdict.body or {}).get("reason")
+        log("webhook delivery", path=path, provider=provider.name if provider else None, host_event=event or None,
+            delivery=delivery or None, result=verdict.result, status=verdict.status,
+            **({"reason": reason} if reason else {}))
+        if verdict.status == 204:
+            return Response(status_code=204)
+        return JSONResponse(verdict.body or {"result": verdict.result}, status_code=verdict.status)
+
+    def _authorised(self, request: Request, provider: Provider) -> bool | None:
+        """For a host that sends a token instead of a signature: whether it matches (constant time);
+        None for a host that signs the body (checked while it streams in)."""
+        given = provider.token(request.headers)
+        if given is None:
+            return None
+        accepted = ([cloud_path_token(secret) for secret in self._secrets]
+                    if isinstance(provider, BitbucketCloudProvider) else self._secrets)
+        return token_matches(given, accepted)
+
+    async def _read(self, request: Request, header: str | None = None, *,
+                    authorised: bool | None = None) -> bytes | bytearray | None:
+        """The raw body, capped and within the read timeout, if its signature matches (or, for a
+        token-authenticated host, `authorised` says its token did); None if not."""
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self._max_body:
             raise BodyTooLarge
-        header = request.headers.get("x-hub-signature-256")
-        if not (header or "").startswith("sha256="):
+        signed = (header or "").startswith("sha256=") if authorised is None else authorised
+        if not signed:
             size = 0  # will be refused as unsigned: count it (for 413) but never buffer it
             async with asyncio.timeout(self._read_timeout):
                 async for chunk in request.stream():
@@ -204,13 +266,15 @@ class WebhookReceiver:
             # Waiting for room and reading each get the full timeout: a trickling sender holds the room
             # for one timeout at most, and the body queued behind it still has time to arrive.
             deadline.reschedule(asyncio.get_running_loop().time() + self._read_timeout)
-            return await self._read_signed(request, header, length)
+            return await self._read_signed(request, header, length, trusted=authorised is True)
 
-    async def _read_signed(self, request: Request, header: str | None, length: int | None) -> bytes | bytearray | None:
+    async def _read_signed(self, request: Request, header: str | None, length: int | None, *,
+                           trusted: bool = False) -> bytes | bytearray | None:
         """A signature can only be checked over the whole body, so a signed one is read whole, but never
         copied: a declared length is allocated once and filled in place; the chunks of an undeclared one
-        are joined only once verified. One bad body costs its own size, bounded by the byte budget."""
-        check = SignatureCheck(self._secrets)
+        are joined only once verified. One bad body costs its own size, bounded by the byte budget.
+        `trusted`: the sender's token was already checked, there is no signature to compute."""
+        check = SignatureCheck([] if trusted else self._secrets)
         if length is not None:
             body = bytearray(length)
             view, size = memoryview(body), 0
@@ -222,7 +286,7 @@ class WebhookReceiver:
                 check.update(chunk)
             view.release()
             del body[size:]  # a body shorter than declared (the server normally refuses it first)
-            return body if check.matches(header) else None
+            return body if trusted or check.matches(header) else None
         chunks: list[bytes] = []
         size = 0
         async for chunk in request.stream():
@@ -231,11 +295,14 @@ class WebhookReceiver:
                 raise BodyTooLarge
             chunks.append(chunk)
             check.update(chunk)
-        return b"".join(chunks) if check.matches(header) else None
+        return b"".join(chunks) if trusted or check.matches(header) else None
 
-    async def _verdict(self, request: Request, event: str) -> Verdict:
+    async def _verdict(self, request: Request, event: str, provider: Provider | None = None) -> Verdict:
+        """`provider` None: GitHub, exactly as always; else that host's headers, auth and parser."""
+        header = request.headers.get("x-hub-signature-256") if provider is None else provider.signature(request.headers)
+        authorised = None if provider is None else self._authorised(request, provider)
         try:
-            body = await self._read(request)
+            body = await self._read(request, header, authorised=authorised)
         except TimeoutError:
             return Verdict(408, "too-slow", {"error": f"body not received within {self._read_timeout:g} s"})
         except BodyTooLarge:
@@ -243,16 +310,25 @@ class WebhookReceiver:
         except ClientDisconnect:
             return Verdict(400, "disconnected", {"error": "client disconnected"})
         if body is None:
-            return Verdict(401, "unauthorized", {"error": "invalid or missing signature"})
+            what = "signature" if authorised is None else "token"
+            return Verdict(401, "unauthorized", {"error": f"invalid or missing {what}"})
         payload = _decode(request.headers.get("content-type", ""), body)
         if isinstance(payload, Verdict):
             return payload
         if not event:
-            return Verdict(400, "bad-request", {"error": "missing X-GitHub-Event header"})
-        key = (request.headers.get("x-github-hook-id", ""), request.headers.get("x-github-delivery", ""))
+            header_name = EVENT_HEADERS[provider.name if provider else "github"]
+            return Verdict(400, "bad-request", {"error": f"missing {header_name} header"})
+        if provider is None:
+            key = (request.headers.get("x-github-hook-id", ""), request.headers.get("x-github-delivery", ""))
+        else:
+            hook, delivery = provider.delivery_key(request.headers)
+            key = (f"{provider.name}:{hook}", delivery)
         if key[1] and key in self._seen:
             return Verdict(200, "duplicate", {"result": "duplicate delivery ignored"})
-        verdict = self._dispatch(event, payload)
+        if provider is None:
+            verdict = self._dispatch(event, payload)
+        else:
+            verdict = self._dispatch_parsed(provider.name, provider.parse(event, payload))
         if key[1] and verdict.status < 400:
             self._seen.add(key)  # only accepted deliveries: a refused one may be redelivered
         return verdict
@@ -260,6 +336,9 @@ class WebhookReceiver:
     def _dispatch(self, event: str, payload: dict[str, Any]) -> Verdict:
         if event == "ping":
             return Verdict(200, "ping", {"result": "pong"})
+        if event == "pull_request" and self._previews is not None:
+            seen = self._previews.receive(payload)
+            return Verdict(seen.status, seen.result, seen.body)
         if event != "push":
             return Verdict(204, "ignored-event")
         ref = payload.get("ref")
@@ -281,6 +360,42 @@ class WebhookReceiver:
         for app in apps:
             self._scheduler.trigger(app, Trigger.WEBHOOK)
         return Verdict(202, "accepted", {"result": "queued", "apps": apps})
+
+    def _dispatch_parsed(self, provider: str, parsed: Parsed) -> Verdict:
+        """Wake the apps of this host that follow a pushed ref; say why when there are none."""
+        if isinstance(parsed, Ping):
+            return Verdict(200, "ping", {"result": "pong"})
+        if isinstance(parsed, Ignored):
+            return Verdict(202, "ignored", {"result": "ignored", "reason": parsed.reason})
+        if isinstance(parsed, Malformed):
+            return Verdict(400, "bad-request", {"error": parsed.reason})
+        apps: list[str] = []
+        reasons: list[str] = []
+        for push in parsed:
+            branch = push.ref if push.ref.startswith("refs/tags/") else push.ref.removeprefix("refs/heads/")
+            if push.deleted:
+                reasons.append(f"{push.repository}@{branch} deleted")
+                continue
+            found = [app for app in self._scheduler.apps_following(push.repository, branch)
+                     if self._provider_of(app) == provider and app not in apps]
+            if not found:
+                reasons.append(f"no {provider} app follows {push.repository}@{branch}")
+            apps += found
+        if not apps:
+            return Verdict(202, "ignored", {"result": "ignored", "reason": "; ".join(reasons)})
+        for app in apps:
+            self._scheduler.trigger(app, Trigger.WEBHOOK)
+        return Verdict(202, "accepted", {"result": "queued", "apps": apps})
+
+    def _provider_of(self, app: str) -> str | None:
+        """The app's Git host (a delivery from another host never syncs it, even with the same path)."""
+        worker = self._scheduler.workers.get(app)
+        return worker.reconciler.app.source.provider if worker else None
+
+
+#: The header naming the event, per host (for the "missing ... header" answer).
+EVENT_HEADERS = {"github": "X-GitHub-Event", "gitlab": "X-Gitlab-Event", "gitea": "X-Gitea-Event",
+                 "bitbucket": "X-Event-Key"}
 
 
 def _decode(content_type: str, body: bytes | bytearray) -> dict[str, Any] | Verdict:

@@ -152,9 +152,11 @@ class GitHubPulls(GitHubDelivery):
         api_repo = f"{api}/repos/{repo.owner}/{repo.name}"
 
         def side(where: RepoState, ref: str, sha: str) -> dict[str, Any]:
+            shown = self._repo_json(root, where)
+            if where is not repo:  # the head of a pull request from a fork (section 13: head.repo.fork)
+                shown["fork"] = True
             return {"label": f"{where.owner}:{ref}", "ref": ref, "sha": sha,
-                    "user": self._user_json(api, web, where.owner),
-                    "repo": self._repo_json(root, where)}
+                    "user": self._user_json(api, web, where.owner), "repo": shown}
 
         return {
             "url": f"{api_repo}/pulls/{pr.number}",
@@ -321,3 +323,10 @@ class GitHubPulls(GitHubDelivery):
             pr: PullRequest = state.pulls[number]
             self._refresh(state, pr)
             return pr
+
+    def comments(self, owner: str, repo: str, number: int) -> list[IssueComment]:
+        """The comments on a pull request, oldest first (in-process inspection; no fault applies)."""
+        with self._lock:
+            state = self._repo(owner, repo)
+            return [IssueComment(c.id, c.number, c.body, c.user, c.created_at, c.updated_at)
+                    for c in sorted(state.comments.values(), key=lambda c: c.id) if c.number == number]

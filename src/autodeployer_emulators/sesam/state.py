@@ -833,6 +833,11 @@ class SesamState:
             self._set_metadata(item.entity, item.errors, actor)
             return self._metadata
         previous = self._entities.get(item.entity_id)
+        if previous is not None and previous.entity.get("type") != item.entity.get("type"):
+            # Emulator choice (the reference leaves it open): a new type is a new entity, created afresh,
+            # and a system's own secrets are deleted with the old one, as on DELETE.
+            self._remove(item.entity_id)
+            previous = None
         stored = self._new_stored(item.entity, item.kind, group, item.errors, previous, actor)
         self._entities[item.entity_id] = stored
         if previous is None or previous.audit is not stored.audit:

@@ -1,0 +1,241 @@
+"""A GitLab emulator: project hooks, commit statuses and push deliveries, over real HTTP on loopback.
+
+Facts it follows (GitLab REST v4 and webhook documentation):
+
+* API under `/api/v4`; the token in `PRIVATE-TOKEN: <t>` or `Authorization: Bearer <t>`; else 401
+  `{"message": "401 Unauthorized"}`. A project is named by its numeric id or its URL-encoded path
+  (`group%2Fsub%2Fproject`), so routing reads the raw, still-encoded path.
+* Project hooks: `GET/POST /projects/:id/hooks`, `GET/PUT/DELETE /projects/:id/hooks/:hook_id`;
+  fields `url` (required), `token` (write-only, never shown), `push_events` (default true),
+  `tag_push_events`, `merge_requests_events`, `push_events_branch_filter`, `enable_ssl_verification`;
+  lists paginated with `page`/`per_page` (default 20, max 100) and `X-Next-Page`, `X-Page`,
+  `X-Per-Page`, `X-Total` headers. PUT keeps the token unless one is given.
+* Commit statuses: `POST /projects/:id/statuses/:sha` with `state` in pending, running, success,
+  failed, canceled (else 400), `name` (default "default"), `target_url`, `description`; 201 with the
+  status; a SHA the repository lacks is 404. `GET /projects/:id/repository/commits/:sha/statuses`.
+* Deliveries: POST JSON with `X-Gitlab-Event: Push Hook` (tags: `Tag Push Hook`), `X-Gitlab-Token`
+  (the hook's token as is, no HMAC; absent when the hook has none), `X-Gitlab-Event-UUID`,
+  `X-Gitlab-Webhook-UUID`, `X-Gitlab-Instance`, `Idempotency-Key`, `User-Agent: GitLab/<version>`.
+  Push payload: `object_kind`/`event_name` "push" (or "tag_push"), `ref`, `before` (40 zeros for a
+  new branch), `after`, `checkout_sha`, `user_*`, `project_id`, `project` (`path_with_namespace`,
+  `git_http_url`, `git_ssh_url`, `default_branch`, `web_url`), `commits[]`, `total_commits_count`.
+
+`python -m autodeployer_emulators.gitlab` serves it stand-alone (token from GITLAB_EMULATOR_TOKEN).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from autodeployer_emulators._forge import (
+    ZERO_SHA,
+    ForgeEmulator,
+    ForgeRepo,
+    Sent,
+    Tamper,
+    json_error,
+    new_uuid,
+    tampered,
+    with_header,
+)
+from autodeployer_emulators._server import serve_forever, standalone_parser, token_from_env
+
+STATES = ("pending", "running", "success", "failed", "canceled")
+HOOK_FLAGS = ("push_events", "tag_push_events", "merge_requests_events", "enable_ssl_verification")
+VERSION = "17.5.0"
+ROUTE = re.compile(r"^/api/v4/projects/(?P<id>[^/]+)(?P<rest>/.*)?$")
+
+
+class GitLabEmulator(ForgeEmulator):
+    host_name = "GitLab"
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.base_url}/api/v4"
+
+    def hooks(self, path: str) -> list[dict[str, Any]]:
+        """The project's hooks as the API shows them (no token), plus `token` for tests' checks."""
+        repo = self.repo(path)
+        with self.lock:
+            return [dict(h) for h in (repo.hooks if repo else [])]
+
+    # ------------------------------------------------------------------ HTTP
+    def app(self) -> Starlette:
+        return Starlette(routes=[Route("/{path:path}", self._endpoint,
+                                       methods=["GET", "POST", "PUT", "DELETE"])])
+
+    async def _endpoint(self, request: Request) -> Response:
+        given = request.headers.get("private-token") or self.bearer(request)
+        if not self.authorised(given):
+            return json_error(401, {"message": "401 Unauthorized"})
+        raw = request.scope.get("raw_path", b"").decode("latin-1").split("?")[0]
+        match = ROUTE.match(raw)
+        repo = self.repo(unquote(match["id"])) if match else None
+        if match is None or repo is None:
+            return json_error(404, {"message": "404 Project Not Found"})
+        rest = match["rest"] or ""
+        body: dict[str, Any] = {}
+        if request.method in ("POST", "PUT"):
+            try:
+                loaded = json.loads(await request.body() or b"{}")
+            except ValueError:
+                return json_error(400, {"error": "body is not valid JSON"})
+            body = loaded if isinstance(loaded, dict) else {}
+        query = {k: v[0] for k, v in parse_qs(request.url.query).items()}
+        return self._route(request.method, rest, repo, body, query)
+
+    def _route(self, method: str, rest: str, repo: ForgeRepo, body: dict[str, Any],
+               query: dict[str, str]) -> Response:
+        if rest == "/hooks" and method == "GET":
+            return self._list_hooks(repo, query)
+        if rest == "/hooks" and method == "POST":
+            return self._create_hook(repo, body)
+        hook_match = re.fullmatch(r"/hooks/(\d+)", rest)
+        if hook_match:
+            return self._hook(method, repo, int(hook_match[1]), body)
+        status_match = re.fullmatch(r"/statuses/([0-9a-f]{40})", rest)
+        if status_match and method == "POST":
+            return self._create_status(repo, status_match[1], body)
+        list_match = re.fullmatch(r"/repository/commits/([0-9a-f]{40})/statuses", rest)
+        if list_match and method == "GET":
+            return JSONResponse(self.statuses(repo.path, list_match[1]))
+        return json_error(404, {"error": "404 Not Found"})
+
+    @staticmethod
+    def _shown(hook: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in hook.items() if k != "token"}
+
+    def _list_hooks(self, repo: ForgeRepo, query: dict[str, str]) -> Response:
+        page, per_page = int(query.get("page", "1") or 1), int(query.get("per_page", "20") or 20)
+        with self.lock:
+            items, more = self.page([self._shown(h) for h in repo.hooks], page, per_page)
+            total = len(repo.hooks)
+        headers = {"X-Page": str(page), "X-Per-Page": str(min(per_page, self.max_page_size)),
+                   "X-Total": str(total), "X-Next-Page": str(page + 1) if more else ""}
+        return JSONResponse(items, headers=headers)
+
+    def _create_hook(self, repo: ForgeRepo, body: dict[str, Any]) -> Response:
+        if not isinstance(body.get("url"), str) or not body["url"]:
+            return json_error(400, {"error": "url is missing"})
+        hook: dict[str, Any] = {
+            "id": self.next_id(), "url": body["url"], "project_id": repo.id,
+            "push_events": bool(body.get("push_events", True)),
+            "tag_push_events": bool(body.get("tag_push_events", False)),
+            "merge_requests_events": bool(body.get("merge_requests_events", False)),
+            "enable_ssl_verification": bool(body.get("enable_ssl_verification", True)),
+            "push_events_branch_filter": body.get("push_events_branch_filter") or "",
+            "alert_status": "executable", "created_at": _now(), "token": str(body.get("token") or ""),
+        }
+        with self.lock:
+            repo.hooks.append(hook)
+        return JSONResponse(self._shown(hook), status_code=201)
+
+    def _hook(self, method: str, repo: ForgeRepo, hook_id: int, body: dict[str, Any]) -> Response:
+        with self.lock:
+            hook = next((h for h in repo.hooks if h["id"] == hook_id), None)
+            if hook is None:
+                return json_error(404, {"message": "404 Not found"})
+            if method == "GET":
+                return JSONResponse(self._shown(hook))
+            if method == "DELETE":
+                repo.hooks.remove(hook)
+                return Response(status_code=204)
+            if method != "PUT":
+                return json_error(405, {"error": "405 Method Not Allowed"})
+            if not isinstance(body.get("url"), str) or not body["url"]:
+                return json_error(400, {"error": "url is missing"})
+            hook["url"] = body["url"]
+            for flag in HOOK_FLAGS:
+                if flag in body:
+                    hook[flag] = bool(body[flag])
+            if "token" in body:
+                hook["token"] = str(body["token"] or "")
+            return JSONResponse(self._shown(hook))
+
+    def _create_status(self, repo: ForgeRepo, sha: str, body: dict[str, Any]) -> Response:
+        state = body.get("state")
+        if state not in STATES:
+            return json_error(400, {"message": f"state does not have a valid value ({state!r})"})
+        if not repo.has_commit(sha):
+            return json_error(404, {"message": "404 References for commit Not Found"})
+        status = {"id": self.next_id(), "sha": sha, "ref": repo.default_branch, "status": state,
+                  "name": body.get("name") or body.get("context") or "default",
+                  "target_url": body.get("target_url"), "description": body.get("description"),
+                  "created_at": _now()}
+        with self.lock:
+            repo.statuses.setdefault(sha, []).append(status)
+        return JSONResponse(status, status_code=201)
+
+    # ------------------------------------------------------------------ deliveries
+    def push(self, path: str, ref: str, before: str, after: str, *, tamper: Tamper = None,
+             repository_path: str | None = None) -> list[Sent]:
+        """Deliver a push of `ref` to every hook subscribed to it, as GitLab does after a push.
+        `tamper` spoils X-Gitlab-Token; `repository_path` makes the payload name another project."""
+        repo = self.repo(path)
+        if repo is None:
+            raise KeyError(f"no project {path}")
+        tag = ref.startswith("refs/tags/")
+        with self.lock:
+            hooks = [dict(h) for h in repo.hooks if h["tag_push_events" if tag else "push_events"]]
+        payload = self._push_payload(repo, ref, before, after, repository_path or repo.path)
+        body = json.dumps(payload).encode()
+        sent = []
+        for hook in hooks:
+            headers = {"Content-Type": "application/json", "User-Agent": f"GitLab/{VERSION}",
+                       "X-Gitlab-Event": "Tag Push Hook" if tag else "Push Hook",
+                       "X-Gitlab-Event-UUID": new_uuid(), "X-Gitlab-Webhook-UUID": new_uuid(),
+                       "X-Gitlab-Instance": self.base_url}
+            headers["Idempotency-Key"] = headers["X-Gitlab-Event-UUID"]
+            token = hook["token"] or None
+            with_header(headers, "X-Gitlab-Token", tampered(token, tamper) if token else None)
+            sent.append(self.send(hook["url"], headers, body))
+        return sent
+
+    def _push_payload(self, repo: ForgeRepo, ref: str, before: str, after: str, path: str) -> dict[str, Any]:
+        web = f"{self.base_url}/{path}"
+        project = {"id": repo.id, "name": path.rsplit("/", 1)[-1], "path_with_namespace": path,
+                   "web_url": web, "git_http_url": f"{web}.git",
+                   "git_ssh_url": f"git@{self.base_url.split('//')[-1].split(':')[0]}:{path}.git",
+                   "default_branch": repo.default_branch, "namespace": path.rsplit("/", 1)[0],
+                   "visibility_level": 0}
+        commits = [] if after == ZERO_SHA else [{"id": after, "message": "pushed", "timestamp": _now(),
+                                                  "url": f"{web}/-/commit/{after}", "added": [], "modified": [],
+                                                  "removed": []}]
+        kind = "tag_push" if ref.startswith("refs/tags/") else "push"
+        return {"object_kind": kind, "event_name": kind, "before": before, "after": after, "ref": ref,
+                "ref_protected": True, "checkout_sha": None if after == ZERO_SHA else after,
+                "user_id": 1, "user_name": "Administrator", "user_username": "root", "user_email": "",
+                "user_avatar": "", "project_id": repo.id, "project": project, "commits": commits,
+                "total_commits_count": len(commits), "repository": {"name": project["name"], "homepage": web}}
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve the emulator; the token comes from ``GITLAB_EMULATOR_TOKEN`` (never argv)."""
+    parser = standalone_parser("gitlab", 8091, "GITLAB_EMULATOR_TOKEN")
+    parser.add_argument("--project", action="append", default=[], metavar="GROUP/PROJECT[=GIT_DIR]",
+                        help="project to create (repeatable), optionally backed by a bare Git repository")
+    args = parser.parse_args(argv)
+    emulator = GitLabEmulator(token=token_from_env("GITLAB_EMULATOR_TOKEN"))
+    for spec in args.project:
+        path, _, git_dir = spec.partition("=")
+        emulator.add_repo(path, git_dir=git_dir or None)
+    emulator.base_url = f"http://{args.host}:{args.port}"
+    serve_forever(emulator.app(), "GitLab", emulator.api_url, "GITLAB_EMULATOR_TOKEN",
+                  emulator.token is not None, args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()
