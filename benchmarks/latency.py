@@ -207,6 +207,9 @@ def report(result: ScenarioResult, rows: list[Latencies], pushes: int) -> None:
         p50, p99 = percentile(hook.visible, 50), percentile(hook.visible, 99)
         result.check("webhook p50 under 300 ms", ms(p50), p50 < 0.3 and not hook.missed)
         result.check("webhook p99 under 1 s", ms(p99), p99 < 1.0 and not hook.missed)
+        back50, back99 = percentile(hook.read_back, 50), percentile(hook.read_back, 99)
+        result.check("webhook to verified (read-back) p50 under 120 ms", ms(back50), back50 < 0.12 and not hook.missed)
+        result.check("webhook to verified (read-back) p99 under 300 ms", ms(back99), back99 < 0.3 and not hook.missed)
     else:
         result.check("webhook p50 under 300 ms", "no push reached the node", False)
     if not all(c.met for c in result.checks):
