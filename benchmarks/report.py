@@ -119,7 +119,8 @@ def markdown(results: list[ScenarioResult], host: Machine, command: str, quick: 
         "python -m benchmarks --wait-quiet 5   # on a shared machine: wait up to 5 min for idle CPUs per scenario",
         "```",
         "",
-        "Scenarios: `idle`, `latency`, `large`, `burst`, `many`, `marathon`, `scaleout`, `sharedhead`, `thousand`. "
+        "Scenarios: `idle`, `latency`, `large`, `burst`, `many`, `marathon`, `scaleout`, `variables`, `previews`, "
+        "`sharedhead`, `thousand`. "
         "A run with `--quick` or `--only` writes `benchmarks/results/BENCHMARKS-partial.md` "
         "instead of this file (or `--output FILE`). Each figure is the median of repeated runs with min and max "
         "(`median (min–max)`); comparisons are measured side by "
