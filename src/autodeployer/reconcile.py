@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +18,8 @@ from .errors import AutodeployerError, OwnershipLost, Refused, SourceError, Targ
 from .logs import Redactor, get_logger
 from .model import Action, ApplyReport, CommitInfo, Plan, Problem, Reason, Result, SyncResult, Tree, Trigger
 from .reporters.base import Reporter
+from .rollout.autorollback import AutoRollback
+from .rollout.health import HealthWatcher
 from .sources.git import GitSource
 from .store import AppState, StateChange, Store
 from .targets.base import SyncContext, Target
@@ -89,6 +91,10 @@ class Reconciler:
         self._started: asyncio.Task[None] | None = None  # reporters being told that a sync started
         self._drift_checked_at: float | None = None  # the last quiet drift check (kept in memory only)
         self.lock = store.app_lock(app.name)  # one apply at a time per app, across processes
+        self.request_sync: Callable[[Trigger], None] | None = None  # set by the app's worker (scheduling.py)
+        self._rollback_task: asyncio.Task[SyncResult] | None = None  # an automatic rollback without a worker
+        rollback = AutoRollback(app, store, self.reporters, self.log, pin=self.pin, deploy_pinned=self._deploy_pinned)
+        self.health = HealthWatcher(app, target, store, rollback, self.log)  # health after deploy (rollout/)
 
     # ------------------------------------------------------------------ public
     async def sync(
@@ -361,7 +367,16 @@ class Reconciler:
         self._write_history(result, outcome.attempt_id)
         self._log(result)
         await self._report_finished(result, commit)
+        self.health.after_sync(result, plan, outcome.attempt_id)
         return result
+
+    def _deploy_pinned(self) -> None:
+        """Deploy the revision an automatic rollback pinned: on the app's worker (single flight), or, when
+        there is none (a one-shot CLI run), as a task of its own; never inside the health watch."""
+        if self.request_sync is not None:
+            self.request_sync(Trigger.ROLLBACK)
+        else:
+            self._rollback_task = asyncio.get_running_loop().create_task(self.sync(Trigger.ROLLBACK, force=True))
 
     def _update_state(self, result: SyncResult, outcome: Outcome) -> None:
         """Record the sync's own bookkeeping, never the operator's fields (suspended, its reason, the pin):

@@ -65,6 +65,7 @@ class AppWorker:
         self._retry: Trigger | None = None  # re-run this trigger at next_poll_at (not applied: busy elsewhere)
         self._unreadable = 0  # consecutive attempts that could not read the app's state
         self._log = get_logger(app=self.name)
+        self.reconciler.request_sync = self.trigger  # an automatic rollback is queued here (rollout/)
 
     @property
     def name(self) -> str:

@@ -64,6 +64,9 @@ class Policy(Frozen):
     drift_interval: float | None = Field(default=None, ge=0)  # None: max(interval, 60 s); 0: never
     allow_empty: StrictBool = False
     dry_run: StrictBool = False
+    health_window: float = Field(default=120.0, ge=0)  # seconds a deploy is watched; 0: not watched
+    health_poll: float = Field(default=5.0, gt=0)  # seconds between two looks at the target's health
+    rollback_on: Literal["never", "degraded"] = "never"  # roll a degraded deploy back automatically
 
 
 class AppConfig(Frozen):
@@ -349,7 +352,23 @@ def policy_from_env(env: EnvReader) -> Policy:
         drift_interval=env.number("DRIFT_INTERVAL", minimum=0),
         allow_empty=env.bool("ALLOW_EMPTY"),
         dry_run=env.bool("DRY_RUN"),
+        **health_policy_from_env(env),
     )
+
+
+def health_policy_from_env(env: EnvReader) -> dict[str, Any]:
+    """HEALTH_WINDOW, HEALTH_POLL, ROLLBACK_ON: only those set, so the model's defaults stay in one place."""
+    found: dict[str, Any] = {}
+    window, poll = env.number("HEALTH_WINDOW", minimum=0), env.number("HEALTH_POLL", minimum=0.05)
+    if window is not None:
+        found["health_window"] = window
+    if poll is not None:
+        found["health_poll"] = poll
+    rollback = (env.str("ROLLBACK_ON") or "never").strip().lower()
+    if rollback not in ("never", "degraded"):
+        raise ConfigError(f"ROLLBACK_ON: expected never or degraded, got {rollback!r}")
+    found["rollback_on"] = rollback
+    return found
 
 
 # Python's other level names, which the github-autodeployer accepted (logging.getLevelName)

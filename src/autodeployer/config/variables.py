@@ -54,6 +54,11 @@ CORE_VARIABLES: tuple[Variable, ...] = (
              "(default: every poll, at most once a minute: max(SYNC_INTERVAL, 60))."),
     Variable("ALLOW_EMPTY", "false", "Allow a sync that removes every pipe and system (or every app)."),
     Variable("DRY_RUN", "false", "Plan and report, never apply."),
+    Variable("HEALTH_WINDOW", "120", "Seconds a synced deploy's health is watched in the background (Marathon tasks, "
+             "Sesam pipes, HEALTH_COMMAND); 0 turns the watch off."),
+    Variable("HEALTH_POLL", "5", "Seconds between two looks at a deploy's health during HEALTH_WINDOW."),
+    Variable("ROLLBACK_ON", "never", "degraded: a deploy that turns degraded within HEALTH_WINDOW is rolled back "
+             "to the last healthy revision and the app suspended (never: only recorded and notified)."),
     Variable("VERIFY_TLS", "true", "Verify TLS certificates of targets and GitHub."),
     # service
     Variable("STATE_DIR", None, "Directory for the Git mirror, history and generated secrets."),
