@@ -53,11 +53,11 @@ def verdict(state: Health, deploy: Deploy, evidence: Sequence[str], now: float) 
 class HealthWatcher:
     """One per app, owned by its Reconciler: watches the newest synced deploy (one at a time)."""
 
-    def __init__(self, app: AppConfig, target: Target, store: Store, rollback: AutoRollback, log: Any, *,
+    def __init__(self, app: AppConfig, target: Callable[[], Target], store: Store, rollback: AutoRollback, log: Any, *,
                  clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.app = app
-        self.target = target
+        self._target = target  # the reconciler's target as it is now (a test may swap it)
         self.store = store
         self.rollback = rollback
         self.log = log
@@ -66,10 +66,14 @@ class HealthWatcher:
         self._task: asyncio.Task[None] | None = None
 
     @property
+    def target(self) -> Target:
+        return self._target()
+
+    @property
     def enabled(self) -> bool:
         """The target can tell, and the app asks for a window."""
-        return (self.app.policy.health_window > 0 and isinstance(self.target, HealthCheck)
-                and self.target.watches_health())
+        target = self.target
+        return self.app.policy.health_window > 0 and isinstance(target, HealthCheck) and target.watches_health()
 
     def after_sync(self, result: SyncResult, plan: Plan | None, attempt_id: int | None) -> None:
         """Called by the reconciler after every recorded sync: a synced deploy is watched (the watch of
@@ -135,9 +139,10 @@ class HealthWatcher:
 
     async def _look(self, request: HealthRequest) -> HealthReport:
         """One reading; a target that cannot be read is undecided, not degraded (it may come back)."""
-        assert isinstance(self.target, HealthCheck)
+        target = self.target
+        assert isinstance(target, HealthCheck)
         try:
-            return await self.target.health(request)
+            return await target.health(request)
         except AutodeployerError as exc:
             return HealthReport(Health.CHECKING, (f"cannot read the target's health: {str(exc)[:300]}",))
 
