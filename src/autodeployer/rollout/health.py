@@ -89,6 +89,8 @@ class HealthWatcher:
             deploy = Deploy(result.revision, plan, attempt_id, result.trigger, result.started_at,
                             result.started_at + result.duration)
         self.cancel()
+        if deploy is not None:  # at once: whoever reads the state next (promotion) sees it is being checked
+            self._record(deploy, Health.CHECKING, (), history=True)
         self._task = asyncio.get_running_loop().create_task(self._follow(result, deploy),
                                                             name=f"health-{self.app.name}")
 
@@ -122,7 +124,6 @@ class HealthWatcher:
 
     async def watch(self, deploy: Deploy) -> Health:
         """Look every health_poll seconds until degraded or the window ends; record and act on the verdict."""
-        self._record(deploy, Health.CHECKING, (), history=True)
         deadline = deploy.deployed_at + self.app.policy.health_window
         request = HealthRequest(self.app, deploy.revision, deploy.plan, deploy.deployed_at, deploy.started_at)
         try:

@@ -93,9 +93,19 @@ class SesamHealth:
         return HealthReport(Health.DEGRADED, tuple(evidence)) if evidence else HealthReport(Health.HEALTHY)
 
     async def _node(self) -> list[str]:
-        status, body = await self._get("/health")
+        """503 is the node's own "unhealthy" (not a transient failure to retry): evidence at once."""
+        url = f"{self._api_url}/health"
+        try:
+            response = await self._http.get(url, headers=self._headers, timeout=TIMEOUT)
+        except httpx.HTTPError as exc:
+            raise TargetError(f"GET {url}: {type(exc).__name__}") from None
+        status = response.status_code
         if status == 200:
             return []
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
         detail = body.get("status") if isinstance(body, dict) else None
         return [f"node health: GET {self._api_url}/health answered {status}{f' ({detail})' if detail else ''}"]
 
