@@ -175,6 +175,28 @@ def test_rollback_that_is_degraded_too_stops_and_alerts(
     with_sesam(scenario)
 
 
+def test_a_revision_is_rolled_back_automatically_only_once(
+    with_sesam: Callable[[Scenario], None], told: Told, config_repo: WorkRepo,
+):
+    async def scenario(rec: Reconciler) -> None:
+        await rec.sync(Trigger.MANUAL)
+        await settle(rec)
+        failing = pipe("orders", metadata={"emulator-fail-runs": True})
+        bad = push(config_repo, {"pipes/orders.conf.json": entity_json(failing)}, "break orders")
+        await rec.sync(Trigger.WEBHOOK)
+        await settle(rec)
+        rec.resume()  # without fixing: the branch head is the bad revision still
+        assert (await rec.sync(Trigger.MANUAL)).revision == bad
+        await settle(rec)
+        state = rec.store.get_state("node")
+        assert state.suspended and state.pinned_revision is None and state.last_synced_revision == bad
+        assert "not rolled back a second time" in (state.suspended_reason or "")
+        assert [n.event for n in told.notices] == ["rolled-back", "degraded"]
+        assert len([r for r in rec.store.history("node", 20) if r.trigger == "rollback"]) == 1
+
+    with_sesam(scenario)
+
+
 def test_degraded_without_rollback_policy_is_recorded_and_told_once(
     app_env: dict[str, str], told: Told, config_repo: WorkRepo,
 ):
@@ -282,6 +304,38 @@ def test_annotate_merges_one_key_into_the_row_details(tmp_path: Path):
     row = store.history("app", 5)[0]
     assert row.details == {"commit": {"message": "m"}, "health": {"state": "healthy"}, "other": 1}
     store.close()
+
+
+def test_annotate_on_postgresql(pg_url: str):
+    from autodeployer.store.postgres import PostgresStore
+
+    from ..scale.pgserver import PASSWORD
+
+    store = PostgresStore(pg_url, password=PASSWORD, replica_id="r1")
+    attempt = store.begin("app", "manual", "b" * 40, time.time())
+    store.finish(attempt, SyncResult("app", Trigger.MANUAL, Result.SYNCED, revision="b" * 40, details={"k": 1}))
+    store.annotate(attempt, "health", {"state": "checking"})
+    store.annotate(attempt, "health", {"state": "degraded", "evidence": ["pipe x: failed"]})
+    row = store.history("app", 1)[0]
+    assert row.details["k"] == 1 and row.details["health"] == {"state": "degraded", "evidence": ["pipe x: failed"]}
+    store.close()
+
+
+def test_health_policy_from_yaml(tmp_path: Path, app_env: dict[str, str]):
+    config = tmp_path / "apps.yaml"
+    config.write_text(f"""
+apps:
+  - name: prod
+    source: {{url: {app_env["GIT_URL"]}}}
+    target: {{kind: command, command: "true", health_command: "curl -fsS http://127.0.0.1:1/health"}}
+    policy: {{health_window: 30, health_poll: 2, rollback_on: degraded}}
+""")
+    app = load_config({**app_env, "AUTODEPLOYER_CONFIG": str(config)}).apps[0]
+    assert (app.policy.health_window, app.policy.health_poll, app.policy.rollback_on) == (30.0, 2.0, "degraded")
+    assert app.target.health_command == "curl -fsS http://127.0.0.1:1/health"  # type: ignore[union-attr]
+    config.write_text(config.read_text().replace("rollback_on: degraded", "rollback_on: sometimes"))
+    with pytest.raises(ConfigError, match="rollback_on"):
+        load_config({**app_env, "AUTODEPLOYER_CONFIG": str(config)})
 
 
 def test_health_policy_from_env(app_env: dict[str, str]):

@@ -53,6 +53,11 @@ class AutoRollback:
             await self._stop(reason, HealthNotice(self.app.name, "rollback-degraded", revision, evidence,
                                                   detail=f"after rolling back {str(pending.get('of'))[:12]}"))
             return
+        if trigger is Trigger.ROLLBACK:  # an operator's rollback: their choice is not overridden, only stopped
+            reason = (f"the rollback to {revision[:12]} is degraded ({_short(evidence)}); roll back to another "
+                      "revision, or fix and resume")
+            await self._stop(reason, HealthNotice(self.app.name, "degraded", revision, evidence, detail=reason))
+            return
         if self.app.policy.rollback_on != "degraded":
             await self._tell(HealthNotice(self.app.name, "degraded", revision, evidence))
             return
