@@ -103,6 +103,12 @@ def test_sesam_pipe_failing_after_a_push_is_rolled_back_once(
     assert failure["description"].startswith("rolled back: pipe orders: run at ") and len(failure["description"]) <= 140
     bad_row = next(r for r in history_rows(state_dir, "node") if r["revision"] == bad)
     assert json.loads(bad_row["details"])["health"]["state"] == "degraded"
+    shown = httpx.get(f"{svc.url}/api/apps/node").json()
+    assert shown["status"] == "suspended" and shown["health"]["revision"] == good  # the rollback is watched now
+    assert set(shown["health"]) == {"revision", "state", "since", "checked_at", "evidence"}
+    api_row = next(r for r in httpx.get(f"{svc.url}/api/apps/node/history").json()["history"] if r["revision"] == bad)
+    assert api_row["details"]["health"]["state"] == "degraded"
+    assert "Health" in httpx.get(f"{svc.url}/apps/node").text
 
     fixed = push(config_repo, {"pipes/orders.conf.json": entity_json(pipe("orders", dataset="orders2"))}, "fix")
     time.sleep(1.0)  # suspended: the push waits for resume

@@ -73,7 +73,17 @@ def app_row(app: AppConfig, store: Store, worker: AppWorker | None, *, owner: st
         "pending": worker.pending.value if worker and worker.pending else None,
         "owner": owner,
         "owner_heartbeat_at": owner_heartbeat_at,
+        "health": health_view(state),
     }
+
+
+HEALTH_FIELDS = ("revision", "state", "since", "checked_at", "evidence")
+
+
+def health_view(state: AppState) -> dict[str, Any] | None:
+    """The last deployed revision's health (rollout/health.py), or None when it is not watched."""
+    health = state.health or {}
+    return {k: health.get(k) for k in HEALTH_FIELDS} if health.get("state") else None
 
 
 def history_row(row: HistoryRow) -> dict[str, Any]:

@@ -286,6 +286,9 @@ OPENAPI: dict[str, Any] = {
                     "owner": {"type": "string", "nullable": True,
                               "description": "Replica that reconciles the app; null with a single replica"},
                     "owner_heartbeat_at": {"type": "number", "nullable": True},
+                    "health": {"type": "object", "nullable": True,
+                               "description": "Health of the last deployed revision (docs/health.md): revision, "
+                                              "state (checking, healthy, degraded), since, checked_at, evidence"},
                 },
             },
             "HistoryRow": {
