@@ -121,6 +121,25 @@ def test_healthy_deploy_is_recorded_on_state_and_history_row(with_sesam: Callabl
     with_sesam(scenario)
 
 
+def test_a_new_push_deploys_at_once_and_supersedes_the_watch(
+    with_sesam: Callable[[Scenario], None], told: Told, config_repo: WorkRepo,
+):
+    async def scenario(rec: Reconciler) -> None:
+        first = await rec.sync(Trigger.MANUAL)
+        push(config_repo, {"pipes/extra.conf.json": entity_json(pipe("extra"))}, "add a pipe")
+        started = time.monotonic()
+        second = await rec.sync(Trigger.WEBHOOK)  # the first watch is still running: the worker is free
+        assert second.result is Result.SYNCED and time.monotonic() - started < WINDOW
+        await settle(rec)
+        rows = {r.revision: r for r in rec.store.history("node", 5)}
+        assert rows[first.revision].details["health"]["ended"] == "superseded"
+        assert rows[first.revision].details["health"]["state"] == "checking"
+        assert rows[second.revision].details["health"]["state"] == "healthy"
+        assert rec.store.get_state("node").health["revision"] == second.revision
+
+    with_sesam(scenario)
+
+
 # --------------------------------------------------------------------------- Sesam: a pipe that fails is rolled back
 def test_failing_pipe_is_rolled_back_once_suspended_and_notified(
     with_sesam: Callable[[Scenario], None], told: Told, config_repo: WorkRepo, sesam: SesamEmulator,

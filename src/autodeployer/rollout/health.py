@@ -64,6 +64,7 @@ class HealthWatcher:
         self._clock = clock
         self._sleep = sleep
         self._task: asyncio.Task[None] | None = None
+        self._ended = "superseded"  # why the current watch was cancelled: a newer deploy, or the process stops
 
     @property
     def target(self) -> Target:
@@ -94,16 +95,17 @@ class HealthWatcher:
         self._task = asyncio.get_running_loop().create_task(self._follow(result, deploy),
                                                             name=f"health-{self.app.name}")
 
-    def cancel(self) -> None:
+    def cancel(self, why: str = "superseded") -> None:
         if self._task is not None and not self._task.done():
+            self._ended = why
             self._task.cancel()
         self._task = None
 
     async def aclose(self) -> None:
         """Stop watching (the service stops): a HEALTH_COMMAND running is killed with its group."""
-        task, self._task = self._task, None
+        task = self._task
+        self.cancel("stopped")
         if task is not None and not task.done():
-            task.cancel()
             await asyncio.wait({task}, timeout=5)
 
     async def wait(self) -> None:
@@ -134,8 +136,8 @@ class HealthWatcher:
                     return await self._decide(deploy, report, now)
                 self._record(deploy, Health.CHECKING, report.evidence)
                 await self._sleep(max(0.0, min(self.app.policy.health_poll, deadline - now)))
-        except asyncio.CancelledError:  # a newer deploy supersedes this one (or the service stops)
-            self._annotate(deploy, {**verdict(Health.CHECKING, deploy, (), self._clock()), "superseded": True})
+        except asyncio.CancelledError:  # a newer deploy supersedes this one, or the process stops: undecided
+            self._annotate(deploy, {**verdict(Health.CHECKING, deploy, (), self._clock()), "ended": self._ended})
             raise
 
     async def _look(self, request: HealthRequest) -> HealthReport:
