@@ -94,7 +94,7 @@ class Reconciler:
         self.request_sync: Callable[[Trigger], None] | None = None  # set by the app's worker (scheduling.py)
         self._rollback_task: asyncio.Task[SyncResult] | None = None  # an automatic rollback without a worker
         rollback = AutoRollback(app, store, self.reporters, self.log, pin=self.pin, deploy_pinned=self._deploy_pinned)
-        self.health = HealthWatcher(app, lambda: self.target, store, rollback, self.log)  # health after deploy
+        self.health = HealthWatcher(app, lambda: self.target, store, rollback, self.log, redact=self.redact)
 
     # ------------------------------------------------------------------ public
     async def sync(

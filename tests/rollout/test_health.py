@@ -24,7 +24,7 @@ from autodeployer_emulators.marathon import MarathonEmulator
 from autodeployer_emulators.sesam import SesamEmulator
 
 from ..fakes import MemoryStore
-from ..helpers import GIT_TOKEN, MARATHON_TOKEN, base_env, entity_json, pipe
+from ..helpers import GIT_TOKEN, MARATHON_TOKEN, SESAM_JWT, base_env, entity_json, pipe
 
 WINDOW, POLL = 1.5, 0.2
 
@@ -224,14 +224,18 @@ def test_degraded_without_rollback_policy_is_recorded_and_told_once(
         async with reconciler_for(env, told) as rec:
             await rec.sync(Trigger.MANUAL)
             await settle(rec)
-            failing = pipe("customers", dataset="crm", metadata={"emulator-fail-runs": True})
+            # the node's error text quotes a credential: it is evidence, and still never recorded
+            failing = pipe("customers", dataset="crm", metadata={"emulator-fail-runs": f"login {SESAM_JWT} refused"})
             bad = push(config_repo, {"pipes/customers.conf.json": entity_json(failing)}, "break customers")
             await rec.sync(Trigger.WEBHOOK)
             await settle(rec)
             state = rec.store.get_state("node")
             assert not state.suspended and state.last_synced_revision == bad  # left in place
             assert state.health["state"] == "degraded" and state.health["revision"] == bad
+            assert any("login *** refused" in e for e in state.health["evidence"])
             assert [n.event for n in told.notices] == ["degraded"]
+            recorded = json.dumps([state.health, [r.details for r in rec.store.history("node", 5)]])
+            assert SESAM_JWT not in recorded and SESAM_JWT not in repr(told.notices)
 
     asyncio.run(main())
 

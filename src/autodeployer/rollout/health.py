@@ -54,13 +54,14 @@ class HealthWatcher:
     """One per app, owned by its Reconciler: watches the newest synced deploy (one at a time)."""
 
     def __init__(self, app: AppConfig, target: Callable[[], Target], store: Store, rollback: AutoRollback, log: Any, *,
-                 clock: Callable[[], float] = time.time,
+                 redact: Callable[[str], str] = str, clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.app = app
         self._target = target  # the reconciler's target as it is now (a test may swap it)
         self.store = store
         self.rollback = rollback
         self.log = log
+        self._redact = redact  # evidence quotes the target (a pipe's error text): secrets never reach a record
         self._clock = clock
         self._sleep = sleep
         self._task: asyncio.Task[None] | None = None
@@ -145,9 +146,10 @@ class HealthWatcher:
         target = self.target
         assert isinstance(target, HealthCheck)
         try:
-            return await target.health(request)
+            report = await target.health(request)
         except AutodeployerError as exc:
-            return HealthReport(Health.CHECKING, (f"cannot read the target's health: {str(exc)[:300]}",))
+            report = HealthReport(Health.CHECKING, (f"cannot read the target's health: {str(exc)[:300]}",))
+        return HealthReport(report.state, tuple(self._redact(e) for e in report.evidence))
 
     async def _decide(self, deploy: Deploy, report: HealthReport, now: float) -> Health:
         if report.state is Health.HEALTHY:
