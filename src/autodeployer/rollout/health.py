@@ -82,7 +82,7 @@ class HealthWatcher:
         the previous one ends), and the end of an automatic rollback is reported."""
         if not self.enabled or result.revision is None:
             return
-        rollback_done = result.trigger is Trigger.ROLLBACK and self.rollback.pending_for(result.revision)
+        rollback_done = result.trigger is Trigger.ROLLBACK and self._rollback_pending(result.revision)
         deployed = result.result is Result.SYNCED and plan is not None
         if not deployed and not rollback_done:
             return
@@ -95,6 +95,13 @@ class HealthWatcher:
             self._record(deploy, Health.CHECKING, (), history=True)
         self._task = asyncio.get_running_loop().create_task(self._follow(result, deploy),
                                                             name=f"health-{self.app.name}")
+
+    def _rollback_pending(self, revision: str) -> bool:
+        try:
+            return self.rollback.pending_for(revision)
+        except Exception as exc:  # the store is away: the sync's own record stands, nothing is raised into it
+            self.log.error("cannot read the app state for the automatic rollback", error=str(exc))
+            return False
 
     def cancel(self, why: str = "superseded") -> None:
         if self._task is not None and not self._task.done():
