@@ -65,7 +65,9 @@ def rolled_back_in_time(state_dir: Path, app: str, bad: str) -> float:
     rows = history_rows(state_dir, app)
     deployed = next(r for r in rows if r["revision"] == bad and r["trigger"] != "rollback")
     rollback = next(r for r in rows if r["trigger"] == "rollback" and r["id"] > deployed["id"])
-    return float(rollback["started_at"]) - float(deployed["finished_at"])
+    seconds = float(rollback["started_at"]) - float(deployed["finished_at"])
+    print(f"{app}: automatic rollback started {seconds:.2f} s after the bad deploy was verified")  # the figure
+    return seconds
 
 
 def resume_and_follow(svc: Any, state_dir: Path, app: str, good_next: str) -> None:
