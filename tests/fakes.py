@@ -88,7 +88,7 @@ class FakeTarget:
 
 #: The methods of the ``Store`` protocol that write (``update_state`` is the field-level write of
 #: the protocol's next version): ``MemoryStore`` logs a call to whichever of them the store has.
-WRITES = ("begin", "finish", "put_state", "update_state")
+WRITES = ("begin", "finish", "put_state", "update_state", "annotate")
 
 
 class MemoryStore(SQLiteStore):

@@ -288,3 +288,43 @@ class SyncResult:
     def not_applied(self) -> bool:
         """Nothing was applied because another process or replica holds the app (not a failure)."""
         return self.reason is Reason.NOT_OWNER
+
+
+class Health(str, enum.Enum):
+    """What one look at a deployed revision found (rollout/health.py): the verdict of a health window."""
+
+    CHECKING = "checking"  # not decided yet (a deployment still finishing, the window still open)
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    """One reading of a target's health after a deploy; `evidence` names entity and fact, never a secret."""
+
+    state: Health
+    evidence: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HealthNotice:
+    """What reporters are told when a deployed revision turned degraded (rollout/autorollback.py).
+
+    `event`: "degraded" (left in place), "rolled-back" (rolled back to `rollback_to`), "rollback-failed"
+    (the rollback did not deploy) or "rollback-degraded" (the rollback is degraded too): each is said once.
+    """
+
+    app: str
+    event: str
+    revision: str
+    evidence: tuple[str, ...]
+    rollback_to: str | None = None
+    detail: str = ""
+
+    @property
+    def description(self) -> str:
+        """One line for a commit status (GitHub keeps 140 characters) and a notification's headline."""
+        evidence = "; ".join(self.evidence) or "health check failed"
+        words = {"rolled-back": "rolled back", "rollback-failed": "degraded, rollback failed",
+                 "rollback-degraded": "degraded, and so is the rollback"}.get(self.event, "degraded")
+        return f"{words}: {evidence}"

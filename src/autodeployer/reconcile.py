@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +19,9 @@ from .logs import Redactor, get_logger
 from .model import Action, ApplyReport, CommitInfo, Plan, Problem, Reason, Result, SyncResult, Tree, Trigger
 from .reporters.base import Reporter
 from .rollout import Hold
+from .rollout.autorollback import AutoRollback
 from .rollout.gate import RolloutGate
+from .rollout.health import HealthWatcher
 from .sources.git import GitSource
 from .sources.signatures import CommitVerifier, UnsignedCommit
 from .store import AppState, StateChange, Store
@@ -98,6 +100,10 @@ class Reconciler:
         self.lock = store.app_lock(app.name)  # one apply at a time per app, across processes
         self._not_applied_said: str | None = None  # the last "not applied" logged (a held lock retries every second)
         self.gate = gate or RolloutGate(app, store)  # sync windows and promotion (rollout/)
+        self.request_sync: Callable[[Trigger], None] | None = None  # set by the app's worker (scheduling.py)
+        self._rollback_task: asyncio.Task[SyncResult] | None = None  # an automatic rollback without a worker
+        rollback = AutoRollback(app, store, self.reporters, self.log, pin=self.pin, deploy_pinned=self._deploy_pinned)
+        self.health = HealthWatcher(app, lambda: self.target, store, rollback, self.log, redact=self.redact)
 
     # ------------------------------------------------------------------ public
     async def sync(
@@ -473,7 +479,16 @@ class Reconciler:
         self._write_history(result, outcome.attempt_id)
         self._log(result)
         await self._report_finished(result, commit)
+        self.health.after_sync(result, plan, outcome.attempt_id)
         return result
+
+    def _deploy_pinned(self) -> None:
+        """Deploy the revision an automatic rollback pinned: on the app's worker (single flight), or, when
+        there is none (a one-shot CLI run), as a task of its own; never inside the health watch."""
+        if self.request_sync is not None:
+            self.request_sync(Trigger.ROLLBACK)
+        else:
+            self._rollback_task = asyncio.get_running_loop().create_task(self.sync(Trigger.ROLLBACK, force=True))
 
     def _update_state(self, result: SyncResult, outcome: Outcome) -> None:
         """Record the sync's own bookkeeping, never the operator's fields (suspended, its reason, the pin):

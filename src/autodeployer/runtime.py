@@ -48,6 +48,7 @@ class Runtime:
 
     async def aclose(self) -> None:
         for reconciler in self.reconcilers.values():
+            await reconciler.health.aclose()  # health watches end first: they use the target
             await reconciler.target.aclose()
             reconciler.source.close()
         for client in self.clients:

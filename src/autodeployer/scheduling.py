@@ -68,6 +68,7 @@ class AppWorker:
         self._unreadable = 0  # consecutive attempts that could not read the app's state
         self.override_window = False  # the next manual sync deploys even outside the app's sync windows
         self._log = get_logger(app=self.name)
+        self.reconciler.request_sync = self.trigger  # an automatic rollback is queued here (rollout/)
 
     @property
     def name(self) -> str:

@@ -77,7 +77,17 @@ def app_row(app: AppConfig, store: Store, worker: AppWorker | None, *, owner: st
         "owner_heartbeat_at": owner_heartbeat_at,
         # sync windows and promotion (docs/rollout.md): None without a policy
         "rollout": rollout_view(app, state, store, time.time(), running=bool(worker and worker.running)),
+        "health": health_view(state),
     }
+
+
+HEALTH_FIELDS = ("revision", "state", "since", "checked_at", "evidence")
+
+
+def health_view(state: AppState) -> dict[str, Any] | None:
+    """The last deployed revision's health (rollout/health.py), or None when it is not watched."""
+    health = state.health or {}
+    return {k: health.get(k) for k in HEALTH_FIELDS} if health.get("state") else None
 
 
 def history_row(row: HistoryRow) -> dict[str, Any]:

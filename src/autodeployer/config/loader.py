@@ -84,6 +84,9 @@ class Policy(Frozen):
     drift_in_window_only: StrictBool = False  # hold drift repair outside the windows too (default: anytime)
     promote_from: str | None = None
     soak: Duration = DEFAULT_SOAK  # seconds, or 10m, 3s, ...
+    health_window: float = Field(default=120.0, ge=0)  # seconds a deploy is watched; 0: not watched
+    health_poll: float = Field(default=5.0, gt=0)  # seconds between two looks at the target's health
+    rollback_on: Literal["never", "degraded"] = "never"  # roll a degraded deploy back automatically
 
 
 class AppConfig(Frozen):
@@ -384,6 +387,7 @@ def policy_from_env(env: EnvReader) -> Policy:
         verify_commits=parse_mode(env.str("VERIFY_COMMITS"), "VERIFY_COMMITS"),
         windows=_env_windows(env),
         drift_in_window_only=env.bool("DRIFT_IN_WINDOW_ONLY"),
+        **health_policy_from_env(env),
     )
 
 
@@ -396,6 +400,21 @@ def _env_windows(env: EnvReader) -> tuple[Window, ...]:
         return windows_from_json(text)
     except ValueError as exc:
         raise ConfigError(f"SYNC_WINDOWS{exc}") from None
+
+
+def health_policy_from_env(env: EnvReader) -> dict[str, Any]:
+    """HEALTH_WINDOW, HEALTH_POLL, ROLLBACK_ON: only those set, so the model's defaults stay in one place."""
+    found: dict[str, Any] = {}
+    window, poll = env.number("HEALTH_WINDOW", minimum=0), env.number("HEALTH_POLL", minimum=0.05)
+    if window is not None:
+        found["health_window"] = window
+    if poll is not None:
+        found["health_poll"] = poll
+    rollback = (env.str("ROLLBACK_ON") or "never").strip().lower()
+    if rollback not in ("never", "degraded"):
+        raise ConfigError(f"ROLLBACK_ON: expected never or degraded, got {rollback!r}")
+    found["rollback_on"] = rollback
+    return found
 
 
 # Python's other level names, which the github-autodeployer accepted (logging.getLevelName)

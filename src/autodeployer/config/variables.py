@@ -62,6 +62,11 @@ CORE_VARIABLES: tuple[Variable, ...] = (
              "[{\"kind\": \"deny\", \"schedule\": \"0 16 * * FRI\", \"duration\": \"64h\", "
              "\"timezone\": \"Europe/Oslo\"}] (docs/rollout.md)."),
     Variable("DRIFT_IN_WINDOW_ONLY", "false", "Hold drift repair outside the sync windows too (default: anytime)."),
+    Variable("HEALTH_WINDOW", "120", "Seconds a synced deploy's health is watched in the background (Marathon tasks, "
+             "Sesam pipes, HEALTH_COMMAND); 0 turns the watch off."),
+    Variable("HEALTH_POLL", "5", "Seconds between two looks at a deploy's health during HEALTH_WINDOW."),
+    Variable("ROLLBACK_ON", "never", "degraded: a deploy that turns degraded within HEALTH_WINDOW is rolled back "
+             "to the last healthy revision and the app suspended (never: only recorded and notified)."),
     Variable("VERIFY_TLS", "true", "Verify TLS certificates of targets and GitHub."),
     # service
     Variable("STATE_DIR", None, "Directory for the Git mirror, history and generated secrets."),

@@ -12,7 +12,7 @@ import httpx
 from ..config.loader import AppConfig, ServiceSettings
 from ..hooks import provider_client
 from ..logs import get_logger
-from ..model import CommitInfo, Reason, Result, SyncResult, Trigger
+from ..model import CommitInfo, HealthNotice, Reason, Result, SyncResult, Trigger
 from ..providers import ProviderClient
 from ..sources.github import GitHubError
 
@@ -51,6 +51,14 @@ class CommitStatusReporter:
             return
         state, description = status_for(result)
         await self._post(app, result.revision, state, description)
+
+    async def health(self, app: AppConfig, notice: HealthNotice) -> None:
+        """The degraded revision's status says so: failure, "rolled back: <evidence>" (GitHub keeps 140
+        characters of a description)."""
+        description = notice.description
+        if len(description) > 140:
+            description = description[:139] + "…"
+        await self._post(app, notice.revision, "failure", description)
 
 
 #: The GitHub state each result posts (None: none is posted, e.g. a dry run changes nothing).

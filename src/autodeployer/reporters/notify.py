@@ -33,7 +33,7 @@ import httpx
 
 from ..config.loader import AppConfig, ServiceSettings
 from ..logs import get_logger
-from ..model import CommitInfo, Result, SyncResult, Trigger
+from ..model import CommitInfo, HealthNotice, Result, SyncResult, Trigger
 
 TIMEOUT = 5.0
 MAX_PROBLEMS = 20  # listed in one notification; the rest are counted
@@ -53,6 +53,11 @@ EVENTS: dict[str, tuple[str, str]] = {
     Result.REFUSED.value: (":no_entry:", "commit refused"),
     "recovered": (":white_check_mark:", "recovered: in sync again"),
     "applied": (":rocket:", "deployed: {summary}"),
+    # health after deploy (rollout/): HealthNotice.event
+    "degraded": (":warning:", "degraded after deploy"),
+    "rolled-back": (":rewind:", "degraded after deploy, rolled back"),
+    "rollback-failed": (":x:", "degraded after deploy, rollback failed"),
+    "rollback-degraded": (":rotating_light:", "degraded after deploy, and so is the rollback"),
 }
 
 
@@ -96,6 +101,24 @@ def payload(app: AppConfig, result: SyncResult, event: str, commit: CommitInfo |
         "url": f"{public_url}/apps/{app.name}" if public_url else None,
         "timestamp": datetime.fromtimestamp(finished or time.time(), UTC).isoformat(),
         "text": headline(app, result, event, commit),
+    }
+
+
+def health_payload(app: AppConfig, notice: HealthNotice, public_url: str | None) -> dict[str, Any]:
+    """The same document as a sync's, for a health event: the evidence is the error, the bad revision
+    the revision, and `rollback_to` where the app went back to."""
+    sha = notice.revision[:7]
+    back = f" to {notice.rollback_to[:7]}" if notice.rollback_to else ""
+    return {
+        "app": app.name, "event": notice.event, "result": "degraded", "reason": "health",
+        "revision": notice.revision, "rollback_to": notice.rollback_to, "trigger": "health",
+        "summary": notice.description, "error": notice.description + (f" ({notice.detail})" if notice.detail else ""),
+        "problems": list(notice.evidence), "evidence": list(notice.evidence),
+        "commit_message": None, "commit_author": None, "target": app.target.kind,
+        "branch": app.source.branch, "tag": app.source.tag,
+        "url": f"{public_url}/apps/{app.name}" if public_url else None,
+        "timestamp": datetime.now(UTC).isoformat(),
+        "text": f"{app.name}: {EVENTS[notice.event][1]} at {sha}{back}",
     }
 
 
@@ -211,6 +234,10 @@ class NotifyReporter:
         delivered = await self._deliver(app, payload(app, result, event, commit, self._public_url))
         if delivered and failure:
             memory.sent[key] = time.monotonic()  # an undelivered failure is tried again next time
+
+    async def health(self, app: AppConfig, notice: HealthNotice) -> None:
+        """A degraded deploy (and what was done about it): always news, sent once by its caller."""
+        await self._deliver(app, health_payload(app, notice, self._public_url))
 
     def _repeated(self, memory: _AppMemory, key: FailureKey, app: str) -> bool:
         """True (and logged) when this failure was delivered less than NOTIFY_REPEAT seconds ago."""

@@ -1,5 +1,6 @@
 """Rollout policy of an app: sync windows (`windows.py`) and promotion from another app (`promotion.py`),
-consulted by the reconciler through `gate.py` before it writes to the target.
+consulted by the reconciler through `gate.py` before it writes to the target; after it, the deploy's health
+(`health.py`) and the automatic rollback of a degraded deploy (`autorollback.py`).
 
 This package file imports nothing of the project, so `config/loader.py` can use `windows.py` without a cycle.
 """

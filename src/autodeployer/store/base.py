@@ -39,6 +39,8 @@ class AppState:
     pinned_revision: str | None = None  # set by rollback: sync this instead of the branch head
     live_commit: dict[str, Any] = field(default_factory=dict)  # message/author of last_synced_revision
     memory: dict[str, Any] = field(default_factory=dict)
+    # Health of the last deployed revision (rollout/health.py): {"revision", "state": checking | healthy |
+    # degraded, "since", "checked_at", "evidence": [...]}; empty when the app's target has no health check.
     health: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -103,6 +105,7 @@ class Store(Protocol):
 
     def begin(self, app: str, trigger: str, revision: str | None, started_at: float) -> int: ...
     def finish(self, attempt_id: int, result: SyncResult) -> None: ...
+    def annotate(self, attempt_id: int, key: str, value: Any) -> None: ...  # one key into a row's details
     def history(self, app: str | None = None, limit: int = 50) -> list[HistoryRow]: ...
     def get_state(self, app: str) -> AppState: ...
     def states(self, apps: list[str]) -> dict[str, AppState]: ...  # many apps at once (status of hundreds)
@@ -177,6 +180,16 @@ def row_from_columns(r: Any, details: dict[str, Any] | None = None) -> HistoryRo
         details=json.loads(r["details"]) if details is None else details,
         reason=r["reason"] if "reason" in r.keys() else None,  # noqa: SIM118 (a sqlite3.Row has no `in` by key)
     )
+
+
+def annotated(details_json: str | None, key: str, value: Any) -> str:
+    """A row's details JSON with `key` set to `value` (what a finished attempt learns later, such as
+    the health verdict), every other key kept: no schema change, one merge both stores share."""
+    details = json.loads(details_json) if details_json else {}
+    if not isinstance(details, dict):
+        details = {}
+    details[key] = value
+    return json.dumps(details, default=str)
 
 
 def state_to_json(state: AppState) -> str:

@@ -42,6 +42,7 @@ from .base import (
     HistoryRow,
     Lease,
     StateChange,
+    annotated,
     default_replica_id,
     history_query,
     outcome_columns,
@@ -465,6 +466,18 @@ class PostgresStore:
             self._run(work)
         finally:
             self._open.discard(attempt_id)  # unrecorded outcomes are closed by close_orphans()
+
+    def annotate(self, attempt_id: int, key: str, value: Any) -> None:
+        """Merge one key into a history row's details; the row is locked for the read and the write, so
+        another replica's annotation of another key is kept. Needs no lease: it changes no outcome."""
+        def work(conn: Any) -> None:
+            with conn.transaction():
+                found = conn.execute("SELECT details FROM history WHERE id = %s FOR UPDATE", (attempt_id,)).fetchone()
+                if found is not None:
+                    conn.execute("UPDATE history SET details = %s WHERE id = %s",
+                                 (annotated(found[0], key, value), attempt_id))
+
+        self._run(work)
 
     def history(self, app: str | None = None, limit: int = 50) -> list[HistoryRow]:
         query, args = history_query(app, limit, "%s")

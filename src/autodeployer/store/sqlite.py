@@ -18,6 +18,7 @@ from .base import (
     AppState,
     HistoryRow,
     StateChange,
+    annotated,
     history_query,
     outcome_columns,
     row_from_columns,
@@ -184,6 +185,30 @@ class SQLiteStore:
             self._keep_row(row, inserted=inserted)
             if kept is not None:  # the DB was not tried yet in this call
                 self._flush()
+
+    def annotate(self, attempt_id: int, key: str, value: Any) -> None:
+        """Merge one key into a history row's details (read and written under SQLite's write lock, so
+        a concurrent annotation of another key is kept); a row still held in memory is changed there."""
+        with self._lock:
+            attempt_id = self._moved.get(attempt_id, attempt_id)
+            kept = self._rows.get(attempt_id)
+            if kept is not None:
+                row, inserted = kept
+                self._keep_row(replace(row, details={**row.details, key: value}), inserted=inserted)
+                self._flush()
+                return
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                found = self._db.execute("SELECT details FROM history WHERE id = ?", (attempt_id,)).fetchone()
+                if found is not None:
+                    self._db.execute("UPDATE history SET details = ? WHERE id = ?",
+                                     (annotated(found["details"], key, value), attempt_id))
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
+                raise
 
     def put_state(self, state: AppState) -> None:
         with self._lock:

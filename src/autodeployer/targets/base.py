@@ -17,7 +17,7 @@ import httpx
 
 from ..config.variables import EnvReader, Frozen, Variable
 from ..logs import Redactor
-from ..model import ApplyReport, Plan, Tree
+from ..model import ApplyReport, HealthReport, Plan, Tree
 
 if TYPE_CHECKING:
     from ..config.loader import AppConfig
@@ -73,6 +73,34 @@ class Target(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class HealthRequest:
+    """What a health look is about: the deploy of `revision` that `plan` made, verified at `deployed_at`
+    (epoch seconds; failures the target dates before it are not news). `started_at` is when the sync began."""
+
+    app: AppConfig
+    revision: str
+    plan: Plan
+    deployed_at: float
+    started_at: float
+
+
+@runtime_checkable
+class HealthCheck(Protocol):
+    """Optional part of a target: how healthy a deploy is, read from the target itself (rollout/health.py
+    polls it during the app's health window, in the background)."""
+
+    def watches_health(self) -> bool:
+        """False when this app's target has nothing to look at (a command target without HEALTH_COMMAND)."""
+        ...
+
+    async def health(self, request: HealthRequest) -> HealthReport:
+        """One look: healthy, degraded with the evidence (entity and fact), or checking (not decided yet).
+
+        Raises :class:`~autodeployer.errors.TargetError` when the target cannot be read."""
+        ...
 
 
 SpecT = TypeVar("SpecT", bound=Frozen)

@@ -23,8 +23,8 @@ from pydantic import Field, field_validator
 from ..config.variables import EnvReader, Frozen, StrictBool, Variable, validate_model
 from ..errors import ConfigError, TargetError
 from ..logs import get_logger
-from ..model import Action, ApplyReport, Change, Plan
-from .base import SyncContext, TargetDeps
+from ..model import Action, ApplyReport, Change, Health, HealthReport, Plan, Tree
+from .base import HealthRequest, SyncContext, TargetDeps
 
 KIND = "command"
 SECRET_KEYS: tuple[str, ...] = ()
@@ -34,6 +34,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("COMMAND_TIMEOUT", "600", "Seconds DEPLOY_COMMAND may run before its process group is killed."),
     Variable("COMMAND_PASS_ENV", None, "Comma-separated names of environment variables passed on to DEPLOY_COMMAND."),
     Variable("COMMAND_OUTPUT_LIMIT", "65536", "Bytes of DEPLOY_COMMAND output kept in history (the tail is kept)."),
+    Variable("HEALTH_COMMAND", None, "Command run like DEPLOY_COMMAND (same environment, COMMAND_SHELL) every "
+             "HEALTH_POLL seconds during HEALTH_WINDOW after a deploy: exit code 0 is healthy, any other degraded."),
+    Variable("HEALTH_COMMAND_TIMEOUT", "30", "Seconds one HEALTH_COMMAND run may take; longer is degraded."),
 )
 BASE_ENV = ("PATH", "HOME", "LANG")  # the only part of the service's environment passed by default
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL of a timed-out command
@@ -54,6 +57,8 @@ class Spec(Frozen):
     timeout: float = Field(default=600.0, gt=0)
     pass_env: tuple[str, ...] = ()
     output_limit: int = Field(default=65536, ge=1024)
+    health_command: str | None = None
+    health_timeout: float = Field(default=30.0, gt=0)
 
     @field_validator("pass_env", mode="before")
     @classmethod
@@ -74,6 +79,11 @@ def _checked(spec: Spec, where: str) -> Spec:
             raise ConfigError(f"{where}: cannot split the command: {exc}") from None
         if not argv:
             raise ConfigError(f"{where}: the command is empty")
+        if spec.health_command is not None:
+            try:
+                shlex.split(spec.health_command)
+            except ValueError as exc:
+                raise ConfigError(f"{where}: cannot split the health command: {exc}") from None
     return spec
 
 
@@ -86,6 +96,8 @@ def spec_from_env(env: EnvReader, app_name: str | None = None) -> Spec:
         timeout=env.number("COMMAND_TIMEOUT", minimum=0.1) or 600.0,
         pass_env=_names(env.str("COMMAND_PASS_ENV")),
         output_limit=int(limit) if limit is not None else 65536,
+        health_command=env.str("HEALTH_COMMAND"),
+        health_timeout=env.number("HEALTH_COMMAND_TIMEOUT", minimum=0.1) or 30.0,
     )
     return _checked(spec, "DEPLOY_COMMAND")
 
@@ -197,24 +209,27 @@ class CommandTarget:
             details={"exit_code": 0, "output": text, "output_truncated": output.dropped > 0},
         )
 
-    async def _run(self, workdir: Path, env: dict[str, str]) -> tuple[int | None, Output]:
-        """(exit code or None on timeout, captured output)."""
+    async def _run(self, workdir: Path, env: dict[str, str], command: str | None = None,
+                   timeout: float | None = None) -> tuple[int | None, Output]:
+        """(exit code or None on timeout, captured output) of DEPLOY_COMMAND, or of `command`."""
+        command = command or self.spec.command
+        timeout = timeout or self.spec.timeout
         kwargs: dict[str, Any] = {
             "cwd": str(workdir), "env": env, "stdin": asyncio.subprocess.DEVNULL,
             "stdout": asyncio.subprocess.PIPE, "stderr": asyncio.subprocess.STDOUT, "start_new_session": True,
         }
         try:
             if self.spec.shell:
-                proc = await asyncio.create_subprocess_shell(self.spec.command, **kwargs)
+                proc = await asyncio.create_subprocess_shell(command, **kwargs)
             else:
-                proc = await asyncio.create_subprocess_exec(*self.spec.argv, **kwargs)
+                proc = await asyncio.create_subprocess_exec(*shlex.split(command), **kwargs)
         except OSError as exc:
             raise TargetError(f"cannot start the command: {exc.strerror or exc}") from None
         output = Output(self.spec.output_limit)
         assert proc.stdout is not None
         pump = asyncio.ensure_future(_pump(proc.stdout, output))
         try:
-            code: int | None = await asyncio.wait_for(proc.wait(), self.spec.timeout)
+            code: int | None = await asyncio.wait_for(proc.wait(), timeout)
         except TimeoutError:
             code = None
             await _stop(proc)
@@ -233,6 +248,27 @@ class CommandTarget:
     async def verify(self, plan: Plan, ctx: SyncContext) -> Plan:
         """apply raised on any failure, so reaching verify means the revision is deployed."""
         return Plan(desired_count=1, live_count=1)
+
+    # ------------------------------------------------------------------ health (targets.base.HealthCheck)
+    def watches_health(self) -> bool:
+        return bool(self.spec.health_command)
+
+    async def health(self, request: HealthRequest) -> HealthReport:
+        """HEALTH_COMMAND's exit code, run with the deploy command's environment in an empty directory of
+        STATE_DIR/work (it checks the running service, not the files)."""
+        if not self.spec.health_command:
+            return HealthReport(Health.HEALTHY)
+        ctx = SyncContext(request.app, Tree(request.revision, "", {}))
+        work_root = self.deps.state_dir / "work"
+        work_root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f"{request.app.name}-health-", dir=work_root) as tmp:
+            code, output = await self._run(Path(tmp), child_env(self.spec, ctx), self.spec.health_command,
+                                           self.spec.health_timeout)
+        if code == 0:
+            return HealthReport(Health.HEALTHY)
+        tail = " ".join(self.deps.redactor(output.text()).split())[-300:]
+        what = f"timed out after {self.spec.health_timeout:g} s" if code is None else f"exited with code {code}"
+        return HealthReport(Health.DEGRADED, (f"HEALTH_COMMAND {what}{': ' + tail if tail else ''}",))
 
     async def aclose(self) -> None:
         return None

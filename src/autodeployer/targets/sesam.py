@@ -21,7 +21,7 @@ from ..config.variables import EnvReader, Frozen, StrictBool, Variable, strip_be
 from ..errors import ConfigError, Refused, TargetError
 from ..gcpause import gc_paused
 from ..jsondiff import JSONProblem, loads_strict, unified
-from ..model import Action, ApplyReport, Change, Plan, Problem, SourceFile, Tree
+from ..model import Action, ApplyReport, Change, HealthReport, Plan, Problem, SourceFile, Tree
 from ..secret_sources import (
     EnvSecretSource,
     FileSecretSource,
@@ -30,7 +30,8 @@ from ..secret_sources import (
     VaultSecretSource,
     VaultSettings,
 )
-from .base import SyncContext, TargetDeps
+from .base import HealthRequest, SyncContext, TargetDeps
+from .sesam_health import SesamHealth
 from .sesam_refs import (
     Ref,
     RefError,
@@ -892,6 +893,14 @@ class SesamTarget:
             raise TargetError(
                 f"{method} {url.split('?')[0]}: authentication failed ({response.status_code}); check JWT"
             )
+
+    # ------------------------------------------------------------------ health (targets.base.HealthCheck)
+    def watches_health(self) -> bool:
+        return True
+
+    async def health(self, request: HealthRequest) -> HealthReport:
+        """The changed pipes' runs, the changed systems and the node's health (sesam_health.py)."""
+        return await SesamHealth(self.spec.api_url, self._http, self._headers).check(request)
 
     async def aclose(self) -> None:
         return None

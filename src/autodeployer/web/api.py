@@ -326,6 +326,9 @@ OPENAPI: dict[str, Any] = {
                     "rollout": {"type": "object", "nullable": True,
                                 "description": "Sync windows and promotion (docs/rollout.md): `summary` (one line), "
                                                "`window`, `held` (revision, reason), `promotion` (the chain)"},
+                    "health": {"type": "object", "nullable": True,
+                               "description": "Health of the last deployed revision (docs/health.md): revision, "
+                                              "state (checking, healthy, degraded), since, checked_at, evidence"},
                 },
             },
             "HistoryRow": {

@@ -34,6 +34,11 @@ CONTROL_PREFIX = "/_emulator/"
 #: deployments fail (tasks crash, ``lastTaskFailure`` is set, ``deployment_failed`` is emitted).
 UNHEALTHY_ENV = "AUTODEPLOYER_EMULATOR_UNHEALTHY"
 FAIL_ENV = "AUTODEPLOYER_EMULATOR_FAIL"
+#: ``"<seconds>"``: the tasks pass their health checks at first and fail them from that many seconds
+#: after the app's version was written (a service that starts well and breaks under load): the
+#: deployment succeeds, then ``tasksUnhealthy`` counts the running tasks and ``lastTaskFailure``
+#: reports a task killed for failing its health checks, as Marathon does when it replaces one.
+UNHEALTHY_AFTER_ENV = "AUTODEPLOYER_EMULATOR_UNHEALTHY_AFTER"
 #: DC/OS 1.7 tokens expire after 5 days.
 DEFAULT_TOKEN_TTL = 5 * 24 * 3600.0
 #: The default superuser of a DC/OS development cluster; override with ``users=``.
@@ -509,6 +514,22 @@ def _iso(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
+def _unhealthy_since(app: Mapping[str, Any] | None) -> datetime | None:
+    """When the ``UNHEALTHY_AFTER_ENV`` switch of an app spec has made its tasks unhealthy (None: not yet, or
+    not switched): its seconds after the app's ``version``."""
+    env = app.get("env") if app is not None else None
+    raw = env.get(UNHEALTHY_AFTER_ENV) if isinstance(env, dict) else None
+    if raw is None or app is None:
+        return None
+    try:
+        after = float(str(raw))
+        version = datetime.fromisoformat(str(app.get("version", "")).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    since = version + timedelta(seconds=after)
+    return since if datetime.now(UTC) >= since else None
+
+
 def _env_switch(app: Mapping[str, Any] | None, name: str) -> bool:
     """True when an app spec sets the emulator switch ``name`` to ``"1"`` in its ``env``."""
     env = app.get("env") if app is not None else None
@@ -932,7 +953,17 @@ class MarathonState:
     # ---------------------------------------------------------------- JSON views
 
     def _is_unhealthy(self, app_id: str) -> bool:
-        return app_id in self._unhealthy or _env_switch(self._apps.get(app_id), UNHEALTHY_ENV)
+        app = self._apps.get(app_id)
+        return app_id in self._unhealthy or _env_switch(app, UNHEALTHY_ENV) or _unhealthy_since(app) is not None
+
+    def _health_failure(self, app: Mapping[str, Any]) -> dict[str, Any] | None:
+        """``lastTaskFailure`` of an app whose tasks fail health checks after a delay: a task killed then."""
+        since = _unhealthy_since(app)
+        if since is None or not app.get("healthChecks"):
+            return None
+        failure = self._task_failure(app, "Task was killed since health check failed. Reason: HTTP 503")
+        failure.update(state="TASK_KILLED", timestamp=_iso(since))
+        return failure
 
     def _counters(self, app_id: str) -> dict[str, int]:
         """Task counters; health counts only tasks of apps with ``healthChecks`` (as Marathon)."""
@@ -1022,7 +1053,7 @@ class MarathonState:
         names = {e.split(".", 1)[-1] for e in embeds}
         if "tasks" in names:
             out["tasks"] = self._tasks(app_id)
-        failure = self._runtime.get(app_id, _Runtime()).last_failure
+        failure = self._runtime.get(app_id, _Runtime()).last_failure or self._health_failure(self._apps[app_id])
         if "lastTaskFailure" in names and failure is not None:
             out["lastTaskFailure"] = copy.deepcopy(failure)
         if "readiness" in names:

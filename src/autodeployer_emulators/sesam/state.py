@@ -962,6 +962,12 @@ class SesamState:
         ``last-run``/``next-run``/``last-started`` are ISO 8601 UTC strings (sesamclient parses them
         with dateutil) or null before the first run; ``success`` is null before it too; ``queues``
         maps ``source``/``dependencies`` to ``{dataset_id: size}`` (``Pump.has_pending_work``).
+
+        What a health check after a deploy relies on (Sesam's API description, sesamclient's ``Pump``):
+        a run's ``last-run`` and ``success`` (``false`` when it failed), ``last-message`` and
+        ``last-original-error-message`` (the error text), ``is-valid-config`` and ``config-errors``; the
+        same keys appear in the pipe's ``runtime``. ``GET /api/health`` answers 503 when the node is
+        unhealthy (``healthy = False``).
         """
         pump = stored.pump or PumpState()
         interval = _schedule_interval(stored.entity)

@@ -26,13 +26,14 @@ from typing import Any
 
 from ...errors import TargetError
 from ...logs import get_logger
-from ...model import ApplyReport, Plan, Problem, Tree
-from ..base import SyncContext, TargetDeps
+from ...model import ApplyReport, HealthReport, Plan, Problem, Tree
+from ..base import HealthRequest, SyncContext, TargetDeps
 from ..transport import error_detail
 from .client import MarathonClient
 from .desired import Desired, parse_desired
 from .diff import Live, Payload
 from .diff import diff as plan_diff
+from .health import marathon_health
 from .spec import KIND, SECRET_KEYS, VARIABLES, Spec, spec_from_env, spec_from_yaml
 
 __all__ = [
@@ -219,6 +220,14 @@ class MarathonTarget:
         if response.status_code not in (200, 201):
             return f"{what} failed: {response.status_code} {error_detail(response)}", None
         return what, (self.client.json(response, "rollback") or {}).get("deploymentId")
+
+    # ------------------------------------------------------------------ health (targets.base.HealthCheck)
+    def watches_health(self) -> bool:
+        return True
+
+    async def health(self, request: HealthRequest) -> HealthReport:
+        """The deployed apps' tasks: running, healthy, no new task failure (see health.py)."""
+        return await marathon_health(self.client, request)
 
     async def aclose(self) -> None:
         return None
