@@ -6,6 +6,7 @@ test only after a 3-second soak, and a revision test refuses never reaches prod.
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -99,21 +100,23 @@ apps:
         svc = service({**env, "PROD_JWT": "prod-jwt-value-0001"}, "--config", str(config))
         state_dir = tmp_path / "chain-state"
         good = config_repo.head
+        upstream_live = rf"test: {good[:7]} (live|checking|healthy) "  # checking: its health window is open
         wait_for(lambda: "orders" in stripped(sesam.entities()), what="test deployed")
         synced_on_test = time.time()
         waiting = wait_for(lambda: (row := app_status(svc.url, "prod"))["status"] == "held"
-                           and row["rollout"]["summary"].startswith(f"test: {good[:7]} live") and row,
+                           and re.match(upstream_live, row["rollout"]["summary"]) and row,
                            what="prod waiting for the soak")
         assert "orders" not in stripped(prod_node.entities())
-        assert waiting["rollout"]["summary"].startswith(f"test: {good[:7]} live")
+        assert re.match(rf"test: {good[:7]} (live|checking|healthy) ", waiting["rollout"]["summary"])
         assert "waiting for test" in waiting["rollout"]["held"]["reason"]
         status = run_cli({**env, "PROD_JWT": "prod-jwt-value-0001"}, "--config", str(config), "status")
-        assert "held" in status.stdout and f"test: {good[:7]} live" in status.stdout, status.stdout + status.stderr
+        assert "held" in status.stdout and re.search(rf"test: {good[:7]} (live|checking|healthy)", status.stdout), (
+            status.stdout + status.stderr)
         wait_for(lambda: "orders" in stripped(prod_node.entities()), timeout=20, what="prod followed test")
         assert time.time() - synced_on_test >= 2.5  # not before the soak (less the time test's sync took)
         wait_for(lambda: (rows := history_rows(state_dir, "prod"))[-1]["result"] == "synced"
                  and rows[-1]["revision"] == good, what="prod's sync recorded")
-        assert app_status(svc.url, "prod")["rollout"]["summary"].startswith(f"test: {good[:7]} live")
+        assert re.match(upstream_live, app_status(svc.url, "prod")["rollout"]["summary"])
 
         # a commit test refuses (a pipe file that is not JSON) never reaches prod
         config_repo.write({"pipes/broken.conf.json": "{ not json"})

@@ -56,7 +56,8 @@ def test_waits_for_the_soak_then_lets_the_revision_through() -> None:
     (synced(last_result="refused", last_revision=X), "its last attempt (bbbbbbb) refused"),
     (synced(last_synced_revision=X), "aaaaaaa is not the revision verified there"),
     (synced(health={"revision": R, "state": "degraded", "since": 1.0}), "aaaaaaa is degraded there"),
-    (synced(health={"revision": R, "state": "checking", "since": 1.0}), "aaaaaaa is checking there"),
+    (synced(health={"revision": R, "state": "checking", "since": 1.0, "evidence": ["deployment running"]}),
+     "aaaaaaa is checking there"),
 ])
 def test_never_promotes_what_is_not_good_upstream(state: AppState, reason: str) -> None:
     hold = promotion_hold("test", state, R, 0, 10_000.0, [row(R, "synced", 1000.0)])
@@ -67,6 +68,18 @@ def test_health_since_starts_the_soak_when_there_is_a_health_check() -> None:
     state = synced(health={"revision": R, "state": "healthy", "since": 1500.0})
     hold = promotion_hold("test", state, R, 600, 1560.0, [row(R, "synced", 1000.0)])
     assert hold is not None and hold.reason == "waiting for test: aaaaaaa healthy for 60 s of 10 min"
+
+
+def test_a_clean_health_check_counts_up_to_its_last_look() -> None:
+    """Healthy so far: a soak shorter than the health window promotes before the window's verdict."""
+    rows = [row(R, "synced", 1000.0)]
+    watching = {"revision": R, "state": "checking", "since": 1000.0, "evidence": []}
+    early = promotion_hold("test", synced(health={**watching, "checked_at": 1002.0}), R, 3, 1004.0, rows)
+    assert early is not None and early.reason == "waiting for test: aaaaaaa healthy so far for 2 s of 3 s"
+    assert early.until is None  # the soak's end has passed: the next look decides, at the next poll
+    assert promotion_hold("test", synced(health={**watching, "checked_at": 1003.5}), R, 3, 1004.0, rows) is None
+    young = promotion_hold("test", synced(health={**watching, "checked_at": 1001.0}), R, 3, 1001.5, rows)
+    assert young is not None and young.until == 1003.0
 
 
 def test_the_graph_is_checked() -> None:

@@ -88,13 +88,20 @@ def promotion_hold(upstream_name: str, upstream: AppState, revision: str, soak: 
         last = (upstream.last_revision or "")[:7]
         return hold(f"its last attempt ({last}) {upstream.last_result.value if upstream.last_result else 'ended'}")
     health = health_of(upstream, revision)
-    if health.get("state") in ("degraded", "checking"):
+    checking = health.get("state") == "checking"
+    # Degraded blocks; so does a reading under way that found something (a deployment still running, a
+    # target that cannot be read). A clean "checking" is healthy so far: it counts up to its last look,
+    # so a soak shorter than the health window promotes before the window's final verdict.
+    if health.get("state") == "degraded" or (checking and health.get("evidence")):
         return hold(f"{short} is {health['state']} there", health=health.get("state"))
     since = live_since(upstream, revision, rows)
     if since is None:
         return hold(f"{short} has no verified sync there yet")
-    live_for = now - since
+    observed = min(now, float(health.get("checked_at") or since)) if checking else now
+    live_for = observed - since
     if live_for < soak:
-        word = "healthy" if health.get("state") == "healthy" else "live"
-        return hold(f"{short} {word} for {span(live_for)} of {span(soak)}", since + soak, since=since, soak=soak)
+        word = "healthy so far" if checking else "healthy" if health.get("state") == "healthy" else "live"
+        # a clean reading past the soak's end is due at the next look: wake then, not in a loop
+        until = since + soak if since + soak > now else None
+        return hold(f"{short} {word} for {span(live_for)} of {span(soak)}", until, since=since, soak=soak)
     return None
