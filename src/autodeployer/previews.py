@@ -296,13 +296,13 @@ class PreviewService:
         """The plan of refs/pull/N/merge; when the ref still names an older test merge than the one the
         API reported (GitHub updates it asynchronously), fetched again after a short wait."""
         report = await plan_revision(self._reconcilers[app], f"refs/pull/{number}/merge",
-                                     into=f"refs/autodeployer/pull/{number}")
+                                     into=f"refs/autodeployer/pull/{number}", pull=True)
         for delay in self._merge_wait:
             if not merge_sha or not report.revision or report.revision == merge_sha:
                 break
             await asyncio.sleep(delay)
             report = await plan_revision(self._reconcilers[app], f"refs/pull/{number}/merge",
-                                         into=f"refs/autodeployer/pull/{number}")
+                                         into=f"refs/autodeployer/pull/{number}", pull=True)
         return report
 
     def _record(self, preview: Preview, report: PlanReport, head: str, duration: float) -> None:
