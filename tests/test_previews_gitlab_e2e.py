@@ -127,3 +127,20 @@ def test_a_conflicting_merge_request_plans_its_head_and_says_so(service: Any, ap
     assert shown["revision"] == head and "head is planned alone" in shown["note"]
     [note] = wait_for(lambda: our_notes(gitlab, mr.iid), what="the preview note")
     assert "head is planned alone" in note.body and f"Head `{head[:12]}` alone" in note.body
+
+
+def test_without_webhooks_open_merge_requests_are_polled(service: Any, app_env: dict[str, str],
+                                                         gitlab: GitLabEmulator, config_repo: WorkRepo) -> None:
+    env = {**provider_env(app_env, "gitlab", gitlab.api_url), "PREVIEWS": "true", "SYNC_INTERVAL": "1"}
+    svc = service(env)  # REGISTER_WEBHOOK=false: no hook, so the open merge requests are listed
+    wait_for(lambda: httpx.get(svc.url + "/readyz").status_code == 200, what="first sync")
+    head = branch(config_repo, "polled", {"pipes/polled.conf.json": entity_json(pipe("polled"))})
+    mr = gitlab.open_merge_request(PROJECT, "polled", "master")
+    assert gitlab.sent == []  # no hook: nothing delivered
+    shown = preview_at(svc, mr.iid, head, state="success")
+    assert "+ pipe polled" in shown["plan"]
+    wait_for(lambda: our_notes(gitlab, mr.iid), what="the preview note")
+    closed = httpx.put(f"{gitlab.api_url}/projects/acme%2Fconfig/merge_requests/{mr.iid}",
+                       json={"state_event": "close"}, headers={"PRIVATE-TOKEN": GIT_TOKEN})
+    assert closed.status_code == 200 and closed.json()["state"] == "closed"
+    wait_for(lambda: mr.iid not in previews(svc), what="the closed merge request's preview dropped")
