@@ -10,6 +10,10 @@ The outcome goes to one comment per app on the PR, found again by a hidden marke
 and to a commit status `autodeployer/<app>/plan` on the PR's head. GitHub failing to take either is
 logged and recorded on the preview; the deploy path never sees it. After a sync changed an app's
 target, its open previews are planned again against the new live state (this class is a Reporter).
+
+The host is behind `reviews.ReviewsClient`: GitHub's pull requests (`pull_requests.py`) and GitLab's
+merge requests (`providers/gitlab_reviews.py`, a note instead of a comment, `refs/merge-requests/<iid>/
+merge`, and the head planned alone, said so in the note, when GitLab has no merge ref for it).
 """
 
 from __future__ import annotations
