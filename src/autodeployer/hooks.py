@@ -16,6 +16,7 @@ import httpx
 from .config.loader import AppConfig
 from .logs import get_logger
 from .providers import ProviderClient, provider_client_for
+from .providers.gitlab import GitLabClient
 from .sources.github import GitHubClient, GitHubError, HookSpec
 
 WEBHOOK_PATH = "/webhook"
@@ -51,14 +52,14 @@ def hook_targets(
     events: tuple[str, ...] = ("push",),
 ) -> list[HookTarget]:
     """`set_secret`: replace an existing hook's secret (the service does; the CLI only with WEBHOOK_SECRET).
-    `events`: also `pull_request` when previews are on (GitHub's clients only: previews are GitHub-only)."""
+    `events`: also `pull_request` when previews are on (GitHub's and GitLab's clients: the hosts with previews)."""
     found: dict[tuple[str, str], HookTarget] = {}
     for app in apps:
         client = provider_client(app, http)
         if client is None:
             continue
         key = (client.api_url, client.repo.lower())
-        wanted = events if isinstance(client, GitHubClient) else ("push",)
+        wanted = events if isinstance(client, GitHubClient | GitLabClient) else ("push",)  # hosts with previews
         found.setdefault(key, HookTarget(client, HookSpec(url=hook_url, secret=secret,
                                                                   set_secret=set_secret, events=wanted)))
     return list(found.values())

@@ -75,18 +75,23 @@ async def _resolve(reconciler: Reconciler, revision: str | None, into: str = _PL
     return await source.fetch_ref(revision, into)
 
 
-async def plan_revision(reconciler: Reconciler, revision: str | None = None, *, into: str = _PLAN_REF) -> PlanReport:
+async def plan_revision(reconciler: Reconciler, revision: str | None = None, *, into: str = _PLAN_REF,
+                        pull: bool = False) -> PlanReport:
     """The plan of `revision` (default: the branch head) against the live target; writes nothing.
 
     `into`: the private ref a named revision is fetched into (previews use one per pull request, so two
-    of them planned at once never move each other's ref)."""
+    of them planned at once never move each other's ref). `pull`: the revision is a pull request's (its
+    test merge, or its head): VERIFY_COMMITS checks the PR's own commits, not the unsigned merge."""
     report = PlanReport(app=reconciler.app.name)
     if revision is not None and not re.fullmatch(r"[0-9a-fA-F]{4,40}", revision):
         report.ref = revision
     try:
         report.live_revision = reconciler.store.get_state(reconciler.app.name).last_synced_revision
         report.revision = await _resolve(reconciler, revision, into)
-        await reconciler.check_signatures(report.revision)
+        if pull and reconciler.signatures is not None:
+            await reconciler.signatures.check_pull(reconciler.source.mirror, report.revision, report.live_revision)
+        else:
+            await reconciler.check_signatures(report.revision)
         tree = await reconciler.source.read(report.revision)
         report.plan = await reconciler.plan_tree(tree)
         if reconciler.app.target.kind == "command":

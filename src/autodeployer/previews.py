@@ -10,6 +10,10 @@ The outcome goes to one comment per app on the PR, found again by a hidden marke
 and to a commit status `autodeployer/<app>/plan` on the PR's head. GitHub failing to take either is
 logged and recorded on the preview; the deploy path never sees it. After a sync changed an app's
 target, its open previews are planned again against the new live state (this class is a Reporter).
+
+The host is behind `reviews.ReviewsClient`: GitHub's pull requests (`pull_requests.py`) and GitLab's
+merge requests (`providers/gitlab_reviews.py`, a note instead of a comment, `refs/merge-requests/<iid>/
+merge`, and the head planned alone, said so in the note, when GitLab has no merge ref for it).
 """
 
 from __future__ import annotations
@@ -26,10 +30,14 @@ from .config.loader import AppConfig
 from .errors import AutodeployerError
 from .hooks import client_for
 from .logs import get_logger
-from .model import CommitInfo, Result, SyncResult, Trigger
+from .model import CommitInfo, Reason, Result, SyncResult, Trigger
 from .plans import PlanReport, plan_revision
-from .pull_requests import OpenPull, PullRequestsClient
+from .providers import provider_client_for
+from .providers.gitlab import GitLabClient
+from .providers.gitlab_reviews import GitLabReviewsClient
+from .pull_requests import PullRequestsClient
 from .reconcile import Reconciler
+from .reviews import OpenPull, PullRequestEvent, ReviewsClient
 from .runtime import Runtime
 
 PLANNED_ACTIONS = frozenset({"opened", "synchronize", "reopened", "ready_for_review"})
@@ -37,49 +45,13 @@ COMMENT_DIFF_LIMIT = 20000  # characters of diff in a comment; the rest is on th
 MAX_PROBLEMS = 20  # problems listed in a comment of a refused plan
 MIN_INTERVAL = 0.5  # seconds between two plans of the same pull request
 MERGE_WAIT = (0.5, 1.0, 2.0, 4.0)  # GitHub computes the test merge after a push: waits while it is unknown
+_HEAD_ALONE = ("The merge request {why}: its head is planned alone, not the merge result, so changes on the "
+               "target branch since it forked are not in this plan.")
 
 
 def marker(app: str) -> str:
     """The hidden line that identifies our comment for `app` (never the author alone: tokens are shared)."""
     return f"<!-- autodeployer:plan app={app} -->"
-
-
-@dataclass(frozen=True)
-class PullRequestEvent:
-    """A `pull_request` delivery, normalised: only what deciding and planning need."""
-
-    repo: str  # the base repository's full name
-    number: int
-    action: str
-    base_ref: str
-    head_sha: str
-    head_repo: str
-    is_fork: bool
-
-    @classmethod
-    def from_payload(cls, payload: Mapping[str, Any]) -> PullRequestEvent:
-        """Raises ValueError naming the missing field of a malformed delivery."""
-        pull = payload.get("pull_request")
-        repository = payload.get("repository")
-        if not isinstance(pull, dict) or not isinstance(repository, dict):
-            raise ValueError("pull_request payload without pull_request or repository")
-        head, base = pull.get("head"), pull.get("base")
-        if not isinstance(head, dict) or not isinstance(base, dict):
-            raise ValueError("pull_request payload without head or base")
-        raw_repo = head.get("repo")
-        head_repo: dict[str, Any] = raw_repo if isinstance(raw_repo, dict) else {}
-        values = {"repository.full_name": repository.get("full_name"), "number": payload.get("number"),
-                  "action": payload.get("action"), "base.ref": base.get("ref"), "head.sha": head.get("sha")}
-        missing = [name for name, value in values.items() if value in (None, "")]
-        if missing or not isinstance(values["number"], int):
-            raise ValueError(f"pull_request payload without {', '.join(missing) or 'a numeric number'}")
-        return cls(str(values["repository.full_name"]), int(values["number"]), str(values["action"]),
-                   str(values["base.ref"]), str(values["head.sha"]),
-                   str(head_repo.get("full_name") or values["repository.full_name"]), bool(head_repo.get("fork")))
-
-    @classmethod
-    def from_pull(cls, repo: str, pull: OpenPull, action: str) -> PullRequestEvent:
-        return cls(repo, pull.number, action, pull.base_ref, pull.head_sha, pull.head_repo, pull.is_fork)
 
 
 @dataclass
@@ -104,6 +76,7 @@ class Preview:
     status_error: str | None = None
     problems: list[str] = field(default_factory=list)  # what a refusal names (file, entity, message)
     published_at: float | None = None  # when GitHub was last told (or failed to be told) about this plan
+    note: str | None = None  # what was planned instead of the host's test merge, and why (GitLab conflicts)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -113,6 +86,7 @@ class Preview:
             "published_at": self.published_at,
             "duration": self.duration, "comment_id": self.comment_id, "comment_error": self.comment_error,
             "status_error": self.status_error, "plan": self.plan_text, "problems": self.problems,
+            "note": self.note,
         }
 
 
@@ -131,7 +105,7 @@ class PreviewService:
     def __init__(
         self,
         reconcilers: Mapping[str, Reconciler],
-        clients: Mapping[str, PullRequestsClient | None],
+        clients: Mapping[str, ReviewsClient | None],
         *,
         forks: bool = False,
         public_url: str | None = None,
@@ -157,11 +131,12 @@ class PreviewService:
             self._queue = asyncio.Queue()
         return self._queue
 
-    def apps_for(self, repo: str, base_ref: str) -> list[str]:
-        """Apps following `base_ref` of `repo` (the PR's base) whose previews can be posted."""
+    def apps_for(self, repo: str, base_ref: str, provider: str = "github") -> list[str]:
+        """Apps of `provider` following `base_ref` of `repo` (the PR's base) whose previews can be posted."""
         ref = f"refs/heads/{base_ref}"
         return [name for name, r in self._reconcilers.items()
-                if (r.app.source.repo_full_name or "").lower() == repo.lower() and r.app.source.ref == ref]
+                if (r.app.source.repo_full_name or "").lower() == repo.lower() and r.app.source.ref == ref
+                and (r.app.source.provider or "github") == provider]
 
     def receive(self, payload: Mapping[str, Any]) -> Verdict:
         """A verified `pull_request` delivery: queue, drop or ignore it, at once (the plan runs later)."""
@@ -172,7 +147,7 @@ class PreviewService:
         return self.submit(event)
 
     def submit(self, event: PullRequestEvent) -> Verdict:
-        apps = self.apps_for(event.repo, event.base_ref)
+        apps = self.apps_for(event.repo, event.base_ref, event.provider)
         if not apps:
             return Verdict(202, "ignored", {"result": "ignored",
                                             "reason": f"no app follows {event.repo}@{event.base_ref}"})
@@ -224,7 +199,7 @@ class PreviewService:
         for preview in self.previews(app.name):
             self._log.info("re-planning preview: the live target changed", app=app.name, number=preview.number)
             self._enqueue(app.name, PullRequestEvent(repo, preview.number, "refresh", "", preview.head_sha, "",
-                                                     preview.is_fork))
+                                                     preview.is_fork, app.source.provider or "github"))
 
     # ------------------------------------------------------------------ the queue
     async def run(self) -> None:
@@ -285,24 +260,39 @@ class PreviewService:
                 return
             head = pull.head_sha or head
         started = time.perf_counter()
-        report = await self._plan(app, event.number, pull.merge_sha if pull is not None else None)
+        report, preview.note = await self._plan_request(app, event.number, pull)
         self._record(preview, report, head, time.perf_counter() - started)
         if self._previews.get(key) is not preview:
             return  # closed while it was planned: nothing more to say on the PR
         await self._publish(app, preview)
         preview.published_at = time.time()
 
-    async def _plan(self, app: str, number: int, merge_sha: str | None) -> PlanReport:
-        """The plan of refs/pull/N/merge; when the ref still names an older test merge than the one the
-        API reported (GitHub updates it asynchronously), fetched again after a short wait."""
-        report = await plan_revision(self._reconcilers[app], f"refs/pull/{number}/merge",
-                                     into=f"refs/autodeployer/pull/{number}")
+    async def _plan_request(self, app: str, number: int, pull: OpenPull | None) -> tuple[PlanReport, str | None]:
+        """The plan of the host's test merge; on a host that offers it (GitLab), the plan of the head alone
+        when there is no test merge (the request conflicts with its base, or the ref is missing), with a
+        note saying so. The note is None when the merge result was planned."""
+        client = self._clients.get(app)
+        merge_ref = client.merge_ref(number) if client is not None else f"refs/pull/{number}/merge"
+        head_ref = client.head_ref(number) if client is not None else None
+        if head_ref is not None and pull is not None and pull.mergeable is False:
+            return await self._plan(app, number, head_ref, None), _HEAD_ALONE.format(why="conflicts with its target")
+        report = await self._plan(app, number, merge_ref, pull.merge_sha if pull is not None else None)
+        if head_ref is None or report.reason is not Reason.SOURCE_UNAVAILABLE:
+            return report, None
+        self._log.info("no test merge to plan; planning the head alone", app=app, number=number,
+                       error=report.reasons[0] if report.reasons else None)
+        return await self._plan(app, number, head_ref, None), _HEAD_ALONE.format(why="has no merge ref (yet)")
+
+    async def _plan(self, app: str, number: int, ref: str, merge_sha: str | None) -> PlanReport:
+        """The plan of `ref`; when the ref still names an older test merge than the one the API reported
+        (GitHub updates it asynchronously), fetched again after a short wait."""
+        report = await plan_revision(self._reconcilers[app], ref, into=f"refs/autodeployer/pull/{number}", pull=True)
         for delay in self._merge_wait:
             if not merge_sha or not report.revision or report.revision == merge_sha:
                 break
             await asyncio.sleep(delay)
-            report = await plan_revision(self._reconcilers[app], f"refs/pull/{number}/merge",
-                                         into=f"refs/autodeployer/pull/{number}")
+            report = await plan_revision(self._reconcilers[app], ref, into=f"refs/autodeployer/pull/{number}",
+                                         pull=True)
         return report
 
     def _record(self, preview: Preview, report: PlanReport, head: str, duration: float) -> None:
@@ -330,18 +320,19 @@ class PreviewService:
     async def _publish(self, app: str, preview: Preview) -> None:
         client = self._clients.get(app)
         if client is None:
-            preview.comment_error = preview.status_error = "no GitHub API access for this app (GITHUB_TOKEN)"
+            preview.comment_error = preview.status_error = "no API access to the Git host for this app (its token)"
             return
         preview.comment_error = await self._upsert_comment(client, preview)
         preview.status_error = await self._post_status(client, preview)
 
-    async def _upsert_comment(self, client: PullRequestsClient, preview: Preview) -> str | None:
+    async def _upsert_comment(self, client: ReviewsClient, preview: Preview) -> str | None:
         """One comment per app and PR: edited in place, found by its marker when not known yet."""
         body = self.comment_body(preview)
         try:
             if preview.comment_id is None:
                 preview.comment_id = await client.find_comment(preview.number, marker(preview.app))
-            if preview.comment_id is not None and await client.update_comment(preview.comment_id, body):
+            if preview.comment_id is not None and await client.update_comment(preview.number, preview.comment_id,
+                                                                               body):
                 return None
             preview.comment_id = await client.create_comment(preview.number, body)
             return None
@@ -349,11 +340,11 @@ class PreviewService:
             self._log.warning("preview comment not posted", app=preview.app, number=preview.number, error=str(exc))
             return str(exc)
 
-    async def _post_status(self, client: PullRequestsClient, preview: Preview) -> str | None:
+    async def _post_status(self, client: ReviewsClient, preview: Preview) -> str | None:
         description = preview.summary if preview.state == "success" else f"would be refused: {preview.reason}"
         try:
-            await client.client.create_status(preview.head_sha, preview.state, f"autodeployer/{preview.app}/plan",
-                                              description, self.link(preview))
+            await client.create_status(preview.head_sha, preview.state, f"autodeployer/{preview.app}/plan",
+                                       description, self.link(preview))
             return None
         except AutodeployerError as exc:
             self._log.warning("preview status not posted", app=preview.app, number=preview.number, error=str(exc))
@@ -372,7 +363,7 @@ class PreviewService:
                 await self._poll_app(app, client, reconciler.app.source.ref.removeprefix("refs/heads/"), etags)
             await asyncio.sleep(interval)
 
-    async def _poll_app(self, app: str, client: PullRequestsClient, base: str,
+    async def _poll_app(self, app: str, client: ReviewsClient, base: str,
                         etags: dict[tuple[str, str], str | None]) -> None:
         key = (app, base)
         try:
@@ -392,7 +383,8 @@ class PreviewService:
         for pull in pulls:
             known = self._previews.get((app, pull.number))
             if known is None or known.head_sha != pull.head_sha:
-                self.submit(PullRequestEvent.from_pull(client.repo, pull, "synchronize" if known else "opened"))
+                self.submit(PullRequestEvent.from_pull(client.repo, pull, "synchronize" if known else "opened",
+                                                       client.provider))
 
 
 def report_markdown(preview: Preview, link: str | None) -> str:
@@ -435,31 +427,45 @@ def comment_markdown(preview: Preview, plan_part: str) -> str:
     live = (preview.live_revision or "")[:12] or "nothing deployed yet"
     verdict = "deployable" if preview.state == "success" else "would be refused"
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(preview.planned_at or time.time()))
+    what = f"Head `{preview.head_sha[:12]}` alone" if preview.note else f"Merge of `{preview.head_sha[:12]}`"
+    note = ["", f"> {preview.note}"] if preview.note else []
     return "\n".join([
         marker(preview.app),
         f"### autodeployer plan for `{preview.app}`: {verdict}",
+        *note,
         "",
         plan_part,
         "",
-        f"<sub>Merge of `{preview.head_sha[:12]}` planned against live revision `{live}` at {when}.</sub>",
+        f"<sub>{what} planned against live revision `{live}` at {when}.</sub>",
     ])
 
 
 
 
 def preview_service(runtime: Runtime) -> PreviewService:
-    """The preview service of a runtime: its reconcilers, one GitHub client per app, and told about every
-    sync (so a deploy re-plans the app's open previews)."""
+    """The preview service of a runtime: its reconcilers, one host client per app (GitHub's, or GitLab's
+    merge requests), and told about every sync (so a deploy re-plans the app's open previews)."""
     settings = runtime.config.service
-    clients: dict[str, PullRequestsClient | None] = {}
+    clients: dict[str, ReviewsClient | None] = {}
     for name, reconciler in runtime.reconcilers.items():
-        client = client_for(reconciler.app, runtime.http)
-        clients[name] = PullRequestsClient(client) if client is not None else None
+        clients[name] = reviews_client(reconciler.app, runtime)
     service = PreviewService(runtime.reconcilers, clients, forks=settings.preview_forks,
                              public_url=settings.public_url)
     for reconciler in runtime.reconcilers.values():
         reconciler.reporters.append(service)
     return service
+
+
+def reviews_client(app: AppConfig, runtime: Runtime) -> ReviewsClient | None:
+    """The app's host client for previews: GitLab's merge requests, else GitHub's pull requests (None
+    without API access; hosts without previews yet, Gitea and Bitbucket, get none)."""
+    if app.source.provider == "gitlab":
+        host = provider_client_for(app.source, runtime.http)
+        return GitLabReviewsClient(host) if isinstance(host, GitLabClient) else None
+    if app.source.provider not in (None, "github"):
+        return None
+    client = client_for(app, runtime.http)
+    return PullRequestsClient(client) if client is not None else None
 
 
 Job = Callable[[], Coroutine[Any, Any, None]]

@@ -6,43 +6,34 @@ request, the token in the Authorization header only, never in a URL or a message
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from .reviews import OpenPull
 from .sources.github import GitHubClient, GitHubError
 
 MAX_COMMENT = 65536  # GitHub's limit on an issue comment's body
 
 
-@dataclass(frozen=True)
-class OpenPull:
-    """The fields of a pull request a preview needs (from the API, never from a webhook alone)."""
-
-    number: int
-    state: str
-    base_ref: str
-    head_sha: str
-    head_repo: str
-    is_fork: bool
-    mergeable: bool | None
-    merge_sha: str | None = None  # the test merge (refs/pull/N/merge) GitHub has computed for the head
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> OpenPull:
-        head, base = data.get("head") or {}, data.get("base") or {}
-        head_repo = head.get("repo") or {}
-        return cls(int(data["number"]), str(data.get("state", "")), str(base.get("ref", "")),
-                   str(head.get("sha", "")), str(head_repo.get("full_name", "")), bool(head_repo.get("fork")),
-                   data.get("mergeable"), data.get("merge_commit_sha"))
-
-
 class PullRequestsClient:
     """Pull requests and their comments of one repository, over a `GitHubClient`."""
+
+    provider = "github"
 
     def __init__(self, client: GitHubClient) -> None:
         self.client = client
         self.repo = client.repo
+
+    def merge_ref(self, number: int) -> str:
+        return f"refs/pull/{number}/merge"
+
+    def head_ref(self, number: int) -> str | None:
+        return None  # GitHub: the test merge only, as previews always planned
+
+    async def create_status(
+        self, sha: str, state: str, context: str, description: str, target_url: str | None = None
+    ) -> None:
+        await self.client.create_status(sha, state, context, description, target_url)
 
     async def _json(self, method: str, path: str, ok: int, what: str, **kwargs: Any) -> Any:
         # The shared plumbing of GitHubClient: one place for rate limits and error messages.
@@ -85,7 +76,7 @@ class PullRequestsClient:
                                 f"commenting on #{number} of {self.repo}", json={"body": body[:MAX_COMMENT]})
         return int(data["id"])
 
-    async def update_comment(self, comment_id: int, body: str) -> bool:
+    async def update_comment(self, number: int, comment_id: int, body: str) -> bool:
         """False when the comment is gone (deleted by someone): the caller creates a new one."""
         response = await self.client._call("PATCH", f"/repos/{self.repo}/issues/comments/{comment_id}",
                                            json={"body": body[:MAX_COMMENT]})

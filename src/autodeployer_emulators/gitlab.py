@@ -20,6 +20,10 @@ Facts it follows (GitLab REST v4 and webhook documentation):
   new branch), `after`, `checkout_sha`, `user_*`, `project_id`, `project` (`path_with_namespace`,
   `git_http_url`, `git_ssh_url`, `default_branch`, `web_url`), `commits[]`, `total_commits_count`.
 
+Merge requests (their refs, notes and `Merge Request Hook` deliveries): `gitlab_merge_requests.py`,
+whose docstring lists the facts followed; a push to a merge request's source branch updates it (refs
+rewritten, an `update` delivery with `oldrev`), as GitLab does.
+
 `python -m autodeployer_emulators.gitlab` serves it stand-alone (token from GITLAB_EMULATOR_TOKEN).
 """
 
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, unquote
@@ -48,6 +53,15 @@ from autodeployer_emulators._forge import (
     with_header,
 )
 from autodeployer_emulators._server import serve_forever, standalone_parser, token_from_env
+from autodeployer_emulators.gitlab_merge_requests import (
+    MergeRequest,
+    Note,
+    branch_tip,
+    hook_payload,
+    mr_json,
+    note_json,
+    write_refs,
+)
 
 STATES = ("pending", "running", "success", "failed", "canceled")
 HOOK_FLAGS = ("push_events", "tag_push_events", "merge_requests_events", "enable_ssl_verification")
@@ -57,6 +71,10 @@ ROUTE = re.compile(r"^/api/v4/projects/(?P<id>[^/]+)(?P<rest>/.*)?$")
 
 class GitLabEmulator(ForgeEmulator):
     host_name = "GitLab"
+
+    def __init__(self, token: str | None = None) -> None:
+        super().__init__(token)
+        self.merge_requests: dict[str, list[MergeRequest]] = {}  # by project path (lower case)
 
     @property
     def api_url(self) -> str:
@@ -108,7 +126,187 @@ class GitLabEmulator(ForgeEmulator):
         list_match = re.fullmatch(r"/repository/commits/([0-9a-f]{40})/statuses", rest)
         if list_match and method == "GET":
             return JSONResponse(self.statuses(repo.path, list_match[1]))
+        if rest.startswith("/merge_requests"):
+            return self._merge_request_route(method, rest, repo, body, query)
         return json_error(404, {"error": "404 Not Found"})
+
+    # ------------------------------------------------------------------ merge requests (HTTP)
+    def _merge_request_route(self, method: str, rest: str, repo: ForgeRepo, body: dict[str, Any],
+                             query: dict[str, str]) -> Response:
+        if rest == "/merge_requests" and method == "GET":
+            return self._list_merge_requests(repo, query)
+        if rest == "/merge_requests" and method == "POST":
+            return self._create_merge_request(repo, body)
+        match = re.fullmatch(r"/merge_requests/(\d+)(/notes)?(?:/(\d+))?", rest)
+        if match is None or (match[3] and not match[2]):
+            return json_error(404, {"error": "404 Not Found"})
+        with self.lock:
+            mr = self._mr(repo, int(match[1]))
+            if mr is None:
+                return json_error(404, {"message": "404 Not found"})
+            if match[2] is None:
+                return self._merge_request(method, repo, mr, body)
+            return self._notes(method, mr, int(match[3]) if match[3] else None, body, query)
+
+    def _mr(self, repo: ForgeRepo, iid: int) -> MergeRequest | None:
+        return next((m for m in self.merge_requests.get(repo.path.lower(), []) if m.iid == iid), None)
+
+    def _list_merge_requests(self, repo: ForgeRepo, query: dict[str, str]) -> Response:
+        state, target = query.get("state", "all"), query.get("target_branch")
+        page, per_page = int(query.get("page", "1") or 1), int(query.get("per_page", "20") or 20)
+        with self.lock:
+            found = [mr_json(m, repo.id, self._web(repo)) for m in self.merge_requests.get(repo.path.lower(), [])
+                     if state in ("all", m.state) and target in (None, m.target_branch)]
+        items, more = self.page(found, page, per_page)
+        return JSONResponse(items, headers={"X-Page": str(page), "X-Total": str(len(found)),
+                                            "X-Per-Page": str(min(per_page, self.max_page_size)),
+                                            "X-Next-Page": str(page + 1) if more else ""})
+
+    def _create_merge_request(self, repo: ForgeRepo, body: dict[str, Any]) -> Response:
+        missing = [k for k in ("source_branch", "target_branch", "title") if not body.get(k)]
+        if missing:
+            return json_error(400, {"error": f"{', '.join(missing)} is missing"})
+        try:
+            mr = self.open_merge_request(repo.path, str(body["source_branch"]), str(body["target_branch"]),
+                                         title=str(body["title"]), deliver=False)
+        except ValueError as exc:
+            return json_error(409, {"message": [str(exc)]})
+        self._deliver(repo, mr, "open", None)
+        return JSONResponse(mr_json(mr, repo.id, self._web(repo)), status_code=201)
+
+    def _merge_request(self, method: str, repo: ForgeRepo, mr: MergeRequest, body: dict[str, Any]) -> Response:
+        if method == "GET":
+            return JSONResponse(mr_json(mr, repo.id, self._web(repo)))
+        if method != "PUT":
+            return json_error(405, {"error": "405 Method Not Allowed"})
+        event = body.get("state_event")
+        if event in ("close", "reopen"):
+            mr.state = "closed" if event == "close" else "opened"
+            mr.updated_at = time.time()
+        if "title" in body:
+            mr.title = str(body["title"])
+        return JSONResponse(mr_json(mr, repo.id, self._web(repo)))
+
+    def _notes(self, method: str, mr: MergeRequest, note_id: int | None, body: dict[str, Any],
+               query: dict[str, str]) -> Response:
+        if note_id is None and method == "GET":
+            page, per_page = int(query.get("page", "1") or 1), int(query.get("per_page", "20") or 20)
+            items, more = self.page([note_json(n, mr) for n in mr.notes], page, per_page)
+            return JSONResponse(items, headers={"X-Page": str(page), "X-Total": str(len(mr.notes)),
+                                                "X-Per-Page": str(min(per_page, self.max_page_size)),
+                                                "X-Next-Page": str(page + 1) if more else ""})
+        if method in ("POST", "PUT") and not (isinstance(body.get("body"), str) and body["body"]):
+            return json_error(400, {"error": "body is missing"})
+        if note_id is None and method == "POST":
+            note = Note(self.next_id(), mr.iid, str(body["body"]))
+            mr.notes.append(note)
+            return JSONResponse(note_json(note, mr), status_code=201)
+        note = next((n for n in mr.notes if n.id == note_id), None)
+        if note is None:
+            return json_error(404, {"message": "404 Note Not Found"})
+        if method == "GET":
+            return JSONResponse(note_json(note, mr))
+        if method == "PUT":
+            note.body, note.updated_at = str(body["body"]), time.time()
+            return JSONResponse(note_json(note, mr))
+        if method == "DELETE":
+            mr.notes.remove(note)
+            return Response(status_code=204)
+        return json_error(405, {"error": "405 Method Not Allowed"})
+
+    # ------------------------------------------------------------------ merge requests (test side)
+    def open_merge_request(self, path: str, source: str, target: str, *, title: str = "change",
+                           deliver: bool = True, tamper: Tamper = None) -> MergeRequest:
+        """Open a merge request of branch `source` into `target` (refs written, `open` delivered)."""
+        repo = self._linked(path)
+        assert repo.git_dir is not None
+        head, base = branch_tip(repo.git_dir, source), branch_tip(repo.git_dir, target)
+        if head is None or base is None:
+            raise ValueError(f"branch {source if head is None else target} does not exist")
+        with self.lock:
+            known = self.merge_requests.setdefault(repo.path.lower(), [])
+            if any(m.state == "opened" and (m.source_branch, m.target_branch) == (source, target) for m in known):
+                raise ValueError(f"Another open merge request already exists for this source branch: {source}")
+            mr = MergeRequest(self.next_id(), len(known) + 1, title, source, target, repo.id, repo.id, head, base)
+            write_refs(repo.git_dir, mr)
+            known.append(mr)
+        if deliver:
+            self._deliver(repo, mr, "open", None, tamper)
+        return mr
+
+    def close_merge_request(self, path: str, iid: int) -> list[Sent]:
+        repo = self._linked(path)
+        with self.lock:
+            mr = self._mr(repo, iid)
+            if mr is None:
+                raise KeyError(f"no merge request !{iid} in {path}")
+            mr.state, mr.updated_at = "closed", time.time()
+        return self._deliver(repo, mr, "close", None)
+
+    def notes(self, path: str, iid: int) -> list[Note]:
+        repo = self._linked(path)
+        with self.lock:
+            mr = self._mr(repo, iid)
+            return [Note(n.id, n.iid, n.body, n.created_at, n.updated_at) for n in (mr.notes if mr else [])]
+
+    def _linked(self, path: str) -> ForgeRepo:
+        repo = self.repo(path)
+        if repo is None or repo.git_dir is None:
+            raise KeyError(f"no project {path} linked to a Git repository")
+        return repo
+
+    def _source_pushed(self, repo: ForgeRepo, branch: str, before: str, tamper: Tamper) -> list[Sent]:
+        """A push to a merge request's source branch updates it, as GitLab does: new head, refs
+        rewritten, an `update` delivery carrying `oldrev`."""
+        if repo.git_dir is None:
+            return []
+        sent: list[Sent] = []
+        with self.lock:
+            touched = [m for m in self.merge_requests.get(repo.path.lower(), [])
+                       if m.state == "opened" and m.source_branch == branch]
+        for mr in touched:
+            head, base = branch_tip(repo.git_dir, mr.source_branch), branch_tip(repo.git_dir, mr.target_branch)
+            if head is None or base is None or head == mr.sha:
+                continue
+            with self.lock:
+                old, mr.sha, mr.base_sha, mr.updated_at = mr.sha, head, base, time.time()
+                write_refs(repo.git_dir, mr)
+            sent += self._deliver(repo, mr, "update", old or before, tamper)
+        return sent
+
+    def _deliver(self, repo: ForgeRepo, mr: MergeRequest, action: str, oldrev: str | None,
+                 tamper: Tamper = None, target_branch: str | None = None) -> list[Sent]:
+        """A `Merge Request Hook` delivery to every hook with merge request events."""
+        with self.lock:
+            hooks = [dict(h) for h in repo.hooks if h["merge_requests_events"]]
+        payload = hook_payload(mr, action, self._project(repo, repo.path), oldrev)
+        if target_branch is not None:
+            payload["object_attributes"]["target_branch"] = target_branch
+        body = json.dumps(payload).encode()
+        sent = []
+        for hook in hooks:
+            headers = {"Content-Type": "application/json", "User-Agent": f"GitLab/{VERSION}",
+                       "X-Gitlab-Event": "Merge Request Hook", "X-Gitlab-Event-UUID": new_uuid(),
+                       "X-Gitlab-Webhook-UUID": new_uuid(), "X-Gitlab-Instance": self.base_url}
+            headers["Idempotency-Key"] = headers["X-Gitlab-Event-UUID"]
+            token = hook["token"] or None
+            with_header(headers, "X-Gitlab-Token", tampered(token, tamper) if token else None)
+            sent.append(self.send(hook["url"], headers, body))
+        return sent
+
+    def deliver_merge_request(self, path: str, iid: int, action: str, *, oldrev: str | None = None,
+                              tamper: Tamper = None, target_branch: str | None = None) -> list[Sent]:
+        """Send a `Merge Request Hook` for an existing merge request again (tests: a spoilt token, a
+        payload naming another target branch)."""
+        repo = self._linked(path)
+        with self.lock:
+            mr = self._mr(repo, iid)
+        if mr is None:
+            raise KeyError(f"no merge request !{iid} in {path}")
+        return self._deliver(repo, mr, action, oldrev, tamper, target_branch)
+
+    def _web(self, repo: ForgeRepo) -> str:
+        return f"{self.base_url}/{repo.path}"
 
     @staticmethod
     def _shown(hook: dict[str, Any]) -> dict[str, Any]:
@@ -198,15 +396,21 @@ class GitLabEmulator(ForgeEmulator):
             token = hook["token"] or None
             with_header(headers, "X-Gitlab-Token", tampered(token, tamper) if token else None)
             sent.append(self.send(hook["url"], headers, body))
+        if ref.startswith("refs/heads/") and after != ZERO_SHA:
+            sent += self._source_pushed(repo, ref.removeprefix("refs/heads/"), before, tamper)
         return sent
+
+    def _project(self, repo: ForgeRepo, path: str) -> dict[str, Any]:
+        web = f"{self.base_url}/{path}"
+        return {"id": repo.id, "name": path.rsplit("/", 1)[-1], "path_with_namespace": path,
+                "web_url": web, "git_http_url": f"{web}.git",
+                "git_ssh_url": f"git@{self.base_url.split('//')[-1].split(':')[0]}:{path}.git",
+                "default_branch": repo.default_branch, "namespace": path.rsplit("/", 1)[0],
+                "visibility_level": 0}
 
     def _push_payload(self, repo: ForgeRepo, ref: str, before: str, after: str, path: str) -> dict[str, Any]:
         web = f"{self.base_url}/{path}"
-        project = {"id": repo.id, "name": path.rsplit("/", 1)[-1], "path_with_namespace": path,
-                   "web_url": web, "git_http_url": f"{web}.git",
-                   "git_ssh_url": f"git@{self.base_url.split('//')[-1].split(':')[0]}:{path}.git",
-                   "default_branch": repo.default_branch, "namespace": path.rsplit("/", 1)[0],
-                   "visibility_level": 0}
+        project = self._project(repo, path)
         commits = [] if after == ZERO_SHA else [{"id": after, "message": "pushed", "timestamp": _now(),
                                                   "url": f"{web}/-/commit/{after}", "added": [], "modified": [],
                                                   "removed": []}]

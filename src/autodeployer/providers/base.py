@@ -17,6 +17,7 @@ from typing import Any, Literal, Protocol
 
 import httpx
 
+from ..reviews import ReviewDelivery
 from ..sources.github import GitHubError, HookOutcome, HookSpec
 
 ProviderName = Literal["github", "gitlab", "gitea", "bitbucket"]
@@ -60,7 +61,7 @@ class Malformed:
     reason: str
 
 
-Parsed = list[Push] | Ping | Ignored | Malformed
+Parsed = list[Push] | Ping | Ignored | Malformed | ReviewDelivery  # the last: merge requests, for previews
 
 
 class Provider(Protocol):

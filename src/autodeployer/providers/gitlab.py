@@ -6,7 +6,11 @@ buttons: `Push Event`; pushes through system hooks: `System Hook`), so the body'
 decides. Replays are recognised by `Idempotency-Key` (GitLab 17.4+, the same on a retry) or else
 `X-Gitlab-Event-UUID`. The API base is GITLAB_API_URL including `/api/v4`; the project id is its
 URL-encoded path (`group%2Fsub%2Fproject`); the token goes in `PRIVATE-TOKEN`. Merge-request events
-are verified and ignored (plan previews are GitHub's only for now).
+(`Merge Request Hook`, `object_kind` merge_request) become the pull-request event previews plan
+(`reviews.PullRequestEvent`, GitHub's action words): `object_attributes.action` open -> opened,
+reopen -> reopened, update -> synchronize only when `oldrev` is present (new commits; other updates,
+such as a title, change no plan), close/merge -> closed; `target_branch` the base, `last_commit.id`
+the head, `source_project_id` != `target_project_id` a fork; `project.path_with_namespace` the target.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from urllib.parse import quote
 
 import httpx
 
+from ..reviews import PullRequestEvent, ReviewDelivery
 from ..sources.github import HookOutcome, HookSpec
 from .base import (
     ZERO_SHA,
@@ -60,7 +65,7 @@ class GitLabProvider:
     def parse(self, event: str, payload: dict[str, Any]) -> Parsed:
         kind = payload.get("object_kind")
         if kind == "merge_request":
-            return Ignored("merge request events are not handled (plan previews are GitHub-only)")
+            return merge_request(payload)
         if kind not in PUSH_KINDS:
             return Ignored(f"{kind or event or 'unnamed'} events are not handled")
         if event not in PUSH_EVENTS:
@@ -112,6 +117,8 @@ class GitLabClient:
         """Create the hook, or set the push flags it lacks; the token is sent again only when
         `spec.set_secret` (GitLab never shows it back)."""
         wanted = {"push_events": True, "tag_push_events": True, "enable_ssl_verification": True}
+        if "pull_request" in spec.events:  # PREVIEWS=true: merge requests too (never switched off here)
+            wanted["merge_requests_events"] = True
         hook = await self._find(spec.url)
         if hook is None:
             body = {"url": spec.url, "token": spec.secret, "merge_requests_events": False, **wanted}
@@ -148,6 +155,35 @@ class GitLabClient:
         response = await call(self._http, "POST", f"{self._project}/statuses/{sha}", self._headers, json=body)
         if response.status_code not in (200, 201):
             raise failure(response, f"posting status {body['state']} for {sha[:12]} on {self.repo}")
+
+
+#: GitLab's merge-request actions in GitHub's words; "update" only with `oldrev` (new commits).
+MR_ACTIONS = {"open": "opened", "reopen": "reopened", "update": "synchronize", "close": "closed", "merge": "closed"}
+
+
+def merge_request(payload: dict[str, Any]) -> Parsed:
+    """A `Merge Request Hook` delivery as the pull-request event previews plan, or why it asks for nothing."""
+    attrs, project = payload.get("object_attributes"), payload.get("project")
+    if not isinstance(attrs, dict) or not isinstance(project, dict):
+        return ReviewDelivery(None, "merge_request payload without object_attributes or project")
+    action = str(attrs.get("action") or "")
+    if action not in MR_ACTIONS:
+        return Ignored(f"merge request action {action or '(none)'} changes no plan")
+    if action == "update" and not attrs.get("oldrev"):
+        return Ignored("merge request update without new commits (no oldrev) changes no plan")
+    last = attrs.get("last_commit")
+    values = {"project.path_with_namespace": project.get("path_with_namespace"), "object_attributes.iid":
+              attrs.get("iid"), "object_attributes.target_branch": attrs.get("target_branch"),
+              "object_attributes.last_commit.id": last.get("id") if isinstance(last, dict) else None}
+    missing = [name for name, value in values.items() if value in (None, "")]
+    if missing or not isinstance(values["object_attributes.iid"], int):
+        return ReviewDelivery(None, f"merge_request payload without {', '.join(missing) or 'a numeric iid'}")
+    source, target = attrs.get("source_project_id"), attrs.get("target_project_id")
+    fork = source is not None and target is not None and source != target
+    repo = str(values["project.path_with_namespace"])
+    return ReviewDelivery(PullRequestEvent(
+        repo, int(values["object_attributes.iid"]), MR_ACTIONS[action], str(values["object_attributes.target_branch"]),
+        str(values["object_attributes.last_commit.id"]), f"project {source}" if fork else repo, fork, "gitlab"))
 
 
 def _github_shape(hook: dict[str, Any]) -> dict[str, Any]:

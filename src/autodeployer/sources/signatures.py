@@ -330,6 +330,29 @@ class CommitVerifier:
             raise UnsignedCommit(f"refused by VERIFY_COMMITS={self.mode.value}: {first.problem()}{where}{more}")
         return verdicts[shas.index(sha)]
 
+    async def check_pull(self, mirror: Path, revision: str, base: str | None = None) -> Signature:
+        """A pull request's preview: the planned revision is usually the host's test merge, which nobody
+        signed, so the PR's own commits decide. `revision` with two parents is such a merge (first parent
+        the base, second the PR head); otherwise it is the head itself and `base` (the live revision, when
+        known) bounds `all`. head: the PR head must be signed; all: every commit of base..head too."""
+        parents = (await self._git(mirror, "rev-list", "--parents", "-n", "1", revision)).split()
+        head = parents[2] if len(parents) >= 3 else revision
+        base = parents[1] if len(parents) >= 3 else base
+        shas = [head]
+        if self.mode is VerifyMode.ALL and base and base != head and await self._has(mirror, base):
+            shas = await self._range(mirror, base, head) or [head]
+            if head not in shas:
+                shas.append(head)
+        verdicts = await self._verdicts(mirror, shas)
+        bad = [v for v in verdicts if not v.good]
+        if bad:
+            first = bad[0]
+            what = "the pull request's head" if first.sha == head else (
+                f"{shas.index(first.sha) + 1} of the pull request's {len(shas)} commits")
+            more = f"; {len(bad) - 1} more not signed by a trusted key" if len(bad) > 1 else ""
+            raise UnsignedCommit(f"refused by VERIFY_COMMITS={self.mode.value}: {first.problem()} ({what}){more}")
+        return verdicts[shas.index(head)]
+
     async def _verdicts(self, mirror: Path, shas: list[str]) -> list[Signature]:
         missing = [s for s in shas if s not in self._known]
         if missing:

@@ -35,6 +35,7 @@ from ..previews import PreviewService
 from ..providers import PROVIDERS, Provider, recognise
 from ..providers.base import Ignored, Malformed, Parsed, Ping, token_matches
 from ..providers.bitbucket import BitbucketCloudProvider, cloud_path_token
+from ..reviews import ReviewDelivery
 from ..scheduling import Scheduler
 
 MAX_BODY = 25 * 1024 * 1024  # GitHub caps payloads at 25 MB
@@ -369,6 +370,8 @@ class WebhookReceiver:
             return Verdict(202, "ignored", {"result": "ignored", "reason": parsed.reason})
         if isinstance(parsed, Malformed):
             return Verdict(400, "bad-request", {"error": parsed.reason})
+        if isinstance(parsed, ReviewDelivery):
+            return self._review(parsed)
         apps: list[str] = []
         reasons: list[str] = []
         for push in parsed:
@@ -386,6 +389,16 @@ class WebhookReceiver:
         for app in apps:
             self._scheduler.trigger(app, Trigger.WEBHOOK)
         return Verdict(202, "accepted", {"result": "queued", "apps": apps})
+
+    def _review(self, parsed: ReviewDelivery) -> Verdict:
+        """A merge request of another host: to the preview service when previews are on."""
+        if self._previews is None:
+            return Verdict(202, "ignored", {"result": "ignored",
+                                            "reason": "merge request events are used by previews only (PREVIEWS=true)"})
+        if parsed.event is None:
+            return Verdict(400, "bad-request", {"error": parsed.problem or "malformed merge request payload"})
+        seen = self._previews.submit(parsed.event)
+        return Verdict(seen.status, seen.result, seen.body)
 
     def _provider_of(self, app: str) -> str | None:
         """The app's Git host (a delivery from another host never syncs it, even with the same path)."""
