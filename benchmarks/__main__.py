@@ -37,6 +37,7 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
     "previews": ("9. Pull-request previews", previews.run),
     "sharedhead": ("10. Shared head checks", fleet.run_shared),
     "thousand": ("11. 1,000 apps in one process", fleet.run_thousand),
+    "thousand3": ("12. 1,000 apps on 3 replicas", scale_out.run_thousand),
 }
 PARTIAL = ROOT / "benchmarks" / "results" / "BENCHMARKS-partial.md"
 

@@ -41,7 +41,7 @@ from .core import (
     ratio,
     wait_until,
 )
-from .fixtures import GIT_TOKEN, SESAM_JWT, ServerProcess, Service, child_env, config_file, entities
+from .fixtures import GIT_TOKEN, HEALTH_WINDOW, SESAM_JWT, ServerProcess, Service, child_env, config_file, entities
 from .many_apps import NodeRouter
 
 INTERVAL = 10.0
@@ -80,7 +80,7 @@ class Observed:
 
 
 def write_config(path: Path, state: Path, git: ServerProcess, nodes_url: str, fleet: Fleet) -> None:
-    policy: dict[str, Any] = {"interval": INTERVAL}
+    policy: dict[str, Any] = {"interval": INTERVAL, "health_window": HEALTH_WINDOW}
     if fleet.drift_interval is not None:
         policy["drift_interval"] = fleet.drift_interval
     apps = [
@@ -144,7 +144,7 @@ def run_fleet(work: Path, git: ServerProcess, nodes_url: str, fleet: Fleet, seco
     log = work / f"service-{fleet.apps}-{fleet.repos}.log"
     with Service.start(env, log, "--config", str(config), timeout=120) as service:
         wait_until(service.ready, 600, interval=0.5, what=f"the first sync of all {fleet.apps} apps")
-        time.sleep(warmup)  # the start-up burst gives way to steady polling
+        time.sleep(max(warmup, HEALTH_WINDOW + 2.0))  # the start-up burst gives way to steady polling
         return observe(service, git, fleet, seconds)
 
 

@@ -37,7 +37,7 @@ from .core import (
     proc_rss_bytes,
     wait_until,
 )
-from .fixtures import GIT_TOKEN, SESAM_JWT, ServerProcess, Service, child_env, config_file, entities
+from .fixtures import GIT_TOKEN, HEALTH_WINDOW, SESAM_JWT, ServerProcess, Service, child_env, config_file, entities
 
 APPS = 200
 ENTITIES = 20  # per app: 18 pipes and 2 systems
@@ -84,7 +84,7 @@ class Window:
 
 
 def write_config(path: Path, state: Path, git: ServerProcess, nodes_url: str, drift_interval: float | None) -> None:
-    policy: dict[str, Any] = {"interval": INTERVAL}
+    policy: dict[str, Any] = {"interval": INTERVAL, "health_window": HEALTH_WINDOW}
     if drift_interval is not None:
         policy["drift_interval"] = drift_interval
     apps = [
@@ -151,7 +151,7 @@ def run_variant(work: Path, git: ServerProcess, nodes_url: str, label: str, drif
     env = child_env(GITHUB_TOKEN=GIT_TOKEN, JWT=SESAM_JWT, LOG_LEVEL="warning")
     with Service.start(env, work / f"service-{label}.log", "--config", str(config)) as service:
         wait_until(service.ready, 300, interval=0.5, what=f"the first sync of all {APPS} apps")
-        time.sleep(warmup)  # let the start-up burst give way to steady polling
+        time.sleep(max(warmup, HEALTH_WINDOW + 2.0))  # let the start-up burst give way to steady polling
         return observe(service, git, label, seconds)
 
 

@@ -172,6 +172,34 @@ def test_failing_pipe_is_rolled_back_once_suspended_and_notified(
     with_sesam(scenario)
 
 
+def test_a_large_deploy_is_watched_through_one_listing_per_look(
+    with_sesam: Callable[[Scenario], None], told: Told, config_repo: WorkRepo, sesam: SesamEmulator,
+):
+    """Twenty changed pipes: one `GET /api/pipes?fields=runtime` per look, not twenty pump reads; a failing
+    one among them is still found and rolled back."""
+    async def scenario(rec: Reconciler) -> None:
+        await rec.sync(Trigger.MANUAL)
+        await settle(rec)
+        many = {f"pipes/p{i:02d}.conf.json": entity_json(pipe(f"p{i:02d}")) for i in range(20)}
+        push(config_repo, many, "twenty pipes")
+        sesam.reset_log()
+        assert (await rec.sync(Trigger.WEBHOOK)).result is Result.SYNCED
+        await settle(rec)
+        assert sesam.count("GET", "/api/pipes") >= 1
+        assert not [r for r in sesam.requests if r.method == "GET" and r.path.endswith("/pump")]
+        # every pipe changes again (still a listing), and one of them starts failing
+        changed = {f"pipes/p{i:02d}.conf.json": entity_json(pipe(f"p{i:02d}", dataset="src2")) for i in range(20)}
+        failing = pipe("p07", dataset="src2", metadata={"emulator-fail-runs": "p07 lost its source"})
+        bad = push(config_repo, {**changed, "pipes/p07.conf.json": entity_json(failing)}, "break p07")
+        sesam.reset_log()
+        assert (await rec.sync(Trigger.WEBHOOK)).revision == bad
+        await settle(rec)
+        assert [(n.event, n.revision) for n in told.notices] == [("rolled-back", bad)]
+        assert "p07 lost its source" in (rec.store.get_state("node").suspended_reason or "")
+
+    with_sesam(scenario)
+
+
 def test_rollback_that_is_degraded_too_stops_and_alerts(
     with_sesam: Callable[[Scenario], None], told: Told, config_repo: WorkRepo, sesam: SesamEmulator,
 ):
