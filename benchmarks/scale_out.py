@@ -216,12 +216,14 @@ class Fleet:
     store_url: str | None
     replicas: dict[str, Service] = field(default_factory=dict)
     started: int = 0
+    branches: int | None = None  # apps share this many branches (app i follows branch i % branches); None: one each
 
     def config(self) -> Path:
         path = self.work / "apps.yaml"
         apps = [{
             "name": f"app{i:03d}",
-            "source": {"url": self.git.url_for("acme/config.git"), "branch": branch(i), "token_env": "GITHUB_TOKEN",
+            "source": {"url": self.git.url_for("acme/config.git"),
+                       "branch": branch(i % self.branches if self.branches else i), "token_env": "GITHUB_TOKEN",
                        "head_check": "git"},
             "target": {"kind": "sesam", "api_url": f"{self.nodes_url}/n{i}/api", "jwt_env": "JWT"},
             "policy": {"interval": INTERVAL, "health_window": HEALTH_WINDOW},
@@ -335,10 +337,11 @@ def measure_latency(label: str, fleet: Fleet, repo: Repo, pushes: int, pg: Postg
                 others = [n for n in names if n != owner]
                 sender = owner if mode == "the owner" and owner else others[k % len(others)]
             entity_id = f"push-{tag}-{k}"
-            sha = repo.push(i, entity_id)
+            ref = i % fleet.branches if fleet.branches else i  # the branch app i follows
+            sha = repo.push(ref, entity_id)
             node = fleet.nodes[i]
             start = time.perf_counter()
-            status = signed_push(client, fleet.replicas[sender].url, i, sha)
+            status = signed_push(client, fleet.replicas[sender].url, ref, sha)
             if status != 202:
                 raise RuntimeError(f"webhook answered {status}")
             deadline = start + 15
@@ -405,7 +408,8 @@ def run_thousand(options: Options) -> ScenarioResult:
     sizes = Sizes(apps=options.pick(1000, 200), window=options.pick(6 * INTERVAL, 20.0),
                   sample=options.pick(INTERVAL, 5.0), pushes=options.pick(10, 4), takeovers=options.pick(3, 2))
     result = ScenarioResult("thousand3", "12. 1,000 apps on 3 replicas")
-    for cost in _run(result, sizes, [CONFIGS[2]]):
+    # issue 18's fleet: 100 repositories' worth of refs, 10 apps following each (their head checks are shared)
+    for cost in _run(result, sizes, [CONFIGS[2]], branches=options.pick(100, 20)):
         for name, cpu in zip(cost.replicas, cost.cpu, strict=True):
             summary = Summary.of(cpu)
             result.check(f"{sizes.apps} apps on 3 replicas: {name} under {THOUSAND_LIMIT:.0%} of one core",
@@ -414,7 +418,8 @@ def run_thousand(options: Options) -> ScenarioResult:
     return result
 
 
-def _run(result: ScenarioResult, sizes: Sizes, configs: list[tuple[str, int, bool]]) -> list[Cost]:
+def _run(result: ScenarioResult, sizes: Sizes, configs: list[tuple[str, int, bool]],
+         branches: int | None = None) -> list[Cost]:
     """Measure each configuration into `result`'s tables and checks; the costs, for a caller's own checks."""
     costs: list[Cost] = []
     latencies: list[Latency] = []
@@ -430,7 +435,7 @@ def _run(result: ScenarioResult, sizes: Sizes, configs: list[tuple[str, int, boo
             for node in nodes:
                 node.reset()
             url = pg.create_database(f"bench{n}") if shared else None
-            fleet = Fleet(work / f"fleet{n}", git, nodes, server.url, url)
+            fleet = Fleet(work / f"fleet{n}", git, nodes, server.url, url, branches=branches)
             fleet.work.mkdir()
             try:
                 for r in range(replicas):
