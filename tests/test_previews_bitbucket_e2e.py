@@ -110,6 +110,14 @@ def test_pull_request_comment_status_update_and_refusals(service: Any, app_env: 
         assert bad.status_code == 401, (tamper, bad.response)
     assert previews(svc)[pull.number]["planned_at"] == planned_at
 
+    # Our comment deleted by someone: the next plan writes a new one (GET of the comment answered 404).
+    assert api.delete(f"{PULLS}/{pull.number}/comments/{comment.id}?version={edited.version}").status_code == 204
+    fixed = push_to(config_repo, "feature", {"pipes/fresh.conf.json": entity_json(pipe("fresh"))})
+    bitbucket.push(REPO, "refs/heads/feature", broken, fixed)
+    preview_at(svc, pull.number, fixed, state="success")
+    [again] = wait_for(lambda: our_comments(bitbucket, pull.number), what="a new preview comment")
+    assert again.id != comment.id and "+ pipe fresh" in again.body
+
     # Declined: the preview is dropped; nothing was ever written to the target; no secret in the log.
     [declined] = bitbucket.pulls.close(REPO, pull.number)
     assert declined.status_code == 202 and "dropped" in declined.response

@@ -108,6 +108,14 @@ def test_pull_request_comment_status_update_and_refusals(service: Any, app_env: 
         assert bad.status_code == 401, (tamper, bad.response)
     assert previews(svc)[pull.number]["planned_at"] == planned_at
 
+    # Our comment deleted by someone: the next plan writes a new one (PATCH answered 404).
+    assert api.delete(f"/repos/{REPO}/issues/comments/{comment.id}").status_code == 204
+    fixed = push_to(config_repo, "feature", {"pipes/fresh.conf.json": entity_json(pipe("fresh"))})
+    gitea.push(REPO, "refs/heads/feature", broken, fixed)
+    preview_at(svc, pull.number, fixed, state="success")
+    [again] = wait_for(lambda: our_comments(gitea, pull.number), what="a new preview comment")
+    assert again.id != comment.id and "+ pipe fresh" in again.body
+
     # Closed: the preview is dropped; nothing was ever written to the target; no secret in the log.
     [closed] = gitea.pulls.close(REPO, pull.number)
     assert closed.status_code == 202 and "dropped" in closed.response
