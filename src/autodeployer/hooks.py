@@ -16,6 +16,8 @@ import httpx
 from .config.loader import AppConfig
 from .logs import get_logger
 from .providers import ProviderClient, provider_client_for
+from .providers.bitbucket import BitbucketServerClient
+from .providers.gitea import GiteaClient
 from .providers.gitlab import GitLabClient
 from .sources.github import GitHubClient, GitHubError, HookSpec
 
@@ -47,19 +49,24 @@ class HookTarget:
         return self.client.repo
 
 
+#: The clients of the hosts whose hooks also carry pull-request events when previews are on.
+PREVIEW_HOSTS = (GitHubClient, GitLabClient, GiteaClient, BitbucketServerClient)
+
+
 def hook_targets(
     apps: Iterable[AppConfig], http: httpx.AsyncClient, hook_url: str, secret: str, *, set_secret: bool = True,
     events: tuple[str, ...] = ("push",),
 ) -> list[HookTarget]:
     """`set_secret`: replace an existing hook's secret (the service does; the CLI only with WEBHOOK_SECRET).
-    `events`: also `pull_request` when previews are on (GitHub's and GitLab's clients: the hosts with previews)."""
+    `events`: also `pull_request` when previews are on (the clients of the hosts with previews:
+    `PREVIEW_HOSTS`)."""
     found: dict[tuple[str, str], HookTarget] = {}
     for app in apps:
         client = provider_client(app, http)
         if client is None:
             continue
         key = (client.api_url, client.repo.lower())
-        wanted = events if isinstance(client, GitHubClient | GitLabClient) else ("push",)  # hosts with previews
+        wanted = events if isinstance(client, PREVIEW_HOSTS) else ("push",)  # hosts with previews
         found.setdefault(key, HookTarget(client, HookSpec(url=hook_url, secret=secret,
                                                                   set_secret=set_secret, events=wanted)))
     return list(found.values())

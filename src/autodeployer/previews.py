@@ -13,7 +13,10 @@ target, its open previews are planned again against the new live state (this cla
 
 The host is behind `reviews.ReviewsClient`: GitHub's pull requests (`pull_requests.py`) and GitLab's
 merge requests (`providers/gitlab_reviews.py`, a note instead of a comment, `refs/merge-requests/<iid>/
-merge`, and the head planned alone, said so in the note, when GitLab has no merge ref for it).
+merge`, and the head planned alone, said so in the note, when GitLab has no merge ref for it), Gitea's
+and Forgejo's pull requests (`providers/gitea_reviews.py`: no test merge there, so the head is always
+planned alone and the comment says so) and Bitbucket Server's (`providers/bitbucket_reviews.py`,
+`refs/pull-requests/<id>/merge`, the head `/from` when Bitbucket has no merge for it).
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ from .logs import get_logger
 from .model import CommitInfo, Reason, Result, SyncResult, Trigger
 from .plans import PlanReport, plan_revision
 from .providers import provider_client_for
+from .providers.bitbucket import BitbucketServerClient
+from .providers.bitbucket_reviews import BitbucketReviewsClient
+from .providers.gitea import GiteaClient
+from .providers.gitea_reviews import GiteaReviewsClient
 from .providers.gitlab import GitLabClient
 from .providers.gitlab_reviews import GitLabReviewsClient
 from .pull_requests import PullRequestsClient
@@ -47,6 +54,8 @@ MIN_INTERVAL = 0.5  # seconds between two plans of the same pull request
 MERGE_WAIT = (0.5, 1.0, 2.0, 4.0)  # GitHub computes the test merge after a push: waits while it is unknown
 _HEAD_ALONE = ("The merge request {why}: its head is planned alone, not the merge result, so changes on the "
                "target branch since it forked are not in this plan.")
+_NO_TEST_MERGE = ("{host} makes no test merge of a pull request: its head is planned alone, not the merge result, "
+                  "so changes on the target branch since it forked are not in this plan.")
 
 
 def marker(app: str) -> str:
@@ -274,6 +283,8 @@ class PreviewService:
         client = self._clients.get(app)
         merge_ref = client.merge_ref(number) if client is not None else f"refs/pull/{number}/merge"
         head_ref = client.head_ref(number) if client is not None else None
+        if head_ref is not None and not getattr(client, "test_merge", True):  # Gitea: no merge ref at all
+            return await self._plan(app, number, head_ref, None), _NO_TEST_MERGE.format(host="Gitea")
         if head_ref is not None and pull is not None and pull.mergeable is False:
             return await self._plan(app, number, head_ref, None), _HEAD_ALONE.format(why="conflicts with its target")
         report = await self._plan(app, number, merge_ref, pull.merge_sha if pull is not None else None)
@@ -458,14 +469,26 @@ def preview_service(runtime: Runtime) -> PreviewService:
 
 def reviews_client(app: AppConfig, runtime: Runtime) -> ReviewsClient | None:
     """The app's host client for previews: GitLab's merge requests, else GitHub's pull requests (None
-    without API access; hosts without previews yet, Gitea and Bitbucket, get none)."""
+    without API access; Gitea and Bitbucket Server through `_other_reviews_client`)."""
     if app.source.provider == "gitlab":
         host = provider_client_for(app.source, runtime.http)
         return GitLabReviewsClient(host) if isinstance(host, GitLabClient) else None
+    if app.source.provider in ("gitea", "bitbucket"):
+        return _other_reviews_client(app, runtime)
     if app.source.provider not in (None, "github"):
         return None
     client = client_for(app, runtime.http)
     return PullRequestsClient(client) if client is not None else None
+
+
+def _other_reviews_client(app: AppConfig, runtime: Runtime) -> ReviewsClient | None:
+    """Gitea's / Forgejo's pull requests, or Bitbucket Server's (None without API access)."""
+    host = provider_client_for(app.source, runtime.http)
+    if isinstance(host, GiteaClient):
+        return GiteaReviewsClient(host)
+    if isinstance(host, BitbucketServerClient):
+        return BitbucketReviewsClient(host)
+    return None
 
 
 Job = Callable[[], Coroutine[Any, Any, None]]

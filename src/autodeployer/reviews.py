@@ -4,7 +4,9 @@ GitHub's pull requests and GitLab's merge requests differ in names (number/iid, 
 `refs/pull/N/merge` / `refs/merge-requests/N/merge`, failure/failed) but not in what a preview needs:
 which request, into which branch, at which head, from a fork or not; then one comment to find, create
 or edit, and one commit status. `previews.py` speaks only this module's words, so a host is added by
-writing a `ReviewsClient` and a delivery parser that yields a `PullRequestEvent`.
+writing a `ReviewsClient` and a delivery parser that yields a `PullRequestEvent`. Gitea/Forgejo
+(`providers/gitea_reviews.py`) and Bitbucket Server (`providers/bitbucket_reviews.py`) are added so; a
+client whose host makes no test merge at all (Gitea) says `test_merge = False`, and its head is planned.
 
 Imports nothing of the package: the providers (which parse deliveries) and the previews (which plan
 them) both use it without a cycle.

@@ -23,6 +23,10 @@ Facts it follows (Bitbucket Data Center REST and "Event payload" / "Manage webho
   `User-Agent: Bitbucket-Webhooks/2.0`, no signature; payload `push.changes[]` with `new`
   (`type` branch/tag, `name`, `target.hash`) and `old`, and `repository.full_name`.
 
+Server pull requests (`refs/pull-requests/<id>/from` and `/merge`, comments, activities, `pr:*`
+deliveries; a push to a pull request's source branch updates it and sends `pr:from_ref_updated`):
+`bitbucket_pulls.py`.
+
 `python -m autodeployer_emulators.bitbucket` serves it stand-alone (token from BITBUCKET_EMULATOR_TOKEN).
 """
 
@@ -53,6 +57,7 @@ from autodeployer_emulators._forge import (
     with_header,
 )
 from autodeployer_emulators._server import serve_forever, standalone_parser, token_from_env
+from autodeployer_emulators.bitbucket_pulls import PULLS, BitbucketPulls
 
 STATES = ("INPROGRESS", "SUCCESSFUL", "FAILED", "CANCELLED", "UNKNOWN")
 HOOKS = re.compile(r"^/rest/api/1\.0/projects/(?P<key>[^/]+)/repos/(?P<slug>[^/]+)/webhooks(?:/(?P<id>\d+))?$")
@@ -64,6 +69,10 @@ AUTH_FAILED = {"errors": [{"context": None, "message": "Authentication failed. P
 
 class BitbucketEmulator(ForgeEmulator):
     host_name = "Bitbucket"
+
+    def __init__(self, token: str | None = None) -> None:
+        super().__init__(token)
+        self.pulls = BitbucketPulls(self)  # Server pull requests, comments and pr:* deliveries
 
     @property
     def api_url(self) -> str:
@@ -98,6 +107,10 @@ class BitbucketEmulator(ForgeEmulator):
         status = STATUS.match(request.url.path)
         if status:
             return self._status(request.method, status["sha"], body, query)
+        pulls = PULLS.match(request.url.path)
+        pulls_repo = self.repo(f"{pulls['key']}/{pulls['slug']}") if pulls else None
+        if pulls is not None and pulls_repo is not None:
+            return self.pulls.route(request.method, pulls_repo, pulls["rest"] or "", body, query)
         hooks = HOOKS.match(request.url.path)
         repo = self.repo(f"{hooks['key']}/{hooks['slug']}") if hooks else None
         if hooks is None or repo is None:
@@ -112,7 +125,7 @@ class BitbucketEmulator(ForgeEmulator):
         shown["configuration"] = {k: v for k, v in hook["configuration"].items() if k != "secret"}
         return shown
 
-    def _paged(self, items: list[Any], query: dict[str, str]) -> Response:
+    def paged(self, items: list[Any], query: dict[str, str]) -> Response:
         start, limit = int(query.get("start", "0") or 0), int(query.get("limit", "25") or 25)
         size = max(1, min(limit, self.max_page_size))
         values = items[start:start + size]
@@ -126,7 +139,7 @@ class BitbucketEmulator(ForgeEmulator):
     def _list_hooks(self, repo: ForgeRepo, query: dict[str, str]) -> Response:
         with self.lock:
             items = [self._shown(h) for h in repo.hooks]
-        return self._paged(items, query)
+        return self.paged(items, query)
 
     def _create_hook(self, repo: ForgeRepo, body: dict[str, Any]) -> Response:
         missing = [k for k in ("name", "url", "events") if not body.get(k)]
@@ -163,7 +176,7 @@ class BitbucketEmulator(ForgeEmulator):
 
     def _status(self, method: str, sha: str, body: dict[str, Any], query: dict[str, str]) -> Response:
         if method == "GET":
-            return self._paged(self.build_statuses(sha), query)
+            return self.paged(self.build_statuses(sha), query)
         if method != "POST":
             return json_error(405, {"errors": [{"message": "Method not allowed"}]})
         if body.get("state") not in STATES:
@@ -193,15 +206,19 @@ class BitbucketEmulator(ForgeEmulator):
             hooks = [json.loads(json.dumps(h)) for h in repo.hooks
                      if h["active"] and "repo:refs_changed" in h["events"]]
         body = json.dumps(self._server_payload(repo, ref, before, after, repository_path or repo.path)).encode()
-        sent = []
-        for hook in hooks:
-            headers = {"Content-Type": "application/json; charset=utf-8", "X-Event-Key": "repo:refs_changed",
-                       "X-Request-Id": new_uuid(), "User-Agent": "Atlassian HttpClient 4.2.0 / Bitbucket-8.19.1"}
-            secret = hook["configuration"].get("secret")
-            signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest() if secret else None
-            with_header(headers, "X-Hub-Signature", tampered(signature, tamper) if signature else None)
-            sent.append(self.send(hook["url"], headers, body))
+        sent = [self.deliver_signed(hook, "repo:refs_changed", body, tamper) for hook in hooks]
+        if ref.startswith("refs/heads/") and after != ZERO_SHA and repo.git_dir is not None:
+            sent += self.pulls.source_pushed(path, ref.removeprefix("refs/heads/"), tamper)
         return sent
+
+    def deliver_signed(self, hook: dict[str, Any], event: str, body: bytes, tamper: Tamper = None) -> Sent:
+        """POST one Server delivery to `hook`, signed with its secret (when it has one)."""
+        headers = {"Content-Type": "application/json; charset=utf-8", "X-Event-Key": event,
+                   "X-Request-Id": new_uuid(), "User-Agent": "Atlassian HttpClient 4.2.0 / Bitbucket-8.19.1"}
+        secret = hook["configuration"].get("secret")
+        signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest() if secret else None
+        with_header(headers, "X-Hub-Signature", tampered(signature, tamper) if signature else None)
+        return self.send(hook["url"], headers, body)
 
     def _server_payload(self, repo: ForgeRepo, ref: str, before: str, after: str, path: str) -> dict[str, Any]:
         key, _, slug = path.partition("/")

@@ -20,6 +20,9 @@ Facts it follows (Gitea API v1 and webhook documentation):
   signed over the JSON text. Push payload: `ref`, `before`, `after`, `compare_url`, `commits[]`,
   `repository` (`full_name`, `owner`, `default_branch`, `clone_url`, ...), `pusher`, `sender`.
 
+Pull requests (`pulls`, `refs/pull/<index>/head`, issue comments, `pull_request` deliveries; a push to
+a pull request's head branch updates it and sends `synchronized`): `gitea_pulls.py`.
+
 `python -m autodeployer_emulators.gitea` serves it stand-alone (token from GITEA_EMULATOR_TOKEN).
 """
 
@@ -49,6 +52,7 @@ from autodeployer_emulators._forge import (
     tampered,
 )
 from autodeployer_emulators._server import serve_forever, standalone_parser, token_from_env
+from autodeployer_emulators.gitea_pulls import GiteaPulls
 
 STATES = ("pending", "success", "error", "failure", "warning")
 HOOK_TYPES = ("gitea", "forgejo", "gogs", "slack", "discord")
@@ -61,6 +65,7 @@ class GiteaEmulator(ForgeEmulator):
     def __init__(self, token: str | None = None, *, forgejo: bool = False) -> None:
         super().__init__(token)
         self.forgejo = forgejo
+        self.pulls = GiteaPulls(self)  # pull requests, their comments and deliveries (gitea_pulls.py)
 
     @property
     def api_url(self) -> str:
@@ -109,6 +114,9 @@ class GiteaEmulator(ForgeEmulator):
         list_match = re.fullmatch(r"/commits/([0-9a-f]{40})/statuses", rest)
         if list_match and method == "GET":
             return JSONResponse(self.statuses(repo.path, list_match[1]))
+        pulls = self.pulls.route(request, rest, repo, body, query)
+        if pulls is not None:
+            return pulls
         return json_error(404, {"message": "The target couldn't be found.", "errors": []})
 
     @staticmethod
@@ -188,29 +196,37 @@ class GiteaEmulator(ForgeEmulator):
         with self.lock:
             hooks = [json.loads(json.dumps(h)) for h in repo.hooks if h["active"] and "push" in h["events"]]
         payload_text = json.dumps(self._push_payload(repo, ref, before, after, repository_path or repo.path))
-        sent = []
-        for hook in hooks:
-            secret = hook["config"]["secret"]
-            sha256 = hmac.new(secret.encode(), payload_text.encode(), hashlib.sha256).hexdigest() if secret else ""
-            sha1 = hmac.new(secret.encode(), payload_text.encode(), hashlib.sha1).hexdigest() if secret else ""
-            form = hook["config"]["content_type"] == "form"
-            body = urlencode({"payload": payload_text}).encode() if form else payload_text.encode()
-            sent.append(self.send(hook["config"]["url"], self._headers(sha256, sha1, tamper, form, native_only), body))
+        sent = [self.deliver_signed(hook, payload_text, "push", "push", tamper, native_only) for hook in hooks]
+        if ref.startswith("refs/heads/") and after != ZERO_SHA and repo.git_dir is not None:
+            sent += self.pulls.source_pushed(path, ref.removeprefix("refs/heads/"), tamper)
         return sent
 
-    def _headers(self, sha256: str, sha1: str, tamper: Tamper, form: bool, native_only: bool) -> dict[str, str]:
+    def deliver_signed(self, hook: dict[str, Any], payload_text: str, event: str, event_type: str,
+                       tamper: Tamper = None, native_only: bool = False) -> Sent:
+        """POST one delivery to `hook`, signed with its secret as Gitea signs (over the JSON text)."""
+        secret = hook["config"]["secret"]
+        sha256 = hmac.new(secret.encode(), payload_text.encode(), hashlib.sha256).hexdigest() if secret else ""
+        sha1 = hmac.new(secret.encode(), payload_text.encode(), hashlib.sha1).hexdigest() if secret else ""
+        form = hook["config"]["content_type"] == "form"
+        body = urlencode({"payload": payload_text}).encode() if form else payload_text.encode()
+        headers = self._headers(sha256, sha1, tamper, form, native_only, event, event_type)
+        return self.send(hook["config"]["url"], headers, body)
+
+    def _headers(self, sha256: str, sha1: str, tamper: Tamper, form: bool, native_only: bool,
+                 event: str = "push", event_type: str = "push") -> dict[str, str]:
         delivery = new_uuid()
         signature = tampered(sha256, tamper)
         headers = {"Content-Type": "application/x-www-form-urlencoded" if form else "application/json",
                    "User-Agent": "Go-http-client/1.1"}
         prefixes = ["Gitea", "Gogs", *(["Forgejo"] if self.forgejo else [])]
         for prefix in prefixes:
-            headers.update({f"X-{prefix}-Event": "push", f"X-{prefix}-Event-Type": "push",
+            headers.update({f"X-{prefix}-Event": event, f"X-{prefix}-Event-Type": event_type,
                             f"X-{prefix}-Delivery": delivery})
             if signature is not None:
                 headers[f"X-{prefix}-Signature"] = signature
         if not native_only:
-            headers.update({"X-GitHub-Event": "push", "X-GitHub-Event-Type": "push", "X-GitHub-Delivery": delivery})
+            headers.update({"X-GitHub-Event": event, "X-GitHub-Event-Type": event_type,
+                            "X-GitHub-Delivery": delivery})
             if signature is not None:
                 headers["X-Hub-Signature-256"] = f"sha256={signature}"
                 headers["X-Hub-Signature"] = f"sha1={tampered(sha1, tamper)}"

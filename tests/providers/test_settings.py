@@ -12,6 +12,7 @@ from autodeployer.config.loader import load_config
 from autodeployer.errors import ConfigError
 from autodeployer.providers import PROVIDERS, recognise
 from autodeployer.providers.base import Ignored, Malformed, Ping, Push, token_matches
+from autodeployer.reviews import ReviewDelivery
 
 BASE = {"JWT": "jwt-value-123456"}
 TOKEN = "glpat-SECRET-0a1b2c3d"
@@ -94,7 +95,8 @@ def test_payload_edges():
     assert isinstance(lab.parse("Push Hook", {"object_kind": "push"}), Malformed)
     assert isinstance(lab.parse("Pipeline Hook", {"object_kind": "pipeline"}), Ignored)
     assert isinstance(bb.parse("diagnostics:ping", {}), Ping)
-    assert isinstance(bb.parse("pr:opened", {}), Ignored)
+    assert isinstance(bb.parse("pullrequest:created", {}), Ignored)  # Cloud's: no previews
+    assert isinstance(bb.parse("pr:opened", {}), ReviewDelivery)  # Server's: previews (malformed here)
     changes = {"repository": {"slug": "cfg", "project": {"key": "P"}},
                "changes": [{"ref": {"id": "refs/tags/v1"}, "toHash": "a" * 40, "type": "ADD"},
                            {"ref": {"id": "refs/heads/old"}, "toHash": "0" * 40, "type": "DELETE"}]}

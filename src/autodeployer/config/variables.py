@@ -87,7 +87,7 @@ CORE_VARIABLES: tuple[Variable, ...] = (
     Variable("COMMIT_STATUS", "true", "Post a GitHub commit status for each sync (needs GITHUB_TOKEN)."),
     Variable("PREVIEWS", "false", "Plan pull requests into an app's branch (their merge result) against the live "
              "target: one comment per app on the PR, a status autodeployer/APP/plan (needs GITHUB_TOKEN; "
-             "GitLab merge requests: GITLAB_TOKEN)."),
+             "GitLab merge requests: GITLAB_TOKEN; Gitea/Forgejo: GITEA_TOKEN; Bitbucket Server: BITBUCKET_TOKEN)."),
     Variable("PREVIEW_FORKS", "false", "Also plan pull requests from forks (their content is untrusted; nothing "
              "is ever run for them)."),
     Variable("ADMIN_TOKEN", None, "Bearer token for the API's write endpoints (sync, suspend, resume, rollback); "

@@ -44,6 +44,9 @@ from .base import (
 STATES = {"pending": "INPROGRESS", "success": "SUCCESSFUL", "failure": "FAILED", "error": "FAILED"}
 SERVER_PUSH = "repo:refs_changed"
 CLOUD_PUSH = "repo:push"
+#: The pull-request events a hook also subscribes to when previews are on.
+PR_EVENTS = ("pr:opened", "pr:from_ref_updated", "pr:modified", "pr:reopened", "pr:merged", "pr:declined",
+             "pr:deleted")
 
 
 def cloud_path_token(secret: str) -> str:
@@ -75,8 +78,12 @@ class BitbucketProvider:
     def parse(self, event: str, payload: dict[str, Any]) -> Parsed:
         if event == "diagnostics:ping":
             return Ping()
-        if event.startswith(("pr:", "pullrequest:")):
-            return Ignored("pull request events are not handled (plan previews are GitHub-only)")
+        if event.startswith("pr:"):  # Server's pull requests: previews (providers/bitbucket_reviews.py)
+            from .bitbucket_reviews import pull_request
+
+            return pull_request(event, payload)
+        if event.startswith("pullrequest:"):
+            return Ignored("Bitbucket Cloud pull request events are not handled (previews: Server / Data Center)")
         if event == CLOUD_PUSH:
             return _cloud_pushes(payload)
         if event != SERVER_PUSH:
@@ -189,14 +196,15 @@ class BitbucketServerClient:
         """Create the hook, or bring its events and activity back; the secret is sent again only when
         `spec.set_secret` (a PUT without `configuration` keeps the one set)."""
         hook = await self._find(spec.url)
-        wanted = {"name": "autodeployer", "url": spec.url, "events": [SERVER_PUSH], "active": True}
+        events = [SERVER_PUSH, *(PR_EVENTS if "pull_request" in spec.events else ())]
+        wanted = {"name": "autodeployer", "url": spec.url, "events": events, "active": True}
         if hook is None:
             body = {**wanted, "configuration": {"secret": spec.secret}}
             response = await call(self._http, "POST", self._hooks, self._headers, json=body)
             if response.status_code != 201:
                 raise failure(response, f"creating the hook on {self.repo}")
             return outcome(_github_shape(response.json()), created=True)
-        updated = [*(["events"] if hook.get("events") != [SERVER_PUSH] else []),
+        updated = [*(["events"] if sorted(hook.get("events") or []) != sorted(events) else []),
                    *(["active"] if not hook.get("active", True) else [])]
         if updated or spec.set_secret:
             body = {**wanted, **({"configuration": {"secret": spec.secret}} if spec.set_secret else {})}

@@ -22,6 +22,7 @@ from .base import Ignored, Parsed, ProviderClient, ProviderName, call, failure, 
 from .github import parse_github_push
 
 NATIVE = ("x-gitea", "x-forgejo", "x-gogs")
+PULL_EVENTS = ("pull_request", "pull_request_sync")
 
 
 class GiteaProvider:
@@ -47,8 +48,10 @@ class GiteaProvider:
         return None
 
     def parse(self, event: str, payload: dict[str, Any]) -> Parsed:
-        if event == "pull_request":
-            return Ignored("pull request events are not handled (plan previews are GitHub-only)")
+        if event in PULL_EVENTS:  # previews (providers/gitea_reviews.py)
+            from .gitea_reviews import pull_request
+
+            return pull_request(payload)
         if event != "push":
             return Ignored(f"{event or 'unnamed'} events are not handled")
         return parse_github_push(payload)

@@ -1,0 +1,250 @@
+"""Pull requests of the emulated Gitea / Forgejo: their model, `refs/pull/<index>/head` in the linked
+bare repository, issue comments, and `pull_request` deliveries (`gitea.py` routes the HTTP here).
+
+Facts it follows (Gitea API v1 swagger and webhook documentation):
+
+* `GET /repos/{owner}/{repo}/pulls/{index}`: `id`, `number`, `title`, `state` (open, closed), `merged`,
+  `mergeable` (whether the head merges cleanly into the base), `merge_commit_sha` (once merged),
+  `head`/`base` {`label`, `ref`, `sha`, `repo_id`, `repo`}, `html_url`, `diff_url`, `created_at`,
+  `updated_at`. `GET /repos/{owner}/{repo}/pulls?state=open|closed|all` is paged with `page`/`limit`
+  (a `Link` header with `rel="next"`, and `X-Total-Count`). `POST /repos/{owner}/{repo}/pulls` with
+  `head`, `base`, `title` creates one (201; 409 when one is already open for the same branches);
+  `PATCH /repos/{owner}/{repo}/pulls/{index}` with `state` closed/open closes or reopens it.
+* Refs: `refs/pull/<index>/head` only; Gitea writes no merge ref (it computes mergeability itself).
+* Comments are the issue's: `GET /repos/{owner}/{repo}/issues/{index}/comments` (every comment, no
+  paging; `since`/`before` filters), `POST` with `body` (201, the comment: `id`, `body`, `user`,
+  `html_url`, `pull_request_url`, `issue_url`, `created_at`, `updated_at`), `PATCH
+  /repos/{owner}/{repo}/issues/comments/{id}` with `body` (200; 404 when unknown), `DELETE` (204); an
+  empty `body` is refused with 422.
+* Deliveries: `X-Gitea-Event: pull_request` (also X-Gogs-/X-Forgejo-/X-GitHub-Event) for every action;
+  `X-Gitea-Event-Type: pull_request`, or `pull_request_sync` when new commits were pushed (action
+  `synchronized`). Body: `action` (opened, reopened, synchronized, closed), `number`, `pull_request` (as
+  the API shows it), `repository` (the base), `sender`, `review`, `commit_id`. Signed like pushes. Sent to
+  active hooks whose `events` hold `pull_request` (which covers the sync events).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from autodeployer_emulators._forge import ForgeRepo, Sent, Tamper, json_error
+from autodeployer_emulators._pulls import Comment, Pull, write_refs
+from autodeployer_emulators.gitlab_merge_requests import branch_tip, iso
+
+if TYPE_CHECKING:
+    from autodeployer_emulators.gitea import GiteaEmulator
+
+NOT_FOUND = {"message": "The target couldn't be found.", "errors": []}
+
+
+class GiteaPulls:
+    """The pull requests of every repository of one `GiteaEmulator`."""
+
+    def __init__(self, host: GiteaEmulator) -> None:
+        self.host = host
+        self.by_repo: dict[str, list[Pull]] = {}
+
+    # ------------------------------------------------------------------ HTTP
+    def route(self, request: Request, rest: str, repo: ForgeRepo, body: dict[str, Any],
+              query: dict[str, str]) -> Response | None:
+        """The answer for a pull or comment path, None for any other path."""
+        method = request.method
+        if rest == "/pulls":
+            return self._list(request, repo, query) if method == "GET" else self._create(repo, body)
+        match = re.fullmatch(r"/pulls/(\d+)", rest)
+        if match:
+            return self._pull(method, repo, int(match[1]), body)
+        match = re.fullmatch(r"/issues/(\d+)/comments", rest)
+        if match:
+            return self._comments(method, repo, int(match[1]), body)
+        match = re.fullmatch(r"/issues/comments/(\d+)", rest)
+        if match:
+            return self._comment(method, repo, int(match[1]), body)
+        return None
+
+    def _list(self, request: Request, repo: ForgeRepo, query: dict[str, str]) -> Response:
+        state = query.get("state", "open")
+        page, limit = int(query.get("page", "1") or 1), int(query.get("limit", "30") or 30)
+        with self.host.lock:
+            found = [self.to_json(repo, p) for p in self.by_repo.get(repo.path.lower(), [])
+                     if state == "all" or _state(p) == state]
+        items, more = self.host.page(found, page, limit)
+        headers = {"X-Total-Count": str(len(found))}
+        if more:
+            base = str(request.url).split("?")[0]
+            headers["Link"] = f'<{base}?{urlencode({"state": state, "page": page + 1, "limit": limit})}>; rel="next"'
+        return JSONResponse(items, headers=headers)
+
+    def _create(self, repo: ForgeRepo, body: dict[str, Any]) -> Response:
+        if not body.get("head") or not body.get("base"):
+            return json_error(422, {"message": "head and base are required"})
+        try:
+            pull = self.open(repo.path, str(body["head"]), str(body["base"]), title=str(body.get("title") or "change"))
+        except ValueError as exc:
+            return json_error(409, {"message": str(exc)})
+        return JSONResponse(self.to_json(repo, pull), status_code=201)
+
+    def _pull(self, method: str, repo: ForgeRepo, number: int, body: dict[str, Any]) -> Response:
+        pull = self.find(repo, number)
+        if pull is None:
+            return json_error(404, NOT_FOUND)
+        if method == "PATCH" and body.get("state") in ("open", "closed"):
+            with self.host.lock:
+                pull.state, pull.updated_at = str(body["state"]), time.time()
+        return JSONResponse(self.to_json(repo, pull))
+
+    def _comments(self, method: str, repo: ForgeRepo, number: int, body: dict[str, Any]) -> Response:
+        pull = self.find(repo, number)
+        if pull is None:
+            return json_error(404, NOT_FOUND)
+        if method == "GET":
+            with self.host.lock:
+                return JSONResponse([self._comment_json(repo, pull, c) for c in pull.comments])
+        if not isinstance(body.get("body"), str) or not body["body"]:
+            return json_error(422, {"message": "[Body]: Required"})
+        comment = Comment(self.host.next_id(), str(body["body"]))
+        with self.host.lock:
+            pull.comments.append(comment)
+        return JSONResponse(self._comment_json(repo, pull, comment), status_code=201)
+
+    def _comment(self, method: str, repo: ForgeRepo, comment_id: int, body: dict[str, Any]) -> Response:
+        with self.host.lock:
+            found = next(((p, c) for p in self.by_repo.get(repo.path.lower(), []) for c in p.comments
+                          if c.id == comment_id), None)
+            if found is None:
+                return json_error(404, NOT_FOUND)
+            pull, comment = found
+            if method == "DELETE":
+                pull.comments.remove(comment)
+                return Response(status_code=204)
+            if method == "PATCH":
+                if not isinstance(body.get("body"), str) or not body["body"]:
+                    return json_error(422, {"message": "[Body]: Required"})
+                comment.body, comment.updated_at = str(body["body"]), time.time()
+            return JSONResponse(self._comment_json(repo, pull, comment))
+
+    # ------------------------------------------------------------------ shapes
+    def to_json(self, repo: ForgeRepo, pull: Pull) -> dict[str, Any]:
+        web = f"{self.host.base_url}/{repo.path}"
+        repository = _repository(repo, web)
+        side = {"repo_id": repo.id, "repo": repository}
+        return {
+            "id": pull.id, "number": pull.number, "title": pull.title, "body": "", "state": _state(pull),
+            "merged": pull.state == "merged", "mergeable": pull.merge_sha is not None,
+            "merge_commit_sha": pull.merge_sha if pull.state == "merged" else None,
+            "head": {"label": pull.source_branch, "ref": pull.source_branch, "sha": pull.head_sha, **side},
+            "base": {"label": pull.target_branch, "ref": pull.target_branch, "sha": pull.base_sha, **side},
+            "html_url": f"{web}/pulls/{pull.number}", "diff_url": f"{web}/pulls/{pull.number}.diff",
+            "created_at": iso(pull.created_at), "updated_at": iso(pull.updated_at),
+            "user": {"id": 1, "login": "gitea_admin"},
+        }
+
+    def _comment_json(self, repo: ForgeRepo, pull: Pull, comment: Comment) -> dict[str, Any]:
+        web = f"{self.host.base_url}/{repo.path}"
+        return {"id": comment.id, "body": comment.body, "user": {"id": 2, "login": "autodeployer"},
+                "html_url": f"{web}/pulls/{pull.number}#issuecomment-{comment.id}",
+                "pull_request_url": f"{web}/pulls/{pull.number}", "issue_url": "",
+                "created_at": iso(comment.created_at), "updated_at": iso(comment.updated_at)}
+
+    # ------------------------------------------------------------------ test side
+    def find(self, repo: ForgeRepo, number: int) -> Pull | None:
+        with self.host.lock:
+            return next((p for p in self.by_repo.get(repo.path.lower(), []) if p.number == number), None)
+
+    def _linked(self, path: str) -> ForgeRepo:
+        repo = self.host.repo(path)
+        if repo is None or repo.git_dir is None:
+            raise KeyError(f"no repository {path} linked to a Git repository")
+        return repo
+
+    def open(self, path: str, source: str, target: str, *, title: str = "change", deliver: bool = True,
+             tamper: Tamper = None) -> Pull:
+        """Open a pull request of branch `source` into `target` (its ref written, `opened` delivered)."""
+        repo = self._linked(path)
+        assert repo.git_dir is not None
+        head, base = branch_tip(repo.git_dir, source), branch_tip(repo.git_dir, target)
+        if head is None or base is None:
+            raise ValueError(f"branch {source if head is None else target} does not exist")
+        with self.host.lock:
+            known = self.by_repo.setdefault(repo.path.lower(), [])
+            if any(p.state == "open" and (p.source_branch, p.target_branch) == (source, target) for p in known):
+                raise ValueError(f"pull request already exists for these targets: {source} -> {target}")
+            # Gitea numbers pull requests and issues together: one counter per repository.
+            pull = Pull(self.host.next_id(), len(known) + 1, title, source, target, head, base)
+            write_refs(repo.git_dir, pull, f"refs/pull/{pull.number}/head", None)
+            known.append(pull)
+        if deliver:
+            self.deliver(path, pull.number, "opened", tamper=tamper)
+        return pull
+
+    def close(self, path: str, number: int) -> list[Sent]:
+        repo = self._linked(path)
+        pull = self.find(repo, number)
+        if pull is None:
+            raise KeyError(f"no pull request #{number} in {path}")
+        with self.host.lock:
+            pull.state, pull.updated_at = "closed", time.time()
+        return self.deliver(path, number, "closed")
+
+    def comments(self, path: str, number: int) -> list[Comment]:
+        pull = self.find(self._linked(path), number)
+        with self.host.lock:
+            return [Comment(c.id, c.body, c.version, c.created_at, c.updated_at)
+                    for c in (pull.comments if pull else [])]
+
+    def source_pushed(self, path: str, branch: str, tamper: Tamper) -> list[Sent]:
+        """A push to a pull request's head branch updates it, as Gitea does: new head, ref rewritten, a
+        `synchronized` delivery (`X-Gitea-Event-Type: pull_request_sync`)."""
+        repo = self._linked(path)
+        assert repo.git_dir is not None
+        with self.host.lock:
+            touched = [p for p in self.by_repo.get(repo.path.lower(), [])
+                       if p.state == "open" and p.source_branch == branch]
+        sent: list[Sent] = []
+        for pull in touched:
+            head, base = branch_tip(repo.git_dir, pull.source_branch), branch_tip(repo.git_dir, pull.target_branch)
+            if head is None or base is None or head == pull.head_sha:
+                continue
+            with self.host.lock:
+                pull.head_sha, pull.base_sha, pull.updated_at = head, base, time.time()
+                write_refs(repo.git_dir, pull, f"refs/pull/{pull.number}/head", None)
+            sent += self.deliver(path, pull.number, "synchronized", tamper=tamper)
+        return sent
+
+    def deliver(self, path: str, number: int, action: str, *, tamper: Tamper = None,
+                base_ref: str | None = None) -> list[Sent]:
+        """A `pull_request` delivery to every active hook with `pull_request` (tests: a spoilt signature,
+        a payload naming another base branch)."""
+        repo = self._linked(path)
+        pull = self.find(repo, number)
+        if pull is None:
+            raise KeyError(f"no pull request #{number} in {path}")
+        with self.host.lock:
+            hooks = [json.loads(json.dumps(h)) for h in repo.hooks if h["active"] and "pull_request" in h["events"]]
+            shown = self.to_json(repo, pull)
+        if base_ref is not None:
+            shown["base"]["ref"] = shown["base"]["label"] = base_ref
+        web = f"{self.host.base_url}/{repo.path}"
+        payload = {"action": action, "number": pull.number, "pull_request": shown,
+                   "repository": _repository(repo, web), "sender": {"id": 1, "login": "gitea_admin"},
+                   "commit_id": "", "review": None}
+        kind = "pull_request_sync" if action == "synchronized" else "pull_request"
+        return [self.host.deliver_signed(hook, json.dumps(payload), "pull_request", kind, tamper) for hook in hooks]
+
+
+def _state(pull: Pull) -> str:
+    return "open" if pull.state == "open" else "closed"
+
+
+def _repository(repo: ForgeRepo, web: str) -> dict[str, Any]:
+    owner, _, name = repo.path.partition("/")
+    return {"id": repo.id, "owner": {"id": 1, "login": owner, "username": owner}, "name": name,
+            "full_name": repo.path, "private": False, "fork": False, "html_url": web, "clone_url": f"{web}.git",
+            "default_branch": repo.default_branch}
