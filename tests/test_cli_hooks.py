@@ -78,6 +78,18 @@ def test_register_says_what_changed(gh_env, github: GitHubEmulator, tmp_path: Pa
     assert f"hook {hook['id']} unchanged" in again.stdout, again.stdout
 
 
+def test_register_with_previews_asks_for_pull_request_events_as_the_service_does(gh_env, github: GitHubEmulator):
+    url = "http://127.0.0.1:9/webhook"
+    env = {**gh_env, "PUBLIC_URL": "http://127.0.0.1:9", "PREVIEWS": "true"}
+    created = run_cli(env, "hooks", "register")
+    assert created.returncode == 0, created.stderr
+    [hook] = hooks_for(github, url)
+    assert sorted(hook["events"]) == ["pull_request", "push"]
+    again = run_cli(env, "hooks", "register")
+    assert "unchanged" in again.stdout, again.stdout  # not stripped back to push only
+    assert sorted(hooks_for(github, url)[0]["events"]) == ["pull_request", "push"]
+
+
 def test_list_needs_no_public_url_and_says_no_hooks(gh_env, github: GitHubEmulator):
     empty = run_cli(gh_env, "hooks", "list")
     assert empty.returncode == 0, empty.stderr

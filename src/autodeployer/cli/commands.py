@@ -450,7 +450,9 @@ async def _hook_command(config: Config, action: str, dploy: bool = False) -> int
     secret, set_secret, origin = _register_secret(config) if action == "register" else ("", False, "")
     code = EXIT_OK
     async with httpx.AsyncClient(timeout=20, trust_env=False) as http:
-        targets = hook_targets(config.apps, http, url or "", secret, set_secret=set_secret)
+        # the same events the service asks for: a register from the CLI never strips what previews need
+        events = ("push", "pull_request") if config.service.previews else ("push",)
+        targets = hook_targets(config.apps, http, url or "", secret, set_secret=set_secret, events=events)
         if not targets:
             _fail("no app has a repository on a Git host with an API URL and a token (GITHUB_TOKEN, GITLAB_TOKEN, "
                   "GITEA_TOKEN or BITBUCKET_TOKEN); nothing to manage")
