@@ -29,6 +29,7 @@ from urllib.parse import parse_qs
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
+from ..headstart import commit_hint
 from ..logs import get_logger
 from ..model import Trigger
 from ..previews import PreviewService
@@ -358,8 +359,9 @@ class WebhookReceiver:
         apps = self._scheduler.apps_following(repo, branch)
         if not apps:
             return Verdict(202, "ignored", {"result": "ignored", "reason": f"no app follows {repo}@{branch}"})
+        hint = commit_hint(payload.get("after"))  # fetched while the head is checked, never trusted as it
         for app in apps:
-            self._scheduler.trigger(app, Trigger.WEBHOOK)
+            self._scheduler.trigger(app, Trigger.WEBHOOK, hint)
         return Verdict(202, "accepted", {"result": "queued", "apps": apps})
 
     def _dispatch_parsed(self, provider: str, parsed: Parsed) -> Verdict:
@@ -374,6 +376,7 @@ class WebhookReceiver:
             return self._review(parsed)
         apps: list[str] = []
         reasons: list[str] = []
+        hints: dict[str, str | None] = {}
         for push in parsed:
             branch = push.ref if push.ref.startswith("refs/tags/") else push.ref.removeprefix("refs/heads/")
             if push.deleted:
@@ -383,11 +386,12 @@ class WebhookReceiver:
                      if self._provider_of(app) == provider and app not in apps]
             if not found:
                 reasons.append(f"no {provider} app follows {push.repository}@{branch}")
+            hints.update((app, commit_hint(push.after)) for app in found)
             apps += found
         if not apps:
             return Verdict(202, "ignored", {"result": "ignored", "reason": "; ".join(reasons)})
         for app in apps:
-            self._scheduler.trigger(app, Trigger.WEBHOOK)
+            self._scheduler.trigger(app, Trigger.WEBHOOK, hints.get(app))
         return Verdict(202, "accepted", {"result": "queued", "apps": apps})
 
     def _review(self, parsed: ReviewDelivery) -> Verdict:
