@@ -1,7 +1,8 @@
 """Push webhooks of every Git host: verify, filter, de-duplicate, queue, answer at once.
 
 The request never waits for a sync: a verified push to a followed branch only wakes the app's
-worker, which resolves the branch head itself (deliveries can be late or out of order).
+worker, which resolves the branch head itself (deliveries can be late or out of order); the commit a
+delivery names is only fetched ahead of that head check (headstart.py).
 
 The host is recognised from the headers (`providers.recognise`) or named by the path
 (`/webhook/<provider>`; Bitbucket Cloud only at `/webhook/bitbucket/<path token>`). Every host gets
