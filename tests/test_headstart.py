@@ -9,11 +9,16 @@ from __future__ import annotations
 import asyncio
 import json
 
+from autodeployer.config.loader import AppConfig, Policy
 from autodeployer.headstart import commit_hint
 from autodeployer.model import Result, SyncResult, Trigger
+from autodeployer.scheduling import AppWorker
+from autodeployer.sources.spec import SourceSpec
+from autodeployer.targets.sesam import Spec
 from autodeployer_emulators.gitserver import GitHttpServer, WorkRepo
 from autodeployer_emulators.sesam import SesamEmulator
 
+from .fakes import MemoryStore
 from .helpers import entity_json, pipe
 from .targets.test_sesam_verify import sesam_reconciler, sync
 
@@ -71,3 +76,42 @@ def test_only_full_commit_ids_are_hints():
     assert commit_hint("b" * 64) == "b" * 64
     assert commit_hint("0" * 40) is None  # a deleted branch
     assert commit_hint("abc123") is None and commit_hint(None) is None and commit_hint("A" * 40) is None
+
+
+class HintRecorder:
+    """Stands in for the reconciler: records the head-start hint of each sync the worker runs."""
+
+    def __init__(self) -> None:
+        self.app = AppConfig(name="a", source=SourceSpec(url="file:///x"), target=Spec(jwt="j" * 8),
+                             policy=Policy(interval=3600))
+        self.store = MemoryStore()
+        self.calls: list[tuple[Trigger, str | None]] = []
+
+    async def sync(self, trigger: Trigger, force: bool = False, lock_wait: float = 0.0,
+                   commit_hint: str | None = None) -> SyncResult:
+        self.calls.append((trigger, commit_hint))
+        await asyncio.sleep(0.05)
+        return SyncResult(self.app.name, trigger, Result.NO_CHANGE)
+
+
+def test_the_worker_hands_the_newest_delivered_commit_to_the_sync():
+    rec = HintRecorder()
+    worker = AppWorker(rec, settle=0.05)  # type: ignore[arg-type]
+
+    async def drive() -> None:
+        stopping = asyncio.Event()
+        task = asyncio.create_task(worker.run(stopping))
+        await asyncio.sleep(0.2)  # the start-up sync: no hint
+        worker.trigger(Trigger.WEBHOOK, "a" * 40)
+        await asyncio.sleep(0.3)
+        worker.trigger(Trigger.WEBHOOK, "b" * 40)
+        worker.trigger(Trigger.WEBHOOK, "c" * 40)  # while settling: the newest delivery's commit wins
+        await asyncio.sleep(0.4)
+        worker.trigger(Trigger.MANUAL)  # no delivery: no hint
+        await asyncio.sleep(0.3)
+        stopping.set()
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(drive())
+    assert rec.calls == [(Trigger.STARTUP, None), (Trigger.WEBHOOK, "a" * 40), (Trigger.WEBHOOK, "c" * 40),
+                         (Trigger.MANUAL, None)], rec.calls
