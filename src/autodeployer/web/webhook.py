@@ -360,7 +360,8 @@ class WebhookReceiver:
         apps = self._scheduler.apps_following(repo, branch)
         if not apps:
             return Verdict(202, "ignored", {"result": "ignored", "reason": f"no app follows {repo}@{branch}"})
-        hint = commit_hint(payload.get("after"))  # fetched while the head is checked, never trusted as it
+        # fetched while the head is checked, never trusted as it (a tag's `after` may name the tag object)
+        hint = None if ref.startswith("refs/tags/") else commit_hint(payload.get("after"))
         for app in apps:
             self._scheduler.trigger(app, Trigger.WEBHOOK, hint)
         return Verdict(202, "accepted", {"result": "queued", "apps": apps})
@@ -387,7 +388,8 @@ class WebhookReceiver:
                      if self._provider_of(app) == provider and app not in apps]
             if not found:
                 reasons.append(f"no {provider} app follows {push.repository}@{branch}")
-            hints.update((app, commit_hint(push.after)) for app in found)
+            hint = None if push.ref.startswith("refs/tags/") else commit_hint(push.after)
+            hints.update((app, hint) for app in found)
             apps += found
         if not apps:
             return Verdict(202, "ignored", {"result": "ignored", "reason": "; ".join(reasons)})
