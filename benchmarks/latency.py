@@ -5,8 +5,9 @@ watched every 2 ms without HTTP. Each push is one commit changing one pipe of a 
 configuration. The clock starts when the webhook is sent (or, for polling, when ``git push``
 returns) and stops when the changed pipe is stored on the node; a second figure stops when the node
 has answered the service's read-back (the verifying ``GET`` of the changed pipe, or of the whole
-``/config``, after the ``PUT``); a third when the service has recorded the sync (the history row's
-``finished_at``, on the same wall clock).
+``/config``, after the ``PUT``); a third when the service's verify step ended (the history row's
+``finished_at``, which is its ``started_at`` plus the duration taken before the record step; the same
+wall clock as the benchmark's).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class Latencies:
     missed: int = 0
     steps: dict[str, list[float]] = field(default_factory=dict)  # ms per step, from the history rows
     sent: dict[str, float] = field(default_factory=dict)  # commit -> wall clock when the clock started
-    recorded: list[float] = field(default_factory=list)  # to the history row's finished_at
+    recorded: list[float] = field(default_factory=list)  # to the history row's finished_at (verify done)
 
 
 def recorded_after(state_dir: Path, trigger: str, sent: dict[str, float]) -> list[float]:
@@ -219,7 +220,7 @@ LATENCY_ANALYSIS = [
 def report(result: ScenarioResult, rows: list[Latencies], pushes: int) -> None:
     table = Table(f"{pushes} pushes per row, one commit changing one pipe of {SIZE:,} entities",
                   ["Trigger", "Pushes", "p50 to visible", "p99 to visible", "min – max", "p50 to read-back",
-                   "p99 to read-back", "p50 / p99 to recorded", "missed (> 15 s)"])
+                   "p99 to read-back", "p50 / p99 to verified", "missed (> 15 s)"])
     for row in rows:
         if not row.visible:
             table.add(row.label, pushes, "-", "-", "-", "-", "-", "-", row.missed)
@@ -256,8 +257,9 @@ def report(result: ScenarioResult, rows: list[Latencies], pushes: int) -> None:
         "Visible: the changed pipe is stored on the Sesam emulator (its `$audit` changed and its content "
         "equals the commit). Read-back: the node has answered the service's verifying read after the `PUT` "
         "(`GET /pipes/<id>/config` of the changed pipe; the whole `GET /config` when many entities changed), "
-        "after which the service only compares and records. Recorded: the history row's `finished_at` (the "
-        "same wall clock as the benchmark's). p99 is nearest-rank.",
+        "after which the service only compares and records. Verified: the history row's `finished_at` "
+        "(`started_at` plus the duration the service takes before its record step, so the compare is done; "
+        "the same wall clock as the benchmark's). p99 is nearest-rank.",
         f"Webhook: `autodeployer run` registered its hook on the GitHub emulator (PUBLIC_URL); each delivery "
         f"is the emulator's push payload, signed with the hook's secret (X-Hub-Signature-256) and sent from a "
         f"warm connection. The service answered 202 in {fmt_summary(answer) if answer else '-'}. Commit "
