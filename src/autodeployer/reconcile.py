@@ -355,20 +355,19 @@ class Reconciler:
 
         A commit whose tree is cached (a drift check, a retry) needs neither: commits are immutable.
         A head start (headstart.py) that guessed the head has both under way already."""
-        if start is not None:
-            if start.sha == head:
-                taken, start.prefetched = start.prefetched, None  # the pipeline discards it from now on
-                try:
-                    return Fetched(await start.fetch, taken)
-                except BaseException:
-                    _discard(taken)
-                    raise
-            await start.settle()  # a wrong guess: its fetch ends first (a killed git leaves lock files)
+        if start is not None and start.sha == head:
+            taken, start.prefetched = start.prefetched, None  # the pipeline discards it from now on
+            try:
+                return Fetched(await start.fetch, taken)
+            except BaseException:
+                _discard(taken)
+                raise
+        prefetched: asyncio.Task[Any] | None = None
+        if start is not None:  # a wrong guess: its fetch ends first (a killed git leaves lock files)
+            await start.settle()
+            prefetched, start.prefetched = start.prefetched, None  # the live state is still good
         if self._tree is not None and self._tree.revision == head:
-            return Fetched(head)
-        prefetched = start.prefetched if start is not None and start.prefetched is not None else None
-        if start is not None:
-            start.prefetched = None
+            return Fetched(head, prefetched)
         prefetched = prefetched or self.target.prefetch()
         try:
             return Fetched(await self.source.fetch(head), prefetched)
