@@ -4,13 +4,17 @@
 watched every 2 ms without HTTP. Each push is one commit changing one pipe of a 1,000-entity
 configuration. The clock starts when the webhook is sent (or, for polling, when ``git push``
 returns) and stops when the changed pipe is stored on the node; a second figure stops when the node
-has answered the service's read-back (the verification ``GET /config`` after the ``PUT``).
+has answered the service's read-back (the verifying ``GET`` of the changed pipe, or of the whole
+``/config``, after the ``PUT``); a third when the service's verify step ended (the history row's
+``finished_at``, which is its ``started_at`` plus the duration taken before the record step; the same
+wall clock as the benchmark's).
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 import sqlite3
 import statistics
 import tempfile
@@ -49,6 +53,19 @@ class Latencies:
     answer: list[float] = field(default_factory=list)  # webhook HTTP round trip
     missed: int = 0
     steps: dict[str, list[float]] = field(default_factory=dict)  # ms per step, from the history rows
+    sent: dict[str, float] = field(default_factory=dict)  # commit -> wall clock when the clock started
+    recorded: list[float] = field(default_factory=list)  # to the history row's finished_at (verify done)
+
+
+def recorded_after(state_dir: Path, trigger: str, sent: dict[str, float]) -> list[float]:
+    """Seconds from each commit's start of the clock to its synced history row's ``finished_at``."""
+    db = sqlite3.connect(f"file:{state_dir / 'history.sqlite3'}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT revision, finished_at FROM history WHERE trigger = ? AND result = 'synced'",
+                          (trigger,)).fetchall()
+    finally:
+        db.close()
+    return [finished - sent[revision] for revision, finished in rows if revision in sent and finished]
 
 
 def step_timings(state_dir: Path, trigger: str) -> dict[str, list[float]]:
@@ -86,7 +103,7 @@ def watch(node: SesamEmulator, entity_id: str, baseline: Any, want: dict[str, An
             raise TimeoutError(f"{entity_id} did not change within {TIMEOUT:g} s")
         time.sleep(POLL_EVERY)
     visible = time.perf_counter() - start
-    while not read_back_answered(node):
+    while not read_back_answered(node, entity_id):
         if time.perf_counter() > deadline:
             raise TimeoutError("no read-back after the PUT")
         time.sleep(POLL_EVERY)
@@ -97,13 +114,24 @@ def watch(node: SesamEmulator, entity_id: str, baseline: Any, want: dict[str, An
     return visible, read_back
 
 
-def read_back_answered(node: SesamEmulator) -> bool:
-    """A GET /api/config after the last PUT has started its response (status is set then)."""
+_ENTITY_CONFIG = re.compile(r"/api/(?:pipes|systems)/(?P<id>[^/]+)/config")
+
+
+def read_back_answered(node: SesamEmulator, entity_id: str) -> bool:
+    """The read-back after the last PUT has started its response (status is set then): a GET of the
+    whole /api/config, or of the changed entity's own config (targets/sesam_verify.py)."""
     requests = node.requests
     puts = [i for i, r in enumerate(requests) if r.method == "PUT" and r.path == "/api/config"]
     if not puts:
         return False
-    return any(r.method == "GET" and r.path == "/api/config" and r.status for r in requests[puts[-1] + 1 :])
+    return any(r.method == "GET" and r.status and _is_read_back(r.path, entity_id) for r in requests[puts[-1] + 1 :])
+
+
+def _is_read_back(path: str, entity_id: str) -> bool:
+    if path == "/api/config":
+        return True
+    match = _ENTITY_CONFIG.fullmatch(path)
+    return match is not None and match["id"] == entity_id
 
 
 def one_push(repo: ConfigRepo, node: SesamEmulator, k: int, out: Latencies, deliver: Hookshot | None) -> None:
@@ -115,12 +143,14 @@ def one_push(repo: ConfigRepo, node: SesamEmulator, k: int, out: Latencies, deli
     if deliver is not None:
         body = deliver.payload(change.before, change.after)  # the payload is built before the clock starts
         start = time.perf_counter()
+        out.sent[change.after] = time.time()
         status = deliver.deliver(body)
         out.answer.append(time.perf_counter() - start)
         if status != 202:
             raise AssertionError(f"webhook answered {status}")
     else:
         start = time.perf_counter()
+        out.sent[change.after] = time.time()
     try:
         visible, read_back = watch(node, entity_id, baseline, change.entity, start)
     except TimeoutError:
@@ -138,6 +168,7 @@ def via_webhook(repo: ConfigRepo, git: ServerProcess, node: Node, work: Path, pu
             one_push(repo, node.emulator, k, out, hookshot)
             time.sleep(SPACING)
     out.steps = step_timings(work / "state-webhook", "webhook")
+    out.recorded = recorded_after(work / "state-webhook", "webhook", out.sent)
     return out
 
 
@@ -150,6 +181,7 @@ def via_polling(repo: ConfigRepo, git: ServerProcess, node: Node, work: Path, pu
         for k in range(pushes):
             one_push(repo, node.emulator, 1000 + k, out, None)
             time.sleep(rng.uniform(0.0, 1.0))  # pushes land at random points of the poll cycle
+    out.recorded = recorded_after(work / "state-poll", "poll", out.sent)
     return out
 
 
@@ -168,6 +200,12 @@ def run(options: Options) -> ScenarioResult:
     return result
 
 
+def _recorded(row: Latencies) -> str:
+    if not row.recorded:
+        return "-"
+    return f"{ms(percentile(row.recorded, 50))} / {ms(percentile(row.recorded, 99))}"
+
+
 LATENCY_ANALYSIS = [
     "What a push's sync still does one after the other: the head check (one `ls-refs` request); `git fetch` of "
     "the commit by id (a git process here, a `git http-backend` process per request on the server); reading the "
@@ -182,15 +220,15 @@ LATENCY_ANALYSIS = [
 def report(result: ScenarioResult, rows: list[Latencies], pushes: int) -> None:
     table = Table(f"{pushes} pushes per row, one commit changing one pipe of {SIZE:,} entities",
                   ["Trigger", "Pushes", "p50 to visible", "p99 to visible", "min – max", "p50 to read-back",
-                   "p99 to read-back", "missed (> 15 s)"])
+                   "p99 to read-back", "p50 / p99 to verified", "missed (> 15 s)"])
     for row in rows:
         if not row.visible:
-            table.add(row.label, pushes, "-", "-", "-", "-", "-", row.missed)
+            table.add(row.label, pushes, "-", "-", "-", "-", "-", "-", row.missed)
             continue
         s = Summary.of(row.visible)
         table.add(row.label, len(row.visible) + row.missed, ms(percentile(row.visible, 50)),
                   ms(percentile(row.visible, 99)), f"{ms(s.low)} – {ms(s.high)}", ms(percentile(row.read_back, 50)),
-                  ms(percentile(row.read_back, 99)), row.missed)
+                  ms(percentile(row.read_back, 99)), _recorded(row), row.missed)
     result.tables.append(table)
     hook = rows[0]
     if hook.steps:
@@ -217,8 +255,11 @@ def report(result: ScenarioResult, rows: list[Latencies], pushes: int) -> None:
     answer = Summary.of(hook.answer) if hook.answer else None
     result.notes += [
         "Visible: the changed pipe is stored on the Sesam emulator (its `$audit` changed and its content "
-        "equals the commit). Read-back: the node has answered the service's verifying `GET /config` after "
-        "the `PUT`, after which the service only compares and records. p99 is nearest-rank.",
+        "equals the commit). Read-back: the node has answered the service's verifying read after the `PUT` "
+        "(`GET /pipes/<id>/config` of the changed pipe; the whole `GET /config` when many entities changed), "
+        "after which the service only compares and records. Verified: the history row's `finished_at` "
+        "(`started_at` plus the duration the service takes before its record step, so the compare is done; "
+        "the same wall clock as the benchmark's). p99 is nearest-rank.",
         f"Webhook: `autodeployer run` registered its hook on the GitHub emulator (PUBLIC_URL); each delivery "
         f"is the emulator's push payload, signed with the hook's secret (X-Hub-Signature-256) and sent from a "
         f"warm connection. The service answered 202 in {fmt_summary(answer) if answer else '-'}. Commit "

@@ -15,6 +15,7 @@ from typing import Any
 
 from .config.loader import AppConfig
 from .errors import AutodeployerError, OwnershipLost, Refused, SourceError, TargetError
+from .headstart import HeadStart
 from .logs import Redactor, get_logger
 from .model import Action, ApplyReport, CommitInfo, Plan, Problem, Reason, Result, SyncResult, Tree, Trigger
 from .reporters.base import Reporter
@@ -115,8 +116,10 @@ class Reconciler:
         force: bool = False,
         lock_wait: float = LOCK_WAIT,
         override_window: bool = False,
+        commit_hint: str | None = None,
     ) -> SyncResult:
-        """Reconcile once. `force` skips the idle fast path; `revision` pins a commit (rollback).
+        """Reconcile once. `force` skips the idle fast path; `revision` pins a commit (rollback);
+        `commit_hint` (a delivery's `after`) is fetched while the head is checked (headstart.py).
 
         Holds the app's apply lock for the whole sync (a dry run applies nothing and takes none). Held
         elsewhere for `lock_wait` seconds more: nothing is done, and the result says "not applied" and
@@ -130,15 +133,33 @@ class Reconciler:
             return self._not_applied(trigger, revision or "", busy, time.time(), time.perf_counter())
         self._not_applied_said = None
         try:
-            return await self._sync(trigger, False, revision, force, override_window)
+            return await self._sync(trigger, False, revision, force, override_window, commit_hint)
         finally:
             self.lock.release()
 
     async def _sync(self, trigger: Trigger, dry_run: bool, revision: str | None, force: bool,
-                    override_window: bool = False) -> SyncResult:
+                    override_window: bool = False, commit_hint: str | None = None) -> SyncResult:
         started, clock = time.time(), time.perf_counter()
         times = StepTimings()  # per-step durations: details["timings"] and the step histogram
         state = self.store.get_state(self.app.name)
+        start = self._head_start(commit_hint, revision, state)
+        try:
+            return await self._sync_from(trigger, dry_run, revision, force, override_window, start, state, times,
+                                         started, clock)
+        finally:
+            if start is not None:
+                start.abandon()  # a no-op once the fetch step took it over
+
+    def _head_start(self, hint: str | None, revision: str | None, state: AppState) -> HeadStart | None:
+        """The delivered commit's fetch and the live read, started before the head check (headstart.py)."""
+        if hint is None or revision or state.pinned_revision:
+            return None
+        return HeadStart.begin(hint, self.source.fetch, self.target.prefetch)
+
+    async def _sync_from(self, trigger: Trigger, dry_run: bool, revision: str | None, force: bool,
+                         override_window: bool, start: HeadStart | None, state: AppState, times: StepTimings,
+                         started: float, clock: float) -> SyncResult:
+        """The sync after its head start: resolve, the idle paths, then the pipeline."""
         gated = self.gate.active and not revision and not state.pinned_revision  # a rollback is never held
         try:
             if gated and self.gate.upstream is not None:
@@ -161,7 +182,7 @@ class Reconciler:
 
         drift_check = head == state.last_synced_revision and state.last_result in _OK
         outcome, sha = await self._pipeline(head, state, trigger, dry_run, drift_check, started,
-                                            gated=gated, override_window=override_window, times=times)
+                                            gated=gated, override_window=override_window, times=times, start=start)
         if outcome.not_applied is not None:
             return self._not_applied(trigger, sha, outcome.not_applied, started, clock)
         if drift_check and outcome.result is Result.NO_CHANGE and trigger is Trigger.POLL:
@@ -240,12 +261,13 @@ class Reconciler:
     async def _pipeline(
         self, head: str, state: AppState, trigger: Trigger, dry_run: bool, drift_check: bool, started: float,
         *, gated: bool = False, override_window: bool = False, times: StepTimings | None = None,
+        start: HeadStart | None = None,
     ) -> tuple[Outcome, str]:
         """The steps from fetch to verify; every failure becomes an Outcome with its Reason."""
         times = times or StepTimings()
         fetched = Fetched(head)
         try:
-            fetched = await times.timed("fetch", self._fetch(head))
+            fetched = await times.timed("fetch", self._fetch(head, start))
             await self._check_signatures(fetched.sha, state)
             tree = await times.timed("read", self._read(fetched.sha))
             if not drift_check and not dry_run:
@@ -328,13 +350,25 @@ class Reconciler:
             return await self.source.head(max_age=self.app.policy.interval)
         return await self.source.head()
 
-    async def _fetch(self, head: str) -> Fetched:
+    async def _fetch(self, head: str, start: HeadStart | None = None) -> Fetched:
         """Make the commit available locally; the target starts reading its live state meanwhile.
 
-        A commit whose tree is cached (a drift check, a retry) needs neither: commits are immutable."""
+        A commit whose tree is cached (a drift check, a retry) needs neither: commits are immutable.
+        A head start (headstart.py) that guessed the head has both under way already."""
+        if start is not None and start.sha == head:
+            taken, start.prefetched = start.prefetched, None  # the pipeline discards it from now on
+            try:
+                return Fetched(await start.fetch, taken)
+            except BaseException:
+                _discard(taken)
+                raise
+        prefetched: asyncio.Task[Any] | None = None
+        if start is not None:  # a wrong guess: its fetch ends first (a killed git leaves lock files)
+            await start.settle()
+            prefetched, start.prefetched = start.prefetched, None  # the live state is still good
         if self._tree is not None and self._tree.revision == head:
-            return Fetched(head)
-        prefetched = self.target.prefetch()
+            return Fetched(head, prefetched)
+        prefetched = prefetched or self.target.prefetch()
         try:
             return Fetched(await self.source.fetch(head), prefetched)
         except BaseException:

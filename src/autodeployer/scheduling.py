@@ -67,6 +67,7 @@ class AppWorker:
         self._retry: Trigger | None = None  # re-run this trigger at next_poll_at (not applied: busy elsewhere)
         self._unreadable = 0  # consecutive attempts that could not read the app's state
         self.override_window = False  # the next manual sync deploys even outside the app's sync windows
+        self._hint: str | None = None  # the commit the newest delivery named: a guess for a head start (headstart.py)
         self._log = get_logger(app=self.name)
         self.reconciler.request_sync = self.trigger  # an automatic rollback is queued here (rollout/)
 
@@ -78,8 +79,11 @@ class AppWorker:
     def pending(self) -> Trigger | None:
         return self._pending
 
-    def trigger(self, trigger: Trigger) -> None:
-        """Ask for a sync; merges with a pending one (the stronger trigger wins)."""
+    def trigger(self, trigger: Trigger, commit: str | None = None) -> None:
+        """Ask for a sync; merges with a pending one (the stronger trigger wins). `commit`: what a
+        delivery named, only fetched ahead of the head check (the newest delivery's guess wins)."""
+        if commit is not None:
+            self._hint = commit
         if self._pending is None or _PRIORITY[trigger] > _PRIORITY[self._pending]:
             self._pending = trigger
         if self.running is not None and self.running is not Trigger.POLL:
@@ -98,6 +102,7 @@ class AppWorker:
             if self._pending is not None and self._pending is not Trigger.POLL and self._hot():
                 await self._settle(stopping)
             trigger = self._pending or self._retry or Trigger.POLL
+            hint, self._hint = self._hint, None
             self._pending = self._retry = None
             self._busy_trigger = False
             self._wake.clear()
@@ -111,7 +116,7 @@ class AppWorker:
                 self.next_poll_at = time.time() + backoff_delay(interval, self._unreadable)
                 continue
             self._unreadable = 0
-            result = await self._run_once(trigger, state)
+            result = await self._run_once(trigger, state, hint)
             # Only failures back off: a refused head costs one head check per poll, and its fix must
             # be deployed at the poll interval, not minutes later.
             failed = result is not None and result.result is Result.FAILED
@@ -154,7 +159,7 @@ class AppWorker:
                             error=f"{type(exc).__name__}: {exc}", attempt=self._unreadable + 1)
             return None
 
-    async def _run_once(self, trigger: Trigger, state: AppState) -> SyncResult | None:
+    async def _run_once(self, trigger: Trigger, state: AppState, hint: str | None = None) -> SyncResult | None:
         self.suspended = state.suspended
         # A suspended app runs only the rollback it is pinned to (a resume may have cleared the pin and a
         # suspend followed since the rollback was queued: then nothing runs).
@@ -165,7 +170,9 @@ class AppWorker:
             # Never wait for the app's lock here: a CLI run holds it; the retry below comes back in a second.
             override, self.override_window = self.override_window and trigger is Trigger.MANUAL, False
             force = trigger is not Trigger.POLL
-            if override:  # asked through the API: the reconciler records it (details["window_override"])
+            if hint is not None and trigger is Trigger.WEBHOOK:  # a head start, never the revision (headstart.py)
+                result = await self.reconciler.sync(trigger, force=force, lock_wait=0.0, commit_hint=hint)
+            elif override:  # asked through the API: the reconciler records it (details["window_override"])
                 result = await self.reconciler.sync(trigger, force=force, lock_wait=0.0, override_window=True)
             else:
                 result = await self.reconciler.sync(trigger, force=force, lock_wait=0.0)
@@ -296,14 +303,15 @@ class Scheduler:
         if worker is not None and self.coordinator.owns(app):
             worker.trigger(trigger)
 
-    def trigger(self, app: str, trigger: Trigger) -> bool:
-        """Queue a sync: on the local worker if this replica owns the app, else on its owner."""
+    def trigger(self, app: str, trigger: Trigger, commit: str | None = None) -> bool:
+        """Queue a sync: on the local worker if this replica owns the app, else on its owner (`commit`,
+        a delivery's guess at the head, only helps locally)."""
         worker = self.workers.get(app)
         if worker is None:
             return False
         if not self.coordinator.owns(app):
             return self.coordinator.forward(app, trigger)
-        worker.trigger(trigger)
+        worker.trigger(trigger, commit)
         return True
 
     def apps_following(self, repo_full_name: str, branch: str) -> list[str]:

@@ -64,6 +64,7 @@ from .sesam_values import (
     secret_changes,
     variable_changes,
 )
+from .sesam_verify import ReadBack
 from .transport import error_detail, request
 
 KIND = "sesam"
@@ -621,6 +622,23 @@ class SesamTarget:
             raise TargetError(f"GET {self.spec.api_url}/config: expected a JSON array of entities")
         return [e for e in body if isinstance(e, dict)]
 
+    async def _read_entity(self, collection: str, entity_id: str) -> dict[str, Any] | None:
+        """One entity's config as stored (``GET /{pipes|systems}/<id>/config``); None when the node has none."""
+        url = f"{self.spec.api_url}/{collection}/{quote(entity_id, safe='')}/config"
+        response = await request(self._http, "GET", url, headers=self._headers, timeout=min(60.0, self.spec.timeout))
+        self._check_auth(response, "GET", url)
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise TargetError(f"GET {url}: {response.status_code} {error_detail(response)}")
+        try:
+            body = response.json()
+        except ValueError:
+            raise TargetError(f"GET {url}: the node answered with something that is not JSON") from None
+        if not isinstance(body, dict):
+            raise TargetError(f"GET {url}: expected a JSON object (the entity's config)")
+        return body
+
     async def live_env(self) -> dict[str, Any]:
         body = await self._get_json("/env")
         if not isinstance(body, dict):
@@ -861,10 +879,17 @@ class SesamTarget:
         return report
 
     async def verify(self, plan: Plan, ctx: SyncContext) -> Plan:
-        """Read back the config, the variables and the secret names."""
+        """Read back the config, the variables and the secret names.
+
+        Only what the apply changed is read back (sesam_verify.py): each changed pipe or system on its
+        own, a removed one confirmed gone; many changes, or the metadata, take the one whole read."""
         payload: SesamPayload = plan.payload
         values = payload.values
-        config = self._config_plan(self.desired(ctx.tree), await self.live(), ctx)
+        targeted = ReadBack.of(plan, payload.config)
+        if targeted is not None:
+            config = dataclasses.replace(plan, changes=await targeted.run(self._read_entity, strip_node_keys))
+        else:
+            config = self._config_plan(self.desired(ctx.tree), await self.live(), ctx)
         changes = list(config.changes)
         if values.variables is not None:
             changes = variable_changes(diff_variables(values.variables, await self.live_env())) + changes

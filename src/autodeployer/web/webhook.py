@@ -1,7 +1,8 @@
 """Push webhooks of every Git host: verify, filter, de-duplicate, queue, answer at once.
 
 The request never waits for a sync: a verified push to a followed branch only wakes the app's
-worker, which resolves the branch head itself (deliveries can be late or out of order).
+worker, which resolves the branch head itself (deliveries can be late or out of order); the commit a
+delivery names is only fetched ahead of that head check (headstart.py).
 
 The host is recognised from the headers (`providers.recognise`) or named by the path
 (`/webhook/<provider>`; Bitbucket Cloud only at `/webhook/bitbucket/<path token>`). Every host gets
@@ -29,6 +30,7 @@ from urllib.parse import parse_qs
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
+from ..headstart import commit_hint
 from ..logs import get_logger
 from ..model import Trigger
 from ..previews import PreviewService
@@ -358,8 +360,10 @@ class WebhookReceiver:
         apps = self._scheduler.apps_following(repo, branch)
         if not apps:
             return Verdict(202, "ignored", {"result": "ignored", "reason": f"no app follows {repo}@{branch}"})
+        # fetched while the head is checked, never trusted as it (a tag's `after` may name the tag object)
+        hint = None if ref.startswith("refs/tags/") else commit_hint(payload.get("after"))
         for app in apps:
-            self._scheduler.trigger(app, Trigger.WEBHOOK)
+            self._scheduler.trigger(app, Trigger.WEBHOOK, hint)
         return Verdict(202, "accepted", {"result": "queued", "apps": apps})
 
     def _dispatch_parsed(self, provider: str, parsed: Parsed) -> Verdict:
@@ -374,6 +378,7 @@ class WebhookReceiver:
             return self._review(parsed)
         apps: list[str] = []
         reasons: list[str] = []
+        hints: dict[str, str | None] = {}
         for push in parsed:
             branch = push.ref if push.ref.startswith("refs/tags/") else push.ref.removeprefix("refs/heads/")
             if push.deleted:
@@ -383,11 +388,13 @@ class WebhookReceiver:
                      if self._provider_of(app) == provider and app not in apps]
             if not found:
                 reasons.append(f"no {provider} app follows {push.repository}@{branch}")
+            hint = None if push.ref.startswith("refs/tags/") else commit_hint(push.after)
+            hints.update((app, hint) for app in found)
             apps += found
         if not apps:
             return Verdict(202, "ignored", {"result": "ignored", "reason": "; ".join(reasons)})
         for app in apps:
-            self._scheduler.trigger(app, Trigger.WEBHOOK)
+            self._scheduler.trigger(app, Trigger.WEBHOOK, hints.get(app))
         return Verdict(202, "accepted", {"result": "queued", "apps": apps})
 
     def _review(self, parsed: ReviewDelivery) -> Verdict:
