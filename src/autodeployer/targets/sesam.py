@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -19,7 +20,7 @@ from pydantic import SecretStr
 
 from ..config.variables import EnvReader, Frozen, StrictBool, Variable, strip_bearer, validate_model
 from ..errors import ConfigError, Refused, TargetError
-from ..gcpause import gc_paused
+from ..gcpause import gc_paused, release_young_cycles
 from ..jsondiff import JSONProblem, loads_strict, unified
 from ..model import Action, ApplyReport, Change, HealthReport, Plan, Problem, SourceFile, Tree
 from ..secret_sources import (
@@ -616,9 +617,12 @@ class SesamTarget:
         self._check_auth(response, "GET", url)
         if response.status_code != 200:
             raise TargetError(f"GET {url}: {response.status_code} {error_detail(response)}")
+        content = response.content
+        del response
+        release_young_cycles()  # the response, in a cycle, would hold the body until the next full collection
         try:
             with gc_paused():
-                return response.json()
+                return json.loads(content)  # what response.json() does
         except ValueError:
             raise TargetError(f"GET {url}: the node answered with something that is not JSON") from None
 
