@@ -23,12 +23,3 @@ def gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
-
-
-def release_young_cycles() -> None:
-    """Collect the two young generations: cheap (only objects made since the last collections), and it frees
-    an HTTP answer that httpx keeps in a reference cycle with its request. Without it, a 25 MB
-    ``GET /config`` body (50,000 entities) stays in memory while the steps after it run with the collector
-    paused, and peak RSS grows by that much (issue 18: 10,000 entities measured 214 MB instead of 190 MB).
-    Call it before the big allocations of a step, not after: then the young generations are small."""
-    gc.collect(1)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -20,7 +19,7 @@ from pydantic import SecretStr
 
 from ..config.variables import EnvReader, Frozen, StrictBool, Variable, strip_bearer, validate_model
 from ..errors import ConfigError, Refused, TargetError
-from ..gcpause import gc_paused, release_young_cycles
+from ..gcpause import gc_paused
 from ..jsondiff import JSONProblem, loads_strict, unified
 from ..model import Action, ApplyReport, Change, HealthReport, Plan, Problem, SourceFile, Tree
 from ..secret_sources import (
@@ -437,9 +436,10 @@ def diff(desired: DesiredConfig, live: list[dict[str, Any]], stripped: bool = Fa
 
 
 def strip_live(live: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The live entities without node keys, once per plan: at 50,000 entities each copy costs ~100 ms."""
-    with gc_paused():
-        return [strip_node_keys(e) for e in live]
+    """The live entities without node keys, once per plan: at 50,000 entities each copy costs ~100 ms.
+    Not with the collector paused: httpx holds the node's answer in a reference cycle, and a pause here kept
+    that body alive through the diff (10,000 entities: 214 MB peak RSS instead of 190 MB, issue 18)."""
+    return [strip_node_keys(e) for e in live]
 
 
 def _diff(desired: DesiredConfig, live: list[dict[str, Any]], stripped: bool = False) -> Plan:
@@ -617,12 +617,9 @@ class SesamTarget:
         self._check_auth(response, "GET", url)
         if response.status_code != 200:
             raise TargetError(f"GET {url}: {response.status_code} {error_detail(response)}")
-        content = response.content
-        del response
-        release_young_cycles()  # the response, in a cycle, would hold the body until the next full collection
         try:
             with gc_paused():
-                return json.loads(content)  # what response.json() does
+                return response.json()
         except ValueError:
             raise TargetError(f"GET {url}: the node answered with something that is not JSON") from None
 
@@ -656,9 +653,8 @@ class SesamTarget:
         """The deployer's own live system and orchestrator-managed entities, kept as they are live."""
         if self.spec.self_id and not self.spec.orchestrator:
             return desired  # nothing to keep: the own system is managed in Git, no orchestrator
-        with gc_paused():
-            live_by_id = {str(e.get("_id")): e if stripped else strip_node_keys(e) for e in live
-                          if e.get("type") != "metadata"}
+        live_by_id = {str(e.get("_id")): e if stripped else strip_node_keys(e) for e in live
+                      if e.get("type") != "metadata"}
         kept: dict[str, dict[str, Any]] = {}
         notices: list[str] = []
         if not self.spec.self_id:  # SELF_ID: the own system is managed in Git on purpose
