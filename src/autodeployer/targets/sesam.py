@@ -429,17 +429,25 @@ def _kind(entity: dict[str, Any]) -> str:
     return str(entity.get("type", "?"))
 
 
-def diff(desired: DesiredConfig, live: list[dict[str, Any]]) -> Plan:
-    """Semantic diff keyed by _id. Unmanaged metadata is carried over untouched."""
+def diff(desired: DesiredConfig, live: list[dict[str, Any]], stripped: bool = False) -> Plan:
+    """Semantic diff keyed by _id. Unmanaged metadata is carried over untouched. `stripped`: the live
+    entities are without node keys already (see strip_live), so they are not copied a second time."""
     with gc_paused():
-        return _diff(desired, live)
+        return _diff(desired, live, stripped)
 
 
-def _diff(desired: DesiredConfig, live: list[dict[str, Any]]) -> Plan:
+def strip_live(live: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The live entities without node keys, once per plan: at 50,000 entities each copy costs ~100 ms.
+    Not with the collector paused: httpx holds the node's answer in a reference cycle, and a pause here kept
+    that body alive through the diff (10,000 entities: 214 MB peak RSS instead of 190 MB, issue 18)."""
+    return [strip_node_keys(e) for e in live]
+
+
+def _diff(desired: DesiredConfig, live: list[dict[str, Any]], stripped: bool = False) -> Plan:
     live_by_id: dict[str, dict[str, Any]] = {}
     live_metadata: dict[str, Any] | None = None
     for raw in live:
-        entity = strip_node_keys(raw)
+        entity = raw if stripped else strip_node_keys(raw)
         if entity.get("type") == "metadata":
             live_metadata = entity
             if not desired.metadata_managed:
@@ -658,9 +666,13 @@ class SesamTarget:
         return SelfRule(self_id=path_id, api_url=self.spec.api_url, repo_url=ctx.app.source.url,
                         repo_full_name=ctx.app.source.repo_full_name)
 
-    def _keep_live(self, desired: DesiredConfig, live: list[dict[str, Any]], ctx: SyncContext) -> DesiredConfig:
+    def _keep_live(self, desired: DesiredConfig, live: list[dict[str, Any]], ctx: SyncContext,
+                   stripped: bool = False) -> DesiredConfig:
         """The deployer's own live system and orchestrator-managed entities, kept as they are live."""
-        live_by_id = {str(e.get("_id")): strip_node_keys(e) for e in live if e.get("type") != "metadata"}
+        if self.spec.self_id and not self.spec.orchestrator:
+            return desired  # nothing to keep: the own system is managed in Git, no orchestrator
+        live_by_id = {str(e.get("_id")): e if stripped else strip_node_keys(e) for e in live
+                      if e.get("type") != "metadata"}
         kept: dict[str, dict[str, Any]] = {}
         notices: list[str] = []
         if not self.spec.self_id:  # SELF_ID: the own system is managed in Git on purpose
@@ -694,7 +706,8 @@ class SesamTarget:
                                    notices=desired.notices + notices)
 
     def _config_plan(self, desired: DesiredConfig, live: list[dict[str, Any]], ctx: SyncContext) -> Plan:
-        return diff(self._keep_live(desired, live, ctx), live)
+        stripped = strip_live(live)  # one copy without node keys, for both
+        return diff(self._keep_live(desired, stripped, ctx, stripped=True), stripped, stripped=True)
 
     async def _values(self, ctx: SyncContext, refs: list[Ref]) -> tuple[ValuesPlan, list[str]]:
         """Variables and secrets: checked against what will be live after the sync, before any write."""
