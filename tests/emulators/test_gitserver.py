@@ -31,8 +31,11 @@ def _children() -> set[int]:
     """PIDs of this process's direct children (to prove no git process is leaked)."""
     pids: set[int] = set()
     for task in Path(f"/proc/{os.getpid()}/task").iterdir():
-        with open(task / "children") as f:
-            pids.update(int(p) for p in f.read().split())
+        try:
+            with open(task / "children") as f:
+                pids.update(int(p) for p in f.read().split())
+        except FileNotFoundError:  # the thread ended between the listing and the read: it has no children
+            continue
     return pids
 
 
