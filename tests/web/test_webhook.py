@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from autodeployer.scheduling import SETTLE
 from autodeployer.web.webhook import sign, signature_valid
 from autodeployer_emulators.github import GitHubEmulator
 from autodeployer_emulators.gitserver import WorkRepo
@@ -200,9 +201,14 @@ def test_burst_of_pushes_coalesces(service, hook_env, github, config_repo, sesam
         shas.append(config_repo.head)
     config_repo.push()
     began = time.monotonic()
+    sent = []
     for before, after in itertools.pairwise(shas):
         github.push("acme", "config", "refs/heads/master", before, after)
+        sent.append(time.monotonic())
     spent = time.monotonic() - began
+    # A burst ends when deliveries have been quiet for SETTLE: on a machine so loaded that one delivery took
+    # longer than that, the worker rightly saw two bursts (each may cost one more sync, never an extra apply).
+    pauses = sum(1 for a, b in itertools.pairwise(sent) if b - a > SETTLE)
     wait_for(lambda: "burst-19" in stripped(sesam.entities()), timeout=30, what="last commit applied")
     time.sleep(1.0)
     applies = sesam.put_count - puts
@@ -210,7 +216,8 @@ def test_burst_of_pushes_coalesces(service, hook_env, github, config_repo, sesam
     assert {f"burst-{i:02d}" for i in range(20)} <= set(stripped(sesam.entities()))
     rows = webhook_rows(state_dir)
     assert rows[-1]["revision"] == config_repo.head
-    assert 1 <= len(rows) <= 2, [(r["revision"][:7], r["result"]) for r in rows]  # 20 deliveries, at most 2 syncs
+    assert 1 <= len(rows) <= 2 + pauses, (  # 20 deliveries, at most 2 syncs per burst
+        [(r["revision"][:7], r["result"]) for r in rows], f"{spent:.2f} s, {pauses} pauses over {SETTLE} s")
 
 
 def test_hook_registration_is_idempotent_across_restarts_and_pages(service, hook_env, github: GitHubEmulator):
