@@ -19,6 +19,7 @@ from autodeployer_emulators.sesam import SesamEmulator
 
 from .helpers import GIT_TOKEN, SESAM_JWT, base_env, base_files, free_port, wait_for
 from .scale.pgserver import PgServer
+from .signing import GpgSigner, SshSigner
 from .sshserver import SSHD, SshServer, ssh_server
 
 
@@ -200,3 +201,26 @@ def service(tmp_path: Path) -> Iterator[ServiceFactory]:
         yield factory
     finally:
         factory.close()
+
+
+# --------------------------------------------------------------------------- commit signers (tests/signing.py)
+@pytest.fixture(scope="module")
+def alice() -> Iterator[GpgSigner]:
+    """A trusted GPG signer (a real ed25519 key in its own GNUPGHOME)."""
+    signer = GpgSigner("Alice", "alice@example.org")
+    yield signer
+    signer.close()
+
+
+@pytest.fixture(scope="module")
+def mallory() -> Iterator[GpgSigner]:
+    """A GPG signer nobody trusts."""
+    signer = GpgSigner("Mallory", "mallory@example.org")
+    yield signer
+    signer.close()
+
+
+@pytest.fixture(scope="module")
+def bob(tmp_path_factory: pytest.TempPathFactory) -> SshSigner:
+    """A trusted SSH signer."""
+    return SshSigner(tmp_path_factory.mktemp("ssh"), "bob", "bob@example.org")

@@ -4,11 +4,8 @@ GitHub emulator's signed deliveries and refs/pull/N/merge over the loopback Git 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from autodeployer_emulators.github import GitHubEmulator
 from autodeployer_emulators.gitserver import WorkRepo
@@ -20,16 +17,6 @@ from .test_previews_e2e import gh_api, plan_status, preview_at, preview_env, sta
 __all__ = ["preview_env"]  # the fixture, shared with the GitHub preview tests
 
 
-@pytest.fixture(scope="module")
-def alice() -> Iterator[GpgSigner]:
-    signer = GpgSigner("Alice", "alice@example.org")
-    yield signer
-    signer.close()
-
-
-@pytest.fixture(scope="module")
-def bob(tmp_path_factory: pytest.TempPathFactory) -> SshSigner:
-    return SshSigner(tmp_path_factory.mktemp("ssh"), "bob", "bob@example.org")
 
 
 def signed_env(preview_env: dict[str, str], tmp_path: Path, mode: str,

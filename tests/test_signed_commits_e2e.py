@@ -6,7 +6,6 @@ A refused commit leaves the node untouched: no write request reaches the emulato
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -22,23 +21,7 @@ from .signing import GpgSigner, SshSigner, amend_unsigned, signed_commit
 WRITES = ("PUT", "POST", "DELETE", "PATCH")
 
 
-@pytest.fixture(scope="module")
-def alice() -> Iterator[GpgSigner]:
-    signer = GpgSigner("Alice", "alice@example.org")
-    yield signer
-    signer.close()
 
-
-@pytest.fixture(scope="module")
-def mallory() -> Iterator[GpgSigner]:
-    signer = GpgSigner("Mallory", "mallory@example.org")
-    yield signer
-    signer.close()
-
-
-@pytest.fixture(scope="module")
-def bob(tmp_path_factory: pytest.TempPathFactory) -> SshSigner:
-    return SshSigner(tmp_path_factory.mktemp("ssh"), "bob", "bob@example.org")
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,25 +23,6 @@ from autodeployer_emulators.gitserver import WorkRepo
 
 from ..helpers import SESAM_JWT, base_env, base_files
 from ..signing import GpgSigner, SshSigner, amend_unsigned, signed_commit, tampered
-
-
-@pytest.fixture(scope="module")
-def alice() -> Iterator[GpgSigner]:
-    signer = GpgSigner("Alice", "alice@example.org")
-    yield signer
-    signer.close()
-
-
-@pytest.fixture(scope="module")
-def mallory() -> Iterator[GpgSigner]:
-    signer = GpgSigner("Mallory", "mallory@example.org")
-    yield signer
-    signer.close()
-
-
-@pytest.fixture(scope="module")
-def bob(tmp_path_factory: pytest.TempPathFactory) -> SshSigner:
-    return SshSigner(tmp_path_factory.mktemp("ssh"), "bob", "bob@example.org")
 
 
 @pytest.fixture(scope="module")
