@@ -299,6 +299,9 @@ def test_deploy_token_with_git_username_is_an_https_token_for_that_user():
     assert schemeless.url == "https://github.com/acme/cfg.git"
     with pytest.raises(ConfigError, match=r"DEPLOY_TOKEN .* and GITHUB_TOKEN are both set and differ"):
         load_config({**BASE, "DEPLOY_TOKEN": "a-SECRET", "GIT_USERNAME": "robot", "GITHUB_TOKEN": "b-SECRET"})
+    with pytest.raises(ConfigError, match=r"DEPLOY_TOKEN .* and GITLAB_TOKEN are both set and differ") as raised:
+        load_config({**BASE, "DEPLOY_TOKEN": "a-SECRET", "GIT_USERNAME": "robot", "GITLAB_TOKEN": "c-SECRET"})
+    assert "SECRET" not in str(raised.value)  # named, never shown
     with pytest.raises(ConfigError, match="GIT_USERNAME is set but no token is"):
         load_config({**BASE, "GIT_USERNAME": "robot"})
     with pytest.raises(ConfigError, match="GIT_USERNAME: expected a user name"):

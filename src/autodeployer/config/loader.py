@@ -236,15 +236,18 @@ def default_state_dir(env: Mapping[str, str]) -> Path:
 
 
 # --------------------------------------------------------------------------- environment form
+# a Git host's token is a clone token too (GIT_USERNAME goes with it); the first one set is used
+HOST_TOKENS = ("GITHUB_TOKEN", "GITLAB_TOKEN", "GITEA_TOKEN", "BITBUCKET_TOKEN")
+
+
 def source_from_env(env: EnvReader, notices: list[str] | None = None) -> SourceSpec:
     """The source of the environment form; `notices` receives what start-up should log."""
     notices = [] if notices is None else notices
-    # a Git host's token (GITLAB_TOKEN, ...) is a clone token like GITHUB_TOKEN (GIT_USERNAME goes with it)
-    token = (env.secret("GITHUB_TOKEN") or env.secret("GITLAB_TOKEN") or env.secret("GITEA_TOKEN")
-             or env.secret("BITBUCKET_TOKEN"))
+    token_name = next((n for n in HOST_TOKENS if env.secret(n) is not None), "GITHUB_TOKEN")
+    token = env.secret(token_name)
     github_url = env.str("GITHUB_URL") or "https://github.com"
     git_url = _one_of(("GIT_URL", env.str("GIT_URL")), ("GIT_REPO", env.str("GIT_REPO")))
-    ssh_key, token, token_user = _deploy_credentials(env, token)
+    ssh_key, token, token_user = _deploy_credentials(env, token, token_name)
     if git_url:
         where = "GIT_URL" if env.str("GIT_URL") else "GIT_REPO"
         if token_user is not None:
@@ -312,10 +315,10 @@ def _one_of(current: tuple[str, str | None], older: tuple[str, str | None]) -> s
 
 
 def _deploy_credentials(
-    env: EnvReader, token: SecretStr | None
+    env: EnvReader, token: SecretStr | None, token_name: str = "GITHUB_TOKEN"
 ) -> tuple[SecretStr | None, SecretStr | None, str | None]:
-    """(ssh key, https token, token user) from GIT_SSH_KEY, GITHUB_TOKEN and the later generations'
-    DEPLOY_TOKEN, which is an SSH deploy key, or with GIT_USERNAME an HTTPS access token."""
+    """(ssh key, https token, token user) from GIT_SSH_KEY, the Git host's token (`token_name`) and the later
+    generations' DEPLOY_TOKEN, which is an SSH deploy key, or with GIT_USERNAME an HTTPS access token."""
     ssh_key, deploy, user = env.secret("GIT_SSH_KEY"), env.secret("DEPLOY_TOKEN"), env.str("GIT_USERNAME")
     if user is not None and not re.fullmatch(r"[^\s:@/]+", user):
         raise ConfigError("GIT_USERNAME: expected a user name (no spaces, ':', '@' or '/')")
@@ -325,8 +328,8 @@ def _deploy_credentials(
         return ssh_key, token, user
     if user is not None:
         if token is not None and token.get_secret_value() != deploy.get_secret_value():
-            raise ConfigError("DEPLOY_TOKEN (an access token, as GIT_USERNAME is set) and GITHUB_TOKEN are both set "
-                              "and differ: set one of them")
+            raise ConfigError(f"DEPLOY_TOKEN (an access token, as GIT_USERNAME is set) and {token_name} are both "
+                              "set and differ: set one of them")
         return ssh_key, deploy, user
     key = _deploy_key(deploy)
     if ssh_key is not None and ssh_key.get_secret_value().strip() != key.get_secret_value().strip():

@@ -81,10 +81,12 @@ CORE_VARIABLES: tuple[Variable, ...] = (
     Variable("WEBHOOK_SECRET", None, "Secret of the GitHub webhook (generated and kept in STATE_DIR if unset).", True),
     Variable("WEBHOOK_READ_TIMEOUT", "30", "Seconds a webhook sender has to send its whole body; a slower one gets "
              "408, so a trickling sender cannot hold the memory reserved for reading large signed bodies."),
-    Variable("PUBLIC_URL", None, "URL at which GitHub reaches this service; the hook goes to PUBLIC_URL/webhook."),
-    Variable("REGISTER_WEBHOOK", "true", "Register the repository webhook at start when PUBLIC_URL and GITHUB_TOKEN "
-             "are set."),
-    Variable("COMMIT_STATUS", "true", "Post a GitHub commit status for each sync (needs GITHUB_TOKEN)."),
+    Variable("PUBLIC_URL", None, "URL at which the Git host (GitHub, GitLab, Gitea, Bitbucket) reaches this "
+             "service; the hook goes to PUBLIC_URL/webhook."),
+    Variable("REGISTER_WEBHOOK", "true", "Register the repository webhook at start when PUBLIC_URL and the host's "
+             "token (GITHUB_TOKEN, GITLAB_TOKEN, GITEA_TOKEN or BITBUCKET_TOKEN) are set."),
+    Variable("COMMIT_STATUS", "true", "Post a commit status for each sync on the Git host (needs its token: "
+             "GITHUB_TOKEN, GITLAB_TOKEN, GITEA_TOKEN or BITBUCKET_TOKEN)."),
     Variable("PREVIEWS", "false", "Plan pull requests into an app's branch (their merge result) against the live "
              "target: one comment per app on the PR, a status autodeployer/APP/plan (needs GITHUB_TOKEN; "
              "GitLab merge requests: GITLAB_TOKEN; Gitea/Forgejo: GITEA_TOKEN; Bitbucket Server: BITBUCKET_TOKEN)."),
