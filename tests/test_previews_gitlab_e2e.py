@@ -68,6 +68,9 @@ def test_merge_request_note_status_update_and_refusals(service: Any, app_env: di
     first = preview_at(svc, mr.iid, head, state="success")
     assert first["revision"] == mr.merge_sha != head and first["live_revision"] == live and first["note"] is None
     assert "+ pipe fresh" in first["plan"]
+    assert first["label"] == f"!{mr.iid}" and first["provider"] == "gitlab"  # as GitLab writes it
+    page = httpx.get(f"{svc.url}/apps/node/previews/{mr.iid}").text
+    assert f"merge request !{mr.iid}" in page and "pull request" not in page
     status = wait_for(lambda: plan_status(gitlab, head), what="plan status")
     assert status["status"] == "success"
     [note] = wait_for(lambda: our_notes(gitlab, mr.iid), what="the preview note")

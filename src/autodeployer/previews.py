@@ -86,6 +86,12 @@ class Preview:
     problems: list[str] = field(default_factory=list)  # what a refusal names (file, entity, message)
     published_at: float | None = None  # when GitHub was last told (or failed to be told) about this plan
     note: str | None = None  # what was planned instead of the host's test merge, and why (GitLab conflicts)
+    provider: str = "github"
+
+    @property
+    def label(self) -> str:
+        """How the host itself writes the reference: GitLab's merge requests are !N, pull requests #N."""
+        return f"!{self.number}" if self.provider == "gitlab" else f"#{self.number}"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -95,7 +101,7 @@ class Preview:
             "published_at": self.published_at,
             "duration": self.duration, "comment_id": self.comment_id, "comment_error": self.comment_error,
             "status_error": self.status_error, "plan": self.plan_text, "problems": self.problems,
-            "note": self.note,
+            "note": self.note, "provider": self.provider, "label": self.label,
         }
 
 
@@ -177,7 +183,8 @@ class PreviewService:
     def _enqueue(self, app: str, event: PullRequestEvent) -> None:
         key = (app, event.number)
         if key not in self._previews:
-            self._previews[key] = Preview(app, event.number, event.head_sha, event.is_fork)
+            self._previews[key] = Preview(app, event.number, event.head_sha, event.is_fork,
+                                          provider=event.provider)
         fresh = key not in self._pending
         self._pending[key] = event  # the newest head wins
         self._idle.clear()
