@@ -158,3 +158,14 @@ async def call(http: httpx.AsyncClient, method: str, url: str, headers: Mapping[
 def outcome(hook: dict[str, Any], *, created: bool = False, updated: Sequence[str] = (),
             secret_set: bool = False) -> HookOutcome:
     return HookOutcome(hook, created=created, updated=tuple(updated), secret_set=secret_set)
+
+
+async def delete_hook(http: httpx.AsyncClient, hooks_url: str, headers: Mapping[str, str],
+                      hook: dict[str, Any] | None, repo: str) -> bool:
+    """DELETE one hook found by its URL; False when there was none. Gone already (404) counts as deleted."""
+    if hook is None:
+        return False
+    response = await call(http, "DELETE", f"{hooks_url}/{hook['id']}", headers)
+    if response.status_code not in (204, 404):
+        raise failure(response, f"deleting hook {hook['id']} on {repo}")
+    return True

@@ -36,6 +36,7 @@ from .base import (
     Push,
     branch_ref,
     call,
+    delete_hook,
     failure,
     outcome,
 )
@@ -216,12 +217,8 @@ class BitbucketServerClient:
 
     async def remove_hook(self, url: str) -> dict[str, Any] | None:
         hook = await self._find(url)
-        if hook is None:
-            return None
-        response = await call(self._http, "DELETE", f"{self._hooks}/{hook['id']}", self._headers)
-        if response.status_code not in (204, 404):
-            raise failure(response, f"deleting hook {hook['id']} on {self.repo}")
-        return _github_shape(hook)
+        deleted = await delete_hook(self._http, self._hooks, self._headers, hook, self.repo)
+        return _github_shape(hook) if deleted and hook is not None else None
 
     async def create_status(
         self, sha: str, state: str, context: str, description: str, target_url: str | None = None

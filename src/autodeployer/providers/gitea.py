@@ -18,7 +18,17 @@ from typing import Any
 import httpx
 
 from ..sources.github import HookOutcome, HookSpec
-from .base import Ignored, Parsed, ProviderClient, ProviderName, call, failure, hex_signature, outcome
+from .base import (
+    Ignored,
+    Parsed,
+    ProviderClient,
+    ProviderName,
+    call,
+    delete_hook,
+    failure,
+    hex_signature,
+    outcome,
+)
 from .github import parse_github_push
 
 NATIVE = ("x-gitea", "x-forgejo", "x-gogs")
@@ -115,12 +125,7 @@ class GiteaClient:
 
     async def remove_hook(self, url: str) -> dict[str, Any] | None:
         hook = await self._find(url)
-        if hook is None:
-            return None
-        response = await call(self._http, "DELETE", f"{self._base}/hooks/{hook['id']}", self._headers)
-        if response.status_code not in (204, 404):
-            raise failure(response, f"deleting hook {hook['id']} on {self.repo}")
-        return hook
+        return hook if await delete_hook(self._http, f"{self._base}/hooks", self._headers, hook, self.repo) else None
 
     async def create_status(
         self, sha: str, state: str, context: str, description: str, target_url: str | None = None
