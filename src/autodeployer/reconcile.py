@@ -142,6 +142,8 @@ class Reconciler:
         started, clock = time.time(), time.perf_counter()
         times = StepTimings()  # per-step durations: details["timings"] and the step histogram
         state = self.store.get_state(self.app.name)
+        if not dry_run:
+            self.health.resume(state)  # a watch a restart interrupted (once per process)
         start = self._head_start(commit_hint, revision, state)
         try:
             return await self._sync_from(trigger, dry_run, revision, force, override_window, start, state, times,

@@ -140,6 +140,63 @@ def test_a_new_push_deploys_at_once_and_supersedes_the_watch(
     with_sesam(scenario)
 
 
+def test_a_watch_interrupted_by_a_restart_is_resumed_and_acts(app_env: dict[str, str], told: Told,
+                                                                config_repo: WorkRepo, tmp_path: Path):
+    """The process deploying a failing pipe stops mid-window: the next process (a restart, or the replica
+    taking the app over) resumes the watch at its first sync, finds the pipe failing and rolls it back."""
+    env = {**app_env, "HEALTH_WINDOW": "3", "HEALTH_POLL": str(POLL), "ROLLBACK_ON": "degraded",
+           "COMMIT_STATUS": "false"}
+    path = tmp_path / "shared.sqlite3"
+
+    async def first_process() -> tuple[str, str]:
+        store = SQLiteStore(path)
+        runtime = build_runtime(load_config(env), store=store, reporters=[told])
+        rec = next(iter(runtime.reconcilers.values()))
+        good = (await rec.sync(Trigger.MANUAL)).revision
+        rec.health.cancel()  # no verdict for the first deploy: it is not what this test is about
+        failing = pipe("orders", metadata={"emulator-fail-runs": "orders lost its source"})
+        push(config_repo, {"pipes/orders.conf.json": entity_json(failing)}, "break orders")
+        never = asyncio.Event()
+
+        async def stopped_before_looking(request: Any) -> Any:
+            await never.wait()  # this process is gone before its first look
+        rec.health._look = stopped_before_looking  # type: ignore[method-assign]
+        bad = (await rec.sync(Trigger.WEBHOOK)).revision
+        await runtime.aclose()  # the process stops mid-window
+        store.close()
+        assert good is not None and bad is not None
+        return good, bad
+
+    async def second_process(good: str, bad: str) -> None:
+        store = SQLiteStore(path)
+        runtime = build_runtime(load_config(env), store=store, reporters=[told])
+        try:
+            rec = next(iter(runtime.reconcilers.values()))
+            assert (await rec.sync(Trigger.POLL)).revision == bad  # the first poll resumes the watch
+            await settle(rec)
+            state = rec.store.get_state("node")
+            assert state.suspended and state.pinned_revision == good
+            assert "orders lost its source" in (state.suspended_reason or "")
+            assert [(n.event, n.revision) for n in told.notices] == [("rolled-back", bad)]
+            row = {r.revision: r for r in rec.store.history("node", 10) if r.trigger == "webhook"}[bad]
+            assert row.details["health"]["state"] == "degraded"
+            assert "watch" not in state.health  # a verdict ends what a resumed watch needed
+        finally:
+            await runtime.aclose()
+            store.close()
+
+    async def main() -> None:
+        good, bad = await first_process()
+        health = SQLiteStore(path).get_state("node").health
+        assert health["state"] == "checking" and health["revision"] == bad
+        assert ["change", "orders", "pipe"] in health["watch"]["changes"] or \
+            ["add", "orders", "pipe"] in health["watch"]["changes"]
+        assert told.notices == []
+        await second_process(good, bad)
+
+    asyncio.run(main())
+
+
 # --------------------------------------------------------------------------- Sesam: a pipe that fails is rolled back
 def test_failing_pipe_is_rolled_back_once_suspended_and_notified(
     with_sesam: Callable[[Scenario], None], told: Told, config_repo: WorkRepo, sesam: SesamEmulator,

@@ -22,14 +22,16 @@ from typing import Any
 
 from ..config.loader import AppConfig
 from ..errors import AutodeployerError
-from ..model import Health, HealthReport, Plan, Result, SyncResult, Trigger
-from ..store import Store
+from ..model import Action, Change, Health, HealthReport, Plan, Result, SyncResult, Trigger
+from ..store import AppState, Store
 from ..targets.base import HealthCheck, HealthRequest, Target
 from .autorollback import AutoRollback
 
 HEALTH_KEY = "health"  # the key of the history row's details, and the AppState field
 MAX_EVIDENCE = 10  # readings kept as evidence (each names its entity)
 KEPT_KEYS = ("last_healthy", "rolled_back", "rollback")  # AppState.health keys that outlive one deploy
+WATCH_KEY = "watch"  # AppState.health while checking: what a restarted process needs to resume the watch
+MAX_WATCHED = 2_000  # changes kept for a resumed watch (a larger deploy is watched by its first ones)
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,25 @@ class Deploy:
     trigger: Trigger
     started_at: float
     deployed_at: float  # when the deploy was verified: the window starts here
+
+
+def watch_record(deploy: Deploy) -> dict[str, Any]:
+    """The part of a deploy a resumed watch needs: who deployed it, when, and what it changed."""
+    return {"attempt_id": deploy.attempt_id, "trigger": deploy.trigger.value, "started_at": deploy.started_at,
+            "changes": [[c.action.value, c.id, c.kind] for c in deploy.plan.changes[:MAX_WATCHED]]}
+
+
+def resumed_deploy(health: dict[str, Any]) -> Deploy | None:
+    """The deploy a `checking` health record was watching, or None when it cannot be rebuilt."""
+    watch = health.get(WATCH_KEY)
+    if not isinstance(watch, dict):
+        return None
+    try:
+        changes = [Change(Action(action), str(_id), str(kind)) for action, _id, kind in watch["changes"]]
+        return Deploy(str(health["revision"]), Plan(changes=changes), watch.get("attempt_id"),
+                      Trigger(watch["trigger"]), float(watch["started_at"]), float(health["since"]))
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def verdict(state: Health, deploy: Deploy, evidence: Sequence[str], now: float) -> dict[str, Any]:
@@ -66,6 +87,7 @@ class HealthWatcher:
         self._sleep = sleep
         self._task: asyncio.Task[None] | None = None
         self._ended = "superseded"  # why the current watch was cancelled: a newer deploy, or the process stops
+        self._resume_checked = False  # a watch a restart interrupted is looked for once per process
 
     @property
     def target(self) -> Target:
@@ -95,6 +117,33 @@ class HealthWatcher:
             self._record(deploy, Health.CHECKING, (), history=True)
         self._task = asyncio.get_running_loop().create_task(self._follow(result, deploy),
                                                             name=f"health-{self.app.name}")
+
+    def resume(self, state: AppState) -> bool:
+        """Once per process, at the app's first sync: a watch that a restart (or a take-over by another
+        replica) interrupted goes on for what is left of its window, at least one look. Without this the
+        deploy would stay `checking` for ever and never be promoted or rolled back."""
+        if self._resume_checked:
+            return False
+        self._resume_checked = True
+        health = state.health or {}
+        if (self._task is not None or not self.enabled or health.get("state") != Health.CHECKING.value
+                or health.get("revision") != state.last_synced_revision):
+            return False
+        deploy = resumed_deploy(health)
+        if deploy is None:
+            return False
+        self.log.info("resuming the health watch a restart interrupted", revision=deploy.revision[:12],
+                      left=max(0.0, deploy.deployed_at + self.app.policy.health_window - self._clock()))
+        self._task = asyncio.get_running_loop().create_task(self._resumed(deploy), name=f"health-{self.app.name}")
+        return True
+
+    async def _resumed(self, deploy: Deploy) -> None:
+        try:
+            await self.watch(deploy)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.log.exception("health watch failed", error=str(exc))
 
     def _rollback_pending(self, revision: str) -> bool:
         try:
@@ -176,12 +225,13 @@ class HealthWatcher:
     def _record(self, deploy: Deploy, state: Health, evidence: Sequence[str], *, history: bool = False,
                 last_healthy: bool = False) -> None:
         record = verdict(state, deploy, evidence, self._clock())
+        watching = {WATCH_KEY: watch_record(deploy)} if state is Health.CHECKING else {}
 
         def change(current: Any) -> dict[str, Any]:
             kept = {k: v for k, v in (current.health or {}).items() if k in KEPT_KEYS}
             if last_healthy:
                 kept["last_healthy"] = deploy.revision
-            return {"health": {**kept, **record}}
+            return {"health": {**kept, **record, **watching}}
 
         try:
             self.store.update_state(self.app.name, change)
