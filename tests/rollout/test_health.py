@@ -229,6 +229,30 @@ def test_failing_pipe_is_rolled_back_once_suspended_and_notified(
     with_sesam(scenario)
 
 
+def test_a_rollback_whose_sync_fails_is_said_once_and_the_app_stays_suspended(
+    with_sesam: Callable[[Scenario], None], told: Told, config_repo: WorkRepo, sesam: SesamEmulator,
+):
+    async def scenario(rec: Reconciler) -> None:
+        good = (await rec.sync(Trigger.MANUAL)).revision
+        await settle(rec)
+        failing = pipe("orders", metadata={"emulator-fail-runs": "orders lost its source"})
+        bad = push(config_repo, {"pipes/orders.conf.json": entity_json(failing)}, "break orders")
+        assert (await rec.sync(Trigger.WEBHOOK)).revision == bad
+        sesam.fail_next(500, times=20, path_prefix="/api/config")  # the rollback's own sync cannot read the node
+        await settle(rec)
+        state = rec.store.get_state("node")
+        assert state.suspended and state.pinned_revision == good  # no deploy of the bad revision by a poll
+        reason = state.suspended_reason or ""
+        assert f"automatic rollback of {bad[:12]} to {good[:12]} failed" in reason, reason
+        assert "orders lost its source" in reason
+        assert [(n.event, n.revision, n.rollback_to) for n in told.notices] == [("rollback-failed", bad, good)]
+        assert state.health["rollback"]["done"] is True and state.health["rollback"]["result"] == "failed"
+        [rollback] = [r for r in rec.store.history("node", 10) if r.trigger == "rollback"]
+        assert rollback.result == "failed" and "500" in (rollback.error or "")
+
+    with_sesam(scenario)
+
+
 def test_a_large_deploy_is_watched_through_one_listing_per_look(
     with_sesam: Callable[[Scenario], None], told: Told, config_repo: WorkRepo, sesam: SesamEmulator,
 ):
