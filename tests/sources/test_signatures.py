@@ -4,7 +4,9 @@ git in the test, and the trusted-keys file checks that make a bad TRUSTED_KEYS_F
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -222,6 +224,33 @@ def test_keyring_is_private_reused_for_the_same_keys_and_leaves_no_gpg_process(
     assert build_keyring(read_trusted_keys(keys_file), state).home != ring.home
     agents = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
     assert str(state) not in agents
+
+
+def test_keyrings_of_earlier_keys_are_removed_once_no_process_holds_them(
+        keys_file: Path, tmp_path: Path, alice: GpgSigner, bob: SshSigner):
+    state = tmp_path / "state"
+    service = Keyrings(state)  # a long-running process with the first keys
+    first = service.verifier("head", str(keys_file))
+    assert first is not None
+    keys_file.write_text(alice.armor)  # the keys change; a CLI run starts with them
+    cli = Keyrings(state)
+    second = cli.verifier("head", str(keys_file))
+    assert second is not None and second.ring.home != first.ring.home
+    assert (first.ring.home / "ready").exists()  # the service still verifies with its own
+    leftover = state / "signatures" / ".build-killed"
+    leftover.mkdir()
+    os.utime(leftover, (time.time() - 7200, time.time() - 7200))
+    service.close()  # the service stops
+    keys_file.write_text(bob.allowed + "\n")  # and starts again, with other keys
+    restarted = Keyrings(state)
+    third = restarted.verifier("head", str(keys_file))
+    assert third is not None
+    names = sorted(p.name for p in (state / "signatures").iterdir())
+    assert names == sorted([second.ring.home.name, third.ring.home.name])  # held by the CLI run: kept
+    cli.close()
+    restarted.close()
+    assert Keyrings(state).verifier("head", str(keys_file)) is not None  # its own is reused, the CLI's removed
+    assert [p.name for p in (state / "signatures").iterdir()] == [third.ring.home.name]
 
 
 # --------------------------------------------------------------------------- configuration

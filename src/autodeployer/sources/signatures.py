@@ -7,7 +7,9 @@ The trusted keys come from one file (TRUSTED_KEYS_FILE): ASCII-armoured GPG publ
 of an SSH allowed-signers file, told apart by their content. They are imported, at start, into a
 PRIVATE GNUPGHOME under STATE_DIR (never the user's ~/.gnupg), named after a digest of the file, so a
 key removed from the file is no longer trusted after a restart and two processes sharing STATE_DIR (the
-service and a CLI run) share one keyring that neither rebuilds under the other. Imported keys get
+service and a CLI run) share one keyring that neither rebuilds under the other. Each process holds a
+shared flock on its keyring's `users` file; keyrings no live process holds (keys since changed) are
+removed when a process builds its own, so STATE_DIR does not collect one per edit of the keys file. Imported keys get
 ultimate ownertrust: being in the file is what trusts them. gpg runs with `no-autostart`, so no agent
 or dirmngr process is ever left behind.
 
@@ -22,12 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import fcntl
 import hashlib
 import os
 import re
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -410,13 +414,86 @@ class CommitVerifier:
         return out.decode("utf-8", "replace")
 
 
+# --------------------------------------------------------------------------- who uses a keyring
+USERS_FILE = "users"  # every process using a keyring holds a shared flock on it
+BUILD_LEFTOVER_AGE = 3600.0  # seconds after which a `.build-*` directory is a killed build's leftover
+
+
+def hold_keyring(ring: Keyring) -> int | None:
+    """A shared flock on the keyring's users file, held while the returned descriptor is open; None when
+    the keyring went away meanwhile (pruned by another process between its build and this call)."""
+    try:
+        fd = os.open(ring.home / USERS_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        return None
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    if not (ring.home / "ready").exists():  # a pruner removes `ready` first, holding the exclusive lock
+        os.close(fd)
+        return None
+    return fd
+
+
+def prune_keyrings(parent: Path, keep: set[Path], now: float) -> list[str]:
+    """Remove the keyrings under `parent` no live process holds, except `keep`; the names removed."""
+    removed: list[str] = []
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return removed
+    for home in entries:
+        if home in keep or not home.is_dir():
+            continue
+        if home.name.startswith(".build-"):  # a build a killed process left (a live one renames it soon)
+            if now - home.stat().st_mtime > BUILD_LEFTOVER_AGE:
+                shutil.rmtree(home, ignore_errors=True)
+                removed.append(home.name)
+            continue
+        try:
+            fd = os.open(home / USERS_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: a live process verifies with it
+            os.close(fd)
+            continue
+        try:
+            (home / "ready").unlink(missing_ok=True)
+            shutil.rmtree(home, ignore_errors=True)
+            removed.append(home.name)
+        finally:
+            os.close(fd)
+    return removed
+
+
 # --------------------------------------------------------------------------- wiring
 class Keyrings:
-    """The keyrings of one process, one per distinct trusted keys file content, built at start."""
+    """The keyrings of one process, one per distinct trusted keys file content, built at start. Each is
+    held (a shared flock) for the life of the process; keyrings of earlier keys nobody holds are removed."""
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
         self._rings: dict[Path, Keyring] = {}
+        self._held: dict[Path, int] = {}  # keyring home -> the descriptor holding its users file
+
+    def _ring(self, keys: TrustedKeys) -> Keyring:
+        for _ in range(3):  # pruned by another process between build and hold: built again
+            ring = build_keyring(keys, self.state_dir)
+            if ring.home in self._held:
+                return ring
+            fd = hold_keyring(ring)
+            if fd is not None:
+                self._held[ring.home] = fd
+                prune_keyrings(ring.home.parent, set(self._held), time.time())
+                return ring
+        raise ConfigError(f"{ENV_KEYS} {keys.path}: the keyring in {self.state_dir / 'signatures'} keeps "
+                          "disappearing (another process removes it)")
+
+    def close(self) -> None:
+        """Let go of the keyrings (the process stops; exiting does the same)."""
+        for fd in self._held.values():
+            os.close(fd)
+        self._held.clear()
 
     def verifier(self, mode: str, keys_file: str | None, *, timeout: float = 120.0) -> CommitVerifier | None:
         """The app's verifier; None when VERIFY_COMMITS is off. Errors name the keys file (start-up)."""
@@ -427,5 +504,5 @@ class Keyrings:
         path = Path(keys_file).expanduser().resolve()
         ring = self._rings.get(path)
         if ring is None:
-            ring = self._rings[path] = build_keyring(read_trusted_keys(path), self.state_dir)
+            ring = self._rings[path] = self._ring(read_trusted_keys(path))
         return CommitVerifier(mode, ring, timeout=timeout)
