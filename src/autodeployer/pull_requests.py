@@ -37,9 +37,9 @@ class PullRequestsClient:
 
     async def _json(self, method: str, path: str, ok: int, what: str, **kwargs: Any) -> Any:
         # The shared plumbing of GitHubClient: one place for rate limits and error messages.
-        response = await self.client._call(method, path, **kwargs)
+        response = await self.client.request(method, path, **kwargs)
         if response.status_code != ok:
-            raise self.client._fail(response, what)
+            raise self.client.failure(response, what)
         return response.json()
 
     async def get(self, number: int) -> OpenPull:
@@ -51,20 +51,20 @@ class PullRequestsClient:
         """Open pull requests into `base` (first 100); None when unchanged since `etag` (a free 304)."""
         headers = {"If-None-Match": etag} if etag else {}
         path = f"/repos/{self.repo}/pulls?state=open&base={quote(base, safe='')}&per_page=100"
-        response = await self.client._call("GET", path, headers=headers)
+        response = await self.client.request("GET", path, headers=headers)
         if response.status_code == 304:
             return None, etag
         if response.status_code != 200:
-            raise self.client._fail(response, f"listing open pull requests of {self.repo} into {base}")
+            raise self.client.failure(response, f"listing open pull requests of {self.repo} into {base}")
         return [OpenPull.from_json(p) for p in response.json()], response.headers.get("etag")
 
     async def find_comment(self, number: int, marker: str) -> int | None:
         """Id of the comment whose body carries `marker`, following the pages to the end."""
         url: str | None = f"/repos/{self.repo}/issues/{number}/comments?per_page=100"
         while url:
-            response = await self.client._call("GET", url)
+            response = await self.client.request("GET", url)
             if response.status_code != 200:
-                raise self.client._fail(response, f"listing comments of #{number} on {self.repo}")
+                raise self.client.failure(response, f"listing comments of #{number} on {self.repo}")
             for comment in response.json():
                 if marker in str(comment.get("body") or ""):
                     return int(comment["id"])
@@ -78,12 +78,12 @@ class PullRequestsClient:
 
     async def update_comment(self, number: int, comment_id: int, body: str) -> bool:
         """False when the comment is gone (deleted by someone): the caller creates a new one."""
-        response = await self.client._call("PATCH", f"/repos/{self.repo}/issues/comments/{comment_id}",
+        response = await self.client.request("PATCH", f"/repos/{self.repo}/issues/comments/{comment_id}",
                                            json={"body": body[:MAX_COMMENT]})
         if response.status_code == 404:
             return False
         if response.status_code != 200:
-            raise self.client._fail(response, f"updating comment {comment_id} on {self.repo}")
+            raise self.client.failure(response, f"updating comment {comment_id} on {self.repo}")
         return True
 
 

@@ -87,7 +87,8 @@ class GitHubClient:
         self._blocked_until = 0.0  # respect Retry-After / rate-limit reset across calls
 
     # ------------------------------------------------------------------ plumbing
-    async def _call(self, method: str, path_or_url: str, **kwargs: Any) -> httpx.Response:
+    async def request(self, method: str, path_or_url: str, **kwargs: Any) -> httpx.Response:
+        """One API call with the token and rate-limit handling (pull_requests.py builds on it too)."""
         url = path_or_url if path_or_url.startswith("http") else f"{self.api_url}{path_or_url}"
         shown = f"{method} {url.split('?')[0]}"
         wait = self._blocked_until - time.time()
@@ -106,7 +107,8 @@ class GitHubClient:
         return response
 
     @staticmethod
-    def _fail(response: httpx.Response, what: str) -> GitHubError:
+    def failure(response: httpx.Response, what: str) -> GitHubError:
+        """An unexpected answer as an error named by what was attempted, with the permission GitHub says it needs."""
         try:
             message = response.json().get("message", "")
         except ValueError:
@@ -121,9 +123,9 @@ class GitHubClient:
         hooks: list[dict[str, Any]] = []
         url: str | None = f"/repos/{self.repo}/hooks?per_page=100"
         while url:
-            response = await self._call("GET", url)
+            response = await self.request("GET", url)
             if response.status_code != 200:
-                raise self._fail(response, f"listing hooks of {self.repo}")
+                raise self.failure(response, f"listing hooks of {self.repo}")
             hooks.extend(response.json())
             url = response.links.get("next", {}).get("url")
         return hooks
@@ -144,13 +146,13 @@ class GitHubClient:
         hook = await self.find_hook(spec.url)
         if hook is None:
             body = {"name": "web", "active": True, "events": list(spec.events), "config": spec.config()}
-            response = await self._call("POST", f"/repos/{self.repo}/hooks", json=body)
+            response = await self.request("POST", f"/repos/{self.repo}/hooks", json=body)
             if response.status_code == 201:
                 return HookOutcome(response.json(), created=True)
             if response.status_code == 422 and _is_duplicate(response):
                 hook = await self.find_hook(spec.url)  # someone created it meanwhile: adopt it
             if hook is None:
-                raise self._fail(response, f"creating the hook on {self.repo}")
+                raise self.failure(response, f"creating the hook on {self.repo}")
         updated: list[str] = []
         patch: dict[str, Any] = {}
         if sorted(hook.get("events", [])) != sorted(spec.events):
@@ -170,9 +172,9 @@ class GitHubClient:
         return HookOutcome(hook, updated=tuple(updated), secret_set=spec.set_secret)
 
     async def _patch(self, path: str, body: dict[str, Any], hook: dict[str, Any]) -> dict[str, Any]:
-        response = await self._call("PATCH", path, json=body)
+        response = await self.request("PATCH", path, json=body)
         if response.status_code != 200:
-            raise self._fail(response, f"updating hook {hook['id']} on {self.repo}")
+            raise self.failure(response, f"updating hook {hook['id']} on {self.repo}")
         answer: dict[str, Any] = response.json()
         return answer if "id" in answer else hook  # `/config` answers the config only
 
@@ -180,9 +182,9 @@ class GitHubClient:
         hook = await self.find_hook(url)
         if hook is None:
             return None
-        response = await self._call("DELETE", f"/repos/{self.repo}/hooks/{hook['id']}")
+        response = await self.request("DELETE", f"/repos/{self.repo}/hooks/{hook['id']}")
         if response.status_code not in (204, 404):
-            raise self._fail(response, f"deleting hook {hook['id']} on {self.repo}")
+            raise self.failure(response, f"deleting hook {hook['id']} on {self.repo}")
         return hook
 
     # ------------------------------------------------------------------ statuses and heads
@@ -192,20 +194,20 @@ class GitHubClient:
         body: dict[str, Any] = {"state": state, "context": context, "description": description[:140]}
         if target_url:
             body["target_url"] = target_url
-        response = await self._call("POST", f"/repos/{self.repo}/statuses/{sha}", json=body)
+        response = await self.request("POST", f"/repos/{self.repo}/statuses/{sha}", json=body)
         if response.status_code != 201:
-            raise self._fail(response, f"posting status {state} for {sha[:12]}")
+            raise self.failure(response, f"posting status {state} for {sha[:12]}")
 
     async def head(self, branch: str, etag: str | None) -> tuple[str | None, str | None]:
         """(sha, etag) of the branch; sha is None when unchanged (a 304, free of rate limit)."""
         headers = {"Accept": "application/vnd.github.sha"}
         if etag:
             headers["If-None-Match"] = etag
-        response = await self._call("GET", f"/repos/{self.repo}/commits/{branch}", headers=headers)
+        response = await self.request("GET", f"/repos/{self.repo}/commits/{branch}", headers=headers)
         if response.status_code == 304:
             return None, etag
         if response.status_code != 200:
-            raise self._fail(response, f"reading the head of {self.repo}@{branch}")
+            raise self.failure(response, f"reading the head of {self.repo}@{branch}")
         sha = response.text.strip()
         if len(sha) != 40:
             raise GitHubError(f"reading the head of {self.repo}@{branch}: unexpected answer")
