@@ -23,7 +23,7 @@ from . import (
     variables,
 )
 from .core import Options, Scenario, ScenarioResult, wait_for_quiet
-from .report import machine, markdown, text_result
+from .report import machine, markdown, previous_report, text_result
 
 SCENARIOS: dict[str, tuple[str, Scenario]] = {
     "idle": ("1. Idle poll cost", idle_poll.run),
@@ -50,6 +50,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="before each scenario, wait up to this long for the machine to be mostly idle")
     parser.add_argument("--output", metavar="FILE", type=Path,
                         help="where to write the report (default: BENCHMARKS.md for a full run of every scenario)")
+    parser.add_argument("--baseline", metavar="FILE", type=Path,
+                        help="the earlier report whose figures are shown beside the new ones (default: the file "
+                             "being replaced, else BENCHMARKS.md)")
     args = parser.parse_args(argv)
     args.names = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else list(SCENARIOS)
     unknown = [n for n in args.names if n not in SCENARIOS]
@@ -90,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         results.append(result)
         print(text_result(result), flush=True)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(markdown(results, host, command, args.quick))
+    baseline = args.baseline or (output if output.exists() else ROOT / "BENCHMARKS.md")
+    previous = previous_report(baseline)
+    output.write_text(markdown(results, host, command, args.quick, previous))
     missed = [c for r in results for c in r.checks if not c.met]
     failed = [r for r in results if r.error]
     print(f"\nwrote {output}; {sum(len(r.checks) for r in results) - len(missed)} target(s) met, "

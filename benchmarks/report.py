@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
+import re
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from .core import ScenarioResult, Table
 
@@ -97,7 +99,38 @@ def md_table(columns: list[str], rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
-def markdown(results: list[ScenarioResult], host: Machine, command: str, quick: bool) -> str:
+@dataclass(frozen=True)
+class Previous:
+    """The targets table of the report a run replaces: the figures it shows beside the new ones."""
+
+    date: str = ""
+    figures: dict[tuple[str, str], str] = field(default_factory=dict)  # (scenario, target) -> "measured (met)"
+
+    def figure(self, scenario: str, target: str) -> str:
+        return self.figures.get((scenario, target), "(new target)" if self.figures else "")
+
+
+_DATE = re.compile(r"on (\d{4}-\d{2}-\d{2} \d{2}:\d{2}) UTC")
+
+
+def previous_report(path: Path) -> Previous:
+    """Read the targets of an earlier BENCHMARKS.md (a missing or foreign file gives an empty one)."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return Previous()
+    found = _DATE.search(text)
+    figures: dict[tuple[str, str], str] = {}
+    section = text.split("## Targets", 1)[1].split("\n## ", 1)[0] if "## Targets" in text else ""
+    for line in section.splitlines():
+        cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+        if len(cells) >= 4 and cells[0] not in ("Scenario", "") and not set(cells[0]) <= {"-"}:
+            figures[(cells[0], cells[1])] = f"{cells[2]} ({cells[3].replace('**', '')})"
+    return Previous(found.group(1) if found else "", figures)
+
+
+def markdown(results: list[ScenarioResult], host: Machine, command: str, quick: bool,
+             previous: Previous | None = None) -> str:
     out = [
         "# Benchmarks",
         "",
@@ -113,14 +146,14 @@ def markdown(results: list[ScenarioResult], host: Machine, command: str, quick: 
         "",
         "```",
         "./dev bench                      # sets up the virtualenv, then python -m benchmarks",
-        "python -m benchmarks             # from the repository root: every scenario (~25 min), rewrites BENCHMARKS.md",
+        "python -m benchmarks             # from the repository root: every scenario (~40 min), rewrites BENCHMARKS.md",
         "python -m benchmarks --quick     # smoke run (~6 min), written to benchmarks/results/",
         "python -m benchmarks --only idle,burst",
         "python -m benchmarks --wait-quiet 5   # on a shared machine: wait up to 5 min for idle CPUs per scenario",
         "```",
         "",
         "Scenarios: `idle`, `latency`, `large`, `burst`, `many`, `marathon`, `scaleout`, `variables`, `previews`, "
-        "`sharedhead`, `thousand`. "
+        "`sharedhead`, `thousand`, `thousand3`. "
         "A run with `--quick` or `--only` writes `benchmarks/results/BENCHMARKS-partial.md` "
         "instead of this file (or `--output FILE`). Each figure is the median of repeated runs with min and max "
         "(`median (min–max)`); comparisons are measured side by "
@@ -137,9 +170,9 @@ def markdown(results: list[ScenarioResult], host: Machine, command: str, quick: 
         "",
         "## Targets",
         "",
-        md_table(["Scenario", "Target", "Measured", "Met"],
-                 [[r.title, c.target, c.measured, "met" if c.met else "**missed**"] for r in results for c in r.checks]
-                 + [[r.title, "(scenario failed)", r.error or "", "**error**"] for r in results if r.error]),
+        *([f"'Previous run' is what the report this one replaced measured (its run of {previous.date} UTC), "
+           "so each figure stands beside the one before it.", ""] if previous and previous.figures else []),
+        _targets_table(results, previous or Previous()),
         "",
     ]
     for result in results:
@@ -158,3 +191,15 @@ def markdown(results: list[ScenarioResult], host: Machine, command: str, quick: 
         if result.analysis:
             out += ["**What stands in the way**", ""] + [f"- {line}" for line in result.analysis] + [""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def _targets_table(results: list[ScenarioResult], previous: Previous) -> str:
+    columns = ["Scenario", "Target", "Measured", "Met"] + (["Previous run"] if previous.figures else [])
+    rows = []
+    for r in results:
+        for c in r.checks:
+            row = [r.title, c.target, c.measured, "met" if c.met else "**missed**"]
+            rows.append(row + ([previous.figure(r.title, c.target)] if previous.figures else []))
+        if r.error:
+            rows.append([r.title, "(scenario failed)", r.error, "**error**"] + ([""] if previous.figures else []))
+    return md_table(columns, rows)
