@@ -9,7 +9,9 @@ Facts it follows (GitLab REST v4 and webhook documentation):
   fields `url` (required), `token` (write-only, never shown), `push_events` (default true),
   `tag_push_events`, `merge_requests_events`, `push_events_branch_filter`, `enable_ssl_verification`;
   lists paginated with `page`/`per_page` (default 20, max 100) and `X-Next-Page`, `X-Page`,
-  `X-Per-Page`, `X-Total` headers. PUT keeps the token unless one is given.
+  `X-Per-Page`, `X-Total`, `X-Total-Pages`, `X-Prev-Page` headers and a `Link` header (rel next, prev,
+  first, last; python-gitlab pages by it). Every list (hooks, statuses, merge requests, notes) pages
+  so. PUT keeps the token unless one is given.
 * Commit statuses: `POST /projects/:id/statuses/:sha` with `state` in pending, running, success,
   failed, canceled (else 400), `name` (default "default"), `target_url`, `description`; 201 with the
   status; a SHA the repository lacks is 404. `GET /projects/:id/repository/commits/:sha/statuses`.
@@ -34,7 +36,7 @@ import re
 import time
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs, unquote, urlencode
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -125,7 +127,7 @@ class GitLabEmulator(ForgeEmulator):
             return self._create_status(repo, status_match[1], body)
         list_match = re.fullmatch(r"/repository/commits/([0-9a-f]{40})/statuses", rest)
         if list_match and method == "GET":
-            return JSONResponse(self.statuses(repo.path, list_match[1]))
+            return self.paged(self.statuses(repo.path, list_match[1]), query, f"/projects/{repo.id}{rest}")
         if rest.startswith("/merge_requests"):
             return self._merge_request_route(method, rest, repo, body, query)
         return json_error(404, {"error": "404 Not Found"})
@@ -146,21 +148,18 @@ class GitLabEmulator(ForgeEmulator):
                 return json_error(404, {"message": "404 Not found"})
             if match[2] is None:
                 return self._merge_request(method, repo, mr, body)
-            return self._notes(method, mr, int(match[3]) if match[3] else None, body, query)
+            return self._notes(method, mr, int(match[3]) if match[3] else None, body, query,
+                               f"/projects/{repo.id}{rest}")
 
     def _mr(self, repo: ForgeRepo, iid: int) -> MergeRequest | None:
         return next((m for m in self.merge_requests.get(repo.path.lower(), []) if m.iid == iid), None)
 
     def _list_merge_requests(self, repo: ForgeRepo, query: dict[str, str]) -> Response:
         state, target = query.get("state", "all"), query.get("target_branch")
-        page, per_page = int(query.get("page", "1") or 1), int(query.get("per_page", "20") or 20)
         with self.lock:
             found = [mr_json(m, repo.id, self._web(repo)) for m in self.merge_requests.get(repo.path.lower(), [])
                      if state in ("all", m.state) and target in (None, m.target_branch)]
-        items, more = self.page(found, page, per_page)
-        return JSONResponse(items, headers={"X-Page": str(page), "X-Total": str(len(found)),
-                                            "X-Per-Page": str(min(per_page, self.max_page_size)),
-                                            "X-Next-Page": str(page + 1) if more else ""})
+        return self.paged(found, query, f"/projects/{repo.id}/merge_requests")
 
     def _create_merge_request(self, repo: ForgeRepo, body: dict[str, Any]) -> Response:
         missing = [k for k in ("source_branch", "target_branch", "title") if not body.get(k)]
@@ -188,13 +187,9 @@ class GitLabEmulator(ForgeEmulator):
         return JSONResponse(mr_json(mr, repo.id, self._web(repo)))
 
     def _notes(self, method: str, mr: MergeRequest, note_id: int | None, body: dict[str, Any],
-               query: dict[str, str]) -> Response:
+               query: dict[str, str], path: str = "") -> Response:
         if note_id is None and method == "GET":
-            page, per_page = int(query.get("page", "1") or 1), int(query.get("per_page", "20") or 20)
-            items, more = self.page([note_json(n, mr) for n in mr.notes], page, per_page)
-            return JSONResponse(items, headers={"X-Page": str(page), "X-Total": str(len(mr.notes)),
-                                                "X-Per-Page": str(min(per_page, self.max_page_size)),
-                                                "X-Next-Page": str(page + 1) if more else ""})
+            return self.paged([note_json(n, mr) for n in mr.notes], query, path)
         if method in ("POST", "PUT") and not (isinstance(body.get("body"), str) and body["body"]):
             return json_error(400, {"error": "body is missing"})
         if note_id is None and method == "POST":
@@ -313,13 +308,31 @@ class GitLabEmulator(ForgeEmulator):
         return {k: v for k, v in hook.items() if k != "token"}
 
     def _list_hooks(self, repo: ForgeRepo, query: dict[str, str]) -> Response:
-        page, per_page = int(query.get("page", "1") or 1), int(query.get("per_page", "20") or 20)
         with self.lock:
-            items, more = self.page([self._shown(h) for h in repo.hooks], page, per_page)
-            total = len(repo.hooks)
-        headers = {"X-Page": str(page), "X-Per-Page": str(min(per_page, self.max_page_size)),
-                   "X-Total": str(total), "X-Next-Page": str(page + 1) if more else ""}
-        return JSONResponse(items, headers=headers)
+            items = [self._shown(h) for h in repo.hooks]
+        return self.paged(items, query, f"/projects/{repo.id}/hooks")
+
+    def paged(self, items: list[Any], query: dict[str, str], path: str) -> Response:
+        """One page of a list with the headers GitLab sends (`X-Page`, `X-Per-Page`, `X-Total`,
+        `X-Total-Pages`, `X-Next-Page`, `X-Prev-Page` and a `Link` with next/prev/first/last): clients
+        such as python-gitlab follow `Link` rel="next", the product follows `X-Next-Page`."""
+        page, per_page = _int(query.get("page"), 1), _int(query.get("per_page"), 20)
+        size = max(1, min(per_page, self.max_page_size))
+        shown, more = self.page(items, page, size)
+        pages = max(1, -(-len(items) // size))
+        headers = {"X-Page": str(page), "X-Per-Page": str(size), "X-Total": str(len(items)),
+                   "X-Total-Pages": str(pages), "X-Next-Page": str(page + 1) if more else "",
+                   "X-Prev-Page": str(page - 1) if 1 < page <= pages + 1 else ""}
+        kept = {k: v for k, v in query.items() if k not in ("page", "per_page")}
+
+        def link(number: int, rel: str) -> str:
+            wanted = urlencode({**kept, "page": number, "per_page": size})
+            return f'<{self.api_url}{path}?{wanted}>; rel="{rel}"'
+
+        links = [link(page + 1, "next")] if more else []
+        links += [link(page - 1, "prev")] if headers["X-Prev-Page"] else []
+        headers["Link"] = ", ".join([*links, link(1, "first"), link(pages, "last")])
+        return JSONResponse(shown, headers=headers)
 
     def _create_hook(self, repo: ForgeRepo, body: dict[str, Any]) -> Response:
         if not isinstance(body.get("url"), str) or not body["url"]:
@@ -420,6 +433,14 @@ class GitLabEmulator(ForgeEmulator):
                 "user_id": 1, "user_name": "Administrator", "user_username": "root", "user_email": "",
                 "user_avatar": "", "project_id": repo.id, "project": project, "commits": commits,
                 "total_commits_count": len(commits), "repository": {"name": project["name"], "homepage": web}}
+
+
+def _int(value: str | None, default: int) -> int:
+    """A paging parameter as GitLab reads it: a missing or unreadable one falls back to the default."""
+    try:
+        return int(value) if value else default
+    except ValueError:
+        return default
 
 
 def _now() -> str:
