@@ -5,6 +5,7 @@ Facts it follows (Bitbucket Data Center REST and "Event payload" / "Manage webho
 
 * REST under `/rest/api/1.0`; an HTTP access token as `Authorization: Bearer <t>`; else 401
   `{"errors": [{"message": "Authentication failed. Please check your credentials and try again."}]}`.
+  JSON answers are typed `application/json;charset=UTF-8` (exactly so: clients compare the value).
 * Webhooks: `GET/POST /rest/api/1.0/projects/{key}/repos/{slug}/webhooks`,
   `GET/PUT/DELETE .../webhooks/{id}`; body `{"name", "url", "events": ["repo:refs_changed"], "active",
   "configuration": {"secret"}}` (name, url and events required, else 400); the secret is not shown;
@@ -59,6 +60,7 @@ from autodeployer_emulators._forge import (
 from autodeployer_emulators._server import serve_forever, standalone_parser, token_from_env
 from autodeployer_emulators.bitbucket_pulls import PULLS, BitbucketPulls
 
+JSON_TYPE = b"application/json;charset=UTF-8"
 STATES = ("INPROGRESS", "SUCCESSFUL", "FAILED", "CANCELLED", "UNKNOWN")
 HOOKS = re.compile(r"^/rest/api/1\.0/projects/(?P<key>[^/]+)/repos/(?P<slug>[^/]+)/webhooks(?:/(?P<id>\d+))?$")
 STATUS = re.compile(r"^/rest/build-status/1\.0/commits/(?P<sha>[0-9a-f]{40})$")
@@ -90,8 +92,9 @@ class BitbucketEmulator(ForgeEmulator):
             return [dict(s) for repo in self.repos.values() for s in repo.statuses.get(sha, [])]
 
     # ------------------------------------------------------------------ HTTP
-    def app(self) -> Starlette:
-        return Starlette(routes=[Route("/{path:path}", self._endpoint, methods=["GET", "POST", "PUT", "DELETE"])])
+    def app(self) -> Any:
+        inner = Starlette(routes=[Route("/{path:path}", self._endpoint, methods=["GET", "POST", "PUT", "DELETE"])])
+        return server_content_type(inner)
 
     async def _endpoint(self, request: Request) -> Response:
         if not self.authorised(self.bearer(request)):
@@ -251,6 +254,23 @@ class BitbucketEmulator(ForgeEmulator):
                    "X-Event-Key": "repo:push", "X-Request-UUID": new_uuid(), "X-Hook-UUID": new_uuid(),
                    "X-Attempt-Number": "1"}
         return self.send(url, headers, json.dumps(payload).encode())
+
+
+def server_content_type(app: Any) -> Any:
+    """Wrap `app` so JSON answers carry `Content-Type: application/json;charset=UTF-8`, as Bitbucket
+    Server's REST layer writes it. Clients key on the exact value: atlassian-python-api, for one, reads
+    a 401's JSON error only under that type (else it reports a bare "Unauthorized (401)")."""
+
+    async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+        async def send_typed(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [(k, JSON_TYPE if k == b"content-type" and v.startswith(b"application/json")
+                                       else v) for k, v in message.get("headers", [])]
+            await send(message)
+
+        await app(scope, receive, send_typed)
+
+    return wrapped
 
 
 def main(argv: list[str] | None = None) -> None:

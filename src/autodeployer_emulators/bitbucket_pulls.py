@@ -8,7 +8,8 @@ Facts it follows (Bitbucket Data Center REST 1.0 reference and "Event payload" p
   `state` (OPEN, DECLINED, MERGED), `open`, `closed`, `fromRef`/`toRef` {`id` `refs/heads/B`,
   `displayId` B, `latestCommit`, `repository` {`slug`, `id`, `name`, `project` {`key`}}},
   `createdDate`/`updatedDate` (epoch ms), `links.self`. `GET .../pull-requests?state=OPEN|DECLINED|
-  MERGED|ALL&direction=INCOMING&at=refs/heads/B` lists them, paged (`start`, `limit`; `size`,
+  MERGED|ALL&direction=INCOMING&at=refs/heads/B&order=NEWEST|OLDEST` lists them (newest first by
+  default), paged (`start`, `limit`; `size`,
   `isLastPage`, `nextPageStart`, `values`). `POST .../pull-requests` with `title`, `fromRef.id`,
   `toRef.id` creates one (201; 409 DuplicatePullRequestException when one is open for the same refs).
   `POST .../pull-requests/{id}/decline?version=N` declines it (409 on a stale version).
@@ -93,6 +94,8 @@ class BitbucketPulls:
                      if state == "ALL" or _STATES[p.state] == state]
         if at:
             found = [p for p in found if p["toRef"]["id"] == at]
+        if query.get("order", "NEWEST").upper() != "OLDEST":
+            found.reverse()  # newest first unless asked otherwise, as Bitbucket lists them
         return self.host.paged(found, query)
 
     def _create(self, repo: ForgeRepo, body: dict[str, Any]) -> Response:
