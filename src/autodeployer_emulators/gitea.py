@@ -8,10 +8,12 @@ Facts it follows (Gitea API v1 and webhook documentation):
   create body `{"type": "gitea", "config": {"url", "content_type": "json"|"form", "secret"},
   "events": ["push"], "active": true}` (type and config.url/content_type required, else 422); the
   secret is never shown; PATCH merges config and keeps the secret unless one is given. Lists are
-  paginated with `page`/`limit`, a `Link` header (`rel="next"`) and `X-Total-Count`.
+  paginated with `page`/`limit` (default 30, at most 50), a `Link` header (`rel` next, last, first, prev)
+  and `X-Total-Count`.
 * Commit statuses: `POST /repos/{owner}/{repo}/statuses/{sha}` with `state` in pending, success,
-  error, failure, warning (else 422), `context`, `target_url`, `description`; 201.
-  `GET /repos/{owner}/{repo}/commits/{sha}/statuses` lists them.
+  error, failure, warning, skipped (else 422), `context`, `target_url`, `description`; 201.
+  `GET /repos/{owner}/{repo}/statuses/{sha}` and `.../commits/{sha}/statuses` list them, newest first
+  (`sort=oldest` reverses; `state` filters), paged like hooks.
 * Deliveries: POST with `X-Gitea-Event: push`, `X-Gitea-Event-Type`, `X-Gitea-Delivery` (UUID),
   `X-Gitea-Signature` = lower-case hex HMAC-SHA256 of the body **without** a prefix, the same again
   as `X-Gogs-*`; Forgejo (`forgejo=True`) adds `X-Forgejo-*`; GitHub-compatible `X-GitHub-Event`,
@@ -54,7 +56,7 @@ from autodeployer_emulators._forge import (
 from autodeployer_emulators._server import serve_forever, standalone_parser, token_from_env
 from autodeployer_emulators.gitea_pulls import GiteaPulls
 
-STATES = ("pending", "success", "error", "failure", "warning")
+STATES = ("pending", "success", "error", "failure", "warning", "skipped")
 HOOK_TYPES = ("gitea", "forgejo", "gogs", "slack", "discord")
 ROUTE = re.compile(r"^/api/v1/repos/(?P<owner>[^/]+)/(?P<name>[^/]+)(?P<rest>/.*)?$")
 
@@ -65,6 +67,7 @@ class GiteaEmulator(ForgeEmulator):
     def __init__(self, token: str | None = None, *, forgejo: bool = False) -> None:
         super().__init__(token)
         self.forgejo = forgejo
+        self.max_page_size = 50  # Gitea's [api] MAX_RESPONSE_ITEMS default
         self.pulls = GiteaPulls(self)  # pull requests, their comments and deliveries (gitea_pulls.py)
 
     @property
@@ -111,9 +114,9 @@ class GiteaEmulator(ForgeEmulator):
         status_match = re.fullmatch(r"/statuses/([0-9a-f]{40})", rest)
         if status_match and method == "POST":
             return self._create_status(repo, status_match[1], body)
-        list_match = re.fullmatch(r"/commits/([0-9a-f]{40})/statuses", rest)
+        list_match = re.fullmatch(r"/(?:commits/([0-9a-f]{40})/statuses|statuses/([0-9a-f]{40}))", rest)
         if list_match and method == "GET":
-            return JSONResponse(self.statuses(repo.path, list_match[1]))
+            return self._list_statuses(request, repo, list_match[1] or list_match[2], query)
         pulls = self.pulls.route(request, rest, repo, body, query)
         if pulls is not None:
             return pulls
@@ -126,15 +129,29 @@ class GiteaEmulator(ForgeEmulator):
         return shown
 
     def _list_hooks(self, request: Request, repo: ForgeRepo, query: dict[str, str]) -> Response:
-        page, limit = int(query.get("page", "1") or 1), int(query.get("limit", "30") or 30)
         with self.lock:
-            items, more = self.page([self._shown(h) for h in repo.hooks], page, limit)
-            total = len(repo.hooks)
-        headers = {"X-Total-Count": str(total)}
-        if more:
-            base = str(request.url).split("?")[0]
-            headers["Link"] = f'<{base}?{urlencode({"page": page + 1, "limit": limit})}>; rel="next"'
-        return JSONResponse(items, headers=headers)
+            items = [self._shown(h) for h in repo.hooks]
+        return self.paged(request, items, query)
+
+    def paged(self, request: Request, items: list[Any], query: dict[str, str]) -> Response:
+        """One page (`page`, `limit`; default 30, capped at the host's maximum) with `X-Total-Count` and a
+        `Link` header holding next/prev/first/last as Gitea writes it (clients follow rel="next")."""
+        page, limit = max(_int(query.get("page"), 1), 1), _int(query.get("limit"), 30)
+        size = max(1, min(limit, self.max_page_size))
+        shown, more = self.page(items, page, size)
+        pages = max(1, -(-len(items) // size))
+        kept = {k: v for k, v in query.items() if k not in ("page", "limit")}
+        base = str(request.url).split("?")[0]
+
+        def link(number: int, rel: str) -> str:
+            return f'<{base}?{urlencode({**kept, "page": number, "limit": size})}>; rel="{rel}"'
+
+        links = [link(page + 1, "next"), link(pages, "last")] if more else []
+        links += [link(1, "first"), link(page - 1, "prev")] if page > 1 else []
+        headers = {"X-Total-Count": str(len(items)), "Access-Control-Expose-Headers": "X-Total-Count, Link"}
+        if links:
+            headers["Link"] = ",".join(links)
+        return JSONResponse(shown, headers=headers)
 
     def _create_hook(self, repo: ForgeRepo, body: dict[str, Any]) -> Response:
         config = body.get("config")
@@ -171,6 +188,15 @@ class GiteaEmulator(ForgeEmulator):
                 hook["active"] = bool(body["active"])
             hook["updated_at"] = _now()
             return JSONResponse(self._shown(hook))
+
+    def _list_statuses(self, request: Request, repo: ForgeRepo, sha: str, query: dict[str, str]) -> Response:
+        """Newest first unless `sort=oldest`, optionally only one `state`, paged like every list."""
+        found = self.statuses(repo.path, sha)
+        if query.get("sort") != "oldest":
+            found.reverse()
+        if query.get("state"):
+            found = [s for s in found if s["status"] == query["state"]]
+        return self.paged(request, found, query)
 
     def _create_status(self, repo: ForgeRepo, sha: str, body: dict[str, Any]) -> Response:
         state = body.get("state")
@@ -243,6 +269,14 @@ class GiteaEmulator(ForgeEmulator):
                 "repository": {"id": repo.id, "owner": user, "name": name, "full_name": path, "private": False,
                                "html_url": web, "clone_url": f"{web}.git", "default_branch": repo.default_branch},
                 "pusher": user, "sender": user}
+
+
+def _int(value: str | None, default: int) -> int:
+    """A paging parameter; a missing or unreadable one falls back to the default."""
+    try:
+        return int(value) if value else default
+    except ValueError:
+        return default
 
 
 def _now() -> str:

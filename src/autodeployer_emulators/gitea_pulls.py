@@ -6,10 +6,11 @@ Facts it follows (Gitea API v1 swagger and webhook documentation):
 * `GET /repos/{owner}/{repo}/pulls/{index}`: `id`, `number`, `title`, `state` (open, closed), `merged`,
   `mergeable` (whether the head merges cleanly into the base), `merge_commit_sha` (once merged),
   `head`/`base` {`label`, `ref`, `sha`, `repo_id`, `repo`}, `html_url`, `diff_url`, `created_at`,
-  `updated_at`. `GET /repos/{owner}/{repo}/pulls?state=open|closed|all` is paged with `page`/`limit`
-  (a `Link` header with `rel="next"`, and `X-Total-Count`). `POST /repos/{owner}/{repo}/pulls` with
+  `updated_at`. `GET /repos/{owner}/{repo}/pulls?state=open|closed|all&base_branch=B` lists them newest
+  first (`sort=oldest` reverses), paged with `page`/`limit` (a `Link` header with `rel="next"`, and
+  `X-Total-Count`). `POST /repos/{owner}/{repo}/pulls` with
   `head`, `base`, `title` creates one (201; 409 when one is already open for the same branches);
-  `PATCH /repos/{owner}/{repo}/pulls/{index}` with `state` closed/open closes or reopens it.
+  `PATCH /repos/{owner}/{repo}/pulls/{index}` with `state` closed/open closes or reopens it (201).
 * Refs: `refs/pull/<index>/head` only; Gitea writes no merge ref (it computes mergeability itself).
 * Comments are the issue's: `GET /repos/{owner}/{repo}/issues/{index}/comments` (every comment, no
   paging; `since`/`before` filters), `POST` with `body` (201, the comment: `id`, `body`, `user`,
@@ -29,7 +30,6 @@ import json
 import re
 import time
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -70,17 +70,13 @@ class GiteaPulls:
         return None
 
     def _list(self, request: Request, repo: ForgeRepo, query: dict[str, str]) -> Response:
-        state = query.get("state", "open")
-        page, limit = int(query.get("page", "1") or 1), int(query.get("limit", "30") or 30)
+        state, base = query.get("state", "open"), query.get("base_branch")
         with self.host.lock:
             found = [self.to_json(repo, p) for p in self.by_repo.get(repo.path.lower(), [])
-                     if state == "all" or _state(p) == state]
-        items, more = self.host.page(found, page, limit)
-        headers = {"X-Total-Count": str(len(found))}
-        if more:
-            base = str(request.url).split("?")[0]
-            headers["Link"] = f'<{base}?{urlencode({"state": state, "page": page + 1, "limit": limit})}>; rel="next"'
-        return JSONResponse(items, headers=headers)
+                     if (state == "all" or _state(p) == state) and base in (None, p.target_branch)]
+        if query.get("sort") != "oldest":
+            found.reverse()  # newest first, as Gitea lists them by default
+        return self.host.paged(request, found, query)
 
     def _create(self, repo: ForgeRepo, body: dict[str, Any]) -> Response:
         if not body.get("head") or not body.get("base"):
@@ -98,7 +94,8 @@ class GiteaPulls:
         if method == "PATCH" and body.get("state") in ("open", "closed"):
             with self.host.lock:
                 pull.state, pull.updated_at = str(body["state"]), time.time()
-        return JSONResponse(self.to_json(repo, pull))
+        # Gitea answers an edit with 201 Created (its swagger says so too), a read with 200
+        return JSONResponse(self.to_json(repo, pull), status_code=201 if method == "PATCH" else 200)
 
     def _comments(self, method: str, repo: ForgeRepo, number: int, body: dict[str, Any]) -> Response:
         pull = self.find(repo, number)

@@ -53,8 +53,9 @@ def test_gitea_pulls_refs_comments_and_paging(gitea: tuple[GiteaEmulator, httpx.
     api.post("/repos/acme/config/pulls", json={"head": "other", "base": "master"})
     emulator.max_page_size = 1
     first = api.get("/repos/acme/config/pulls?state=open&limit=50&page=1")
-    assert [p["number"] for p in first.json()] == [1] and 'rel="next"' in first.headers["link"]
-    assert [p["number"] for p in api.get(first.links["next"]["url"]).json()] == [2]
+    # newest first, as Gitea lists them
+    assert [p["number"] for p in first.json()] == [2] and 'rel="next"' in first.headers["link"]
+    assert [p["number"] for p in api.get(first.links["next"]["url"]).json()] == [1]
 
     posted = api.post("/repos/acme/config/issues/1/comments", json={"body": "hello"})
     assert posted.status_code == 201
