@@ -141,5 +141,5 @@ def test_without_webhooks_open_pull_requests_are_polled(service: Any, app_env: d
     wait_for(lambda: our_comments(gitea, pull.number), what="the preview comment")
     closed = httpx.patch(f"{gitea.api_url}/repos/{REPO}/pulls/{pull.number}", json={"state": "closed"},
                          headers={"Authorization": f"token {GIT_TOKEN}"})
-    assert closed.status_code == 200 and closed.json()["state"] == "closed"
+    assert closed.status_code == 201 and closed.json()["state"] == "closed"
     wait_for(lambda: pull.number not in previews(svc), what="the closed pull request's preview dropped")

@@ -14,7 +14,8 @@ Facts it follows (GitLab REST v4 and webhook documentation):
   so. PUT keeps the token unless one is given.
 * Commit statuses: `POST /projects/:id/statuses/:sha` with `state` in pending, running, success,
   failed, canceled (else 400), `name` (default "default"), `target_url`, `description`; 201 with the
-  status; a SHA the repository lacks is 404. `GET /projects/:id/repository/commits/:sha/statuses`.
+  status; a SHA the repository lacks is 404. `GET /projects/:id/repository/commits/:sha/statuses` lists
+  them oldest first, only the latest of each name unless `all=true` (`name`, `ref` filter), paged.
 * Deliveries: POST JSON with `X-Gitlab-Event: Push Hook` (tags: `Tag Push Hook`), `X-Gitlab-Token`
   (the hook's token as is, no HMAC; absent when the hook has none), `X-Gitlab-Event-UUID`,
   `X-Gitlab-Webhook-UUID`, `X-Gitlab-Instance`, `Idempotency-Key`, `User-Agent: GitLab/<version>`.
@@ -127,7 +128,8 @@ class GitLabEmulator(ForgeEmulator):
             return self._create_status(repo, status_match[1], body)
         list_match = re.fullmatch(r"/repository/commits/([0-9a-f]{40})/statuses", rest)
         if list_match and method == "GET":
-            return self.paged(self.statuses(repo.path, list_match[1]), query, f"/projects/{repo.id}{rest}")
+            return self.paged(_shown_statuses(self.statuses(repo.path, list_match[1]), query), query,
+                              f"/projects/{repo.id}{rest}")
         if rest.startswith("/merge_requests"):
             return self._merge_request_route(method, rest, repo, body, query)
         return json_error(404, {"error": "404 Not Found"})
@@ -433,6 +435,16 @@ class GitLabEmulator(ForgeEmulator):
                 "user_id": 1, "user_name": "Administrator", "user_username": "root", "user_email": "",
                 "user_avatar": "", "project_id": repo.id, "project": project, "commits": commits,
                 "total_commits_count": len(commits), "repository": {"name": project["name"], "homepage": web}}
+
+
+def _shown_statuses(statuses: list[dict[str, Any]], query: dict[str, str]) -> list[dict[str, Any]]:
+    """The statuses GitLab lists: oldest first, only the latest of each name (and ref) unless `all=true`,
+    narrowed by `name` and `ref` when given."""
+    found = [s for s in statuses if query.get("name") in (None, s["name"]) and query.get("ref") in (None, s["ref"])]
+    if query.get("all", "").lower() in ("true", "1", "yes"):
+        return found
+    latest = {(s["name"], s["ref"]): s["id"] for s in found}
+    return [s for s in found if latest[(s["name"], s["ref"])] == s["id"]]
 
 
 def _int(value: str | None, default: int) -> int:

@@ -89,8 +89,10 @@ def test_commit_statuses(lab: GitLabEmulator, config_repo: WorkRepo) -> None:
     done = commit.statuses.create({"state": "success", "name": "autodeployer/node",
                                    "target_url": "http://127.0.0.1/run/1", "description": "synced"})
     assert (done.status, done.target_url) == ("success", "http://127.0.0.1/run/1")
-    listed = commit.statuses.list(get_all=True)
-    assert sorted(s.status for s in listed) == ["pending", "success"]
+    commit.statuses.create({"state": "failed", "name": "other"})
+    latest = commit.statuses.list(get_all=True)  # only the latest of each name, oldest first
+    assert [(s.name, s.status) for s in latest] == [("autodeployer/node", "success"), ("other", "failed")]
+    assert [s.status for s in commit.statuses.list(name="other", get_all=True)] == ["failed"]
 
     with pytest.raises(gitlab.GitlabCreateError) as invalid:
         commit.statuses.create({"state": "bogus", "name": "x"})
