@@ -161,7 +161,7 @@ class GitLabEmulator(ForgeEmulator):
         with self.lock:
             found = [mr_json(m, repo.id, self._web(repo)) for m in self.merge_requests.get(repo.path.lower(), [])
                      if state in ("all", m.state) and target in (None, m.target_branch)]
-        return self.paged(found, query, f"/projects/{repo.id}/merge_requests")
+        return self.paged(_sorted(found, query), query, f"/projects/{repo.id}/merge_requests")
 
     def _create_merge_request(self, repo: ForgeRepo, body: dict[str, Any]) -> Response:
         missing = [k for k in ("source_branch", "target_branch", "title") if not body.get(k)]
@@ -191,7 +191,7 @@ class GitLabEmulator(ForgeEmulator):
     def _notes(self, method: str, mr: MergeRequest, note_id: int | None, body: dict[str, Any],
                query: dict[str, str], path: str = "") -> Response:
         if note_id is None and method == "GET":
-            return self.paged([note_json(n, mr) for n in mr.notes], query, path)
+            return self.paged(_sorted([note_json(n, mr) for n in mr.notes], query), query, path)
         if method in ("POST", "PUT") and not (isinstance(body.get("body"), str) and body["body"]):
             return json_error(400, {"error": "body is missing"})
         if note_id is None and method == "POST":
@@ -435,6 +435,13 @@ class GitLabEmulator(ForgeEmulator):
                 "user_id": 1, "user_name": "Administrator", "user_username": "root", "user_email": "",
                 "user_avatar": "", "project_id": repo.id, "project": project, "commits": commits,
                 "total_commits_count": len(commits), "repository": {"name": project["name"], "homepage": web}}
+
+
+def _sorted(items: list[dict[str, Any]], query: dict[str, str]) -> list[dict[str, Any]]:
+    """Merge requests and notes as GitLab lists them: by `created_at` (or `updated_at` with
+    `order_by=updated_at`), newest first unless `sort=asc`; ties by id."""
+    key = "updated_at" if query.get("order_by") == "updated_at" else "created_at"
+    return sorted(items, key=lambda item: (item[key], item["id"]), reverse=query.get("sort", "desc") != "asc")
 
 
 def _shown_statuses(statuses: list[dict[str, Any]], query: dict[str, str]) -> list[dict[str, Any]]:

@@ -4,9 +4,10 @@ linked bare repository, notes, and `Merge Request Hook` deliveries (`gitlab.py` 
 Facts it follows (GitLab REST v4, webhook and merge-request ref documentation):
 
 * `GET /projects/:id/merge_requests/:iid` and `GET /projects/:id/merge_requests?state=opened&
-  target_branch=B` (paged, `X-Next-Page`): `id`, `iid`, `project_id`, `title`, `state` (opened, closed,
-  merged), `source_branch`, `target_branch`, `source_project_id`, `target_project_id`, `sha` (the
-  head), `merge_status` (`can_be_merged`, `cannot_be_merged`; `unchecked`/`checking` while computed),
+  target_branch=B` (newest first unless `sort=asc`; paged, `X-Next-Page`): `id`, `iid`, `project_id`,
+  `title`, `state` (opened, closed, merged), `source_branch`, `target_branch`, `source_project_id`,
+  `target_project_id`, `sha` (the head), `merge_status` (`can_be_merged`, `cannot_be_merged`;
+  `unchecked`/`checking` while computed),
   `detailed_merge_status` (`mergeable`, `conflict`), `merge_commit_sha` (set once merged),
   `diff_refs` (`base_sha`, `head_sha`, `start_sha`), `web_url`. `POST /projects/:id/merge_requests`
   with `source_branch`, `target_branch`, `title` creates one (201; 409 when one is already open for the
@@ -14,9 +15,9 @@ Facts it follows (GitLab REST v4, webhook and merge-request ref documentation):
 * Refs: `refs/merge-requests/<iid>/head` is the source branch's tip; `refs/merge-requests/<iid>/merge`
   the merge of head into the target branch GitLab writes after its mergeability check (absent while the
   two conflict). Both are fetchable from the project's repository.
-* Notes: `GET /projects/:id/merge_requests/:iid/notes` (paged with `page`/`per_page` (default 20, max
-  100), `X-Next-Page`/`X-Page`/`X-Per-Page`/`X-Total`), `POST` with `body` (201, the note: `id`,
-  `body`, `author`, `created_at`, `updated_at`, `system`, `noteable_id`, `noteable_type`
+* Notes: `GET /projects/:id/merge_requests/:iid/notes` (newest first unless `sort=asc`; paged with
+  `page`/`per_page` (default 20, max 100), `X-Next-Page`/`X-Page`/`X-Per-Page`/`X-Total`), `POST` with
+  `body` (201, the note: `id`, `body`, `author`, `created_at`, `updated_at`, `system`, `noteable_id`, `noteable_type`
   "MergeRequest", `noteable_iid`), `PUT .../notes/:note_id` with `body` (200), 404 for an unknown note;
   `body` is required (400 `{"error": "body is missing"}`).
 * Deliveries: `X-Gitlab-Event: Merge Request Hook` with the same other headers as a push; the body's

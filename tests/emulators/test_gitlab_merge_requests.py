@@ -64,9 +64,9 @@ def test_merge_requests_refs_and_notes(lab, config_repo: WorkRepo):
 
     emulator.max_page_size = 2
     ids = [api.post(f"{PROJECT}/merge_requests/1/notes", json={"body": f"n{i}"}).json()["id"] for i in range(3)]
-    first = api.get(f"{PROJECT}/merge_requests/1/notes?per_page=100")
+    first = api.get(f"{PROJECT}/merge_requests/1/notes?per_page=100&sort=asc")  # GitLab's default: newest first
     assert [n["body"] for n in first.json()] == ["n0", "n1"] and first.headers["x-next-page"] == "2"
-    last = api.get(f"{PROJECT}/merge_requests/1/notes?per_page=100&page=2")
+    last = api.get(f"{PROJECT}/merge_requests/1/notes?per_page=100&page=2&sort=asc")
     assert [n["body"] for n in last.json()] == ["n2"] and last.headers["x-next-page"] == ""
     edited = api.put(f"{PROJECT}/merge_requests/1/notes/{ids[2]}", json={"body": "edited"})
     assert edited.status_code == 200 and edited.json()["noteable_type"] == "MergeRequest"

@@ -119,19 +119,21 @@ def test_merge_requests_and_notes(lab: GitLabEmulator, config_repo: WorkRepo) ->
     assert mr.merge_status == "can_be_merged" and mr.source_project_id == mr.target_project_id
     assert mr.diff_refs["head_sha"] == heads[1]
     open_into_master = mrs.list(state="opened", target_branch="master", get_all=True)
-    assert [m.iid for m in open_into_master] == [1, 2, 3]
+    assert [m.iid for m in open_into_master] == [3, 2, 1]  # newest first
+    assert [m.iid for m in mrs.list(target_branch="master", sort="asc", per_page=2, get_all=False)] == [1, 2]
     assert mrs.list(state="opened", target_branch="other", get_all=True) == []
     mr.state_event = "close"
     mr.save()
     assert mrs.get(2).state == "closed"
-    assert [m.iid for m in mrs.list(state="opened", target_branch="master", get_all=True)] == [1, 3]
+    assert [m.iid for m in mrs.list(state="opened", target_branch="master", get_all=True)] == [3, 1]
 
     notes = mrs.get(1, lazy=True).notes
     made = [notes.create({"body": f"<!-- autodeployer --> note {i}"}) for i in range(5)]
     assert made[0].noteable_type == "MergeRequest" and made[0].noteable_iid == 1
     page = notes.list(iterator=True, per_page=2)
     assert (page.total, page.total_pages, page.next_page) == (5, 3, 2)
-    assert [n.body for n in notes.list(get_all=True, per_page=2)] == [n.body for n in made]
+    assert [n.body for n in notes.list(get_all=True, per_page=2)] == [n.body for n in reversed(made)]
+    assert [n.body for n in notes.list(get_all=True, per_page=2, sort="asc")] == [n.body for n in made]
     note = notes.get(made[3].id)
     note.body = "edited"
     note.save()
