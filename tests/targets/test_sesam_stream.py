@@ -24,7 +24,7 @@ from autodeployer.logs import Redactor
 from autodeployer.model import Action, SourceFile, Tree
 from autodeployer.targets.base import TargetDeps
 from autodeployer.targets.sesam import Spec, create, diff, parse_desired, strip_node_keys
-from autodeployer.targets.sesam_live import LiveConfig, entity_digest
+from autodeployer.targets.sesam_live import ArrayReader, LiveConfig, entity_digest
 from autodeployer_emulators._server import LoopbackServer
 from autodeployer_emulators.sesam import SesamEmulator
 
@@ -52,6 +52,10 @@ def reordered(value: Any) -> Any:
     return value
 
 
+def live_of(entities: list[Any]) -> LiveConfig:
+    return LiveConfig.of(entities, strip_node_keys)
+
+
 def with_node_keys(entity: dict[str, Any], n: int) -> dict[str, Any]:
     return {**entity, "$audit": {"created_ts": f"~t2024-{n}"}, "_ts": n, "_updated": n, "_hash": f"h{n}"}
 
@@ -62,8 +66,8 @@ N = 2_000
 def test_no_change_is_found_without_keeping_the_live_entities() -> None:
     wanted = [pipe(i) for i in range(N)]
     desired = parse_desired(tree(wanted))
-    live = LiveConfig.of([with_node_keys(e, i) for i, e in enumerate(wanted)], "http://node/api/config")
-    scan = live.scan(desired.digests, strip_node_keys)
+    live = live_of([with_node_keys(e, i) for i, e in enumerate(wanted)])
+    scan = live.scan(desired.digests)
     assert scan.decoded == N and len(scan.ids) == N and scan.candidates == {}  # one at a time, none kept
     plan = diff(desired, live)
     assert plan.empty and plan.live_count == N and plan.desired_count == N
@@ -73,10 +77,10 @@ def test_the_no_change_diff_holds_far_less_than_the_live_list() -> None:
     """Memory, traced: the old way decoded the whole answer into a list of dicts (the `entities()` size)."""
     wanted = [pipe(i) for i in range(N)]
     desired = parse_desired(tree(wanted))
-    live = LiveConfig.of([with_node_keys(e, i) for i, e in enumerate(wanted)])
+    live = live_of([with_node_keys(e, i) for i, e in enumerate(wanted)])
     tracemalloc.start()
     try:
-        whole = live.entities()
+        whole = [with_node_keys(e, i) for i, e in enumerate(wanted)]  # what the old live() returned
         list_size = tracemalloc.get_traced_memory()[0]
         del whole
         tracemalloc.reset_peak()
@@ -93,7 +97,7 @@ def test_one_changed_entity_of_many_is_found_and_shown() -> None:
     desired = parse_desired(tree(wanted))
     live_entities = [dict(e) for e in wanted]
     live_entities[1234] = pipe(1234, description="changed on the node")
-    plan = diff(desired, LiveConfig.of(live_entities))
+    plan = diff(desired, live_of(live_entities))
     assert [(c.action, c.id) for c in plan.changes] == [(Action.CHANGE, "p1234")]
     assert '-  "description": "changed on the node"' in plan.changes[0].diff
     assert len(plan.payload) == N and plan.payload[1234] == wanted[1234]  # the upload: every entity from Git
@@ -103,7 +107,7 @@ def test_key_order_and_node_keys_never_count() -> None:
     wanted = [pipe(i) for i in range(50)]
     desired = parse_desired(tree(wanted))
     live = [with_node_keys(reordered(e), i) for i, e in enumerate(wanted)]
-    assert diff(desired, LiveConfig.of(live)).empty
+    assert diff(desired, live_of(live)).empty
     assert diff(desired, live).empty  # the old list form too
 
 
@@ -114,8 +118,8 @@ def test_numbers_compare_as_python_does() -> None:
     desired = parse_desired(tree([git]))
     same = {"_id": "p", "type": "pipe", "n": 1.0, "m": True, "f": -0.0}
     assert entity_digest(same) != desired.digests["p"]
-    assert diff(desired, LiveConfig.of([same])).empty
-    plan = diff(desired, LiveConfig.of([{**same, "n": 2}]))
+    assert diff(desired, live_of([same])).empty
+    plan = diff(desired, live_of([{**same, "n": 2}]))
     assert [(c.action, c.id) for c in plan.changes] == [(Action.CHANGE, "p")]
 
 
@@ -124,7 +128,7 @@ def test_a_live_only_entity_is_removed_and_unmanaged_metadata_carried() -> None:
     desired = parse_desired(tree(wanted))
     metadata = {"_id": "node", "type": "metadata", "global_defaults": {"x": 1}}
     stray = {"_id": "stray", "type": "system:url", "url_pattern": "http://x/%s", "_ts": 3}
-    plan = diff(desired, LiveConfig.of([with_node_keys(metadata, 1), *wanted[:10], stray, *wanted[10:]]))
+    plan = diff(desired, live_of([with_node_keys(metadata, 1), *wanted[:10], stray, *wanted[10:]]))
     assert [(c.action, c.id) for c in plan.changes] == [(Action.REMOVE, "stray")]
     assert plan.payload[0] == metadata  # replace-all must not reset metadata that Git does not manage
     assert [e["_id"] for e in plan.payload[1:]] == [e["_id"] for e in wanted]
@@ -132,7 +136,7 @@ def test_a_live_only_entity_is_removed_and_unmanaged_metadata_carried() -> None:
 
 def test_an_entity_missing_on_the_node_is_added() -> None:
     wanted = [pipe(i) for i in range(20)]
-    plan = diff(parse_desired(tree(wanted)), LiveConfig.of(wanted[:7] + wanted[8:]))
+    plan = diff(parse_desired(tree(wanted)), live_of(wanted[:7] + wanted[8:]))
     assert [(c.action, c.id) for c in plan.changes] == [(Action.ADD, "p0007")]
 
 
@@ -145,6 +149,27 @@ def test_a_new_commit_reuses_the_digests_of_unchanged_files() -> None:
     assert second.digests["p0004"] is first.digests["p0004"]
     assert second.digests["p0003"] != first.digests["p0003"]
     assert second.entities["p0003"]["description"] == "new"  # rebuilt from the file on demand
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096])
+def test_the_answer_is_decoded_across_chunk_boundaries(chunk: int) -> None:
+    values = [pipe(i, note="å∂ç ✓ \\ \"q\"", n=12345678901234567890) for i in range(40)] + [17, "x", None]
+    data = json.dumps(values, indent=2, ensure_ascii=False).encode()
+    got: list[Any] = []
+    reader = ArrayReader("http://node/api/config", got.append)
+    for start in range(0, len(data), chunk):
+        reader.feed(data[start:start + chunk])
+    reader.feed(b"", final=True)
+    assert got == values
+
+
+@pytest.mark.parametrize("body", [b"", b"[", b"[1,", b"[1 2]", b"[1]]", b"[1,]", b"[\xff]", b"{}", b'"x"', b"[1] 2"])
+def test_anything_but_one_json_array_is_refused(body: bytes) -> None:
+    reader = ArrayReader("http://node/api/config", lambda value: None)
+    with pytest.raises(TargetError, match=r"^GET http://node/api/config: "):
+        for byte in range(len(body)):
+            reader.feed(body[byte:byte + 1])
+        reader.feed(b"", final=True)
 
 
 # --------------------------------------------------------------------------- over HTTP
@@ -167,7 +192,7 @@ def test_the_node_answer_is_read_and_compared_over_http(node: SesamEmulator) -> 
     node.load(wanted)
     live = asyncio.run(_live(node.api_url))  # type: ignore[attr-defined]
     desired = parse_desired(tree(wanted))
-    scan = live.scan(desired.digests, strip_node_keys)
+    scan = live.scan(desired.digests)
     assert scan.decoded >= 300 and not any(i.startswith("p") for i in scan.candidates)
     assert diff(desired, live).empty
 

@@ -34,7 +34,7 @@ from ..secret_sources import (
 from .base import HealthRequest, SyncContext, TargetDeps
 from .sesam_entities import LazyEntities, Record, UploadBody, with_kept
 from .sesam_health import SesamHealth
-from .sesam_live import LiveConfig, LiveScan, entity_digest, get_text, scan_entities
+from .sesam_live import LiveConfig, LiveScan, entity_digest, read_config, scan_entities
 from .sesam_refs import (
     Ref,
     RefError,
@@ -463,6 +463,8 @@ def scan_live(desired: DesiredConfig, live: LiveEntities, stripped: bool = False
     if isinstance(live, LiveScan):
         return live
     with gc_paused():
+        if isinstance(live, LiveConfig):
+            return live.scan(desired.digests)
         return scan_entities(live, desired.digests, _same if stripped else strip_node_keys)
 
 
@@ -665,11 +667,11 @@ class SesamTarget:
             raise TargetError(f"GET {url}: the node answered with something that is not JSON") from None
 
     async def live(self) -> LiveConfig:
-        """The node's whole configuration as text, decoded entity by entity when scanned (sesam_live.py);
-        `list(live)` gives the old list of entities."""
+        """The node's whole configuration, decoded entity by entity as it streams in and held compact
+        (sesam_live.py); `list(live)` gives the entities without node keys."""
         url = f"{self.spec.api_url}/config"
-        text = await get_text(self._http, url, self._headers, min(60.0, self.spec.timeout), self._check_auth)
-        return LiveConfig(text, url)
+        return await read_config(self._http, url, self._headers, min(60.0, self.spec.timeout), self._check_auth,
+                                 strip_node_keys)
 
     async def _read_entity(self, collection: str, entity_id: str) -> dict[str, Any] | None:
         """One entity's config as stored (``GET /{pipes|systems}/<id>/config``); None when the node has none."""
