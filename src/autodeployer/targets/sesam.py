@@ -296,7 +296,7 @@ ParseMemo = dict[str, tuple[bytes, str, ParsedFile]]
 
 def parse_file(path: str, file: SourceFile, shown: str) -> ParsedFile:
     """Read one config file; `shown` is its name in messages (SYNC_ROOT included)."""
-    if ".." in path.split("/"):
+    if ".." in path and ".." in path.split("/"):  # the split only when it could be
         return ParsedFile((), (Problem("path leaves SYNC_ROOT", file=shown),))
     if file.is_symlink:
         return ParsedFile((), (Problem("is a symbolic link; links are not followed", file=shown),))
@@ -386,7 +386,7 @@ def parse_desired(
                     continue
                 if record.kind == "metadata":
                     metadata.append((_id, shown))
-                located[_id] = (path, record.index)
+                located[_id] = (path, record.position)
                 digests[_id] = record.digest
                 kinds[_id] = record.kind
                 files[_id] = shown

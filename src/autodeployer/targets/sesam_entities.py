@@ -11,18 +11,17 @@ tree anyway) when asked.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, overload
+from typing import Any, NamedTuple, overload
 
 
-@dataclass(frozen=True)
-class Record:
-    """One entity of a parsed file: what the comparison and the cross-file checks need."""
+class Record(NamedTuple):
+    """One entity of a parsed file: what the comparison and the cross-file checks need (a NamedTuple: one
+    is made per file of a cold parse, ~3x cheaper than a frozen dataclass)."""
 
     id: str
     kind: str
     digest: bytes
-    index: int  # position among the file's items (an object file: 0)
+    position: int  # among the file's items (an object file: 0)
 
 
 Loader = Callable[[str, bytes], list[Any]]  # (path, file bytes) -> the file's items, as parsed
