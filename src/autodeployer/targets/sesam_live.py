@@ -1,19 +1,18 @@
-"""The Sesam node's whole configuration (``GET /config``), read as text and compared one entity at a time.
+"""The Sesam node's whole configuration (``GET /config``), read streaming and compared one entity at a time.
 
-At 50,000 entities the answer is ~20 MB of JSON; decoded at once it is ~100 MB of dicts, next to as
-much again for the desired state (issue 18: 672 MB peak RSS). A no-change cycle needs neither: each
-live entity is decoded alone (``JSONDecoder.raw_decode`` over the array), its node keys are dropped, and
-its digest (see :func:`entity_digest`) is compared with the digest of the entity of the same ``_id`` in
-Git. Equal ones are dropped at once and only their ``_id`` is kept; the rest (changed, not in Git, the
-metadata) are kept whole as *candidates*, which the plan compares exactly (dict equality, as before).
+At 50,000 entities the answer is ~40 MB of indented JSON; decoded at once it is ~100 MB of dicts, next
+to as much again for the desired state (issue 18: 672 MB peak RSS). A no-change cycle needs neither:
+the answer is decoded while it streams in (:class:`ArrayReader`, ``JSONDecoder.raw_decode`` per element),
+each entity's node keys are dropped and it is kept compact (:class:`LiveConfig`: its ``_id`` and its
+marshal bytes). The scan then compares each one's digest (:func:`entity_digest`) with the digest of the
+entity of the same ``_id`` in Git: equal ones leave only their ``_id``; the rest (changed, not in Git, the
+metadata) are decoded again as *candidates*, which the plan compares exactly (dict equality, as before).
 
 The digest only filters: equal digests mean equal entities, unequal digests are decided by ``==`` on
 the full entities. So the semantics are those of the old whole-list diff: key order never counts and
 ``1 == 1.0 == True`` (such an entity stays a candidate every cycle, which costs time, not correctness).
-
-The body is read streaming (``client.send(..., stream=True)`` then ``aread``-like chunk joining and
-``aclose``): an ``httpx.Response`` sits in a reference cycle with its request, so a buffered response
-kept its 20 MB body alive until the cyclic collector ran.
+The response is read with ``stream=True`` and closed: a buffered ``httpx.Response`` sits in a reference
+cycle with its request and kept its body alive until the cyclic collector ran.
 """
 
 from __future__ import annotations
