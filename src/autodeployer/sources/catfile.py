@@ -67,7 +67,7 @@ async def cat_blobs(oids: list[str], cwd: Path, env: dict[str, str], timeout: fl
     try:
         return await asyncio.wait_for(_exchange(proc, unique, failed, missing), timeout)
     except TimeoutError:
-        raise SourceError(f"git cat-file timed out after {timeout:g} s") from None
+        raise failed(f"timed out after {timeout:g} s") from None
     finally:
         if proc.returncode is None:
             proc.kill()
