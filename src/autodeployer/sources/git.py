@@ -26,6 +26,7 @@ from pydantic import SecretStr
 from ..errors import SourceError
 from ..logs import Redactor, get_logger
 from ..model import CommitInfo, SourceFile, Tree
+from .catfile import cat_blobs
 from .github import GitHubClient, GitHubError
 from .sharedhead import SharedHeads
 from .smarthttp import ProtocolError, SmartHttpHead, Unreachable, find_ref
@@ -471,7 +472,8 @@ class GitSource:
         entries = self._entries(listing.stdout)
         wanted = [oid for _, oid, size, _ in entries if size <= max_file_bytes]
         known = self._blobs
-        blobs = await self._cat_blobs([oid for oid in wanted if oid not in known])
+        blobs = await cat_blobs([oid for oid in wanted if oid not in known], self.mirror, self._git_env(),
+                                self.spec.git_timeout, self._cat_failed, self._cat_missing)  # streamed: catfile.py
         blobs.update((oid, known[oid]) for oid in wanted if oid in known)
         self._blobs = blobs  # a new commit usually shares most files with the last one read
         files = {path: SourceFile(path=path, data=blobs.get(oid, b"") if size <= max_file_bytes else b"", mode=mode,
@@ -497,22 +499,11 @@ class GitSource:
         """Forget the blobs of the last tree read (benchmarks measure a first read with it)."""
         self._blobs = {}
 
-    async def _cat_blobs(self, oids: list[str]) -> dict[str, bytes]:
-        if not oids:
-            return {}
-        unique = list(dict.fromkeys(oids))
-        result = await self._git("cat-file", "--batch", "--buffer", stdin=("\n".join(unique) + "\n").encode())
-        out, blobs, pos = result.stdout, {}, 0
-        for oid in unique:
-            header_end = out.index(b"\n", pos)
-            header = out[pos:header_end].decode().split()
-            if len(header) < 3 or header[1] == "missing":
-                raise SourceError(f"object {oid} missing from the mirror of {self.spec.url}")
-            size = int(header[2])
-            start = header_end + 1
-            blobs[oid] = out[start : start + size]
-            pos = start + size + 1
-        return blobs
+    def _cat_missing(self, oid: str) -> SourceError:
+        return SourceError(f"object {oid} missing from the mirror of {self.spec.url}")
+
+    def _cat_failed(self, stderr: str) -> SourceError:
+        return SourceError(f"git cat-file failed for {self.spec.url}: {git_error(self._redact(stderr))}")
 
     async def read_path(self, sha: str, path: str) -> bytes | None:
         """One file at `sha` by its repository path, also outside SYNC_ROOT (the Sesam variables file);

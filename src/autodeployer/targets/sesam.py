@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
@@ -31,7 +32,9 @@ from ..secret_sources import (
     VaultSettings,
 )
 from .base import HealthRequest, SyncContext, TargetDeps
+from .sesam_entities import LazyEntities, Record, UploadBody, with_kept
 from .sesam_health import SesamHealth
+from .sesam_live import LiveConfig, LiveScan, entity_digest, read_config, scan_entities
 from .sesam_refs import (
     Ref,
     RefError,
@@ -223,12 +226,13 @@ def spec_from_yaml(data: dict[str, Any], where: str, app_name: str | None = None
 # --------------------------------------------------------------------------- desired state
 @dataclass
 class DesiredConfig:
-    entities: dict[str, dict[str, Any]]  # by _id, metadata included when managed
+    entities: Mapping[str, dict[str, Any]]  # by _id, metadata included when managed (LazyEntities: on demand)
     files: dict[str, str]  # _id -> file it came from
     metadata_managed: bool
     warnings: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
     refs: list[Ref] = field(default_factory=list)  # every $ENV(...) and $SECRET(...) of the entities
+    digests: dict[str, bytes] = field(default_factory=dict)  # _id -> sesam_live.entity_digest (sesam_live.py)
 
 
 def is_config_path(path: str) -> bool:
@@ -280,7 +284,7 @@ def _check_entity(
 class ParsedFile:
     """What one file contributes, before the checks across files. A pure function of path and bytes."""
 
-    entities: tuple[dict[str, Any], ...]
+    entities: tuple[Record, ...]  # not the dicts: a cached parse holds digests (sesam_entities.py)
     problems: tuple[Problem, ...] = ()
     warnings: tuple[str, ...] = ()
     refs: tuple[Ref, ...] = ()
@@ -292,7 +296,7 @@ ParseMemo = dict[str, tuple[bytes, str, ParsedFile]]
 
 def parse_file(path: str, file: SourceFile, shown: str) -> ParsedFile:
     """Read one config file; `shown` is its name in messages (SYNC_ROOT included)."""
-    if ".." in path.split("/"):
+    if ".." in path and ".." in path.split("/"):  # the split only when it could be
         return ParsedFile((), (Problem("path leaves SYNC_ROOT", file=shown),))
     if file.is_symlink:
         return ParsedFile((), (Problem("is a symbolic link; links are not followed", file=shown),))
@@ -311,6 +315,7 @@ def parse_file(path: str, file: SourceFile, shown: str) -> ParsedFile:
         return ParsedFile((), (Problem("expected an entity object or an array of entities", file=shown),))
     problems: list[Problem] = []
     entities: list[dict[str, Any]] = []
+    records: list[Record] = []
     warnings: list[str] = []
     may_hold_secrets = b"$SECRET(" in file.data  # walking every value is only worth it then
     for index, item in enumerate(items):
@@ -321,6 +326,7 @@ def parse_file(path: str, file: SourceFile, shown: str) -> ParsedFile:
             problems.append(Problem(f"{METADATA_FILE} must hold the metadata entity", file=shown, entity=entity["_id"]))
             continue
         entities.append(entity)
+        records.append(Record(entity["_id"], entity["type"], entity_digest(entity), index))
         stem = path.rsplit("/", 1)[-1].removesuffix(".conf.json")
         if len(items) == 1 and path != METADATA_FILE and stem != entity["_id"]:
             warnings.append(f"{shown}: file name does not match _id {entity['_id']!r}")
@@ -330,7 +336,7 @@ def parse_file(path: str, file: SourceFile, shown: str) -> ParsedFile:
             refs = find_refs(entities, shown)
         except RefError as exc:
             problems.extend(exc.problems)
-    return ParsedFile(tuple(entities), tuple(problems), tuple(warnings), tuple(refs))
+    return ParsedFile(tuple(records), tuple(problems), tuple(warnings), tuple(refs))
 
 
 def parse_desired(
@@ -345,7 +351,10 @@ def parse_desired(
     not parsed again. With `whitelist` (paths under SYNC_ROOT), only listed config files are read.
     """
     problems: list[Problem] = []
-    entities: dict[str, dict[str, Any]] = {}
+    located: dict[str, tuple[str, int]] = {}  # _id -> (path, index): the entity is read again from there
+    data: dict[str, bytes] = {}
+    digests: dict[str, bytes] = {}
+    kinds: dict[str, str] = {}
     files: dict[str, str] = {}
     warnings: list[str] = []
     ignored: list[str] = []
@@ -369,14 +378,17 @@ def parse_desired(
             problems.extend(parsed.problems)
             warnings.extend(parsed.warnings)
             refs.extend(parsed.refs)
-            for entity in parsed.entities:
-                _id, shown = entity["_id"], (f"{tree.sync_root}/{path}" if tree.sync_root else path)
+            data[path] = file.data
+            for record in parsed.entities:
+                _id, shown = record.id, (f"{tree.sync_root}/{path}" if tree.sync_root else path)
                 if _id in files:
                     problems.append(Problem(f"_id defined twice: in {files[_id]} and in {shown}", entity=_id))
                     continue
-                if entity["type"] == "metadata":
+                if record.kind == "metadata":
                     metadata.append((_id, shown))
-                entities[_id] = entity
+                located[_id] = (path, record.position)
+                digests[_id] = record.digest
+                kinds[_id] = record.kind
                 files[_id] = shown
     if memo is not None:
         memo.clear()
@@ -384,16 +396,14 @@ def parse_desired(
     if len(metadata) > 1:
         where = "; ".join(f"{_id} in {file}" for _id, file in metadata)
         problems.append(Problem(f"more than one metadata entity: {where}", file=metadata[1][1]))
-    if self_id and not problems:
-        own = entities.get(self_id)
-        if own is None or not str(own.get("type", "")).startswith("system:"):
-            problems.append(
-                Problem(
-                    "the deployer's own system (SELF_ID) is missing from the configuration in Git; "
-                    "uploading it would remove the deployer from the node",
-                    entity=self_id,
-                )
+    if self_id and not problems and not kinds.get(self_id, "").startswith("system:"):
+        problems.append(
+            Problem(
+                "the deployer's own system (SELF_ID) is missing from the configuration in Git; "
+                "uploading it would remove the deployer from the node",
+                entity=self_id,
             )
+        )
     if problems:
         raise Refused(f"configuration at {tree.revision[:12]} is not deployable", problems)
     notices = []
@@ -401,13 +411,20 @@ def parse_desired(
         shown_ignored = ", ".join(ignored[:5]) + (f" and {len(ignored) - 5} more" if len(ignored) > 5 else "")
         notices.append(f"ignored {len(ignored)} file(s) that are not Sesam config: {shown_ignored}")
     return DesiredConfig(
-        entities=entities,
+        entities=LazyEntities(located, data, _load_items, strip_node_keys),
         files=files,
         metadata_managed=bool(metadata),
         warnings=warnings,
         notices=notices,
         refs=refs,
+        digests=digests,
     )
+
+
+def _load_items(path: str, data: bytes) -> list[Any]:
+    """A config file's items, parsed again (it passed parse_file's checks when it was read)."""
+    doc = loads_strict(data)
+    return [doc] if isinstance(doc, dict) else list(doc)
 
 
 def parse_whitelist(data: bytes, file: str) -> frozenset[str]:
@@ -429,11 +446,30 @@ def _kind(entity: dict[str, Any]) -> str:
     return str(entity.get("type", "?"))
 
 
-def diff(desired: DesiredConfig, live: list[dict[str, Any]], stripped: bool = False) -> Plan:
+LiveEntities = list[dict[str, Any]] | LiveConfig | LiveScan
+
+
+def diff(desired: DesiredConfig, live: LiveEntities, stripped: bool = False) -> Plan:
     """Semantic diff keyed by _id. Unmanaged metadata is carried over untouched. `stripped`: the live
-    entities are without node keys already (see strip_live), so they are not copied a second time."""
+    entities are without node keys already (see strip_live), so they are not copied a second time.
+    `live` may be the node's answer read lazily (LiveConfig) or its scan already made (LiveScan)."""
     with gc_paused():
-        return _diff(desired, live, stripped)
+        return _diff(desired, scan_live(desired, live, stripped))
+
+
+def scan_live(desired: DesiredConfig, live: LiveEntities, stripped: bool = False) -> LiveScan:
+    """The live entities compared one by one with the desired digests (sesam_live.py): only those that may
+    differ are kept whole."""
+    if isinstance(live, LiveScan):
+        return live
+    with gc_paused():
+        if isinstance(live, LiveConfig):
+            return live.scan(desired.digests)
+        return scan_entities(live, desired.digests, _same if stripped else strip_node_keys)
+
+
+def _same(entity: dict[str, Any]) -> dict[str, Any]:
+    return entity
 
 
 def strip_live(live: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -443,40 +479,46 @@ def strip_live(live: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [strip_node_keys(e) for e in live]
 
 
-def _diff(desired: DesiredConfig, live: list[dict[str, Any]], stripped: bool = False) -> Plan:
-    live_by_id: dict[str, dict[str, Any]] = {}
+def _upload_body(entities: Mapping[str, dict[str, Any]], metadata: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Every desired entity, by _id, after the live metadata we do not manage (the apply path may use more
+    memory than a no-change cycle: every entity is read again from its file)."""
+    body = [entities[_id] for _id in sorted(entities)]
+    return [metadata, *body] if metadata is not None else body
+
+
+def _diff(desired: DesiredConfig, scan: LiveScan) -> Plan:
+    """Exact comparison (dict equality: key order aside, 1 == 1.0) of the candidates the scan kept; every
+    other live entity had the digest of its desired entity, so it is equal."""
+    live_by_id: dict[str, dict[str, Any]] = dict(scan.candidates)
     live_metadata: dict[str, Any] | None = None
-    for raw in live:
-        entity = raw if stripped else strip_node_keys(raw)
-        if entity.get("type") == "metadata":
-            live_metadata = entity
-            if not desired.metadata_managed:
-                continue
-        live_by_id[str(entity.get("_id"))] = entity
+    for entity in scan.metadata:
+        live_metadata = entity
+        if desired.metadata_managed:
+            live_by_id[str(entity.get("_id"))] = entity
+    entities = desired.entities
+    check = sorted({*(i for i in live_by_id if i in entities), *(i for i in entities if i not in scan.ids)})
     changes: list[Change] = []
-    for _id in sorted(desired.entities):
-        want = desired.entities[_id]
+    for _id in check:
+        want = entities[_id]
         have = live_by_id.get(_id)
         if have is None:
             changes.append(Change(Action.ADD, _id, _kind(want), unified(None, want, _id)))
         elif have != want:
             changes.append(Change(Action.CHANGE, _id, _kind(want), unified(have, want, _id)))
-    for _id in sorted(set(live_by_id) - set(desired.entities)):
+    for _id in sorted(i for i in live_by_id if i not in entities):
         have = live_by_id[_id]
         changes.append(Change(Action.REMOVE, _id, _kind(have), unified(have, None, _id)))
-    payload = [desired.entities[_id] for _id in sorted(desired.entities)]
-    if not desired.metadata_managed and live_metadata is not None:
-        payload.insert(0, live_metadata)  # replace-all must not reset metadata we do not manage
-    managed_live = [e for e in live_by_id.values() if e.get("type") != "metadata"]
-    managed_desired = [e for e in desired.entities.values() if e.get("type") != "metadata"]
+    carried = live_metadata if not desired.metadata_managed else None  # replace-all must not reset it
+    payload = UploadBody(lambda: _upload_body(entities, carried))  # built when read: apply or tests
+    managed_desired = len(entities) > (1 if desired.metadata_managed else 0)
     return Plan(
         changes=changes,
         warnings=list(desired.warnings),
         notices=list(desired.notices),
         payload=payload,
-        desired_count=len(desired.entities),
-        live_count=len(live_by_id),
-        empties_target=bool(managed_live) and not managed_desired,
+        desired_count=len(entities),
+        live_count=scan.managed + (len(scan.metadata) if desired.metadata_managed else 0),
+        empties_target=scan.managed > 0 and not managed_desired,
     )
 
 
@@ -607,7 +649,7 @@ class SesamTarget:
         return dict(variables), location.path
 
     # ------------------------------------------------------------------ live state
-    def prefetch(self) -> asyncio.Task[list[dict[str, Any]]]:
+    def prefetch(self) -> asyncio.Task[LiveConfig]:
         """The live configuration does not depend on Git: read it while Git is fetched and parsed."""
         return asyncio.get_running_loop().create_task(self.live())
 
@@ -624,11 +666,12 @@ class SesamTarget:
         except ValueError:
             raise TargetError(f"GET {url}: the node answered with something that is not JSON") from None
 
-    async def live(self) -> list[dict[str, Any]]:
-        body = await self._get_json("/config")
-        if not isinstance(body, list):
-            raise TargetError(f"GET {self.spec.api_url}/config: expected a JSON array of entities")
-        return [e for e in body if isinstance(e, dict)]
+    async def live(self) -> LiveConfig:
+        """The node's whole configuration, decoded entity by entity as it streams in and held compact
+        (sesam_live.py); `list(live)` gives the entities without node keys."""
+        url = f"{self.spec.api_url}/config"
+        return await read_config(self._http, url, self._headers, min(60.0, self.spec.timeout), self._check_auth,
+                                 strip_node_keys)
 
     async def _read_entity(self, collection: str, entity_id: str) -> dict[str, Any] | None:
         """One entity's config as stored (``GET /{pipes|systems}/<id>/config``); None when the node has none."""
@@ -666,13 +709,12 @@ class SesamTarget:
         return SelfRule(self_id=path_id, api_url=self.spec.api_url, repo_url=ctx.app.source.url,
                         repo_full_name=ctx.app.source.repo_full_name)
 
-    def _keep_live(self, desired: DesiredConfig, live: list[dict[str, Any]], ctx: SyncContext,
-                   stripped: bool = False) -> DesiredConfig:
-        """The deployer's own live system and orchestrator-managed entities, kept as they are live."""
+    def _keep_live(self, desired: DesiredConfig, live: LiveScan, ctx: SyncContext) -> DesiredConfig:
+        """The deployer's own live system and orchestrator-managed entities, kept as they are live. Only the
+        scan's candidates can matter: a live entity equal to its file needs no keeping."""
         if self.spec.self_id and not self.spec.orchestrator:
             return desired  # nothing to keep: the own system is managed in Git, no orchestrator
-        live_by_id = {str(e.get("_id")): e if stripped else strip_node_keys(e) for e in live
-                      if e.get("type") != "metadata"}
+        live_by_id = live.candidates
         kept: dict[str, dict[str, Any]] = {}
         notices: list[str] = []
         if not self.spec.self_id:  # SELF_ID: the own system is managed in Git on purpose
@@ -691,9 +733,9 @@ class SesamTarget:
                 raise Refused("the commit changes the deployer's own system", problems)
         if self.spec.orchestrator:
             managed = []
-            for _id, want in desired.entities.items():
-                current = live_by_id.get(_id)
-                if current is not None and current != want and orchestrated(current, want, NODE_KEYS):
+            for _id, current in live_by_id.items():
+                want = desired.entities.get(_id)
+                if want is not None and current != want and orchestrated(current, want, NODE_KEYS):
                     kept[_id] = current
                     managed.append(_id)
             if managed:
@@ -702,12 +744,12 @@ class SesamTarget:
         if not kept:
             return desired
         files = {**desired.files, **{k: desired.files.get(k, "(live)") for k in kept}}
-        return dataclasses.replace(desired, entities={**desired.entities, **kept}, files=files,
+        return dataclasses.replace(desired, entities=with_kept(desired.entities, kept), files=files,
                                    notices=desired.notices + notices)
 
-    def _config_plan(self, desired: DesiredConfig, live: list[dict[str, Any]], ctx: SyncContext) -> Plan:
-        stripped = strip_live(live)  # one copy without node keys, for both
-        return diff(self._keep_live(desired, stripped, ctx, stripped=True), stripped, stripped=True)
+    def _config_plan(self, desired: DesiredConfig, live: LiveEntities, ctx: SyncContext) -> Plan:
+        scan = scan_live(desired, live)  # one pass over the node's answer, for both
+        return diff(self._keep_live(desired, scan, ctx), scan)
 
     async def _values(self, ctx: SyncContext, refs: list[Ref]) -> tuple[ValuesPlan, list[str]]:
         """Variables and secrets: checked against what will be live after the sync, before any write."""
@@ -761,7 +803,7 @@ class SesamTarget:
     async def plan(self, ctx: SyncContext) -> Plan:
         whitelist = await self._whitelist(ctx.tree)
         desired = self.desired(ctx.tree, whitelist)
-        live = await ctx.prefetched if ctx.prefetched is not None else await self.live()
+        live = scan_live(desired, await ctx.prefetched if ctx.prefetched is not None else await self.live())
         config = self._config_plan(desired, live, ctx)
         scoped = parse_scoped_files(ctx.tree, desired.entities, whitelist is not None)
         values, warnings = await self._values(ctx, scoped_refs(desired.refs, scoped)[1])
@@ -770,14 +812,14 @@ class SesamTarget:
                    + config.changes)
         return dataclasses.replace(
             config, changes=changes, warnings=config.warnings + warnings + extra.warnings,
-            payload=SesamPayload(config.payload if config.changes else None, values, extra))
+            payload=SesamPayload(config.payload.materialise() if config.changes else None, values, extra))
 
-    async def _extra(self, ctx: SyncContext, desired: DesiredConfig, live: list[dict[str, Any]], config: Plan,
+    async def _extra(self, ctx: SyncContext, desired: DesiredConfig, live: LiveScan, config: Plan,
                      scoped: dict[str, ScopedFile], values: ValuesPlan) -> SecretsExtra:
         """System-scoped secrets, pruning and re-created systems (sesam_scoped); requests only when used."""
         remembered = ctx.memory.get(FINGERPRINTS)
         last_sent: dict[str, str] = dict(remembered) if isinstance(remembered, dict) else {}
-        extra = SecretsExtra(files=scoped, recreated=recreated_systems(desired.entities, live))
+        extra = SecretsExtra(files=scoped, recreated=recreated_systems(desired.entities, live.candidate_entities()))
         for _id, why in extra.recreated.items():
             extra.warnings.append(loss_warning(_id, why, await self._system_secret_names(_id)))
         for change in config.changes:
@@ -788,7 +830,7 @@ class SesamTarget:
                                           "are deleted with it")
         if self._sources and self._fingerprinter is None and (scoped or self.spec.secrets_prune):
             self._fingerprinter = Fingerprinter.from_state_dir(self._state_dir)
-        live_ids = {e.get("_id") for e in live}
+        live_ids = live.ids
         extra.fresh = frozenset(i for i in scoped if i not in live_ids or i in extra.recreated)
         extra.scoped = await plan_system_secrets(scoped, self._sources, self._fingerprinter, last_sent,
                                                  self._system_secret_names, extra.fresh)
