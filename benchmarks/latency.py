@@ -118,13 +118,21 @@ _ENTITY_CONFIG = re.compile(r"/api/(?:pipes|systems)/(?P<id>[^/]+)/config")
 
 
 def read_back_answered(node: SesamEmulator, entity_id: str) -> bool:
-    """The read-back after the last PUT has started its response (status is set then): a GET of the
-    whole /api/config, or of the changed entity's own config (targets/sesam_verify.py)."""
+    """The read-back after the last config write has started its response (status is set then): a GET of
+    the whole /api/config, or of the changed entity's own config (targets/sesam_verify.py). The write is the
+    replace-all ``PUT /api/config`` or a per-entity one (targets/sesam_apply.py: POST, PUT .../config, DELETE)."""
     requests = node.requests
-    puts = [i for i, r in enumerate(requests) if r.method == "PUT" and r.path == "/api/config"]
+    puts = [i for i, r in enumerate(requests) if _is_config_write(r.method, r.path)]
     if not puts:
         return False
     return any(r.method == "GET" and r.status and _is_read_back(r.path, entity_id) for r in requests[puts[-1] + 1 :])
+
+
+def _is_config_write(method: str, path: str) -> bool:
+    if method == "PUT" and path == "/api/config":
+        return True
+    entity = path.startswith(("/api/pipes", "/api/systems")) and "/secrets" not in path
+    return entity and (method in ("POST", "DELETE") or (method == "PUT" and path.endswith("/config")))
 
 
 def _is_read_back(path: str, entity_id: str) -> bool:
