@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from autodeployer.sources.git import GitSource
-from autodeployer.sources.smartfetch import demux_pack, fetch_request, read_ref
+from autodeployer.sources.smartfetch import demux_pack, fetch_request, idx_has, read_ref
 from autodeployer.sources.smarthttp import ProtocolError, pkt
 from autodeployer_emulators.gitserver import GitHttpServer, WorkRepo
 
@@ -54,6 +54,9 @@ def test_a_push_is_fetched_with_one_post_and_index_pack(tmp_path: Path, git_serv
         assert git_server.requests[0].git_protocol == "version=2" and git_server.requests[0].authenticated
         assert "fetch" not in [c[0] for c in calls] and ("index-pack", "--stdin", "--fix-thin") in calls
         assert read_ref(src.mirror, "refs/heads/master") == head
+        indexes = list((src.mirror / "objects" / "pack").glob("*.idx"))
+        assert any(idx_has(i, head) for i in indexes)  # the index lookup that replaces a `git cat-file`
+        assert not any(idx_has(i, "0123456789abcdef" * 2 + "01234567") for i in indexes)
         assert not list(src.mirror.rglob("*.lock"))
         assert "pipes/new.conf.json" in (await src.read(head)).files
         # the next push builds on it (the mirror's new head is the `have`)

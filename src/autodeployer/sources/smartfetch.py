@@ -81,6 +81,32 @@ def _section_line(data: bytes) -> None:
         raise ProtocolError(f"unexpected section {data[:40]!r} in the fetch answer")
 
 
+def idx_has(idx: Path, sha: str) -> bool:
+    """Whether a pack index (version 2: magic, version, 256-entry fan-out, sorted object names) lists `sha`."""
+    try:
+        data = idx.read_bytes()
+    except OSError:
+        return False
+    if data[:8] != b"\xfftOc\x00\x00\x00\x02" or len(data) < 8 + 1024:
+        return False
+    want = bytes.fromhex(sha)
+    fanout = 8
+    first = want[0]
+    lo = int.from_bytes(data[fanout + 4 * (first - 1):fanout + 4 * first], "big") if first else 0
+    hi = int.from_bytes(data[fanout + 4 * first:fanout + 4 * first + 4], "big")
+    names = fanout + 1024
+    while lo < hi:
+        mid = (lo + hi) // 2
+        found = data[names + 20 * mid:names + 20 * mid + 20]
+        if found == want:
+            return True
+        if found < want:
+            lo = mid + 1
+        else:
+            hi = mid
+    return False
+
+
 def read_ref(mirror: Path, ref: str) -> str | None:
     """The commit `ref` names in the bare mirror: its loose file, else packed-refs; None when absent."""
     try:
@@ -147,10 +173,11 @@ class SmartFetch:
         if not pack.startswith(b"PACK"):
             raise ProtocolError("the fetch answer holds no pack")
         code, out, _ = await run_git(("index-pack", "--stdin", "--fix-thin"), pack)
-        if code != 0 or not out.startswith((b"pack\t", b"keep\t")):
+        name = out.split(b"\t", 1)[-1].strip().decode("ascii", "replace")
+        if code != 0 or not out.startswith((b"pack\t", b"keep\t")) or not _SHA.fullmatch(name.encode()):
             raise ProtocolError("git index-pack refused the pack")
-        code, _, _ = await run_git(("cat-file", "-e", f"{want}^{{commit}}"), b"")
-        if code != 0:
+        # The new pack's index answers "is the commit there" without one more git process.
+        if not idx_has(mirror / "objects" / "pack" / f"pack-{name}.idx", want):
             raise ProtocolError("the pack did not hold the commit asked for")
         write_ref(mirror, ref, want, have)
 
