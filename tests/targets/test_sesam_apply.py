@@ -126,7 +126,8 @@ def test_a_refused_entity_stops_the_apply_and_names_what_was_written(app_env, co
     result = sync(app_env)
     assert result.result is Result.FAILED, result.summary
     error = result.error or ""
-    assert "the node rejected system zz-ms" in error and "written before it: PUT system crm" in error, error
+    assert "the node rejected the configuration at system zz-ms" in error, error
+    assert "written before it: PUT system crm" in error, error
     assert any("docker.port" in str(p) for p in result.problems), result.problems
     assert writes(sesam) == ["PUT /api/systems/crm/config", "POST /api/systems"]
     stored = {e["_id"]: e for e in sesam.entities()}

@@ -150,7 +150,7 @@ def _refused(write: Write, response: httpx.Response, outcome: EachOutcome) -> Ta
     items = body.get("validation_errors") if isinstance(body, dict) else None
     errors, _ = format_validation_items(items)
     problems = [Problem(e) for e in errors] or [Problem(f"{write.label()}: {error_detail(response)}")]
-    return TargetError(f"the node rejected {write.label()} ({len(errors)} validation error(s))"
+    return TargetError(f"the node rejected the configuration at {write.label()} ({len(errors)} validation error(s))"
                        + _written_note(outcome), problems=problems)
 
 
