@@ -118,13 +118,21 @@ _ENTITY_CONFIG = re.compile(r"/api/(?:pipes|systems)/(?P<id>[^/]+)/config")
 
 
 def read_back_answered(node: SesamEmulator, entity_id: str) -> bool:
-    """The read-back after the last PUT has started its response (status is set then): a GET of the
-    whole /api/config, or of the changed entity's own config (targets/sesam_verify.py)."""
+    """The read-back after the last config write has started its response (status is set then): a GET of
+    the whole /api/config, or of the changed entity's own config (targets/sesam_verify.py). The write is the
+    replace-all ``PUT /api/config`` or a per-entity one (targets/sesam_apply.py: POST, PUT .../config, DELETE)."""
     requests = node.requests
-    puts = [i for i, r in enumerate(requests) if r.method == "PUT" and r.path == "/api/config"]
+    puts = [i for i, r in enumerate(requests) if _is_config_write(r.method, r.path)]
     if not puts:
         return False
     return any(r.method == "GET" and r.status and _is_read_back(r.path, entity_id) for r in requests[puts[-1] + 1 :])
+
+
+def _is_config_write(method: str, path: str) -> bool:
+    if method == "PUT" and path == "/api/config":
+        return True
+    entity = path.startswith(("/api/pipes", "/api/systems")) and "/secrets" not in path
+    return entity and (method in ("POST", "DELETE") or (method == "PUT" and path.endswith("/config")))
 
 
 def _is_read_back(path: str, entity_id: str) -> bool:
@@ -207,11 +215,14 @@ def _recorded(row: Latencies) -> str:
 
 
 LATENCY_ANALYSIS = [
-    "What a push's sync still does one after the other: the head check (one `ls-refs` request); `git fetch` of "
-    "the commit by id (a git process here, a `git http-backend` process per request on the server); reading the "
-    "blobs that changed; parsing the files that changed; the diff; the `PUT` and the node's handling of 1,000 "
-    "entities. Already overlapped: the node's `GET /config` runs while Git fetches, and the `pending` commit "
-    "status is posted in the background.",
+    "What a push's sync still does one after the other: the head check (one `ls-refs` request); the fetch of "
+    "the commit by id (one protocol-v2 `fetch` POST and a `git index-pack` process, sources/smartfetch.py; a "
+    "`git http-backend` process per request on the server); reading the blobs that changed; parsing the files "
+    "that changed; the diff; the write of the changed pipe alone (`PUT /api/pipes/<id>/config`, "
+    "targets/sesam_apply.py). Already overlapped: the delivered commit is fetched, and the node's `GET /config` "
+    "read, while the head check runs (headstart.py), and the `pending` commit status is posted in the "
+    "background. The head check alone takes ~8-14 ms; the rest of the resolve step is its competition with "
+    "that overlapped work (the fetch's processes, the parse of 1,000 live entities on the same event loop).",
     "The machine's load (above) matters here: every step competes for two cores with the node, the Git server, "
     "the benchmark itself and whatever else runs on the machine.",
 ]
@@ -255,7 +266,8 @@ def report(result: ScenarioResult, rows: list[Latencies], pushes: int) -> None:
     answer = Summary.of(hook.answer) if hook.answer else None
     result.notes += [
         "Visible: the changed pipe is stored on the Sesam emulator (its `$audit` changed and its content "
-        "equals the commit). Read-back: the node has answered the service's verifying read after the `PUT` "
+        "equals the commit). Read-back: the node has answered the service's verifying read after the write "
+        "(the changed pipe's own `PUT /api/pipes/<id>/config`, or the replace-all `PUT /config`): "
         "(`GET /pipes/<id>/config` of the changed pipe; the whole `GET /config` when many entities changed), "
         "after which the service only compares and records. Verified: the history row's `finished_at` "
         "(`started_at` plus the duration the service takes before its record step, so the compare is done; "

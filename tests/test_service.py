@@ -91,12 +91,13 @@ def test_sigterm_lets_the_inflight_apply_finish(service, app_env, config_repo: W
     svc = service({**app_env, "SYNC_INTERVAL": "0.2"})
     wait_for(lambda: "orders" in stripped(sesam.entities()), what="first sync")
     sesam.set_delay(1.0, "/api/config")
-    puts_before = sesam.count("PUT", "/api/config")
+    sesam.set_delay(1.0, "/api/pipes")  # one new pipe is written on its own (sesam_apply): POST /api/pipes
+    puts_before = sesam.put_count
     config_repo.write({"pipes/late.conf.json": entity_json(pipe("late"))})
     config_repo.commit("late")
     config_repo.push()
     # The emulator records a request when it arrives, before the delay: the upload is in flight.
-    wait_for(lambda: sesam.count("PUT", "/api/config") > puts_before, what="upload started", timeout=20)
+    wait_for(lambda: sesam.put_count > puts_before, what="upload started", timeout=20)
     svc.proc.send_signal(signal.SIGTERM)
     assert svc.proc.wait(30) == 0
     assert "late" in stripped(sesam.entities())

@@ -60,13 +60,15 @@ def test_kill_9_during_apply_then_restart(when: str, service, rel_env, config_re
     is intact and shows the attempt as interrupted, and the revision is uploaded exactly once."""
     svc = service(rel_env)
     wait_for(lambda: "orders" in stripped(sesam.entities()), what="first sync")
-    if when == "node-applied-answer-pending":
-        sesam_proxy.rule("PUT", "delay-response", seconds=60)  # the node has it; the answer is slow
-    else:
-        sesam_proxy.rule("PUT", "hang")  # the PUT is stuck on the way; the node never sees it
+    # The one new pipe is written with POST /api/pipes (targets/sesam_apply.py); PUT for the replace-all.
+    for method in ("PUT", "POST"):
+        if when == "node-applied-answer-pending":
+            sesam_proxy.rule(method, "delay-response", seconds=60)  # the node has it; the answer is slow
+        else:
+            sesam_proxy.rule(method, "hang")  # the PUT is stuck on the way; the node never sees it
     puts = sesam.put_count
     head = commit(config_repo, "killed")
-    wait_for(lambda: sesam_proxy.count("PUT") >= 1, what="PUT in flight")
+    wait_for(lambda: sesam_proxy.count("PUT") + sesam_proxy.count("POST") >= 1, what="PUT in flight")
     wait_for(lambda: any(r["revision"] == head and r["result"] == "running" for r in history_rows(state_dir)),
              what="running row")
     kill9(svc)

@@ -46,6 +46,13 @@ def commit(repo: WorkRepo, name: str) -> str:
     return repo.push()
 
 
+def upload_rule(proxy: FaultProxy, action: Any, seconds: float = 0.0) -> None:
+    """The fault on the upload, whichever way it is written: the replace-all PUT or, for the one new pipe
+    of each case, the per-entity POST /api/pipes (targets/sesam_apply.py)."""
+    for method in ("PUT", "POST"):
+        proxy.rule(method, action, seconds=seconds)
+
+
 def rows_after(state_dir: Path, after: int) -> list[sqlite3.Row]:
     return [r for r in history_rows(state_dir) if r["id"] > after]
 
@@ -169,9 +176,9 @@ def test_slow_and_lost_applies_never_apply_twice(service, rel_env, config_repo: 
     svc = service({**rel_env, "SESAM_TIMEOUT": "1"})
     wait_for(lambda: "orders" in stripped(sesam.entities()), what="first sync")
     cases = [
-        ("put-timeout", lambda: sesam_proxy.rule("PUT", "delay-response", seconds=3), "timed out", True),
-        ("put-answer-lost", lambda: sesam_proxy.rule("PUT", "lose-response"), "ReadError", True),
-        ("put-reset-before-node", lambda: sesam_proxy.rule("PUT", "reset"), "ReadError", False),
+        ("put-timeout", lambda: upload_rule(sesam_proxy, "delay-response", seconds=3), "timed out", True),
+        ("put-answer-lost", lambda: upload_rule(sesam_proxy, "lose-response"), "ReadError", True),
+        ("put-reset-before-node", lambda: upload_rule(sesam_proxy, "reset"), "ReadError", False),
     ]
     for name, inject, error, node_got_it in cases:
         settled(state_dir, svc.url)

@@ -88,7 +88,7 @@ def test_variables_are_deployed_on_their_own_and_verified(var_env, config_repo: 
     commit(config_repo, "another pipe")
     sesam.reset_log()
     sync(var_env)
-    assert writes(sesam) == ["PUT /api/config"]
+    assert writes(sesam) == ["POST /api/pipes"]  # one new pipe: written on its own (sesam_apply)
     # Drift on the node's variables is put back.
     sesam.set_env_values({"erp-host": "hand-edited", "retries": 3})
     sesam.reset_log()
@@ -121,7 +121,7 @@ def test_a_removed_variable_goes_after_the_config_that_used_it(var_env, config_r
     sesam.reset_log()
     sync(var_env)
     # new-host arrives before the config needing it; old-host leaves after the config that used it.
-    assert writes(sesam) == ["PUT /api/env", "PUT /api/config", "PUT /api/env"]
+    assert writes(sesam) == ["PUT /api/env", "POST /api/pipes", "DELETE /api/pipes/old", "PUT /api/env"]
     assert sesam.env_values() == {"new-host": "b", "keep": "k"}
 
 

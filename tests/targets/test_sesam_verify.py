@@ -64,11 +64,19 @@ def base_entities() -> list[dict[str, Any]]:
 
 
 def reads_after_put(sesam: SesamEmulator) -> list[str]:
-    """The GETs the service made after its config upload, in order."""
+    """The GETs the service made after its config upload (whole, or its last per-entity write), in order."""
     requests = sesam.requests
-    puts = [i for i, r in enumerate(requests) if r.method == "PUT" and r.path == "/api/config"]
-    assert puts, "no PUT /api/config"
+    puts = [i for i, r in enumerate(requests) if is_config_write(r.method, r.path)]
+    assert puts, "no config write"
     return [r.path for r in requests[puts[-1] + 1:] if r.method == "GET"]
+
+
+def is_config_write(method: str, path: str) -> bool:
+    """``PUT /api/config`` or a per-entity write of sesam_apply (POST, PUT .../config, DELETE)."""
+    if method == "PUT" and path == "/api/config":
+        return True
+    entity = path.startswith(("/api/pipes", "/api/systems")) and "/secrets" not in path
+    return entity and (method in ("POST", "DELETE") or (method == "PUT" and path.endswith("/config")))
 
 
 def first_sync(env: dict[str, str], sesam: SesamEmulator) -> None:

@@ -29,6 +29,7 @@ from ..model import CommitInfo, SourceFile, Tree
 from .catfile import cat_blobs
 from .github import GitHubClient, GitHubError
 from .sharedhead import SharedHeads
+from .smartfetch import SmartFetch
 from .smarthttp import ProtocolError, SmartHttpHead, Unreachable, find_ref
 from .spec import SourceSpec
 
@@ -98,11 +99,13 @@ class GitSource:
         self._env: dict[str, str] | None = None
         self.github: GitHubClient | None = None  # set to read heads through the REST API
         self._smart: SmartHttpHead | None = None
+        self._smart_fetch: SmartFetch | None = None  # a push's fetch without `git fetch` (smartfetch.py)
         if http is not None and spec.url.startswith(("http://", "https://")):
             headers = {}
             if spec.token:
                 headers["Authorization"] = f"Basic {self._basic(spec.token)}"
             self._smart = SmartHttpHead(spec.url, http, headers, timeout=min(spec.git_timeout, 30.0))
+            self._smart_fetch = SmartFetch(spec.url, http, headers, timeout=spec.git_timeout)
         self._etag: str | None = None
         self._api_sha: str | None = None
         self._blobs: dict[str, bytes] = {}  # oid -> content, of the last tree read (objects never change)
@@ -382,6 +385,8 @@ class GitSource:
             if sha and await self.has_commit(sha):
                 return sha
             ref = self.spec.ref
+            if sha and await self._fetch_smart(sha, ref):
+                return sha
             if sha and await self._fetch_commit(sha, ref):
                 return sha
             args = ("fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "origin", f"+{ref}:{ref}")
@@ -422,6 +427,24 @@ class GitSource:
         done = await self._git(*args)
         names = [n.decode("utf-8", "replace") for n in done.stdout.split(b"\0") if n]
         return [n[len(root) + 1:] if root else n for n in names]
+
+    async def _fetch_smart(self, sha: str, ref: str) -> bool:
+        """One protocol-v2 fetch POST and `git index-pack` (smartfetch.py); False on any surprise, and the
+        caller runs `git fetch` as before (it reports a server that is really down)."""
+        if self._smart_fetch is None or self._smart is None or not _SHA.fullmatch(sha):
+            return False
+        start = time.perf_counter()
+        try:
+            await self._smart_fetch.fetch(self.mirror, ref, sha, self._run_git)
+        except (ProtocolError, Unreachable) as exc:
+            get_logger(component="git").debug("smart fetch fell back to git fetch", reason=str(exc))
+            return False
+        self._observe("fetch", "ok", time.perf_counter() - start)
+        return True
+
+    async def _run_git(self, args: tuple[str, ...], stdin: bytes) -> tuple[int, bytes, str]:
+        result = await self._git(*args, stdin=stdin, check=False)
+        return result.returncode, result.stdout, result.stderr
 
     async def _fetch_commit(self, sha: str, ref: str) -> bool:
         """Fetch the commit the head check saw, by id: protocol v2 then skips listing the refs (one

@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
-from pydantic import SecretStr
+from pydantic import NonNegativeInt, SecretStr
 
 from ..config.variables import EnvReader, Frozen, StrictBool, Variable, strip_bearer, validate_model
 from ..errors import ConfigError, Refused, TargetError
@@ -32,6 +32,7 @@ from ..secret_sources import (
     VaultSettings,
 )
 from .base import HealthRequest, SyncContext, TargetDeps
+from .sesam_apply import EACH_MAX, apply_config
 from .sesam_entities import LazyEntities, Record, UploadBody, with_kept
 from .sesam_health import SesamHealth
 from .sesam_live import LiveConfig, LiveScan, entity_digest, read_config, scan_entities
@@ -102,6 +103,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(SECRET_PREFIX, None, "SECRET_<name>=value: the value of $SECRET(name) (instead of Vault).", True),
     Variable("SECRETS_PRUNE", "false", "Delete a global secret this deployer uploaded before when no config "
              "references it and no secret source holds it any more (never jwt or a secret set by hand)."),
+    Variable("SESAM_APPLY_EACH_MAX", "16", "A plan changing at most this many pipes and systems (and not the "
+             "metadata) is written entity by entity (POST/PUT/DELETE /api/pipes|systems) instead of one replace-all "
+             "PUT /api/config; 0: always replace-all."),
 )
 
 METADATA_FILE = "node-metadata.conf.json"
@@ -138,6 +142,7 @@ class Spec(Frozen):
     secrets_file: str | None = None
     env_secrets: tuple[tuple[str, SecretStr], ...] = ()
     secrets_prune: StrictBool = False
+    apply_each_max: NonNegativeInt = EACH_MAX  # sesam_apply: small plans are written entity by entity; 0: never
 
     def vault(self) -> VaultSettings | None:
         """The Vault settings, or None; ValueError naming the variable when incomplete."""
@@ -210,6 +215,8 @@ def spec_from_env(env: EnvReader, app_name: str | None = None) -> Spec:
         secrets_file=env.str("SECRETS_FILE"),
         env_secrets=tuple((k, SecretStr(v)) for k, v in sorted(secrets.items())),
         secrets_prune=env.bool("SECRETS_PRUNE"),
+        apply_each_max=int(env.number("SESAM_APPLY_EACH_MAX", minimum=0) or 0)
+        if env.str("SESAM_APPLY_EACH_MAX") else EACH_MAX,
     )
     return _checked(spec, "")
 
@@ -509,7 +516,7 @@ def _diff(desired: DesiredConfig, scan: LiveScan) -> Plan:
         have = live_by_id[_id]
         changes.append(Change(Action.REMOVE, _id, _kind(have), unified(have, None, _id)))
     carried = live_metadata if not desired.metadata_managed else None  # replace-all must not reset it
-    payload = UploadBody(lambda: _upload_body(entities, carried))  # built when read: apply or tests
+    payload = UploadBody(lambda: _upload_body(entities, carried), entities)  # built when read: apply or tests
     managed_desired = len(entities) > (1 if desired.metadata_managed else 0)
     return Plan(
         changes=changes,
@@ -547,7 +554,7 @@ class SesamPayload:
     """What one apply writes, each part only when it differs: the values travel outside the Plan's
     changes, which are shown and recorded."""
 
-    config: list[dict[str, Any]] | None  # the PUT /config body; None: pipes and systems are in sync
+    config: Sequence[dict[str, Any]] | None  # the PUT /config body (UploadBody: built when read); None: in sync
     values: ValuesPlan
     extra: SecretsExtra = field(default_factory=lambda: SecretsExtra())
 
@@ -812,7 +819,7 @@ class SesamTarget:
                    + config.changes)
         return dataclasses.replace(
             config, changes=changes, warnings=config.warnings + warnings + extra.warnings,
-            payload=SesamPayload(config.payload.materialise() if config.changes else None, values, extra))
+            payload=SesamPayload(config.payload if config.changes else None, values, extra))
 
     async def _extra(self, ctx: SyncContext, desired: DesiredConfig, live: LiveScan, config: Plan,
                      scoped: dict[str, ScopedFile], values: ValuesPlan) -> SecretsExtra:
@@ -878,7 +885,8 @@ class SesamTarget:
         await self._post_system_secrets(extra, before_config=True)
         report = ApplyReport()
         if payload.config is not None:
-            report = await self._put_config(payload.config)
+            report = await apply_config(plan, payload.config, extra.recreated, self._send, self._put_config,
+                                          self.spec.apply_each_max)
         await self._post_system_secrets(extra, before_config=False)
         if values.final_env is not None:
             await self._put_env(values.final_env)
@@ -906,6 +914,15 @@ class SesamTarget:
         self._check_auth(response, "DELETE", url)
         if response.status_code not in (200, 404):  # 404: gone already, which is what was asked
             raise TargetError(f"DELETE {url}: {response.status_code} {error_detail(response)}")
+
+    async def _send(self, method: str, path: str, body: Any) -> Any:
+        """One per-entity write of sesam_apply (``path`` under the API URL, ids already quoted)."""
+        force = "true" if self.spec.force else "false"
+        url = f"{self.spec.api_url}{path}" + (f"?force={force}" if method != "DELETE" else "")
+        response = await request(self._http, method, url, json=body, headers=self._headers,
+                                 timeout=self.spec.timeout)
+        self._check_auth(response, method, url)
+        return response
 
     async def _put_config(self, config: list[dict[str, Any]]) -> ApplyReport:
         force = "true" if self.spec.force else "false"

@@ -76,9 +76,11 @@ class UploadBody(Sequence[dict[str, Any]]):
     """The whole ``PUT /config`` body of a plan, built only when read: a no-change plan never needs it,
     and building it reads every desired entity again."""
 
-    def __init__(self, build: Callable[[], list[dict[str, Any]]]) -> None:
+    def __init__(self, build: Callable[[], list[dict[str, Any]]],
+                 entities: Mapping[str, dict[str, Any]] | None = None) -> None:
         self._build = build
         self._items: list[dict[str, Any]] | None = None
+        self.entities = entities  # the body's entities by _id, each read alone (a per-entity apply)
 
     def materialise(self) -> list[dict[str, Any]]:
         if self._items is None:
@@ -103,3 +105,16 @@ class UploadBody(Sequence[dict[str, Any]]):
         return isinstance(other, list) and self.materialise() == other
 
     __hash__ = None  # type: ignore[assignment]
+
+
+def as_list(body: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The whole upload body (built now when it is lazy)."""
+    return body.materialise() if isinstance(body, UploadBody) else list(body)
+
+
+def entity_lookup(body: Sequence[dict[str, Any]]) -> Callable[[str], dict[str, Any] | None]:
+    """One entity of an upload body by _id, without building a lazy body: a plan changing one pipe of
+    50,000 reads that pipe's file again, not every file (issue 18)."""
+    if isinstance(body, UploadBody) and body.entities is not None:
+        return body.entities.get
+    return {str(e.get("_id")): e for e in body}.get

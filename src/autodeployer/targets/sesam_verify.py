@@ -16,12 +16,13 @@ Pure planning plus one injected read: the target does the HTTP (``SesamTarget._r
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..jsondiff import unified
 from ..model import Action, Change, Plan
+from .sesam_entities import entity_lookup
 
 EACH_MAX = 16  # changed entities read back one by one up to this many; more take one GET /config
 CONCURRENCY = 4  # per-entity reads in flight at once: a few overlap the round trips, more only queue
@@ -62,7 +63,7 @@ class ReadBack:
     expected: tuple[Expected, ...]
 
     @classmethod
-    def of(cls, plan: Plan, uploaded: list[dict[str, Any]] | None) -> ReadBack | None:
+    def of(cls, plan: Plan, uploaded: Sequence[dict[str, Any]] | None) -> ReadBack | None:
         """The read-back of `plan`, whose config upload was `uploaded` (None: no config was uploaded);
         None when the whole configuration must be read back instead."""
         changes = [c for c in plan.changes if is_config_change(c)]
@@ -70,11 +71,11 @@ class ReadBack:
             return cls(()) if not changes else None
         if len(changes) > EACH_MAX:
             return None
-        by_id = {str(e.get("_id")): e for e in uploaded}
+        entity = entity_lookup(uploaded)
         expected: list[Expected] = []
         for change in changes:
             collection = collection_of(change.kind)
-            want = by_id.get(change.id) if change.action is not Action.REMOVE else None
+            want = entity(change.id) if change.action is not Action.REMOVE else None
             if collection is None or (change.action is not Action.REMOVE and want is None):
                 return None  # the metadata, or an entity the upload does not hold: no shortcut
             expected.append(Expected(collection, change.id, change.kind, want))

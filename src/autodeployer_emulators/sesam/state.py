@@ -682,7 +682,9 @@ class SesamState:
 
     @property
     def put_count(self) -> int:
-        """``PUT /api/config[/{group}]`` requests received, any outcome (not reset by reset_log)."""
+        """Config writes received, any outcome (not reset by reset_log): each ``PUT /api/config[/{group}]``
+        and each per-entity write (``POST /api/pipes``, ``PUT /api/pipes/{id}/config``, ``DELETE
+        /api/pipes/{id}``, systems likewise), so a one-pipe apply counts 1 whichever way it is written."""
         with self._lock:
             return self._put_count
 
@@ -1074,7 +1076,8 @@ class SesamState:
         with self._lock:
             record = RequestRecord(method, path, query)
             self._requests.append(record)
-            if method == "PUT" and (path == "/api/config" or path.startswith("/api/config/")):
+            whole = method == "PUT" and (path == "/api/config" or path.startswith("/api/config/"))
+            if whole or is_entity_write(method, path):
                 self._put_count += 1
             delay = max((s for p, s in self._delays.items() if _matches(path, p)), default=0.0)
             status = None
@@ -1148,3 +1151,15 @@ def _export_name(stored: Stored) -> str:
         return "node-metadata.conf.json"
     folder = "pipes" if stored.kind == "pipe" else "systems"
     return f"{folder}/{stored.entity_id}.conf.json"
+
+
+def is_entity_write(method: str, path: str) -> bool:
+    """A per-entity config write: POST a collection, PUT an entity's config, DELETE an entity."""
+    parts = path.split("/")  # "", "api", "pipes"|"systems", [id], ["config"]
+    if len(parts) < 3 or parts[1] != "api" or parts[2] not in ("pipes", "systems"):
+        return False
+    if method == "POST":
+        return len(parts) == 3
+    if method == "PUT":
+        return len(parts) == 5 and parts[4] == "config"
+    return method == "DELETE" and len(parts) == 4
