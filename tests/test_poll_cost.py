@@ -20,7 +20,8 @@ from autodeployer.config.loader import AppConfig, Config, Policy, ServiceSetting
 from autodeployer.model import Result, Trigger
 from autodeployer.runtime import build_runtime
 from autodeployer.scheduling import AppWorker
-from autodeployer.sources.smarthttp import SmartHttpHead
+from autodeployer.sources.leanpost import LeanPool, LeanPost, proxied
+from autodeployer.sources.smarthttp import SmartHttpHead, Unreachable
 from autodeployer.sources.spec import SourceSpec
 from autodeployer.store import AppState, SQLiteStore
 from autodeployer.store.locks import AppLock
@@ -158,3 +159,78 @@ def test_a_waiting_worker_keeps_no_task_per_wait_and_stops_at_once(state_dir: Pa
     tasks, stop_took = asyncio.run(run())
     assert tasks == 1  # the stop watch (two per wait before)
     assert stop_took < 0.5  # a poll an hour away does not delay the stop
+
+
+# ---------------------------------------------------------------------- the lean ls-refs (sources/leanpost.py)
+def basic_header() -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"x-access-token:{GIT_TOKEN}".encode()).decode()}
+
+
+class SendCounter(httpx.AsyncClient):
+    """The real httpx client, counting the requests it sends."""
+
+    sent = 0
+
+    async def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        self.sent += 1
+        return await super().send(request, **kwargs)
+
+
+def test_lean_ls_refs_answers_polls_on_one_kept_alive_connection(git_server: GitHttpServer, config_repo: Any) -> None:
+    pool = LeanPool()
+
+    async def run() -> tuple[list[str | None], int, int]:
+        async with SendCounter(trust_env=False) as http:
+            head = SmartHttpHead(git_server.url_for("acme/config.git"), http, basic_header(), 10.0, pool=pool)
+            heads = [await head.head("refs/heads/master") for _ in range(5)]
+            idle = pool._count
+            pool.close()
+            return heads, http.sent, idle
+
+    git_server.reset_stats()
+    heads, through_httpx, idle = asyncio.run(run())
+    assert heads == [config_repo.head] * 5
+    posts = [r for r in git_server.requests if r.method == "POST" and r.path.endswith("/git-upload-pack")]
+    assert len(posts) == 5  # every poll asks the server...
+    assert through_httpx == 1  # ...through httpx only for the protocol probe (GET info/refs), never the POST
+    assert idle == 1  # one socket, kept alive between polls and back in the pool
+
+
+def test_lean_ls_refs_reports_an_error_status_as_httpx_would_once(git_server: GitHttpServer, config_repo: Any
+                                                                   ) -> None:
+    pool = LeanPool()
+
+    async def run() -> tuple[str, str | None]:
+        async with httpx.AsyncClient(trust_env=False) as http:
+            head = SmartHttpHead(git_server.url_for("acme/config.git"), http, basic_header(), 10.0, pool=pool)
+            await head.head("refs/heads/master")  # learns protocol v2
+            git_server.reset_stats()
+            git_server.fail_next(503)
+            try:
+                await head.head("refs/heads/master")
+            except Unreachable as exc:
+                error = str(exc)
+            else:
+                error = "no error"
+            after = await head.head("refs/heads/master")  # a fresh connection serves the next poll
+            pool.close()
+            return error, after
+
+    error, after = asyncio.run(run())
+    assert error.startswith("503"), error
+    assert GIT_TOKEN not in error
+    posts = [r for r in git_server.requests if r.method == "POST"]
+    assert len(posts) == 2  # the failed poll was sent once (not retried through httpx), then the next poll
+    assert after == config_repo.head
+
+
+def test_lean_ls_refs_leaves_proxied_and_credentialed_urls_to_httpx(monkeypatch: pytest.MonkeyPatch) -> None:
+    pool = LeanPool()
+    plain = LeanPost("http://127.0.0.1:1/r.git/git-upload-pack", {}, b"", content_type="x", timeout=1, pool=pool)
+    assert plain.usable
+    creds = LeanPost("http://u:p@127.0.0.1:1/r.git/git-upload-pack", {}, b"", content_type="x", timeout=1, pool=pool)
+    assert not creds.usable
+    assert proxied({"HTTPS_PROXY": "http://proxy:3128"}) and proxied({"all_proxy": "socks5://p"})
+    assert not proxied({"NO_PROXY": "*"})
+    monkeypatch.setenv("http_proxy", "http://proxy:3128")
+    assert not LeanPost("http://127.0.0.1:1/x", {}, b"", content_type="x", timeout=1, pool=pool).usable
