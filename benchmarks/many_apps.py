@@ -183,11 +183,12 @@ def run(options: Options) -> ScenarioResult:
 
 
 MANY_ANALYSIS = [
-    "Every poll of every app is at least one HTTP request (the `ls-refs` head check, through httpx) and a read of "
-    "the app's state from SQLite; once a minute by default (every poll with `drift_interval` equal to the poll "
-    "interval) it is also a drift check: `GET /config`, its decoding and the diff (the tree and the parsed desired "
-    "state of an unchanged head are kept in memory, and a quiet drift check writes nothing). Most of each is "
-    "httpx's own work per request (building it, h11, anyio streams).",
+    "Every poll of every app is at least one HTTP request (the `ls-refs` head check: fixed bytes on a kept-alive "
+    "socket, sources/leanpost.py, no longer through httpx) and one read of the app's state from SQLite; once a "
+    "minute by default (every poll with `drift_interval` equal to the poll interval) it is also a drift check: "
+    "`GET /config` (through httpx), its decoding and the diff (the tree and the parsed desired state of an "
+    "unchanged head are kept in memory, and a quiet drift check writes nothing); httpx's own work per request "
+    "(building it, h11, anyio streams) is much of the drift check's client side.",
     "Late polls follow CPU starvation: the next poll is scheduled when a sync ends, so a sync slowed down by a "
     "busy machine pushes the interval past the limit.",
 ]

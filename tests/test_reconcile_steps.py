@@ -275,7 +275,8 @@ class Scripted:
     store: SQLiteStore
     result: SyncResult
 
-    async def sync(self, trigger: Trigger, force: bool = False, lock_wait: float = 0.0) -> SyncResult:
+    async def sync(self, trigger: Trigger, force: bool = False, lock_wait: float = 0.0,
+                   state: AppState | None = None) -> SyncResult:
         return self.result
 
 

@@ -11,7 +11,7 @@ from autodeployer.config.loader import AppConfig, Policy
 from autodeployer.model import Result, SyncResult, Trigger
 from autodeployer.scheduling import AppWorker, backoff_delay
 from autodeployer.sources.spec import SourceSpec
-from autodeployer.store import SQLiteStore
+from autodeployer.store import AppState, SQLiteStore
 from autodeployer.targets.sesam import Spec
 
 from .fakes import MemoryStore
@@ -34,7 +34,8 @@ class RecordingReconciler:
     active: int = 0
     max_active: int = 0
 
-    async def sync(self, trigger: Trigger, force: bool = False, lock_wait: float = 0.0) -> SyncResult:
+    async def sync(self, trigger: Trigger, force: bool = False, lock_wait: float = 0.0,
+                   state: AppState | None = None) -> SyncResult:
         self.calls.append((time.monotonic(), trigger))
         self.active += 1
         self.max_active = max(self.max_active, self.active)

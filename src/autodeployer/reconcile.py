@@ -117,9 +117,12 @@ class Reconciler:
         lock_wait: float = LOCK_WAIT,
         override_window: bool = False,
         commit_hint: str | None = None,
+        state: AppState | None = None,
     ) -> SyncResult:
         """Reconcile once. `force` skips the idle fast path; `revision` pins a commit (rollback);
         `commit_hint` (a delivery's `after`) is fetched while the head is checked (headstart.py).
+        `state`: the app's state the caller has just read (the worker reads it before every run), so a
+        poll reads it from the store once, not twice.
 
         Holds the app's apply lock for the whole sync (a dry run applies nothing and takes none). Held
         elsewhere for `lock_wait` seconds more: nothing is done, and the result says "not applied" and
@@ -127,21 +130,23 @@ class Reconciler:
         """
         dry_run = self.app.policy.dry_run if dry_run is None else dry_run
         if dry_run:
-            return await self._sync(trigger, True, revision, force)
+            return await self._sync(trigger, True, revision, force, state=state)
         if not await self.lock.acquire(lock_wait):
             busy = OwnershipLost(self.lock.busy_message(self.app.name), retry_after=LOCK_RETRY)
             return self._not_applied(trigger, revision or "", busy, time.time(), time.perf_counter())
         self._not_applied_said = None
         try:
-            return await self._sync(trigger, False, revision, force, override_window, commit_hint)
+            return await self._sync(trigger, False, revision, force, override_window, commit_hint, state)
         finally:
             self.lock.release()
 
     async def _sync(self, trigger: Trigger, dry_run: bool, revision: str | None, force: bool,
-                    override_window: bool = False, commit_hint: str | None = None) -> SyncResult:
+                    override_window: bool = False, commit_hint: str | None = None,
+                    state: AppState | None = None) -> SyncResult:
         started, clock = time.time(), time.perf_counter()
         times = StepTimings()  # per-step durations: details["timings"] and the step histogram
-        state = self.store.get_state(self.app.name)
+        if state is None:
+            state = self.store.get_state(self.app.name)
         if not dry_run:
             self.health.resume(state)  # a watch a restart interrupted (once per process)
         start = self._head_start(commit_hint, revision, state)

@@ -40,6 +40,7 @@ class Runtime:
     store: Store
     reconcilers: dict[str, Reconciler]
     clients: list[httpx.AsyncClient] = field(default_factory=list)
+    heads: SharedHeads | None = None  # the process's shared head checks (their kept-alive sockets close here)
 
     @property
     def http(self) -> httpx.AsyncClient:
@@ -53,6 +54,8 @@ class Runtime:
             reconciler.source.close()
         for client in self.clients:
             await client.aclose()
+        if self.heads is not None:
+            self.heads.connections.close()
         self.store.close()
 
 
@@ -168,5 +171,5 @@ def build_runtime(
                                        timeout=app.source.git_timeout)
         reconcilers[app.name] = Reconciler(app, source, target, store, reporters=reporters, redactor=redactor,
                                            signatures=signatures)
-    return Runtime(config, redactor, store, reconcilers, [*clients.values(), git_http])
+    return Runtime(config, redactor, store, reconcilers, [*clients.values(), git_http], heads)
 

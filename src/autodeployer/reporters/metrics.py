@@ -7,6 +7,7 @@ gauges are computed at scrape time from the scheduler and the store, so they are
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -51,10 +52,15 @@ class Metrics:
             buckets=LATENESS_BUCKETS, registry=self.registry,
         )
         self._last_sync: dict[tuple[str, str], float] = {}
+        self._git_children: dict[tuple[str, str], Any] = {}  # labels() looked up once per (kind, result)
 
     # observers ---------------------------------------------------------------------------
     def observe_git(self, kind: str, result: str, seconds: float) -> None:
-        self.git_requests.labels(kind, result).inc()
+        """Counted on every poll (a shared head is a "head/shared" count): the labelled child is kept."""
+        child = self._git_children.get((kind, result))
+        if child is None:
+            child = self._git_children[(kind, result)] = self.git_requests.labels(kind, result)
+        child.inc()
 
     def observe_poll_lateness(self, app: str, seconds: float) -> None:
         """One poll started `seconds` after it was due (one series for all apps: 1,000 apps, 1 histogram)."""

@@ -104,7 +104,8 @@ class GitSource:
             headers = {}
             if spec.token:
                 headers["Authorization"] = f"Basic {self._basic(spec.token)}"
-            self._smart = SmartHttpHead(spec.url, http, headers, timeout=min(spec.git_timeout, 30.0))
+            self._smart = SmartHttpHead(spec.url, http, headers, timeout=min(spec.git_timeout, 30.0),
+                                        pool=heads.connections if heads is not None else None)
             self._smart_fetch = SmartFetch(spec.url, http, headers, timeout=spec.git_timeout)
         self._etag: str | None = None
         self._api_sha: str | None = None

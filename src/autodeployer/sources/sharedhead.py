@@ -31,6 +31,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from .leanpost import LeanPool
+
 HeadCheck = Callable[[], Awaitable[str]]
 
 
@@ -71,6 +73,7 @@ class SharedHeads:
     secret: bytes = field(default_factory=lambda: os.urandom(32))
     requests: int = 0  # head checks actually sent (for tests and benchmarks)
     shared: int = 0  # polls answered by another app's check
+    connections: LeanPool = field(default_factory=LeanPool)  # kept-alive sockets of the checks (leanpost.py)
     _entries: dict[tuple[str, ...], _Entry] = field(default_factory=dict)
     _generations: int = 0
 

@@ -45,8 +45,7 @@ class AppLock:
             self._depth += 1
             return True
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = self._open(self.path)
         except OSError as exc:  # a read-only or full STATE_DIR must not stop every sync
             self._unusable = True
             get_logger(component="lock").warning("cannot create the app's lock file; syncs of this process are "
@@ -70,6 +69,16 @@ class AppLock:
             pass
         self._fd, self._depth = fd, 1
         return True
+
+    @staticmethod
+    def _open(path: Path) -> int:
+        """The lock file's descriptor; its directory is made only when missing (a `mkdir` on every poll
+        was a system call per idle poll for nothing)."""
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
 
     async def acquire(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds for the lock (polling: flock has no timeout, and the event loop
