@@ -5,8 +5,10 @@ httpx builds and validates a request, walks its connection pool, and runs h11 an
 (~1 ms). The `ls-refs` POST of a source is the same bytes every poll; written once, sent on a kept-alive
 socket, its answer read by Content-Length, it costs a fraction of that.
 
-This is an accelerator, never the authority: it reads only a plain `200` of the expected content type
-(by Content-Length or chunked), and a status other than 200 raises :class:`Status`, which the caller
+The HTTP/1.1 framing (the request, the status line and headers, Content-Length or chunked bodies,
+keep-alive) is h11's, the protocol library httpx itself runs on; this module only skips httpx's per-request
+layers above it. It is an accelerator, never the authority: it reads only a plain `200` of the expected
+content type, and a status other than 200 raises :class:`Status`, which the caller
 treats as it treats that status from httpx (sent once, never retried behind the caller's back). Anything
 else (a compressed body, another content type, a closed or reset connection, a timeout, a proxy in
 the environment) returns None, and the caller sends the request through httpx, which gives the real
@@ -22,6 +24,7 @@ import ssl
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
+import h11
 import httpx
 
 MAX_MISSES = 3  # misses in a row before this source uses httpx only
@@ -43,7 +46,7 @@ class Status(Exception):
         self.status, self.reason = status, reason
 
 
-Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter, h11.Connection]
 Origin = tuple[str, int, bool]
 
 
@@ -73,7 +76,7 @@ class LeanPool:
 
     def close(self) -> None:
         for idle in self._idle.values():
-            for _, writer in idle:
+            for _, writer, _ in idle:
                 writer.close()
         self._idle.clear()
         self._count = 0
@@ -92,19 +95,21 @@ class LeanPost:
         self._timeout = timeout
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         host = parts.netloc.rsplit("@", 1)[-1]
-        lines = [f"POST {path} HTTP/1.1", f"Host: {host}", f"Content-Length: {len(body)}",
-                 "Accept-Encoding: identity", *(f"{k}: {v}" for k, v in headers.items())]
-        try:
-            self._request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-        except UnicodeEncodeError:  # not a header httpx would send as is either: leave it to httpx
-            self._request = b""
+        try:  # the request is the same every poll: its h11 event is built (and validated) once
+            fields = [("Host", host), ("Content-Length", str(len(body))), ("Accept-Encoding", "identity"),
+                      *headers.items()]
+            self._request: h11.Request | None = h11.Request(method="POST", target=path, headers=[
+                (k.encode("latin-1"), v.encode("latin-1")) for k, v in fields])
+        except (UnicodeEncodeError, h11.LocalProtocolError):  # not a header httpx would send as is: its business
+            self._request = None
+        self._body = h11.Data(data=body)
         self._origin: Origin = (self._host, self._port, self._tls)
         self._pool = pool
         self._streams: Streams | None = None  # the connection of the request under way
         self._busy = False
         self._ssl: ssl.SSLContext | None = None
         self.misses = 0
-        self.usable = (parts.scheme in ("http", "https") and bool(self._host) and bool(self._request)
+        self.usable = (parts.scheme in ("http", "https") and bool(self._host) and self._request is not None
                        and parts.username is None and not proxied())  # credentials in the URL: httpx's business
 
     async def send(self) -> bytes | None:
@@ -135,8 +140,7 @@ class LeanPost:
         except TimeoutError:  # as httpx's would be: a slow server is not asked twice
             self.close()
             raise Status(0, "ReadTimeout") from None
-        except (OSError, EOFError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError,
-                ssl.SSLError):
+        except (OSError, EOFError, ValueError, ssl.SSLError, h11.ProtocolError):
             self.close()
             return None
         except BaseException:  # cancelled mid-answer: the rest of it must not be read as the next answer
@@ -149,28 +153,36 @@ class LeanPost:
 
     async def _exchange(self) -> bytes | None:
         if self._streams is None:
-            self._streams = await asyncio.open_connection(self._host, self._port, ssl=self._context(),
-                                                          server_hostname=self._host if self._tls else None)
-        reader, writer = self._streams
-        writer.write(self._request)
-        head = await reader.readuntil(b"\r\n\r\n")
-        status, reason, headers = _parse_head(head)
-        if status != 200:
+            reader, writer = await asyncio.open_connection(self._host, self._port, ssl=self._context(),
+                                                           server_hostname=self._host if self._tls else None)
+            self._streams = (reader, writer, h11.Connection(h11.CLIENT))
+        reader, writer, conn = self._streams
+        assert self._request is not None
+        writer.write(b"".join(conn.send(event) or b"" for event in (self._request, self._body, h11.EndOfMessage())))
+        response = await _next(conn, reader)
+        if not isinstance(response, h11.Response):
+            raise ValueError("no response")
+        if response.status_code != 200:
             self.close()  # its body is not read: the connection cannot serve another request
-            raise Status(status, reason)
-        length = headers.get(b"content-length")
-        chunked = headers.get(b"transfer-encoding", b"").lower() == b"chunked"
-        if ((length is None) == (not chunked)
-                or headers.get(b"content-type") != self._content_type
+            raise Status(response.status_code, response.reason.decode("latin-1"))
+        headers = dict(response.headers)  # h11 lower-cases the names
+        if (headers.get(b"content-type") != self._content_type
                 or headers.get(b"content-encoding", b"identity") != b"identity"):
             self.close()  # whatever it is, httpx reads it properly
             return None
-        if not chunked and int(length or b"0") > MAX_BODY:
-            raise ValueError("answer too long")
-        body = await (_read_chunked(reader) if chunked else reader.readexactly(int(length or b"0")))
-        if headers.get(b"connection", b"").lower() == b"close":
-            self.close()
-        return body
+        parts: list[bytes] = []
+        total = 0
+        while not isinstance(event := await _next(conn, reader), h11.EndOfMessage):
+            if isinstance(event, h11.Data):
+                total += len(event.data)
+                if total > MAX_BODY:
+                    raise ValueError("answer too long")
+                parts.append(bytes(event.data))
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()  # kept alive: the next poll's request goes on this connection
+        else:
+            self.close()  # the server closes it (Connection: close, HTTP/1.0)
+        return b"".join(parts)
 
     def _context(self) -> ssl.SSLContext | None:
         """TLS verified as httpx does (certifi, or SSL_CERT_FILE / SSL_CERT_DIR from the environment)."""
@@ -189,35 +201,13 @@ class LeanPost:
 MAX_BODY = 1 << 20  # an ls-refs answer of one ref is a few hundred bytes: more is not what was asked
 
 
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    """A chunked body to its end (trailers skipped); ValueError when it is malformed or too long."""
-    parts: list[bytes] = []
-    total = 0
+async def _next(conn: h11.Connection, reader: asyncio.StreamReader) -> object:
+    """h11's next event of the answer, reading from the socket while it needs data; EOFError at its end."""
     while True:
-        size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0].strip(), 16)
-        if size == 0:
-            break
-        total += size
-        if total > MAX_BODY:
-            raise ValueError("answer too long")
-        parts.append(await reader.readexactly(size))
-        if await reader.readexactly(2) != b"\r\n":
-            raise ValueError("malformed chunk")
-    while (await reader.readuntil(b"\r\n")) != b"\r\n":
-        pass  # trailers
-    return b"".join(parts)
-
-
-def _parse_head(head: bytes) -> tuple[int, str, dict[bytes, bytes]]:
-    """Status code, reason and lower-cased headers of a response head; ValueError when not HTTP/1.x."""
-    status_line, *lines = head.rstrip(b"\r\n").split(b"\r\n")
-    version, code, *rest = status_line.split(b" ", 2)
-    if not version.startswith(b"HTTP/1."):
-        raise ValueError("not an HTTP/1.x answer")
-    headers: dict[bytes, bytes] = {}
-    for line in lines:
-        name, sep, value = line.partition(b":")
-        if not sep:
-            raise ValueError("malformed header line")
-        headers[name.strip().lower()] = value.strip()
-    return int(code), (rest[0] if rest else b"").decode("latin-1"), headers
+        event = conn.next_event()
+        if event is not h11.NEED_DATA:
+            return event
+        data = await reader.read(65536)
+        if not data:
+            raise EOFError("the server closed the connection")
+        conn.receive_data(data)
