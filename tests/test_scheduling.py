@@ -97,6 +97,30 @@ def test_isolated_trigger_runs_at_once_and_polls_follow_the_interval():
     assert len(polls) >= 2 and worker.stats.late_polls == 0
 
 
+def test_a_push_right_after_the_start_up_sync_is_not_held_as_a_burst():
+    """The first push after a (re)start is the first of its burst: it runs at once, not SETTLE later; one
+    arriving while the start-up sync runs goes as soon as that ends."""
+    rec = make()
+    rec.duration = 0.2
+    worker = AppWorker(rec)  # type: ignore[arg-type]
+    sent: list[float] = []
+
+    async def pushes() -> None:
+        await asyncio.sleep(0.1)  # the start-up sync is running
+        sent.append(time.monotonic())
+        worker.trigger(Trigger.WEBHOOK)
+        await asyncio.sleep(0.5)  # its sync ran (0.2 s); a second push 0.1 s after it is part of a burst
+        sent.append(time.monotonic())
+        worker.trigger(Trigger.WEBHOOK)
+
+    asyncio.run(drive(worker, pushes, until=1.0))
+    started = [t for t, trig in rec.calls if trig is Trigger.WEBHOOK]
+    startup_end = rec.calls[0][0] + rec.duration
+    assert rec.calls[0][1] is Trigger.STARTUP and len(started) == 2
+    assert started[0] - startup_end < 0.05  # at once after the start-up sync, not held for SETTLE
+    assert started[1] - sent[1] >= 0.25  # after a push's own sync, the next push settles (a burst)
+
+
 def test_suspended_app_is_not_synced():
     rec = make(interval=0.05)
     from autodeployer.store import AppState

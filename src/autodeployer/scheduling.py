@@ -5,7 +5,7 @@ runs collapse into a single pending run; because the worker resolves the branch 
 starts, it always deploys the newest commit. A push that arrives while the app is busy (a sync
 running or just finished) is held until pushes have been quiet for `settle` seconds, so a burst of
 pushes costs at most two applies: the first push at once, the rest together. An isolated push is
-never delayed.
+never delayed, nor is a push that follows a poll or the start-up sync (those are not part of a burst).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ MAX_BACKOFF = 300.0
 SETTLE = 0.3  # quiet time that ends a burst of pushes
 BURST_MAX_WAIT = 5.0  # a never-ending stream of pushes still deploys this often
 WAKE_MARGIN = 0.05  # seconds after a held revision's `wake_at`, so the window is surely open then
+_NOT_PUSHES = (Trigger.POLL, Trigger.STARTUP)  # syncs after which a push is the first of its burst
 _PRIORITY = {Trigger.POLL: 0, Trigger.STARTUP: 1, Trigger.WEBHOOK: 2, Trigger.MANUAL: 3, Trigger.ROLLBACK: 4}
 
 
@@ -87,8 +88,8 @@ class AppWorker:
             self._hint = commit
         if self._pending is None or _PRIORITY[trigger] > _PRIORITY[self._pending]:
             self._pending = trigger
-        if self.running is not None and self.running is not Trigger.POLL:
-            self._busy_trigger = True  # polls never delay a push
+        if self.running is not None and self.running not in _NOT_PUSHES:
+            self._busy_trigger = True  # polls and the start-up check never delay a push
         self._wake.set()
         self._rouse()
 
@@ -213,7 +214,7 @@ class AppWorker:
             return None
         finally:
             self.running = None
-            if trigger is not Trigger.POLL:
+            if trigger not in _NOT_PUSHES:  # a burst follows a deploy; a push right after start goes at once
                 self._last_finished = time.monotonic()
         self.stats.runs += 1
         self.stats.last_result = result
