@@ -119,7 +119,8 @@ class PsSampler:
 
     def git_children_seen(self) -> int:
         return sum(1 for s in self.snapshots if any(
-            word in s for word in ("git fetch", "git-remote-http", "git cat-file", "git ls-tree", "git rev-parse")))
+            word in s for word in ("git fetch", "git-remote-http", "git cat-file", "git ls-tree", "git rev-parse",
+                                   "git index-pack")))
 
     def check(self, secrets: Iterable[str] = ALL_SECRETS) -> int:
         for snapshot in self.snapshots:

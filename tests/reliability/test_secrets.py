@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from autodeployer_emulators.github import GitHubEmulator
-from autodeployer_emulators.gitserver import WorkRepo
+from autodeployer_emulators.gitserver import GitHttpServer, WorkRepo
 from autodeployer_emulators.sesam import SesamEmulator
 
 from ..helpers import (
@@ -87,7 +87,8 @@ def commit(repo: WorkRepo, name: str) -> None:
 
 def test_secrets_never_leak_while_working_failing_and_notifying(service, rel_env, config_repo: WorkRepo,
                                                                 sesam: SesamEmulator, github: GitHubEmulator,
-                                                                receiver: Receiver, state_dir: Path, results):
+                                                                receiver: Receiver, state_dir: Path, results,
+                                                                git_server: GitHttpServer):
     """All secrets set (Git token, JWT, webhook secret, admin token, notification URL), commits
     applied, a bad commit refused, the node rejecting a rotated JWT, GitHub rejecting the token, a
     wrong admin token, failing notifications: no secret in logs, ps, history, API, pages or files."""
@@ -95,10 +96,14 @@ def test_secrets_never_leak_while_working_failing_and_notifying(service, rel_env
            "LOG_LEVEL": "debug"}
     github.token = "a-token-the-service-does-not-have"  # every GitHub call is refused: 401
     with PsSampler() as ps:
+        # a slow Git server keeps the start-up clone's git processes alive long enough to be sampled: pushes
+        # are fetched without a git process of ours (sources/smartfetch.py), so few git children remain
+        git_server.set_delay(0.3)
         svc = service(env)
         for name in ("leak1", "leak2"):
             commit(config_repo, name)
             wait_for(lambda name=name: name in stripped(sesam.entities()), what=name)
+            git_server.set_delay(0)
         config_repo.write({"pipes/leak2.conf.json": "{ not json"})
         config_repo.commit("broken")
         config_repo.push()
