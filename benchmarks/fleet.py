@@ -208,9 +208,13 @@ def run_shared(options: Options) -> ScenarioResult:
     result.check(f"CPU per app-poll ≥ 5× lower than the many-apps figure before shared checks ({ms(TODAY_PER_POLL)})",
                  f"{ratio(gain)} ({ms(shared.cpu_per_poll)} vs {ms(TODAY_PER_POLL)})", gain >= 5)
     side = unshared.cpu_per_poll / max(shared.cpu_per_poll, 1e-9)
-    result.check("CPU per app-poll ≥ 5× lower than a head check per app, side by side in this run",
-                 f"{ratio(side)} ({ms(shared.cpu_per_poll)} vs {ms(unshared.cpu_per_poll)})", side >= 5)
     result.notes += [
+        f"Side by side in this run, a shared head check makes an app-poll {ratio(side)} cheaper than a head check "
+        f"per app ({ms(shared.cpu_per_poll)} vs {ms(unshared.cpu_per_poll)}). This is a figure, not a target: "
+        "until 2026-12-03 this report held it to 5×, but the lean head check (sources/leanpost.py) made the "
+        "per-app check itself 2.4× cheaper, so what is left of either poll is what sharing cannot remove "
+        "(the timer's wake-up, the state read, the lock, the idle decision). The issue's target compares with "
+        "the fixed figure from before shared checks (above).",
         *FLEET_NOTES,
         "Both rows run the same service build one after the other against the same Git server; the only "
         "difference is whether the 100 apps follow 100 repositories or one. Each app has its own Sesam node "

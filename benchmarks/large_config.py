@@ -32,6 +32,7 @@ from autodeployer.runtime import build_runtime
 from autodeployer.sources.spec import SourceSpec
 from autodeployer.targets import sesam
 from autodeployer.targets.sesam import diff, parse_desired
+from autodeployer.timings import step_seconds
 from autodeployer_emulators._server import LoopbackServer
 from autodeployer_emulators.gitserver import WorkRepo
 from autodeployer_emulators.sesam import SesamEmulator
@@ -41,8 +42,8 @@ from .core import CpuSample, Options, ScenarioResult, Summary, Table, fmt_summar
 from .fixtures import GIT_TOKEN, SESAM_JWT, ServerProcess, child_env, config_file, entities
 from .timed_app import LAST_PATH, TimedApp
 
-STEPS = ("read", "parse", "live", "node", "diff", "total", "own", "cpu", "warm_total", "warm_node", "warm_own",
-         "warm_cpu")
+STEPS = ("read", "parse", "live", "node", "diff", "total", "own", "cpu", "sync_total", "sync_node", "sync_own",
+         "sync_cpu", "sync_fetch", "sync_read", "sync_plan", "warm_total", "warm_node", "warm_own", "warm_cpu")
 
 
 # --------------------------------------------------------------------------- the child
@@ -64,6 +65,9 @@ async def child_cycles(git_url: str, api: str, state: Path, reps: int) -> dict[s
         node_url = api.removesuffix("/api") + LAST_PATH
         for _ in range(reps):
             for step, value in (await cold_cycle(reconciler, warm.revision, node_url)).items():
+                out[step].append(value)
+        for _ in range(reps):
+            for step, value in (await cold_sync(reconciler, node_url)).items():
                 out[step].append(value)
         for _ in range(reps):
             for step, value in (await warm_cycle(reconciler, node_url)).items():
@@ -108,6 +112,26 @@ async def cold_cycle(reconciler: Any, sha: str, node_url: str) -> dict[str, floa
         node = float((await client.get(node_url)).json()["seconds"])
     return {"read": t1 - t0, "parse": t2 - t1, "live": t3 - t2, "node": node, "diff": t4 - t3,
             "total": t4 - t0, "own": t4 - t0 - node, "cpu": cpu}
+
+
+async def cold_sync(reconciler: Any, node_url: str) -> dict[str, float]:
+    """A no-change sync as the service runs it the first time it meets a commit (after a restart): nothing
+    cached, so Git is read and every file parsed; the node's `GET /config` starts with the sync and runs
+    while Git is read and parsed (Target.prefetch), so only what is left after the node's answer adds to it."""
+    reconciler.drop_caches()
+    cpu0 = CpuSample.now()
+    t0 = time.perf_counter()
+    result = await reconciler.sync(Trigger.MANUAL)
+    total = time.perf_counter() - t0
+    _, cpu = CpuSample.now().since(cpu0)
+    if result.result is not Result.NO_CHANGE:
+        raise AssertionError(f"expected no change, got {result.result.value}: {result.error or result.summary}")
+    async with httpx.AsyncClient(trust_env=False) as client:
+        node = float((await client.get(node_url)).json()["seconds"])
+    steps = dict(step_seconds(result.details))
+    return {"sync_total": total, "sync_node": node, "sync_own": total - node, "sync_cpu": cpu,
+            "sync_fetch": steps.get("fetch", 0.0), "sync_read": steps.get("read", 0.0),
+            "sync_plan": steps.get("plan", 0.0)}
 
 
 async def warm_cycle(reconciler: Any, node_url: str) -> dict[str, float]:
@@ -200,6 +224,16 @@ def report(result: ScenarioResult, sizes: list[SizeResult]) -> None:
                   fmt_summary(st["total"]), fmt_summary(st["own"]), fmt_summary(st["cpu"]), mb(s.maxrss),
                   mb(s.tracemalloc_peak))
     result.tables.append(table)
+    sync = Table("No-change sync as the service runs it, nothing cached: the first sync of a commit after a restart, "
+                 "the node read while Git is read and parsed (median (min–max))",
+                 ["Entities", "Runs", "fetch step", "read step", "plan step", "end to end", "of which the node",
+                  "autodeployer's share", "CPU (incl. git)"])
+    for s in sizes:
+        st = s.steps
+        sync.add(f"{s.size:,}", st["sync_total"].n, fmt_summary(st["sync_fetch"]), fmt_summary(st["sync_read"]),
+                 fmt_summary(st["sync_plan"]), fmt_summary(st["sync_total"]), fmt_summary(st["sync_node"]),
+                 fmt_summary(st["sync_own"]), fmt_summary(st["sync_cpu"]))
+    result.tables.append(sync)
     warm = Table("No-change sync in the running service: head unchanged, tree and parsed files cached "
                  "(median (min–max))", ["Entities", "Runs", "end to end", "of which the node", "autodeployer's share",
                                         "CPU"])
@@ -216,9 +250,10 @@ def report(result: ScenarioResult, sizes: list[SizeResult]) -> None:
         result.check("10,000 entities: peak RSS under 200 MB", mb(at_10k.maxrss), at_10k.maxrss < 200e6)
     at_50k = next((s for s in sizes if s.size == 50_000), None)
     if at_50k is not None:
-        cold, warm_own = at_50k.steps["own"].median, at_50k.steps["warm_own"].median
-        result.check("50,000 entities: no-change cycle under 1 s (autodeployer's share), nothing cached", ms(cold),
-                     cold < 1.0)
+        cold, warm_own = at_50k.steps["sync_own"].median, at_50k.steps["warm_own"].median
+        result.check("50,000 entities: no-change cycle under 1 s (autodeployer's share), nothing cached",
+                     f"{ms(cold)} (the steps one after another, without overlapping the node: "
+                     f"{ms(at_50k.steps['own'].median)})", cold < 1.0)
         result.check("50,000 entities: no-change sync under 1 s (autodeployer's share), the service's cached tree",
                      ms(warm_own), warm_own < 1.0)
         result.check("50,000 entities: peak RSS under 250 MB", mb(at_50k.maxrss), at_50k.maxrss < 250e6)
@@ -235,6 +270,12 @@ def report(result: ScenarioResult, sizes: list[SizeResult]) -> None:
         "targets/sesam_live.py), `diff` (each live entity's digest against its file's, then `==` on the few "
         "that differ). In the running service a poll of an unchanged tree reuses the parsed desired state (the "
         "digests, cached by tree id), so it skips the parse column.",
+        "Cold sync: `Reconciler.sync` after `drop_caches()` (tree, blobs and parsed files forgotten, as in a "
+        "restarted process): the node's `GET /config` is started with the fetch step (`Target.prefetch`), so "
+        "reading Git and parsing run while the node renders its answer; autodeployer's share is what the sync "
+        "adds to the node's time (end to end minus the node's), its CPU is all the work it did. The "
+        "one-after-another cycle above is the same work without that overlap: what a node answering at once "
+        "would cost.",
         "'Of which the node' is the emulator's own time to start its answer (measured server-side): it renders "
         "the export with `json.dumps(indent=2)`, the pure-Python encoder, so it grows to seconds at 50,000 "
         "entities. 'Autodeployer's share' is end to end minus that time; it is what the target is judged on.",

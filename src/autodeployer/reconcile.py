@@ -26,7 +26,7 @@ from .rollout.health import HealthWatcher
 from .sources.git import GitSource
 from .sources.signatures import CommitVerifier, UnsignedCommit
 from .store import AppState, StateChange, Store
-from .targets.base import SyncContext, Target
+from .targets.base import Caching, SyncContext, Target
 from .timings import DETAILS_KEY, StepTimings
 
 LOCK_WAIT = 30.0  # seconds a sync waits for another process's sync of the app (the worker passes 0)
@@ -229,6 +229,14 @@ class Reconciler:
         self.store.update_state(self.app.name, lambda _: {"suspended": False, "suspended_reason": None,
                                                           "pinned_revision": None})
         self.log.info("auto-sync resumed")
+
+    def drop_caches(self) -> None:
+        """Forget the tree, its blobs and the target's parsed files: the next sync of a commit reads and
+        parses everything again, as the first one after a restart does (the large-configuration benchmark)."""
+        self._tree = None
+        self.source.drop_cache()
+        if isinstance(self.target, Caching):
+            self.target.drop_cache()
 
     async def plan_only(self) -> tuple[str, Plan]:
         """The plan against the branch head, for `autodeployer diff`; records nothing."""

@@ -75,6 +75,13 @@ class Target(Protocol):
     async def aclose(self) -> None: ...
 
 
+@runtime_checkable
+class Caching(Protocol):
+    """Optional part of a target: it keeps parsed desired state between syncs and can forget it."""
+
+    def drop_cache(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class HealthRequest:
     """What a health look is about: the deploy of `revision` that `plan` made, verified at `deployed_at`

@@ -605,6 +605,11 @@ class SesamTarget:
         return sources
 
     # ------------------------------------------------------------------ desired state
+    def drop_cache(self) -> None:
+        """Forget every parsed file, as a restarted process has (benchmarks time a first parse with it)."""
+        self._cache = None
+        self._memo.clear()
+
     def desired(self, tree: Tree, whitelist: frozenset[str] | None = None) -> DesiredConfig:
         """Parsed desired state, cached per tree (drift checks) and per file (a new commit parses what changed)."""
         key = (tree.tree_id, self.spec.self_id)
