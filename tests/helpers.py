@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +108,10 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def window_at(start: float, seconds: float) -> dict[str, object]:
+    """A deny window opening at `start` (epoch seconds, whole) for `seconds`: cron with a seconds field."""
+    at = datetime.fromtimestamp(int(start), UTC)
+    return {"kind": "deny", "schedule": f"{at.minute} {at.hour} {at.day} {at.month} * {at.second}",
+            "duration": f"{seconds}s", "timezone": "UTC"}

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -16,16 +15,9 @@ import httpx
 from autodeployer_emulators.gitserver import GitHttpServer, WorkRepo
 from autodeployer_emulators.sesam import SesamEmulator
 
-from .helpers import entity_json, history_rows, pipe, run_cli, stripped, wait_for
+from .helpers import entity_json, history_rows, pipe, run_cli, stripped, wait_for, window_at
 
 ADMIN = "admin-token-for-rollout-0001"
-
-
-def window_at(start: float, seconds: float) -> dict[str, object]:
-    """A deny window opening at `start` (epoch seconds, whole) for `seconds`: cron with a seconds field."""
-    at = datetime.fromtimestamp(int(start), UTC)
-    return {"kind": "deny", "schedule": f"{at.minute} {at.hour} {at.day} {at.month} * {at.second}",
-            "duration": f"{seconds}s", "timezone": "UTC"}
 
 
 def app_status(url: str, app: str) -> dict[str, object]:

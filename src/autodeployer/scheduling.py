@@ -322,9 +322,12 @@ class Scheduler:
         worker = self.workers.get(app)
         return worker is None or (worker.running is None and worker.pending is None)
 
-    def local_trigger(self, app: str, trigger: Trigger) -> None:
+    def local_trigger(self, app: str, trigger: Trigger, override_window: bool = False) -> None:
+        """A trigger for an app this replica runs (a forwarded one: another replica received it)."""
         worker = self.workers.get(app)
         if worker is not None and self.coordinator.owns(app):
+            if override_window and trigger is Trigger.MANUAL:
+                worker.override_window = True
             worker.trigger(trigger)
 
     def trigger(self, app: str, trigger: Trigger, commit: str | None = None) -> bool:
@@ -361,11 +364,13 @@ class Scheduler:
         return sha
 
     def sync_overriding_window(self, app: str) -> bool:
-        """A manual sync that deploys outside the app's sync windows (recorded as overridden). Only the
-        replica running the app can honour it: False when another replica owns it."""
-        worker = self.worker(app)
+        """A manual sync that deploys outside the app's sync windows (recorded as overridden), on the replica
+        running the app: handed to it when another replica owns the app. False when it cannot be handed on."""
+        worker = self.workers.get(app)
         if worker is None:
             return False
+        if not self.coordinator.owns(app):
+            return self.coordinator.forward(app, Trigger.MANUAL, override_window=True)
         worker.override_window = True
         worker.trigger(Trigger.MANUAL)
         return True

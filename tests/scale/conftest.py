@@ -95,6 +95,7 @@ class Cluster:
     repo: WorkRepo
     nodes: SesamNodes
     interval: float
+    windows: list[dict[str, object]] = field(default_factory=list)  # every app's sync windows
     replicas: dict[str, Service] = field(default_factory=dict)
 
     @property
@@ -110,7 +111,7 @@ class Cluster:
                 f"    url: {self.git.url_for('acme/config.git')}",
                 "    token_env: GITHUB_TOKEN",
                 "    head_check: git",
-                f"  policy: {{interval: {self.interval}}}",
+                f"  policy: {{interval: {self.interval}, windows: {json.dumps(self.windows)}}}",
                 "apps:",
             ]
             for i, app in enumerate(self.apps):
@@ -236,7 +237,7 @@ def cluster_factory(tmp_path: Path, pg_server: PgServer, pg_url: str) -> Iterato
     """Builds a Cluster: a Git server with acme/config, APPS Sesam nodes, replicas started on demand."""
     made: list[tuple[Cluster, LoopbackServer]] = []
 
-    def build(interval: float = 2.0, apps: int = APPS) -> Cluster:
+    def build(interval: float = 2.0, apps: int = APPS, windows: list[dict[str, object]] | None = None) -> Cluster:
         git = GitHttpServer(tmp_path / "git", token=GIT_TOKEN)
         git_server = git.serve().start()
         repo = WorkRepo.create(tmp_path / "git" / "acme" / "config.git", tmp_path / "work", branch="master")
@@ -244,7 +245,8 @@ def cluster_factory(tmp_path: Path, pg_server: PgServer, pg_url: str) -> Iterato
         repo.commit("initial configuration")
         repo.push()
         nodes = SesamNodes(apps).serve()
-        cluster = Cluster(tmp_path, ServiceFactory(tmp_path), pg_server, pg_url, git, repo, nodes, interval)
+        cluster = Cluster(tmp_path, ServiceFactory(tmp_path), pg_server, pg_url, git, repo, nodes, interval,
+                          list(windows or []))
         made.append((cluster, git_server))
         return cluster
 

@@ -14,7 +14,7 @@ from collections import Counter
 import httpx
 import pytest
 
-from ..helpers import ADMIN_TOKEN, ALL_SECRETS, run_cli, wait_for
+from ..helpers import ADMIN_TOKEN, ALL_SECRETS, run_cli, wait_for, window_at
 from .conftest import APPS, BOUND, Cluster, ps_snapshot, wait_time
 from .pgserver import PASSWORD
 
@@ -266,3 +266,30 @@ def test_postgres_restart_leaves_no_double_owner(cluster_factory, pg_server):
     cluster.wait_everywhere("after-restart")
     time.sleep(1.5)
     assert cluster.nodes.puts() == [2] * APPS
+
+
+def test_a_sync_overriding_the_windows_asked_of_any_replica_runs_on_the_owner(cluster_factory):
+    """An operator's override reaches the replica running the app (NOTIFY carries the flag): it deploys inside
+    a deny window and is recorded as overridden there; the other apps stay held. It used to be refused with
+    409 unless sent to the owner."""
+    cluster: Cluster = cluster_factory(interval=3600, apps=4, windows=[window_at(time.time() - 1, 900)])
+    for name in ("r1", "r2"):
+        cluster.start(name)
+    owners = cluster.wait_balanced(["r1", "r2"])
+    app = owned_by(owners, "r2")[0]
+    wait_for(lambda: all(app_view(cluster, "r1", a)["status"] == "held" for a in cluster.apps), timeout=20,
+             what="every app held by the deny window")
+    assert not any(cluster.nodes.has(i, "orders") for i in range(4))
+
+    answer = cluster.admin("r1", app, "sync?override_window=true")
+    assert answer.status_code == 202 and answer.json()["override_window"] is True, answer.text
+    wait_for(lambda: cluster.nodes.has(index(app), "orders"), timeout=15, what="the override deployed by its owner")
+
+    def overridden() -> list[dict]:
+        rows = httpx.get(f"{cluster.replicas['r1'].url}/api/apps/{app}/history", timeout=10).json()["history"]
+        return [r for r in rows if r["trigger"] == "manual" and r["result"] != "running"]
+
+    rows = wait_for(overridden, timeout=15, what="the override in the history")
+    assert rows[0]["result"] == "synced" and rows[0]["details"]["replica"] == "r2", rows[0]
+    assert rows[0]["details"]["window_override"]["overridden"] is True
+    assert [i for i in range(4) if cluster.nodes.has(i, "orders")] == [index(app)]  # the others stay held

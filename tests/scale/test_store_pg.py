@@ -271,7 +271,7 @@ class RecordingWorkers:
 
     def __init__(self, apps: list[str]) -> None:
         self.apps = apps
-        self.triggers: list[tuple[str, Trigger]] = []
+        self.triggers: list[tuple[str, Trigger, bool]] = []  # (app, trigger, override_window)
 
     def app_names(self) -> list[str]:
         return list(self.apps)
@@ -288,8 +288,8 @@ class RecordingWorkers:
     def is_idle(self, app: str) -> bool:
         return True
 
-    def local_trigger(self, app: str, trigger: Trigger) -> None:
-        self.triggers.append((app, trigger))
+    def local_trigger(self, app: str, trigger: Trigger, override_window: bool = False) -> None:
+        self.triggers.append((app, trigger, override_window))
 
 
 async def _eventually(check, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
@@ -321,7 +321,8 @@ def test_the_coordinator_grants_renews_and_revokes_leases(pg_url: str):
             with pytest.raises(OwnershipLost, match="replica r1 owns this app"):
                 cli.begin("a", "manual", "1" * 40, time.time())
             forward_trigger(cli, "b", Trigger.WEBHOOK)
-            await _eventually(lambda: workers.triggers == [("b", Trigger.WEBHOOK)])
+            forward_trigger(cli, "a", Trigger.MANUAL, override_window=True)
+            await _eventually(lambda: workers.triggers == [("b", Trigger.WEBHOOK, False), ("a", Trigger.MANUAL, True)])
         finally:
             await coordinator.stop()
         assert coordinator.leases == {}

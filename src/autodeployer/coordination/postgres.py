@@ -82,9 +82,13 @@ def send(store: PostgresStore, message: dict[str, Any]) -> None:
     store.notify(CHANNEL, encode(store.replica_id, message))
 
 
-def forward_trigger(store: PostgresStore, app: str, trigger: Trigger) -> None:
-    """Hand a trigger to whichever replica owns `app` now; raises StoreUnavailable."""
-    send(store, {"action": "trigger", "app": app, "trigger": trigger.value})
+def forward_trigger(store: PostgresStore, app: str, trigger: Trigger, override_window: bool = False) -> None:
+    """Hand a trigger to whichever replica owns `app` now; raises StoreUnavailable. `override_window`: a
+    manual sync that deploys outside the app's sync windows (a replica without the field runs a plain one)."""
+    message: dict[str, Any] = {"action": "trigger", "app": app, "trigger": trigger.value}
+    if override_window:
+        message["override_window"] = True
+    send(store, message)
 
 
 class _Conflict(Exception):
@@ -421,10 +425,10 @@ class PostgresCoordinator:
             self.log.error("coordination lost", reason=reason, apps_dropped=len(lost))
 
     # ------------------------------------------------------------------ triggers
-    def forward(self, app: str, trigger: Trigger) -> bool:
+    def forward(self, app: str, trigger: Trigger, override_window: bool = False) -> bool:
         """Hand a trigger to whichever replica owns `app` (NOTIFY); False if it cannot be sent."""
         try:
-            forward_trigger(self.store, app, trigger)
+            forward_trigger(self.store, app, trigger, override_window)
         except StoreUnavailable as exc:
             self.log.warning("cannot forward a trigger to the app's owner", app=app, trigger=trigger.value,
                              error=str(exc))
@@ -448,7 +452,7 @@ class PostgresCoordinator:
                 return
             if isinstance(app, str) and app in self.owned and self._workers is not None:
                 self.log.debug("forwarded trigger received", app=app, trigger=trigger.value, sender=message.get("from"))
-                self._workers.local_trigger(app, trigger)
+                self._workers.local_trigger(app, trigger, message.get("override_window") is True)
 
     async def _listen(self) -> None:
         delay = 0.2

@@ -159,8 +159,9 @@ class Api:
                 return unavailable
         if action == "sync" and override_requested(request):
             if not self.scheduler.sync_overriding_window(name):
-                return _error(409, f"{name}: override_window must be sent to the replica running the app "
-                              f"({self.scheduler.coordinator.owners().get(name) or 'another replica'})")
+                owner = self.scheduler.coordinator.owners().get(name) or "another replica"
+                return _error(503, f"{name}: the sync overriding the app's windows could not be handed to the "
+                              f"replica running it ({owner}); nothing was queued, try again")
             return JSONResponse({"app": name, "queued": "sync", "override_window": True}, status_code=202)
         if action == "sync":
             self.scheduler.trigger(name, Trigger.MANUAL)
@@ -242,7 +243,7 @@ def _action(summary: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
 
 def _with_query(path: dict[str, Any], parameter: dict[str, Any]) -> dict[str, Any]:
     path["post"]["parameters"] = [*path["post"]["parameters"], parameter]
-    path["post"]["responses"]["409"] = _ERR
+    path["post"]["responses"]["503"] = _ERR  # could not be handed to the replica running the app
     return path
 
 
