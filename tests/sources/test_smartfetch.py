@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +133,28 @@ def test_the_answer_is_demultiplexed_and_surprises_are_protocol_errors():
     request = fetch_request("a" * 40, ["b" * 40])
     assert request.startswith(pkt("command=fetch\n")) and pkt(f"want {'a' * 40}\n") in request
     assert pkt(f"have {'b' * 40}\n") in request and request.endswith(pkt("done\n") + b"0000")
+
+
+def test_a_pack_larger_than_the_cap_is_left_to_git_fetch(tmp_path: Path, git_server: GitHttpServer,
+                                                         config_repo: WorkRepo):
+    """The answer is held in memory until index-pack reads it, so it is read only up to a cap; a push beyond
+    it (a large binary) is fetched by `git fetch`, which streams to disk, and still deployed."""
+    async def scenario() -> None:
+        src, client = source(git_server.url_for("acme/config.git"), tmp_path / "s")
+        assert client is not None and src._smart_fetch is not None
+        await src.fetch(await src.head())
+        src._smart_fetch.max_bytes = 64 * 1024
+        calls = spied(src)
+        config_repo.write({"assets/blob.bin": os.urandom(256 * 1024)})  # random: the pack cannot compress it
+        config_repo.commit("a large binary")
+        config_repo.push()
+        assert await src.fetch(config_repo.head) == config_repo.head
+        assert "fetch" in [c[0] for c in calls]  # git's fetch, after the answer went over the cap
+        assert "assets/blob.bin" in (await src.read(config_repo.head)).files
+        calls.clear()
+        small = push_one(config_repo, "small")  # a small push is still fetched the lean way
+        assert await src.fetch(small) == small
+        assert "fetch" not in [c[0] for c in calls] and ("index-pack", "--stdin", "--fix-thin") in calls
+        await client.aclose()
+
+    asyncio.run(scenario())

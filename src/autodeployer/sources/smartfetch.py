@@ -28,6 +28,10 @@ from .smarthttp import AGENT, UPLOAD_PACK, ProtocolError, Unreachable, pkt
 _SHA = re.compile(rb"[0-9a-f]{40}")
 _REF = re.compile(r"refs/heads/[A-Za-z0-9._/-]+")
 
+# A push's answer is held in memory until index-pack reads it: a larger one (a big binary pushed) is left to
+# `git fetch`, which streams to disk. Typical config pushes are kilobytes.
+MAX_ANSWER_BYTES = 32 * 1024 * 1024
+
 # (args, stdin) -> (returncode, stdout, stderr): `git <args>` in the mirror, as GitSource runs it
 RunGit = Callable[[tuple[str, ...], bytes], Awaitable[tuple[int, bytes, str]]]
 
@@ -155,8 +159,10 @@ def write_ref(mirror: Path, ref: str, new: str, old: str) -> None:
 class SmartFetch:
     """Fetches one commit of one repository into its bare mirror (see the module docstring)."""
 
-    def __init__(self, url: str, http: httpx.AsyncClient, headers: dict[str, str], timeout: float) -> None:
+    def __init__(self, url: str, http: httpx.AsyncClient, headers: dict[str, str], timeout: float,
+                 max_bytes: int = MAX_ANSWER_BYTES) -> None:
         self.url = url.rstrip("/")
+        self.max_bytes = max_bytes
         self._http = http
         self._headers = {**headers, "Git-Protocol": "version=2", "User-Agent": AGENT,
                          "Content-Type": f"{UPLOAD_PACK}-request", "Accept": f"{UPLOAD_PACK}-result"}
@@ -182,13 +188,22 @@ class SmartFetch:
         write_ref(mirror, ref, want, have)
 
     async def _post(self, body: bytes) -> bytes:
+        """The answer, read up to `max_bytes` (ProtocolError beyond: `git fetch` streams it to disk)."""
+        chunks: list[bytes] = []
+        size = 0
         try:
-            response = await self._http.post(f"{self.url}/git-upload-pack", content=body, headers=self._headers,
-                                             timeout=self._timeout)
+            async with self._http.stream("POST", f"{self.url}/git-upload-pack", content=body, headers=self._headers,
+                                         timeout=self._timeout) as response:
+                if response.status_code != 200:
+                    raise Unreachable(f"{response.status_code} {response.reason_phrase}")
+                if response.headers.get("content-type", "") != f"{UPLOAD_PACK}-result":
+                    raise ProtocolError("unexpected content type for fetch")
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        raise ProtocolError(f"the pack is larger than {self.max_bytes:,} bytes: "
+                                            "git fetch stores it without holding it in memory")
+                    chunks.append(chunk)
         except httpx.HTTPError as exc:
             raise Unreachable(type(exc).__name__) from None
-        if response.status_code != 200:
-            raise Unreachable(f"{response.status_code} {response.reason_phrase}")
-        if response.headers.get("content-type", "") != f"{UPLOAD_PACK}-result":
-            raise ProtocolError("unexpected content type for fetch")
-        return response.content
+        return b"".join(chunks)
