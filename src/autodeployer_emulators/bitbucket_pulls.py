@@ -38,8 +38,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.responses import JSONResponse, Response
 
 from autodeployer_emulators._forge import ForgeRepo, Sent, Tamper, json_error
-from autodeployer_emulators._pulls import Comment, Pull, write_refs
-from autodeployer_emulators.gitlab_merge_requests import branch_tip
+from autodeployer_emulators._pulls import Comment, Pull, PullBook
 
 if TYPE_CHECKING:
     from autodeployer_emulators.bitbucket import BitbucketEmulator
@@ -56,12 +55,14 @@ def _ms(when: float) -> int:
     return int(when * 1000)
 
 
-class BitbucketPulls:
+class BitbucketPulls(PullBook):
     """The pull requests of every repository of one `BitbucketEmulator`."""
 
+    duplicate = "Only one pull request may be open for a given source and target branch: {source}"
+
     def __init__(self, host: BitbucketEmulator) -> None:
-        self.host = host
-        self.by_repo: dict[str, list[Pull]] = {}
+        super().__init__(host)
+        self.host: BitbucketEmulator = host
 
     # ------------------------------------------------------------------ HTTP
     def route(self, method: str, repo: ForgeRepo, rest: str, body: dict[str, Any], query: dict[str, str]) -> Response:
@@ -175,43 +176,20 @@ class BitbucketPulls:
                                             f"{pull.number}"}]}}
 
     # ------------------------------------------------------------------ test side
-    def find(self, repo: ForgeRepo, number: int) -> Pull | None:
-        with self.host.lock:
-            return next((p for p in self.by_repo.get(repo.path.lower(), []) if p.number == number), None)
-
-    def _linked(self, path: str) -> ForgeRepo:
-        repo = self.host.repo(path)
-        if repo is None or repo.git_dir is None:
-            raise KeyError(f"no repository {path} linked to a Git repository")
-        return repo
-
-    def _write_refs(self, repo: ForgeRepo, pull: Pull) -> None:
-        assert repo.git_dir is not None
-        write_refs(repo.git_dir, pull, f"refs/pull-requests/{pull.number}/from",
-                   f"refs/pull-requests/{pull.number}/merge")
+    def refs(self, pull: Pull) -> tuple[str, str | None]:
+        return f"refs/pull-requests/{pull.number}/from", f"refs/pull-requests/{pull.number}/merge"
 
     def open(self, path: str, source: str, target: str, *, title: str = "change", deliver: bool = True,
              tamper: Tamper = None) -> Pull:
         """Open a pull request of branch `source` into `target` (refs written, `pr:opened` delivered)."""
-        repo = self._linked(path)
-        assert repo.git_dir is not None
-        head, base = branch_tip(repo.git_dir, source), branch_tip(repo.git_dir, target)
-        if head is None or base is None:
-            raise ValueError(f"branch {source if head is None else target} does not exist")
-        with self.host.lock:
-            known = self.by_repo.setdefault(repo.path.lower(), [])
-            if any(p.state == "open" and (p.source_branch, p.target_branch) == (source, target) for p in known):
-                raise ValueError(f"Only one pull request may be open for a given source and target branch: {source}")
-            pull = Pull(self.host.next_id(), len(known) + 1, title, source, target, head, base)
-            self._write_refs(repo, pull)
-            known.append(pull)
+        pull = self.add(path, source, target, title)
         if deliver:
             self.deliver(path, pull.number, "pr:opened", tamper=tamper)
         return pull
 
     def close(self, path: str, number: int, *, event: str = "pr:declined", deliver: bool = True) -> list[Sent]:
         """Decline (or, with `pr:merged`, merge; `pr:deleted`, delete) the pull request."""
-        repo = self._linked(path)
+        repo = self.linked(path)
         pull = self.find(repo, number)
         if pull is None:
             raise KeyError(f"no pull request #{number} in {path}")
@@ -220,29 +198,13 @@ class BitbucketPulls:
             pull.version, pull.updated_at = pull.version + 1, time.time()
         return self.deliver(path, number, event) if deliver else []
 
-    def comments(self, path: str, number: int) -> list[Comment]:
-        pull = self.find(self._linked(path), number)
-        with self.host.lock:
-            return [Comment(c.id, c.body, c.version, c.created_at, c.updated_at)
-                    for c in (pull.comments if pull else [])]
-
     def source_pushed(self, path: str, branch: str, tamper: Tamper) -> list[Sent]:
         """A push to a pull request's source branch updates it, as Bitbucket does: new `latestCommit`, refs
-        rewritten, a `pr:from_ref_updated` delivery with `previousFromHash`."""
-        repo = self._linked(path)
-        assert repo.git_dir is not None
-        with self.host.lock:
-            touched = [p for p in self.by_repo.get(repo.path.lower(), [])
-                       if p.state == "open" and p.source_branch == branch]
+        rewritten, a new `version`, a `pr:from_ref_updated` delivery with `previousFromHash`."""
         sent: list[Sent] = []
-        for pull in touched:
-            head, base = branch_tip(repo.git_dir, pull.source_branch), branch_tip(repo.git_dir, pull.target_branch)
-            if head is None or base is None or head == pull.head_sha:
-                continue
+        for pull, previous in self.moved(path, branch):
             with self.host.lock:
-                previous, pull.head_sha, pull.base_sha = pull.head_sha, head, base
-                pull.version, pull.updated_at = pull.version + 1, time.time()
-                self._write_refs(repo, pull)
+                pull.version += 1
             sent += self.deliver(path, pull.number, "pr:from_ref_updated", tamper=tamper,
                                  extra={"previousFromHash": previous})
         return sent
@@ -251,7 +213,7 @@ class BitbucketPulls:
                 extra: dict[str, Any] | None = None) -> list[Sent]:
         """A `pr:*` delivery to every active hook subscribed to `event` (tests: a spoilt signature, a
         payload with other fields through `extra`)."""
-        repo = self._linked(path)
+        repo = self.linked(path)
         pull = self.find(repo, number)
         if pull is None:
             raise KeyError(f"no pull request #{number} in {path}")

@@ -35,8 +35,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from autodeployer_emulators._forge import ForgeRepo, Sent, Tamper, json_error
-from autodeployer_emulators._pulls import Comment, Pull, write_refs
-from autodeployer_emulators.gitlab_merge_requests import branch_tip, iso
+from autodeployer_emulators._pulls import Comment, Pull, PullBook
+from autodeployer_emulators.gitlab_merge_requests import iso
 
 if TYPE_CHECKING:
     from autodeployer_emulators.gitea import GiteaEmulator
@@ -44,12 +44,14 @@ if TYPE_CHECKING:
 NOT_FOUND = {"message": "The target couldn't be found.", "errors": []}
 
 
-class GiteaPulls:
+class GiteaPulls(PullBook):
     """The pull requests of every repository of one `GiteaEmulator`."""
 
+    duplicate = "pull request already exists for these targets: {source} -> {target}"
+
     def __init__(self, host: GiteaEmulator) -> None:
-        self.host = host
-        self.by_repo: dict[str, list[Pull]] = {}
+        super().__init__(host)
+        self.host: GiteaEmulator = host
 
     # ------------------------------------------------------------------ HTTP
     def route(self, request: Request, rest: str, repo: ForgeRepo, body: dict[str, Any],
@@ -151,38 +153,20 @@ class GiteaPulls:
                 "created_at": iso(comment.created_at), "updated_at": iso(comment.updated_at)}
 
     # ------------------------------------------------------------------ test side
-    def find(self, repo: ForgeRepo, number: int) -> Pull | None:
-        with self.host.lock:
-            return next((p for p in self.by_repo.get(repo.path.lower(), []) if p.number == number), None)
-
-    def _linked(self, path: str) -> ForgeRepo:
-        repo = self.host.repo(path)
-        if repo is None or repo.git_dir is None:
-            raise KeyError(f"no repository {path} linked to a Git repository")
-        return repo
+    def refs(self, pull: Pull) -> tuple[str, str | None]:
+        return f"refs/pull/{pull.number}/head", None  # Gitea writes no merge ref
 
     def open(self, path: str, source: str, target: str, *, title: str = "change", deliver: bool = True,
              tamper: Tamper = None) -> Pull:
-        """Open a pull request of branch `source` into `target` (its ref written, `opened` delivered)."""
-        repo = self._linked(path)
-        assert repo.git_dir is not None
-        head, base = branch_tip(repo.git_dir, source), branch_tip(repo.git_dir, target)
-        if head is None or base is None:
-            raise ValueError(f"branch {source if head is None else target} does not exist")
-        with self.host.lock:
-            known = self.by_repo.setdefault(repo.path.lower(), [])
-            if any(p.state == "open" and (p.source_branch, p.target_branch) == (source, target) for p in known):
-                raise ValueError(f"pull request already exists for these targets: {source} -> {target}")
-            # Gitea numbers pull requests and issues together: one counter per repository.
-            pull = Pull(self.host.next_id(), len(known) + 1, title, source, target, head, base)
-            write_refs(repo.git_dir, pull, f"refs/pull/{pull.number}/head", None)
-            known.append(pull)
+        """Open a pull request of branch `source` into `target` (its ref written, `opened` delivered). Gitea
+        numbers pull requests and issues together: one counter per repository."""
+        pull = self.add(path, source, target, title)
         if deliver:
             self.deliver(path, pull.number, "opened", tamper=tamper)
         return pull
 
     def close(self, path: str, number: int) -> list[Sent]:
-        repo = self._linked(path)
+        repo = self.linked(path)
         pull = self.find(repo, number)
         if pull is None:
             raise KeyError(f"no pull request #{number} in {path}")
@@ -190,36 +174,17 @@ class GiteaPulls:
             pull.state, pull.updated_at = "closed", time.time()
         return self.deliver(path, number, "closed")
 
-    def comments(self, path: str, number: int) -> list[Comment]:
-        pull = self.find(self._linked(path), number)
-        with self.host.lock:
-            return [Comment(c.id, c.body, c.version, c.created_at, c.updated_at)
-                    for c in (pull.comments if pull else [])]
-
     def source_pushed(self, path: str, branch: str, tamper: Tamper) -> list[Sent]:
         """A push to a pull request's head branch updates it, as Gitea does: new head, ref rewritten, a
         `synchronized` delivery (`X-Gitea-Event-Type: pull_request_sync`)."""
-        repo = self._linked(path)
-        assert repo.git_dir is not None
-        with self.host.lock:
-            touched = [p for p in self.by_repo.get(repo.path.lower(), [])
-                       if p.state == "open" and p.source_branch == branch]
-        sent: list[Sent] = []
-        for pull in touched:
-            head, base = branch_tip(repo.git_dir, pull.source_branch), branch_tip(repo.git_dir, pull.target_branch)
-            if head is None or base is None or head == pull.head_sha:
-                continue
-            with self.host.lock:
-                pull.head_sha, pull.base_sha, pull.updated_at = head, base, time.time()
-                write_refs(repo.git_dir, pull, f"refs/pull/{pull.number}/head", None)
-            sent += self.deliver(path, pull.number, "synchronized", tamper=tamper)
-        return sent
+        return [sent for pull, _ in self.moved(path, branch)
+                for sent in self.deliver(path, pull.number, "synchronized", tamper=tamper)]
 
     def deliver(self, path: str, number: int, action: str, *, tamper: Tamper = None,
                 base_ref: str | None = None) -> list[Sent]:
         """A `pull_request` delivery to every active hook with `pull_request` (tests: a spoilt signature,
         a payload naming another base branch)."""
-        repo = self._linked(path)
+        repo = self.linked(path)
         pull = self.find(repo, number)
         if pull is None:
             raise KeyError(f"no pull request #{number} in {path}")
