@@ -19,6 +19,7 @@ class PullRequestsClient:
     """Pull requests and their comments of one repository, over a `GitHubClient`."""
 
     provider = "github"
+    page_size = 100  # GitHub's largest page
 
     def __init__(self, client: GitHubClient) -> None:
         self.client = client
@@ -48,15 +49,26 @@ class PullRequestsClient:
         return OpenPull.from_json(data)
 
     async def list_open(self, base: str, etag: str | None) -> tuple[list[OpenPull] | None, str | None]:
-        """Open pull requests into `base` (first 100); None when unchanged since `etag` (a free 304)."""
+        """Every open pull request into `base`, page by page; None when the first page is unchanged since
+        `etag` (a free 304). Most recently updated first, so a new pull request or a new head always changes
+        the first page; one closed beyond it is dropped by its webhook, or once the first page changes."""
         headers = {"If-None-Match": etag} if etag else {}
-        path = f"/repos/{self.repo}/pulls?state=open&base={quote(base, safe='')}&per_page=100"
-        response = await self.client.request("GET", path, headers=headers)
+        url = (f"/repos/{self.repo}/pulls?state=open&base={quote(base, safe='')}"
+               f"&sort=updated&direction=desc&per_page={self.page_size}")
+        what = f"listing open pull requests of {self.repo} into {base}"
+        response = await self.client.request("GET", url, headers=headers)
         if response.status_code == 304:
             return None, etag
-        if response.status_code != 200:
-            raise self.client.failure(response, f"listing open pull requests of {self.repo} into {base}")
-        return [OpenPull.from_json(p) for p in response.json()], response.headers.get("etag")
+        first_etag = response.headers.get("etag")
+        found: list[OpenPull] = []
+        while True:
+            if response.status_code != 200:
+                raise self.client.failure(response, what)
+            found += [OpenPull.from_json(p) for p in response.json()]
+            following = response.links.get("next", {}).get("url")
+            if not following:
+                return found, first_etag
+            response = await self.client.request("GET", following)
 
     async def find_comment(self, number: int, marker: str) -> int | None:
         """Id of the comment whose body carries `marker`, following the pages to the end."""

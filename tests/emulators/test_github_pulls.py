@@ -4,8 +4,10 @@ deliveries a receiver on loopback gets."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +19,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from autodeployer.pull_requests import PullRequestsClient
+from autodeployer.sources.github import GitHubClient
 from autodeployer_emulators._server import LoopbackServer
 from autodeployer_emulators.github import GitHubEmulator, sign_sha256
 from autodeployer_emulators.gitserver import GitHttpServer, WorkRepo
@@ -280,3 +284,38 @@ def test_pull_request_from_a_fork(gh: tuple[GitHubEmulator, str], work: WorkRepo
     with pytest.raises(GithubException) as unknown:
         repo.create_pull(base="master", head="carol:fix", title="x")
     assert unknown.value.status == 422 and unknown.value.data["errors"][0]["field"] == "head"
+
+
+def test_open_pull_requests_are_listed_across_pages_most_recently_updated_first(
+        gh: tuple[GitHubEmulator, str], work: WorkRepo) -> None:
+    """The preview poll's listing (pull_requests.py) follows `Link: rel="next"` to the last page; sorted by
+    update, a push to an older pull request's branch changes the first page, so the poll's If-None-Match
+    answer is a 200, not a 304 that would hide it."""
+    _, url = gh
+    repo = client(url).get_repo("acme/config")
+    for name in ("f1", "f2", "f3"):
+        work.git("checkout", "-q", "-b", name, "master")
+        work.write({f"{name}.txt": name})
+        work.commit(name)
+        work.push(name)
+        repo.create_pull(base="master", head=name, title=name)
+        time.sleep(0.01)  # distinct update times
+    work.git("checkout", "-q", "master")
+
+    async def listing(etag: str | None) -> tuple[list[int] | None, str | None]:
+        async with httpx.AsyncClient() as http:
+            pulls = PullRequestsClient(GitHubClient(url, TOKEN, "acme/config", http))
+            pulls.page_size = 2
+            found, new_etag = await pulls.list_open("master", etag)
+            return (None if found is None else [p.number for p in found]), new_etag
+
+    numbers, etag = asyncio.run(listing(None))
+    assert numbers == [3, 2, 1]  # three pull requests over two pages
+    assert asyncio.run(listing(etag)) == (None, etag)  # nothing changed: the first page's 304
+    work.git("checkout", "-q", "f1")  # the oldest, on the second page, gets a new head
+    work.write({"f1.txt": "again"})
+    work.commit("f1 again")
+    work.push("f1")
+    work.git("checkout", "-q", "master")
+    numbers, _ = asyncio.run(listing(etag))
+    assert numbers == [1, 3, 2]

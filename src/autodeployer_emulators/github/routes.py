@@ -771,15 +771,25 @@ class GitHubRoutes(GitHubPulls):
         return state, pr
 
     def _list_pulls(self, call: _Call, owner: str, repo: str) -> _Reply:
-        """State filter (open by default), newest first, paginated; an ETag over the page's
-        bytes so a poller's ``If-None-Match`` gets a free 304 while nothing changed."""
+        """State filter (open by default); ``sort`` created (the default) or updated (popularity and
+        long-running are taken as created here), ``direction`` desc by default for created, asc otherwise;
+        paginated; an ETag over the page's bytes so a poller's ``If-None-Match`` gets a free 304 while
+        nothing changed."""
         state = self._repo_or_404(owner, repo)
         wanted = call.query.get("state", "open")
         if wanted not in ("open", "closed", "all"):
             raise _invalid("PullRequest", "state must be open, closed or all", "state")
-        pulls = sorted(state.pulls.values(), key=lambda p: p.number, reverse=True)
-        for pr in pulls:
-            self._refresh(state, pr)
+        order = call.query.get("sort", "created")
+        if order not in ("created", "updated", "popularity", "long-running"):
+            raise _invalid("PullRequest", "sort must be created, updated, popularity or long-running", "sort")
+        direction = call.query.get("direction", "desc" if order == "created" else "asc")
+        if direction not in ("asc", "desc"):
+            raise _invalid("PullRequest", "direction must be asc or desc", "direction")
+        for pr in state.pulls.values():
+            self._refresh(state, pr)  # first: a pushed head is an update the order must see
+        by_update = order == "updated"
+        pulls = sorted(state.pulls.values(), key=lambda p: (p.updated_at, p.number) if by_update else (p.number,),
+                       reverse=direction == "desc")
         if call.query.get("head"):
             pulls = [p for p in pulls
                      if f"{p.head_owner or state.owner}:{p.head_ref}" == call.query["head"]]
