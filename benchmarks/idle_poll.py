@@ -282,6 +282,10 @@ def report(result: ScenarioResult, rows: list[Row], old: Row, cost: RateCost) ->
     result.check("idle cycle ≥ 100× cheaper than clone + compare (wall time)",
                  f"{ratio(old_wall / idle_wall)} ({ms(idle_wall)} vs {ms(old_wall)})", old_wall / idle_wall >= 100)
     result.check("idle cycle under 50 ms", ms(idle_wall), idle_wall < 0.05)
+    idle_cpu = idle.summary("cpu").median
+    result.check("idle cycle ≥ 1,000× cheaper than clone + compare in CPU (incl. children)",
+                 f"{ratio(medians['cpu'] / idle_cpu)} ({ms(idle_cpu)} vs {ms(medians['cpu'])})",
+                 medians["cpu"] / idle_cpu >= 1000)
     drift_wall = drift.summary("wall").median
     rate = Table("Idle polls through GitHub's API: cost against the rate limit (counted by the GitHub emulator)",
                  ["Idle polls", "Answered 304 Not Modified", "Charged to the rate limit", "Per idle poll"])

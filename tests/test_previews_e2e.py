@@ -265,3 +265,39 @@ def test_a_slow_preview_never_delays_a_deploy_and_pushes_coalesce(
     assert "+ pipe n2" in final["plan"] and "urgent" not in final["plan"]
     assert plan_status(github, heads[1]) is None  # a head overtaken while queued is never planned
     assert len(our_comments(github, 1)) == 1
+
+
+def test_previews_outlive_a_restart_and_the_next_deploy_replans_them(
+        service: Any, preview_env: dict[str, str], github: GitHubEmulator, config_repo: WorkRepo) -> None:
+    """Previews are kept in the store: a restarted service shows the planned preview at once (no new delivery),
+    a deploy after the restart plans it again against the new live state, editing the same comment, and a
+    closed pull request's preview is deleted from the store (gone after the next restart too)."""
+    svc = start(service, preview_env, github)
+    head = branch(config_repo, "feature", {"pipes/fresh.conf.json": entity_json(pipe("fresh"))})
+    gh_api(github, "POST", "/repos/acme/config/pulls", {"title": "fresh", "head": "feature", "base": "master"})
+    before = preview_at(svc, 1, head, state="success")
+    assert svc.stop() == 0
+
+    svc = start(service, preview_env, github)
+    kept = previews(svc).get(1)
+    assert kept is not None, "the preview is gone after a restart"
+    assert (kept["planned_at"], kept["plan"], kept["comment_id"]) == (before["planned_at"], before["plan"],
+                                                                       before["comment_id"])
+    page = httpx.get(f"{svc.url}/apps/node/previews/1", timeout=10)
+    assert page.status_code == 200 and "fresh" in page.text
+
+    # a deploy changes the live state: the kept preview is planned again, its comment edited in place
+    live = config_repo.head
+    config_repo.write({"pipes/other.conf.json": entity_json(pipe("other"))})
+    config_repo.commit("other")
+    config_repo.push()
+    github.push("acme", "config", "refs/heads/master", live, config_repo.head)
+    wait_for(lambda: (p := previews(svc).get(1)) and (p["planned_at"] or 0) > before["planned_at"]
+             and (p["published_at"] or 0) >= p["planned_at"], what="the kept preview re-planned after a deploy")
+    assert len(our_comments(github, 1)) == 1
+
+    gh_api(github, "PATCH", "/repos/acme/config/pulls/1", {"state": "closed"})
+    wait_for(lambda: 1 not in previews(svc), what="the closed PR's preview dropped")
+    assert svc.stop() == 0
+    svc = start(service, preview_env, github)
+    assert 1 not in previews(svc)

@@ -247,3 +247,36 @@ def test_state_kept_in_memory_is_written_back_without_undoing_another_process(tm
     saved = SQLiteStore.in_state_dir(tmp_path).get_state("a")
     assert saved.suspended and saved.suspended_reason == "suspended from the command line"
     assert (saved.last_result, saved.failures, saved.memory) == (Result.FAILED, 2, big)
+
+
+def test_previews_are_kept_replaced_and_deleted_and_a_version_2_file_gains_them(tmp_path: Path):
+    """The previews table (schema version 3): one row per app and pull request, the newest preview replacing
+    the one before; a store file written by an earlier version keeps its history and state and gains it."""
+    import sqlite3
+
+    from autodeployer.store.sqlite import _SCHEMA
+
+    path = tmp_path / "history.sqlite3"
+    old = sqlite3.connect(path, isolation_level=None)
+    for number, script in enumerate(_SCHEMA[:2], start=1):
+        old.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+    old.execute("INSERT INTO app_state (app, data) VALUES ('a', '{\"app\": \"a\", \"suspended\": true}')")
+    old.close()
+
+    store = SQLiteStore.in_state_dir(tmp_path)
+    assert store.get_state("a").suspended
+    assert store.previews("a") == []
+    store.save_preview("a", 2, {"number": 2, "summary": "1 added"})
+    store.save_preview("a", 1, {"number": 1, "summary": "queued"})
+    store.save_preview("a", 1, {"number": 1, "summary": "1 changed"})
+    store.save_preview("b", 1, {"number": 1, "summary": "of another app"})
+    assert store.previews("a") == [{"number": 1, "summary": "1 changed"}, {"number": 2, "summary": "1 added"}]
+    store.delete_preview("a", 2)
+    store.delete_preview("a", 9)  # nothing to delete: no error
+    store.close()
+
+    again = SQLiteStore.in_state_dir(tmp_path)
+    assert again.previews("a") == [{"number": 1, "summary": "1 changed"}]
+    assert again.previews("b") == [{"number": 1, "summary": "of another app"}]
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == len(_SCHEMA)
+    again.close()

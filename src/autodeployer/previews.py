@@ -46,6 +46,7 @@ from .pull_requests import PullRequestsClient
 from .reconcile import Reconciler
 from .reviews import OpenPull, PullRequestEvent, ReviewsClient
 from .runtime import Runtime
+from .store import Store
 
 PLANNED_ACTIONS = frozenset({"opened", "synchronize", "reopened", "ready_for_review"})
 COMMENT_DIFF_LIMIT = 20000  # characters of diff in a comment; the rest is on the status page
@@ -93,6 +94,13 @@ class Preview:
         """How the host itself writes the reference: GitLab's merge requests are !N, pull requests #N."""
         return f"!{self.number}" if self.provider == "gitlab" else f"#{self.number}"
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Preview:
+        """A preview as `to_json` wrote it (the store keeps them so); KeyError or TypeError when it is not one."""
+        fields = {**{k: v for k, v in data.items() if k in _STORED}, "is_fork": bool(data.get("fork")),
+                  "plan_text": str(data.get("plan") or "")}
+        return cls(**fields)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "app": self.app, "number": self.number, "head_sha": self.head_sha, "fork": self.is_fork,
@@ -103,6 +111,11 @@ class Preview:
             "status_error": self.status_error, "plan": self.plan_text, "problems": self.problems,
             "note": self.note, "provider": self.provider, "label": self.label,
         }
+
+
+_STORED = frozenset({"app", "number", "head_sha", "revision", "live_revision", "summary", "state", "reason",
+                     "exit_code", "planned_at", "duration", "comment_id", "comment_error", "status_error", "problems",
+                     "published_at", "note", "provider"})
 
 
 @dataclass(frozen=True)
@@ -126,6 +139,7 @@ class PreviewService:
         public_url: str | None = None,
         min_interval: float = MIN_INTERVAL,
         merge_wait: tuple[float, ...] = MERGE_WAIT,
+        store: Store | None = None,
     ) -> None:
         self._reconcilers = dict(reconcilers)
         self._clients = dict(clients)
@@ -139,6 +153,57 @@ class PreviewService:
         self._last_run: dict[tuple[str, int], float] = {}
         self._idle = asyncio.Event()
         self._log = get_logger(component="previews")
+        self._store = store
+        self._unsaved: set[tuple[str, int]] = set()  # newer here than in the store: queued, being planned, refused
+
+    # ------------------------------------------------------------------ the store
+    # Previews are kept in the store (its `previews` table): they outlive a restart (the next deploy re-plans
+    # them, as before it) and replicas sharing PostgreSQL show each other's. The service's own copies are the
+    # ones it is working on; the store is what every replica shows once a preview is planned.
+    def load(self) -> int:
+        """Take the previews the store kept (at start); how many. A store that cannot be read: none."""
+        loaded = 0
+        for app in self._reconcilers:
+            for data in self._stored(app):
+                try:
+                    preview = Preview.from_json(data)
+                except (KeyError, TypeError, ValueError) as exc:
+                    self._log.warning("a stored preview is not readable; skipped", app=app, error=str(exc))
+                    continue
+                self._previews.setdefault((app, preview.number), preview)
+                loaded += 1
+        return loaded
+
+    def _stored(self, app: str) -> list[dict[str, Any]]:
+        if self._store is None:
+            return []
+        try:
+            return self._store.previews(app)
+        except Exception as exc:  # sqlite3 or psycopg errors, StoreUnavailable: previews are not worth a failure
+            self._log.warning("stored previews not read", app=app, error=f"{type(exc).__name__}: {exc}")
+            return []
+
+    def _save(self, preview: Preview) -> None:
+        key = (preview.app, preview.number)
+        if self._store is None:
+            return
+        try:
+            self._store.save_preview(preview.app, preview.number, preview.to_json())
+            self._unsaved.discard(key)
+        except Exception as exc:
+            self._unsaved.add(key)
+            self._log.warning("preview not stored", app=preview.app, number=preview.number,
+                              error=f"{type(exc).__name__}: {exc}")
+
+    def _forget(self, app: str, number: int) -> None:
+        self._unsaved.discard((app, number))
+        if self._store is None:
+            return
+        try:
+            self._store.delete_preview(app, number)
+        except Exception as exc:
+            self._log.warning("stored preview not deleted", app=app, number=number,
+                              error=f"{type(exc).__name__}: {exc}")
 
     # ------------------------------------------------------------------ intake
     def _queue_of(self) -> asyncio.Queue[tuple[str, int]]:
@@ -185,6 +250,7 @@ class PreviewService:
         if key not in self._previews:
             self._previews[key] = Preview(app, event.number, event.head_sha, event.is_fork,
                                           provider=event.provider)
+            self._unsaved.add(key)
         fresh = key not in self._pending
         self._pending[key] = event  # the newest head wins
         self._idle.clear()
@@ -195,13 +261,30 @@ class PreviewService:
         """A closed pull request: no preview any more (its comment stays on the PR as the last word)."""
         self._pending.pop((app, number), None)
         self._last_run.pop((app, number), None)
-        return self._previews.pop((app, number), None) is not None
+        stored = self._store is not None and any(d.get("number") == number for d in self._stored(app))
+        self._forget(app, number)
+        return self._previews.pop((app, number), None) is not None or stored
 
     def previews(self, app: str) -> list[Preview]:
-        return sorted((p for p in self._previews.values() if p.app == app), key=lambda p: p.number)
+        """The app's previews as every replica shows them: the planned ones from the store, and this process's
+        own that are queued or that the store refused (without a store: this process's own)."""
+        own = {p.number: p for p in self._previews.values() if p.app == app}
+        if self._store is None:
+            return sorted(own.values(), key=lambda p: p.number)
+        shown: dict[int, Preview] = {}
+        for data in self._stored(app):
+            try:
+                preview = Preview.from_json(data)
+            except (KeyError, TypeError, ValueError):
+                continue
+            shown[preview.number] = preview
+        for number, preview in own.items():
+            if (app, number) in self._unsaved:  # newer than the store's; one saved and gone was dropped elsewhere
+                shown[number] = preview
+        return sorted(shown.values(), key=lambda p: p.number)
 
     def preview(self, app: str, number: int) -> Preview | None:
-        return self._previews.get((app, number))
+        return next((p for p in self.previews(app) if p.number == number), None)
 
     # ------------------------------------------------------------------ freshness (a Reporter)
     async def started(self, app: AppConfig, revision: str, trigger: Trigger) -> None:
@@ -212,8 +295,9 @@ class PreviewService:
         if result.result is not Result.SYNCED:
             return
         repo = self._reconcilers[app.name].app.source.repo_full_name or ""
-        for preview in self.previews(app.name):
+        for preview in self.previews(app.name):  # another replica's too (a shared store): this one deployed
             self._log.info("re-planning preview: the live target changed", app=app.name, number=preview.number)
+            self._previews.setdefault((app.name, preview.number), preview)  # its comment id, for the edit
             self._enqueue(app.name, PullRequestEvent(repo, preview.number, "refresh", "", preview.head_sha, "",
                                                      preview.is_fork, app.source.provider or "github"))
 
@@ -282,6 +366,7 @@ class PreviewService:
             return  # closed while it was planned: nothing more to say on the PR
         await self._publish(app, preview)
         preview.published_at = time.time()
+        self._save(preview)
 
     async def _plan_request(self, app: str, number: int, pull: OpenPull | None) -> tuple[PlanReport, str | None]:
         """The plan of the host's test merge; on a host that offers it (GitLab), the plan of the head alone
@@ -315,6 +400,7 @@ class PreviewService:
 
     def _record(self, preview: Preview, report: PlanReport, head: str, duration: float) -> None:
         """Everything shown (comment, status, page, API) passes the app's redactor, as history rows do."""
+        self._unsaved.add((preview.app, preview.number))  # shown from here until it is stored
         redact = self._reconcilers[preview.app].redact
         preview.head_sha, preview.revision, preview.live_revision = head, report.revision, report.live_revision
         preview.summary, preview.exit_code = redact(report.summary()), report.exit_code
@@ -395,11 +481,11 @@ class PreviewService:
         if pulls is None:
             return
         numbers = {p.number for p in pulls}
-        for preview in self.previews(app):
-            if preview.number not in numbers:
-                self.drop(app, preview.number)
+        shown = {p.number: p for p in self.previews(app)}
+        for number in shown.keys() - numbers:
+            self.drop(app, number)
         for pull in pulls:
-            known = self._previews.get((app, pull.number))
+            known = self._previews.get((app, pull.number)) or shown.get(pull.number)
             if known is None or known.head_sha != pull.head_sha:
                 self.submit(PullRequestEvent.from_pull(client.repo, pull, "synchronize" if known else "opened",
                                                        client.provider))
@@ -468,7 +554,8 @@ def preview_service(runtime: Runtime) -> PreviewService:
     for name, reconciler in runtime.reconcilers.items():
         clients[name] = reviews_client(reconciler.app, runtime)
     service = PreviewService(runtime.reconcilers, clients, forks=settings.preview_forks,
-                             public_url=settings.public_url)
+                             public_url=settings.public_url, store=runtime.store)
+    service.load()
     for reconciler in runtime.reconcilers.values():
         reconciler.reporters.append(service)
     return service

@@ -338,3 +338,28 @@ def test_notify_messages_round_trip():
     payload = encode("r1", {"action": "trigger", "app": "a", "trigger": "webhook"})
     assert decode(payload) == {"v": 1, "from": "r1", "action": "trigger", "app": "a", "trigger": "webhook"}
     assert decode("not json") is None and decode('{"v": 2}') is None and decode("[1]") is None
+
+
+def test_previews_are_shared_by_replicas_and_a_version_2_database_gains_them(pg_url: str, pg_server):
+    """Schema version 3: previews live in the database, so a replica shows what another one planned; a
+    database an earlier version migrated to version 2 is migrated once more and keeps what it had."""
+    with pg_server.connect(pg_url.rsplit("/", 1)[1]) as conn:
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        for number, script in enumerate(store_pg.MIGRATIONS[:2], start=1):
+            conn.execute(script)
+            conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (number,))
+        conn.execute("INSERT INTO app_state (app, data) VALUES ('a', '{\"app\": \"a\", \"suspended\": true}')")
+        conn.commit()
+    r1 = PostgresStore(pg_url, password=PASSWORD, replica_id="r1")
+    r2 = PostgresStore(pg_url, password=PASSWORD, replica_id="r2")
+    assert r1.get_state("a").suspended and r2.previews("a") == []
+    r1.save_preview("a", 3, {"number": 3, "summary": "1 added"})
+    r1.save_preview("a", 3, {"number": 3, "summary": "1 changed"})
+    r1.save_preview("a", 1, {"number": 1, "summary": "queued"})
+    assert r2.previews("a") == [{"number": 1, "summary": "queued"}, {"number": 3, "summary": "1 changed"}]
+    r2.delete_preview("a", 1)
+    assert r1.previews("a") == [{"number": 3, "summary": "1 changed"}] and r1.previews("b") == []
+    with pg_server.connect(pg_url.rsplit("/", 1)[1]) as conn:
+        assert conn.execute("SELECT max(version) FROM schema_version").fetchone()[0] == len(store_pg.MIGRATIONS)
+    r1.close()
+    r2.close()

@@ -117,6 +117,10 @@ class Store(Protocol):
     def owners(self) -> dict[str, str]: ...  # app -> replica holding it; empty with a single replica
     def replicas(self) -> list[dict[str, Any]]: ...  # replicas sharing the store; empty with a single one
     def heartbeats(self) -> dict[str, float]: ...  # replica id -> its last heartbeat (epoch seconds)
+    # Pull-request previews (previews.py), as JSON objects: they outlive a restart and are shared by replicas.
+    def save_preview(self, app: str, number: int, data: Mapping[str, Any]) -> None: ...
+    def delete_preview(self, app: str, number: int) -> None: ...
+    def previews(self, app: str) -> list[dict[str, Any]]: ...  # by number
     @property
     def warning(self) -> str | None: ...  # why history or state is not being saved durably right now
     def close(self) -> None: ...

@@ -25,7 +25,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -114,6 +114,17 @@ MIGRATIONS: list[str] = [
     """,
     # version 2: why an attempt did not end in sync (model.Reason)
     "ALTER TABLE history ADD COLUMN reason TEXT",
+    # version 3: the newest preview of each open pull request (previews.py), seen by every replica
+    """
+    CREATE TABLE previews (
+        app TEXT NOT NULL,
+        number INTEGER NOT NULL,
+        data TEXT NOT NULL,
+        updated_by TEXT,
+        updated_ts TIMESTAMPTZ NOT NULL DEFAULT now(),
+        PRIMARY KEY (app, number)
+    )
+    """,
 ]
 
 _THIS_DB = "(SELECT oid FROM pg_database WHERE datname = current_database())"
@@ -541,6 +552,24 @@ class PostgresStore:
         new, data = self._run(work)
         self._cache[app] = data
         return new
+
+    # ------------------------------------------------------------------ previews
+    def save_preview(self, app: str, number: int, data: Mapping[str, Any]) -> None:
+        """Raises StoreUnavailable (the preview service logs it and keeps its own copy)."""
+        self._run(lambda conn: conn.execute(
+            """INSERT INTO previews (app, number, data, updated_by, updated_ts) VALUES (%s, %s, %s, %s, now())
+               ON CONFLICT (app, number) DO UPDATE SET data = excluded.data, updated_by = excluded.updated_by,
+               updated_ts = excluded.updated_ts""",
+            (app, number, json.dumps(data), self.replica_id),
+        ))
+
+    def delete_preview(self, app: str, number: int) -> None:
+        self._run(lambda conn: conn.execute("DELETE FROM previews WHERE app = %s AND number = %s", (app, number)))
+
+    def previews(self, app: str) -> list[dict[str, Any]]:
+        rows = self._run(lambda conn: conn.execute(
+            "SELECT data FROM previews WHERE app = %s ORDER BY number", (app,)).fetchall())
+        return [json.loads(row[0]) for row in rows]
 
     @staticmethod
     def app_lock(app: str) -> AppLock:

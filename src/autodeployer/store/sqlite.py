@@ -8,6 +8,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,16 @@ _SCHEMA = [
     """,
     # version 2: why an attempt did not end in sync (model.Reason)
     "ALTER TABLE history ADD COLUMN reason TEXT",
+    # version 3: the newest preview of each open pull request (previews.py)
+    """
+    CREATE TABLE previews (
+        app TEXT NOT NULL,
+        number INTEGER NOT NULL,
+        data TEXT NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (app, number)
+    )
+    """,
 ]
 
 
@@ -321,6 +332,31 @@ class SQLiteStore:
 
     def states(self, apps: list[str]) -> dict[str, AppState]:
         return {app: self.get_state(app) for app in apps}
+
+    # ------------------------------------------------------------------ previews
+    # A preview that cannot be written is not kept in memory here: the preview service holds its own, and
+    # plans the pull request again at its next delivery or poll.
+    def save_preview(self, app: str, number: int, data: Mapping[str, Any]) -> None:
+        self._write_preview("INSERT INTO previews (app, number, data, updated_at) VALUES (?, ?, ?, ?) "
+                            "ON CONFLICT (app, number) DO UPDATE SET data = excluded.data, "
+                            "updated_at = excluded.updated_at", (app, number, json.dumps(data), time.time()))
+
+    def delete_preview(self, app: str, number: int) -> None:
+        self._write_preview("DELETE FROM previews WHERE app = ? AND number = ?", (app, number))
+
+    def _write_preview(self, sql: str, args: tuple[Any, ...]) -> None:
+        with self._lock:
+            try:
+                self._db.execute(sql, args)
+            except Exception as exc:
+                if not _write_failure(exc):
+                    raise
+                self._failed(exc)
+
+    def previews(self, app: str) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute("SELECT data FROM previews WHERE app = ? ORDER BY number", (app,)).fetchall()
+        return [json.loads(row["data"]) for row in rows]
 
     # A store of one process: no other replica owns anything, and the file is always at hand.
     def ping(self) -> bool:
