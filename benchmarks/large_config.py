@@ -65,13 +65,13 @@ async def child_cycles(git_url: str, api: str, state: Path, reps: int) -> dict[s
         node_url = api.removesuffix("/api") + LAST_PATH
         for _ in range(reps):
             for step, value in (await cold_cycle(reconciler, warm.revision, node_url)).items():
-                out[step].append(value)
+                out.setdefault(step, []).append(value)
         for _ in range(reps):
             for step, value in (await cold_sync(reconciler, node_url)).items():
-                out[step].append(value)
+                out.setdefault(step, []).append(value)
         for _ in range(reps):
             for step, value in (await warm_cycle(reconciler, node_url)).items():
-                out[step].append(value)
+                out.setdefault(step, []).append(value)
         out["maxrss"] = peak_rss()  # before tracemalloc's own
         tracemalloc.start()
         await cold_cycle(reconciler, warm.revision, node_url)
@@ -114,11 +114,8 @@ async def cold_cycle(reconciler: Any, sha: str, node_url: str) -> dict[str, floa
             "total": t4 - t0, "own": t4 - t0 - node, "cpu": cpu}
 
 
-async def cold_sync(reconciler: Any, node_url: str) -> dict[str, float]:
-    """A no-change sync as the service runs it the first time it meets a commit (after a restart): nothing
-    cached, so Git is read and every file parsed; the node's `GET /config` starts with the sync and runs
-    while Git is read and parsed (Target.prefetch), so only what is left after the node's answer adds to it."""
-    reconciler.drop_caches()
+async def timed_sync(reconciler: Any, node_url: str, prefix: str) -> dict[str, float]:
+    """One manual sync that must find no change: its wall time, the node's share of it, CPU and step times."""
     cpu0 = CpuSample.now()
     t0 = time.perf_counter()
     result = await reconciler.sync(Trigger.MANUAL)
@@ -129,24 +126,22 @@ async def cold_sync(reconciler: Any, node_url: str) -> dict[str, float]:
     async with httpx.AsyncClient(trust_env=False) as client:
         node = float((await client.get(node_url)).json()["seconds"])
     steps = dict(step_seconds(result.details))
-    return {"sync_total": total, "sync_node": node, "sync_own": total - node, "sync_cpu": cpu,
-            "sync_fetch": steps.get("fetch", 0.0), "sync_read": steps.get("read", 0.0),
-            "sync_plan": steps.get("plan", 0.0)}
+    return {f"{prefix}_total": total, f"{prefix}_node": node, f"{prefix}_own": total - node, f"{prefix}_cpu": cpu,
+            **{f"{prefix}_{step}": steps.get(step, 0.0) for step in ("fetch", "read", "plan")}}
+
+
+async def cold_sync(reconciler: Any, node_url: str) -> dict[str, float]:
+    """A no-change sync as the service runs it the first time it meets a commit (after a restart): nothing
+    cached, so Git is read and every file parsed; the node's `GET /config` starts with the sync and runs
+    while Git is read and parsed (Target.prefetch), so only what is left after the node's answer adds to it."""
+    reconciler.drop_caches()
+    return await timed_sync(reconciler, node_url, "sync")
 
 
 async def warm_cycle(reconciler: Any, node_url: str) -> dict[str, float]:
     """A no-change sync as the running service does it for an unchanged head (a drift check, or "sync now"):
     the tree and the parsed files are cached, so it is `GET /config`, decoding, the diff, and recording."""
-    cpu0 = CpuSample.now()
-    t0 = time.perf_counter()
-    result = await reconciler.sync(Trigger.MANUAL)
-    total = time.perf_counter() - t0
-    _, cpu = CpuSample.now().since(cpu0)
-    if result.result is not Result.NO_CHANGE:
-        raise AssertionError(f"expected no change, got {result.result.value}: {result.error or result.summary}")
-    async with httpx.AsyncClient(trust_env=False) as client:
-        node = float((await client.get(node_url)).json()["seconds"])
-    return {"warm_total": total, "warm_node": node, "warm_own": total - node, "warm_cpu": cpu}
+    return await timed_sync(reconciler, node_url, "warm")
 
 
 def child_main(argv: list[str]) -> int:
