@@ -271,8 +271,8 @@ def test_previews_are_kept_replaced_and_deleted_and_a_version_2_file_gains_them(
     store.save_preview("a", 1, {"number": 1, "summary": "1 changed"})
     store.save_preview("b", 1, {"number": 1, "summary": "of another app"})
     assert store.previews("a") == [{"number": 1, "summary": "1 changed"}, {"number": 2, "summary": "1 added"}]
-    store.delete_preview("a", 2)
-    store.delete_preview("a", 9)  # nothing to delete: no error
+    assert store.delete_preview("a", 2)
+    assert not store.delete_preview("a", 9)  # nothing to delete: no error
     store.close()
 
     again = SQLiteStore.in_state_dir(tmp_path)

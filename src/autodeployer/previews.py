@@ -164,24 +164,27 @@ class PreviewService:
         """Take the previews the store kept (at start); how many. A store that cannot be read: none."""
         loaded = 0
         for app in self._reconcilers:
-            for data in self._stored(app):
-                try:
-                    preview = Preview.from_json(data)
-                except (KeyError, TypeError, ValueError) as exc:
-                    self._log.warning("a stored preview is not readable; skipped", app=app, error=str(exc))
-                    continue
+            for preview in self._stored(app):
                 self._previews.setdefault((app, preview.number), preview)
                 loaded += 1
         return loaded
 
-    def _stored(self, app: str) -> list[dict[str, Any]]:
+    def _stored(self, app: str) -> list[Preview]:
+        """The app's previews in the store; none when it cannot be read, and one that is not readable skipped."""
         if self._store is None:
             return []
         try:
-            return self._store.previews(app)
+            rows = self._store.previews(app)
         except Exception as exc:  # sqlite3 or psycopg errors, StoreUnavailable: previews are not worth a failure
             self._log.warning("stored previews not read", app=app, error=f"{type(exc).__name__}: {exc}")
             return []
+        found = []
+        for data in rows:
+            try:
+                found.append(Preview.from_json(data))
+            except (KeyError, TypeError, ValueError) as exc:
+                self._log.warning("a stored preview is not readable; skipped", app=app, error=str(exc))
+        return found
 
     def _save(self, preview: Preview) -> None:
         key = (preview.app, preview.number)
@@ -195,15 +198,17 @@ class PreviewService:
             self._log.warning("preview not stored", app=preview.app, number=preview.number,
                               error=f"{type(exc).__name__}: {exc}")
 
-    def _forget(self, app: str, number: int) -> None:
+    def _forget(self, app: str, number: int) -> bool:
+        """Delete the stored preview; whether there was one."""
         self._unsaved.discard((app, number))
         if self._store is None:
-            return
+            return False
         try:
-            self._store.delete_preview(app, number)
+            return self._store.delete_preview(app, number)
         except Exception as exc:
             self._log.warning("stored preview not deleted", app=app, number=number,
                               error=f"{type(exc).__name__}: {exc}")
+            return False
 
     # ------------------------------------------------------------------ intake
     def _queue_of(self) -> asyncio.Queue[tuple[str, int]]:
@@ -261,8 +266,7 @@ class PreviewService:
         """A closed pull request: no preview any more (its comment stays on the PR as the last word)."""
         self._pending.pop((app, number), None)
         self._last_run.pop((app, number), None)
-        stored = self._store is not None and any(d.get("number") == number for d in self._stored(app))
-        self._forget(app, number)
+        stored = self._forget(app, number)
         return self._previews.pop((app, number), None) is not None or stored
 
     def previews(self, app: str) -> list[Preview]:
@@ -271,13 +275,7 @@ class PreviewService:
         own = {p.number: p for p in self._previews.values() if p.app == app}
         if self._store is None:
             return sorted(own.values(), key=lambda p: p.number)
-        shown: dict[int, Preview] = {}
-        for data in self._stored(app):
-            try:
-                preview = Preview.from_json(data)
-            except (KeyError, TypeError, ValueError):
-                continue
-            shown[preview.number] = preview
+        shown = {preview.number: preview for preview in self._stored(app)}
         for number, preview in own.items():
             if (app, number) in self._unsaved:  # newer than the store's; one saved and gone was dropped elsewhere
                 shown[number] = preview

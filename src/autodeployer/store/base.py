@@ -119,7 +119,7 @@ class Store(Protocol):
     def heartbeats(self) -> dict[str, float]: ...  # replica id -> its last heartbeat (epoch seconds)
     # Pull-request previews (previews.py), as JSON objects: they outlive a restart and are shared by replicas.
     def save_preview(self, app: str, number: int, data: Mapping[str, Any]) -> None: ...
-    def delete_preview(self, app: str, number: int) -> None: ...
+    def delete_preview(self, app: str, number: int) -> bool: ...  # True when there was one
     def previews(self, app: str) -> list[dict[str, Any]]: ...  # by number
     @property
     def warning(self) -> str | None: ...  # why history or state is not being saved durably right now

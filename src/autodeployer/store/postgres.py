@@ -563,8 +563,10 @@ class PostgresStore:
             (app, number, json.dumps(data), self.replica_id),
         ))
 
-    def delete_preview(self, app: str, number: int) -> None:
-        self._run(lambda conn: conn.execute("DELETE FROM previews WHERE app = %s AND number = %s", (app, number)))
+    def delete_preview(self, app: str, number: int) -> bool:
+        cursor = self._run(lambda conn: conn.execute("DELETE FROM previews WHERE app = %s AND number = %s",
+                                                     (app, number)))
+        return bool(cursor.rowcount)
 
     def previews(self, app: str) -> list[dict[str, Any]]:
         rows = self._run(lambda conn: conn.execute(

@@ -341,17 +341,19 @@ class SQLiteStore:
                             "ON CONFLICT (app, number) DO UPDATE SET data = excluded.data, "
                             "updated_at = excluded.updated_at", (app, number, json.dumps(data), time.time()))
 
-    def delete_preview(self, app: str, number: int) -> None:
-        self._write_preview("DELETE FROM previews WHERE app = ? AND number = ?", (app, number))
+    def delete_preview(self, app: str, number: int) -> bool:
+        return self._write_preview("DELETE FROM previews WHERE app = ? AND number = ?", (app, number)) > 0
 
-    def _write_preview(self, sql: str, args: tuple[Any, ...]) -> None:
+    def _write_preview(self, sql: str, args: tuple[Any, ...]) -> int:
+        """Rows written (0 when STATE_DIR refused the write)."""
         with self._lock:
             try:
-                self._db.execute(sql, args)
+                return int(self._db.execute(sql, args).rowcount)
             except Exception as exc:
                 if not _write_failure(exc):
                     raise
                 self._failed(exc)
+                return 0
 
     def previews(self, app: str) -> list[dict[str, Any]]:
         with self._lock:
