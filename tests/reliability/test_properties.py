@@ -124,7 +124,8 @@ class FakeScheduler:
     def apps_following(self, repo: str, branch: str) -> list[str]:
         return ["node"] if repo.lower() == "acme/config" and branch == "master" else []
 
-    def trigger(self, app: str, trigger: Trigger) -> bool:
+    def trigger(self, app: str, trigger: Trigger, commit: str | None = None) -> bool:
+        """As Scheduler.trigger: `commit` is a delivery's guess at the head (only fetched ahead)."""
         self.triggered.append((app, trigger))
         return True
 
@@ -148,6 +149,7 @@ def receiver() -> tuple[WebhookReceiver, FakeScheduler]:
 
 @FUZZ
 @given(event=st.sampled_from(["push", "ping", "issues", "", "PUSH"]) | st.text(max_size=10), payload=push_payloads)
+@example(event="push", payload={"ref": "refs/heads/master", "repository": {"full_name": "acme/config"}})  # triggers
 def test_dispatch_always_ends_in_a_documented_verdict(event: str, payload: dict[str, Any]):
     hook, scheduler = receiver()
     verdict = hook._dispatch(event, payload)
